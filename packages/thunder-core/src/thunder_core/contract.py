@@ -1,0 +1,304 @@
+"""The Thunder wire contract: every name that crosses a process boundary, defined once.
+
+Adapters (LangGraph, OpenHands, plain ``openai`` code), the scheduler service and the
+simulator import these names instead of spelling strings themselves.
+
+Program identity, in order of precedence:
+
+1. header ``X-Thunder-Program-Id`` (ours);
+2. body field ``program_id`` at the top level of the JSON body, or inside ``extra_body``
+   (ThunderAgent's convention, so its users switch without code changes);
+3. header ``x-litellm-session-id`` (what OpenHands and litellm already send).
+
+A request that carries none of them is passed through untouched: it does not join a shared
+"default" program (ThunderAgent's behaviour, which merged unrelated agents into one).
+
+Lifecycle events are pydantic models; the HTTP paths that take them are in ``Paths``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, MutableMapping
+from enum import StrEnum
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+CONTRACT_VERSION: Final = "1"
+
+# -- identity ---------------------------------------------------------------------------------
+
+PROGRAM_ID_HEADER: Final = "X-Thunder-Program-Id"
+"""Our header: the id of the agent program a request belongs to."""
+
+LITELLM_SESSION_HEADER: Final = "x-litellm-session-id"
+"""Sent by litellm / OpenHands with the conversation id; accepted as a program id."""
+
+PROGRAM_ID_FIELD: Final = "program_id"
+"""ThunderAgent's body field, at the top level or inside ``extra_body``."""
+
+EXTRA_BODY_FIELD: Final = "extra_body"
+
+CONTRACT_VERSION_HEADER: Final = "X-Thunder-Contract"
+"""Sent by Thunder clients so the service can refuse an incompatible contract."""
+
+API_KEY_HEADER: Final = "Authorization"
+"""Client and admin keys travel as ``Authorization: Bearer <key>``."""
+
+PROGRAM_ID_MAX_LEN: Final = 256
+_PROGRAM_ID_RE: Final = re.compile(r"^[\x21-\x7e]{1,256}$")
+"""Printable ASCII without spaces: UUIDs, LangGraph thread ids, ``parent/child`` names."""
+
+
+class InvalidProgramId(ValueError):
+    """A program id that is empty, too long, or holds spaces or non-ASCII characters."""
+
+
+def validate_program_id(value: str) -> str:
+    """Return ``value`` if it is a valid program id, else raise ``InvalidProgramId``."""
+    if not isinstance(value, str) or not _PROGRAM_ID_RE.match(value):
+        raise InvalidProgramId(
+            f"program id must be 1-{PROGRAM_ID_MAX_LEN} printable ASCII characters "
+            f"without spaces, got {value!r:.80}"
+        )
+    return value
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        value = headers.get(name.lower())
+    if value is None and not hasattr(headers, "getlist"):
+        # plain dicts are case sensitive; Starlette/httpx headers are not.
+        lowered = name.lower()
+        for key, candidate in headers.items():
+            if key.lower() == lowered:
+                return candidate
+    return value
+
+
+def program_id_from(headers: Mapping[str, str], body: Mapping[str, Any] | None) -> str | None:
+    """The program id a request carries, by the precedence in the module docstring.
+
+    Raises ``InvalidProgramId`` when an id is present but malformed (callers answer 400).
+    """
+    value = _header(headers, PROGRAM_ID_HEADER)
+    if value is None and body is not None:
+        raw = body.get(PROGRAM_ID_FIELD)
+        if raw is None:
+            extra = body.get(EXTRA_BODY_FIELD)
+            if isinstance(extra, Mapping):
+                raw = extra.get(PROGRAM_ID_FIELD)
+        if raw is not None:
+            if not isinstance(raw, str):
+                raise InvalidProgramId(f"body field {PROGRAM_ID_FIELD!r} must be a string")
+            value = raw
+    if value is None:
+        value = _header(headers, LITELLM_SESSION_HEADER)
+    if value is None:
+        return None
+    return validate_program_id(value)
+
+
+def strip_identity(body: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Remove our identity fields from a request body before it is forwarded to an engine.
+
+    ``extra_body`` is an OpenAI-SDK client-side notion; if a raw body carries one holding only
+    our field, the now-empty ``extra_body`` is removed too. Mutates and returns ``body``.
+    """
+    body.pop(PROGRAM_ID_FIELD, None)
+    extra = body.get(EXTRA_BODY_FIELD)
+    if isinstance(extra, MutableMapping):
+        extra.pop(PROGRAM_ID_FIELD, None)
+        if not extra:
+            del body[EXTRA_BODY_FIELD]
+    return body
+
+
+def engine_request_id(program_id: str, seq: int) -> str:
+    """The id a forwarded request gets at the engine (SGLang ``rid``, vLLM ``request_id``)."""
+    return f"{program_id}:{seq}"
+
+
+# -- lifecycle API paths ----------------------------------------------------------------------
+
+
+class Paths:
+    """HTTP paths of the scheduler's lifecycle API (relative to its base URL)."""
+
+    PROGRAMS: Final = "/v1/programs"
+    PROGRAM: Final = "/v1/programs/{program_id}"
+    TOOLS: Final = "/v1/programs/{program_id}/tools"
+    TOOL_END: Final = "/v1/programs/{program_id}/tools/{call_id}/end"
+    PROGRAM_END: Final = "/v1/programs/{program_id}/end"
+    RUNTIMES: Final = "/v1/programs/{program_id}/runtimes"
+    RUNTIME: Final = "/v1/programs/{program_id}/runtimes/{runtime_id}"
+    RUNTIME_EXEC: Final = "/v1/programs/{program_id}/runtimes/{runtime_id}/exec"
+    RUNTIME_SPECS: Final = "/v1/runtime-specs"
+    THUNDERAGENT_RELEASE: Final = "/programs/release"
+    HEALTH: Final = "/health"
+    READY: Final = "/ready"
+    METRICS: Final = "/metrics"
+
+
+# -- lifecycle events -------------------------------------------------------------------------
+
+
+class Framework(StrEnum):
+    LANGGRAPH = "langgraph"
+    OPENHANDS = "openhands"
+    THUNDERAGENT = "thunderagent"
+    OPENAI = "openai"
+    REPLAY = "replay"
+    OTHER = "other"
+
+
+class ProgramEndStatus(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+class ToolEndStatus(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class ProgramPhase(StrEnum):
+    REASONING = "reasoning"
+    ACTING = "acting"
+
+
+class ProgramStatus(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    TERMINATED = "terminated"
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ProgramIdField = Annotated[str, Field(min_length=1, max_length=PROGRAM_ID_MAX_LEN)]
+
+
+class ProgramStart(_Event):
+    """``POST /v1/programs``: a program starts. Without ``program_id`` the service assigns one."""
+
+    program_id: ProgramIdField | None = None
+    framework: str = Framework.OTHER.value
+    priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
+    tags: dict[str, str] = Field(default_factory=dict)
+    parent_program_id: ProgramIdField | None = None
+    lease_s: float | None = Field(
+        default=None, gt=0, description="end the program after this long without an event"
+    )
+
+    @field_validator("program_id", "parent_program_id")
+    @classmethod
+    def _valid_id(cls, value: str | None) -> str | None:
+        return None if value is None else validate_program_id(value)
+
+
+class ToolStart(_Event):
+    """``POST /v1/programs/{id}/tools``: the program starts a tool call (its phase: acting)."""
+
+    call_id: Annotated[str, Field(min_length=1, max_length=256)]
+    tool_name: Annotated[str, Field(min_length=1, max_length=256)]
+    runtime_ids: list[str] = Field(default_factory=list)
+    expected_duration_s: float | None = Field(default=None, ge=0)
+
+
+class ToolEnd(_Event):
+    """``POST /v1/programs/{id}/tools/{call_id}/end``: the tool call finished."""
+
+    status: ToolEndStatus = ToolEndStatus.OK
+    error: str | None = Field(default=None, max_length=4096)
+
+
+class ProgramEnd(_Event):
+    """``POST /v1/programs/{id}/end``: the program finished; its resources are released."""
+
+    status: ProgramEndStatus = ProgramEndStatus.OK
+    reason: str | None = Field(default=None, max_length=4096)
+
+
+class ThunderAgentRelease(BaseModel):
+    """ThunderAgent's ``POST /programs/release`` body."""
+
+    model_config = ConfigDict(extra="ignore")
+    program_id: ProgramIdField
+
+
+# -- lifecycle responses ----------------------------------------------------------------------
+
+
+class ProgramView(BaseModel):
+    """One row of ``GET /v1/programs``: what the scheduler knows of a program."""
+
+    model_config = ConfigDict(extra="allow")
+
+    program_id: str
+    status: ProgramStatus
+    phase: ProgramPhase
+    backend: str | None = None
+    framework: str = Framework.OTHER.value
+    priority: int = 0
+    tags: dict[str, str] = Field(default_factory=dict)
+    context_tokens: int = 0
+    tokens_exact: bool = False
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    tool_calls: int = 0
+    current_tool: str | None = None
+    pause_count: int = 0
+    paused_s: float = 0.0
+    started_at: float = 0.0
+    last_event_at: float = 0.0
+    end_status: ProgramEndStatus | None = None
+    runtime_ids: list[str] = Field(default_factory=list)
+
+
+class ProgramList(BaseModel):
+    programs: list[ProgramView]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx the service itself produces has this body."""
+
+    error: str
+    detail: Any = None
+
+
+__all__ = [
+    "API_KEY_HEADER",
+    "CONTRACT_VERSION",
+    "CONTRACT_VERSION_HEADER",
+    "EXTRA_BODY_FIELD",
+    "LITELLM_SESSION_HEADER",
+    "PROGRAM_ID_FIELD",
+    "PROGRAM_ID_HEADER",
+    "PROGRAM_ID_MAX_LEN",
+    "ErrorBody",
+    "Framework",
+    "InvalidProgramId",
+    "Paths",
+    "ProgramEnd",
+    "ProgramEndStatus",
+    "ProgramList",
+    "ProgramPhase",
+    "ProgramStart",
+    "ProgramStatus",
+    "ProgramView",
+    "ThunderAgentRelease",
+    "ToolEnd",
+    "ToolEndStatus",
+    "ToolStart",
+    "engine_request_id",
+    "program_id_from",
+    "strip_identity",
+    "validate_program_id",
+]

@@ -1,0 +1,1 @@
+"""Thunder scheduler service."""

@@ -1,0 +1,1 @@
+"""Simulated SGLang engine and trace replay."""
