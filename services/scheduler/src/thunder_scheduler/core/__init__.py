@@ -1,0 +1,6 @@
+"""The pure scheduling core: fed events and a clock, returns commands. No I/O, no asyncio.
+
+The same objects run in the live service (wrapped by ``thunder_scheduler.driver``) and in the
+simulator's virtual mode. A ruff banned-API rule keeps asyncio, time, random, httpx, fastapi
+and docker out of this package.
+"""

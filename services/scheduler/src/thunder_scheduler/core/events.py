@@ -1,0 +1,117 @@
+"""Events fed to the scheduling core: past-tense facts, each stamped with the time ``at``.
+
+The core never reads a clock: ``at`` (seconds, any epoch, monotone) arrives on every event and
+in ``tick(now)``. The live service uses ``time.monotonic()`` times its time scale; the
+simulator's virtual loop uses its virtual clock. Every state change of a program comes from one
+of these events, so the same sequence always gives the same decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from thunder_core.contract import ProgramEndStatus
+
+
+class RequestOutcome(StrEnum):
+    OK = "ok"                       # the engine answered and the response was delivered
+    ERROR = "error"                 # the engine answered with an error, or the upstream failed
+    DISCONNECTED = "disconnected"   # the client went away; the upstream request was aborted
+
+
+@dataclass(frozen=True, slots=True)
+class BackendUpdated:
+    """A backend's capacity, health or observed use changed (from the backend monitor)."""
+
+    at: float
+    backend: str
+    healthy: bool
+    capacity_tokens: int
+    page_size_tokens: int = 1
+    used_tokens: int | None = None   # engine-reported KV use, informational
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramStarted:
+    at: float
+    program_id: str
+    priority: int = 0
+    framework: str = "other"
+    tags: dict[str, str] = field(default_factory=dict)
+    parent_program_id: str | None = None
+    lease_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestArrived:
+    """An LLM request of a program reached the proxy (before it is forwarded)."""
+
+    at: float
+    program_id: str
+    request_id: str
+    prompt_tokens_estimate: int      # documented estimate, see core accounting
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    """A forwarded (or held) request ended. Usage is None when the engine did not report it."""
+
+    at: float
+    program_id: str
+    request_id: str
+    outcome: RequestOutcome = RequestOutcome.OK
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    ends_with_tool_call: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStarted:
+    at: float
+    program_id: str
+    call_id: str
+    tool_name: str
+    runtime_ids: tuple[str, ...] = ()
+    expected_duration_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFinished:
+    at: float
+    program_id: str
+    call_id: str
+    ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramEnded:
+    at: float
+    program_id: str
+    status: ProgramEndStatus = ProgramEndStatus.OK
+    reason: str | None = None
+
+
+Event = (
+    BackendUpdated
+    | ProgramStarted
+    | RequestArrived
+    | RequestFinished
+    | ToolStarted
+    | ToolFinished
+    | ProgramEnded
+)
+
+__all__ = [
+    "BackendUpdated",
+    "Event",
+    "ProgramEnded",
+    "ProgramStarted",
+    "RequestArrived",
+    "RequestFinished",
+    "RequestOutcome",
+    "ToolFinished",
+    "ToolStarted",
+]
