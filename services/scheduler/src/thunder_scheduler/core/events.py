@@ -52,6 +52,9 @@ class RequestArrived:
     request_id: str
     prompt_tokens_estimate: int      # documented estimate, see core accounting
     max_output_tokens: int | None = None
+    prompt_blocks: tuple[int, ...] = ()
+    """Prefix fingerprint: chained hashes of the prompt's leading chunks (block keys in the
+    simulator). Only prefix-matching policies (the cache-aware router baseline) read it."""
 
 
 @dataclass(frozen=True, slots=True)
