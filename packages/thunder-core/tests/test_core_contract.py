@@ -1,0 +1,89 @@
+"""The wire contract: identity precedence, validation, stripping, event models."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+import thunder_core
+from thunder_core.contract import (
+    LITELLM_SESSION_HEADER,
+    PROGRAM_ID_HEADER,
+    InvalidProgramId,
+    ProgramEnd,
+    ProgramEndStatus,
+    ProgramStart,
+    ToolStart,
+    engine_request_id,
+    program_id_from,
+    strip_identity,
+)
+
+
+def test_header_wins_over_body_and_litellm() -> None:
+    headers = {PROGRAM_ID_HEADER: "from-header", LITELLM_SESSION_HEADER: "conv"}
+    body = {"program_id": "from-body"}
+    assert program_id_from(headers, body) == "from-header"
+
+
+def test_header_lookup_is_case_insensitive_for_plain_dicts() -> None:
+    assert program_id_from({"x-thunder-program-id": "a1"}, None) == "a1"
+    assert program_id_from({"X-LiteLLM-Session-Id": "conv-9"}, {}) == "conv-9"
+
+
+def test_body_field_top_level_then_extra_body() -> None:
+    assert program_id_from({}, {"program_id": "top"}) == "top"
+    assert program_id_from({}, {"extra_body": {"program_id": "nested"}}) == "nested"
+    assert program_id_from({}, {"program_id": "top", "extra_body": {"program_id": "n"}}) == "top"
+
+
+def test_litellm_session_header_is_the_fallback() -> None:
+    assert program_id_from({LITELLM_SESSION_HEADER: "conv-1"}, {"model": "m"}) == "conv-1"
+
+
+def test_untagged_request_has_no_program() -> None:
+    assert program_id_from({"content-type": "application/json"}, {"model": "m"}) is None
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "x" * 257, "caf\u00e9"])
+def test_malformed_ids_are_rejected(bad: str) -> None:
+    with pytest.raises(InvalidProgramId):
+        program_id_from({PROGRAM_ID_HEADER: bad}, None)
+
+
+def test_non_string_body_id_is_rejected() -> None:
+    with pytest.raises(InvalidProgramId, match="must be a string"):
+        program_id_from({}, {"program_id": 42})
+
+
+def test_strip_identity_removes_our_fields_only() -> None:
+    body = {"model": "m", "program_id": "p", "extra_body": {"program_id": "p"}, "rid": "r"}
+    assert strip_identity(body) == {"model": "m", "rid": "r"}
+    keep = {"extra_body": {"program_id": "p", "top_k": 3}}
+    assert strip_identity(keep) == {"extra_body": {"top_k": 3}}
+
+
+def test_engine_request_id_format() -> None:
+    assert engine_request_id("agent-7", 3) == "agent-7:3"
+
+
+def test_event_models_validate_and_forbid_unknown_fields() -> None:
+    start = ProgramStart(program_id="p1", framework="langgraph", priority=5, tags={"team": "a"})
+    assert start.model_dump(exclude_none=True)["tags"] == {"team": "a"}
+    with pytest.raises(ValidationError):
+        ProgramStart(program_id="p1", colour="red")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        ProgramStart(program_id="bad id")
+    with pytest.raises(ValidationError):
+        ToolStart(call_id="", tool_name="bash")
+    assert ProgramEnd(status="cancelled").status is ProgramEndStatus.CANCELLED  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        ProgramEnd(status="exploded")  # type: ignore[arg-type]
+
+
+def test_public_api_is_curated() -> None:
+    exported = set(thunder_core.__all__)
+    assert exported == {name for name in dir(thunder_core) if name in exported}
+    for name in exported:
+        assert getattr(thunder_core, name) is not None
+    assert "PROGRAM_ID_HEADER" in exported and "LifecycleEmitter" in exported
