@@ -12,16 +12,26 @@ from thunder_scheduler.backends.base import (
     SlotOpResult,
     SlotState,
 )
+from thunder_scheduler.backends.registry import (
+    BACKEND_TYPES,
+    BackendSpec,
+    make_backend,
+    parse_backend_spec,
+)
 
 __all__ = [
+    "BACKEND_TYPES",
     "Backend",
     "BackendCapabilities",
     "BackendInfo",
     "BackendKind",
     "BackendLoad",
+    "BackendSpec",
     "BackendUnavailable",
     "RequestHints",
     "SlotOffload",
     "SlotOpResult",
     "SlotState",
+    "make_backend",
+    "parse_backend_spec",
 ]
