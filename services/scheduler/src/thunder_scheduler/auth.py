@@ -1,0 +1,50 @@
+"""Bearer-key authentication: an optional client key and a separate admin key.
+
+The client key guards the OpenAI / SGLang endpoints the agents call; the admin key guards the
+lifecycle and admin endpoints (program start/end, tools, runtimes). Either is off when unset.
+``/health``, ``/ready`` and ``/metrics`` are open so probes and Prometheus need no secret.
+Keys travel as ``Authorization: Bearer <key>`` and are compared in constant time
+(``hmac.compare_digest``) so the comparison leaks no prefix length.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+
+from thunder_scheduler.errors import ServiceError
+
+__all__ = ["KeyCheck", "bearer_token", "require_key"]
+
+KeyCheck = Callable[[Request], Awaitable[None]]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require_key(key: str | None, role: str) -> KeyCheck:
+    """A FastAPI dependency that answers 401 unless the request carries ``key``.
+
+    With ``key`` None the dependency lets everything through.
+    """
+    expected = key.encode() if key else None
+
+    async def check(request: Request) -> None:
+        if expected is None:
+            return
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise ServiceError(401, f"missing {role} key: send 'Authorization: Bearer <key>'")
+        if not hmac.compare_digest(token.encode(), expected):
+            raise ServiceError(401, f"invalid {role} key")
+
+    return check
