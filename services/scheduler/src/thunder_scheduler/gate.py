@@ -33,19 +33,32 @@ bytes per token) and is replaced by the engine's exact count after the first res
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
+from thunder_core.contract import engine_request_id
 from thunder_scheduler.backends.base import Backend, RequestHints
-from thunder_scheduler.core.events import RequestOutcome
+from thunder_scheduler.core.events import (
+    ProgramStarted,
+    RequestArrived,
+    RequestFinished,
+    RequestOutcome,
+)
+
+if TYPE_CHECKING:
+    from thunder_scheduler.backends.monitor import BackendMonitor
+    from thunder_scheduler.driver import Driver
+    from thunder_scheduler.metrics import ServiceMetrics
 
 __all__ = [
     "GateError",
     "Placement",
     "RequestGate",
+    "SchedulerGate",
     "Usage",
     "estimate_prompt_tokens",
 ]
@@ -185,3 +198,172 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
         if key in body:
             return _prompt_tokens(body[key])
     return 0
+
+
+def max_output_tokens(body: Mapping[str, Any]) -> int | None:
+    """The output budget a request asks for (OpenAI or SGLang spelling), if any."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and value >= 0:
+            return value
+    params = body.get("sampling_params")
+    if isinstance(params, Mapping):
+        value = params.get("max_new_tokens")
+        if isinstance(value, int) and value >= 0:
+            return value
+    return None
+
+
+def request_path(body: Mapping[str, Any]) -> str:
+    """The endpoint a body was sent to, from its shape (for the pre-restore warm-up)."""
+    if "messages" in body:
+        return "/v1/chat/completions"
+    if "prompt" in body:
+        return "/v1/completions"
+    return "/generate"
+
+
+class SchedulerGate:
+    """The :class:`RequestGate` of the live service: the driver's core, the monitor's health.
+
+    Exactly-once ``finish``: a request id is remembered from the moment its ``RequestArrived`` is
+    fed until its ``RequestFinished`` is; ``finish`` for an id it does not hold (never acquired,
+    refused with 404/503, or finished already) feeds nothing.
+    """
+
+    def __init__(
+        self,
+        driver: Driver,
+        monitor: BackendMonitor,
+        metrics: ServiceMetrics,
+        *,
+        on_program_started: Callable[[str], None] | None = None,
+    ) -> None:
+        self._driver = driver
+        self._monitor = monitor
+        self._metrics = metrics
+        self._on_program_started = on_program_started
+        self._arrived: set[str] = set()
+
+    def new_request_id(self, program_id: str | None) -> str:
+        if program_id is None:
+            return f"thunder-{uuid.uuid4().hex}"
+        return engine_request_id(program_id, self._driver.next_request_seq(program_id))
+
+    def estimate_prompt_tokens(self, body: Mapping[str, Any]) -> int:
+        return estimate_prompt_tokens(body)
+
+    def _healthy(self) -> list[str]:
+        healthy = self._monitor.healthy_names()
+        if not healthy:
+            states = self._monitor.states()
+            reasons = "; ".join(
+                f"{name}: {state.last_error or 'not probed yet'}" for name, state in states.items()
+            )
+            raise GateError(503, f"no healthy backend ({reasons or 'none configured'})")
+        return healthy
+
+    def _check_model(self, model: str | None, healthy: list[str]) -> None:
+        if model is None:
+            return
+        served = self._served_models(healthy)
+        if served and model not in served:
+            raise GateError(
+                404, f"model {model!r} is not served; available: {', '.join(sorted(served))}"
+            )
+
+    def _served_models(self, names: list[str]) -> dict[str, list[str]]:
+        served: dict[str, list[str]] = {}
+        for name in names:
+            info = self._monitor.state(name).info
+            for model in info.models if info is not None else ():
+                served.setdefault(model, []).append(name)
+        return served
+
+    async def acquire(
+        self,
+        program_id: str | None,
+        request_id: str,
+        body: Mapping[str, Any],
+        model: str | None,
+    ) -> Placement:
+        healthy = self._healthy()
+        self._check_model(model, healthy)
+        driver = self._driver
+        if program_id is None:
+            name = driver.core.route_untagged(driver.now())
+            if name is None or name not in driver.backends:
+                raise GateError(503, "no backend can take the request now")
+            return Placement(driver.backends[name], RequestHints(None, request_id))
+        if not driver.core.has_program(program_id):
+            # ThunderAgent and plain openai users send requests without a start event.
+            driver.feed(ProgramStarted(at=driver.now(), program_id=program_id))
+            if self._on_program_started is not None:
+                self._on_program_started(program_id)
+        driver.remember_body(program_id, request_path(body), body)
+        event = RequestArrived(
+            at=driver.now(),
+            program_id=program_id,
+            request_id=request_id,
+            prompt_tokens_estimate=estimate_prompt_tokens(body),
+            max_output_tokens=max_output_tokens(body),
+        )
+        future = driver.arrive(program_id, request_id, event)
+        self._arrived.add(request_id)
+        try:
+            admit = await future
+        finally:
+            driver.forget(request_id)
+        backend = driver.backends.get(admit.backend)
+        if backend is None:  # the core named a backend we do not have: a bug, not the client's
+            raise GateError(503, f"scheduler placed the request on unknown backend {admit.backend}")
+        priority = admit.priority if admit.priority is not None else driver.priority_of(program_id)
+        hints = RequestHints(
+            program_id=program_id,
+            request_id=request_id,
+            priority=priority,
+            slot_id=driver.slot_of(program_id, backend.name),
+        )
+        return Placement(backend, hints)
+
+    def finish(
+        self,
+        placement: Placement | None,
+        program_id: str | None,
+        request_id: str,
+        outcome: RequestOutcome,
+        usage: Usage | None,
+        ends_with_tool_call: bool,
+    ) -> None:
+        self._metrics.requests.labels(outcome.value).inc()
+        if usage is not None:
+            self._metrics.observe_usage(
+                usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+            )
+        if program_id is None or request_id not in self._arrived:
+            return
+        self._arrived.discard(request_id)
+        self._driver.forget(request_id)
+        if not self._driver.core.has_program(program_id):
+            return  # released while the request ran or was held: nothing left to account
+        self._driver.feed(RequestFinished(
+            at=self._driver.now(),
+            program_id=program_id,
+            request_id=request_id,
+            outcome=outcome,
+            prompt_tokens=usage.prompt_tokens if usage is not None else None,
+            completion_tokens=usage.completion_tokens if usage is not None else None,
+            cached_tokens=usage.cached_tokens if usage is not None else None,
+            ends_with_tool_call=ends_with_tool_call,
+        ))
+
+    def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
+        self._metrics.proxy_overhead.labels("true" if streaming else "false").observe(seconds)
+
+    def models(self) -> list[dict[str, Any]]:
+        served = self._served_models(self._monitor.healthy_names())
+        return [
+            {"id": model, "object": "model", "created": 0, "owned_by": "thunder",
+             "backends": sorted(names)}
+            for model, names in sorted(served.items())
+        ]
