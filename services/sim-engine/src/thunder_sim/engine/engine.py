@@ -1,0 +1,498 @@
+"""One simulated SGLang engine: continuous batching over a paged KV pool with a radix cache.
+
+Pure: no I/O, no clock reads; ``now`` is passed in and ``step`` returns the modelled duration.
+It follows SGLang 0.5.23's scheduler (``sglang/srt/managers/scheduler.py``,
+``schedule_policy.py``, ``schedule_batch.py``) with prefill and decode in separate iterations
+(the default, no ``--enable-mixed-chunk``):
+
+1. Prefill first (``get_new_batch_prefill``): the in-progress chunked request gets the next
+   chunk, then waiting requests are admitted in queue order (FCFS; with priority scheduling
+   sorted by ``(priority, arrival)``, higher first unless low-values-first) while the batch has
+   room (``max_running_requests``, ``chunked_prefill_size``, ``max_prefill_tokens``) and
+   memory: ``PrefillAdder.add_one_req`` admits when
+   ``ceil_page(extend) + min(max_new, 4096) < free + evictable - reserved``, where
+   ``reserved = new_token_ratio * sum(min(remaining_new, 4096))`` over running requests; the
+   first refusal stops admission. The last admitted request may be chunked (chunk end aligned
+   to a page). After each chunk the prompt's whole blocks go into the radix tree, locked by
+   the request (``cache_unfinished_req``). A prefill that completes samples the first token.
+2. Otherwise decode every running request one token. Pages needed by the step are taken
+   from free memory, then by evicting unlocked cache; if that is not enough, ``retract_decode``:
+   requests are ordered by ``(len(output_ids), -len(origin_input_ids))`` (with
+   ``--retraction-policy priority``, priority first) and retracted from the low end (fewest
+   output tokens, longest prompt first) until the step fits, at least one and keeping one; each
+   retracted request frees its KV (its cached prompt blocks stay in the tree, unlocked), the
+   tree evicts ``remaining * SGLANG_RETRACT_DECODE_STEPS`` tokens at once (``release_req``),
+   and it is queued again to re-prefill prompt + output, counted in ``recomputed_tokens``.
+   ``new_token_ratio`` decays each decode step and is re-estimated after a retraction
+   (``NewTokenRatioTracker``); it resets when the engine idles.
+3. A finished request unlocks its path; its prompt blocks stay cached (LRU-evictable); its
+   own pages (partial last block, output) are freed. Outputs are never inserted: their keys
+   never match a later prompt.
+
+Deviation, to never deadlock: when nothing runs and the head request's prompt fits the pool
+but the output reservation does not, it is admitted anyway (decode retracts or aborts later,
+as SGLang aborts a lone request that outgrows the pool); if even its prompt cannot fit
+(sessions pin the rest), it is aborted.
+
+``step(now, max_decode_steps=k, until_s=t)`` fast-forwards: after the first iteration it runs
+further pure-decode iterations while no prefill could be scheduled, nothing finished or was
+retracted, and the elapsed time stays below ``until_s``; durations add exactly as single steps.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from thunder_sim.costmodel.base import CostModel, PrefillChunk
+from thunder_sim.engine.config import EngineConfig
+from thunder_sim.engine.kv_pool import KVPool
+from thunder_sim.engine.memory import KVMemory
+from thunder_sim.engine.radix_cache import RadixCache, RadixNode
+from thunder_sim.engine.request_state import ReqState
+from thunder_sim.engine.types import (
+    EngineCounters,
+    EngineRequest,
+    FinishedRequest,
+    FinishReason,
+    LoadSnapshot,
+    StepResult,
+    TokenProgress,
+)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, cost: CostModel) -> None:
+        self.config = config
+        self.cost = cost
+        self._page = config.page_tokens
+        self.memory = KVMemory(KVPool(config.kv_pool_tokens, config.page_tokens),
+                               RadixCache(config.eviction_policy))
+        self.counters = EngineCounters()
+        self._waiting: list[ReqState] = []
+        self._running: list[ReqState] = []
+        self._chunked: ReqState | None = None
+        self._live: dict[str, ReqState] = {}
+        self._sessions: dict[str, RadixNode | None] = {}
+        self._seq = 0
+        self._ctx_tokens = 0            # sum of kv_tokens over running requests
+        ratio_init = config.new_token_ratio_init
+        self._ratio_init = ratio_init
+        self._ratio_min = min(ratio_init * config.new_token_ratio_min_factor, 1.0)
+        self._ratio_decay = (ratio_init - self._ratio_min) / config.new_token_ratio_decay_steps
+        self._ratio = ratio_init
+        self._now = 0.0
+        self._gen_window: deque[tuple[float, int]] = deque()
+        self._gen_window_tokens = 0
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.memory.pool.capacity_tokens
+
+    def submit(self, req: EngineRequest, now: float) -> None:
+        """Queue a request. Raises ValueError on a malformed request, a duplicate rid, an
+        unknown session, or a prompt the pool can never hold."""
+        p = self._page
+        if req.rid in self._live:
+            raise ValueError(f"request id {req.rid!r} is already in the engine")
+        if req.prompt_tokens < 1:
+            raise ValueError("prompt_tokens must be >= 1")
+        if req.max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if len(req.prompt_blocks) != -(-req.prompt_tokens // p):
+            raise ValueError(
+                f"{len(req.prompt_blocks)} prompt blocks do not cover {req.prompt_tokens} tokens "
+                f"in blocks of {p} (need {-(-req.prompt_tokens // p)})")
+        if req.prompt_tokens + 1 > self.capacity_tokens:
+            raise ValueError(f"prompt of {req.prompt_tokens} tokens exceeds the KV pool "
+                             f"({self.capacity_tokens} tokens)")
+        if req.session_id is not None and req.session_id not in self._sessions:
+            raise ValueError(f"session {req.session_id!r} is not open")
+        self._now = max(self._now, now)
+        st = ReqState(req, p, self._seq)
+        self._seq += 1
+        self._live[req.rid] = st
+        self._waiting.append(st)
+        self.counters.num_requests += 1
+
+    def abort(self, rid: str, now: float) -> FinishedRequest | None:
+        st = self._live.get(rid)
+        if st is None:
+            return None
+        self._now = max(self._now, now)
+        if st is self._chunked:
+            self._chunked = None
+        elif st in self._running:
+            self._running.remove(st)
+            self._ctx_tokens -= st.kv_tokens
+        else:
+            self._waiting.remove(st)
+        self.counters.num_aborted_reqs += 1
+        return self._finish(st, now, FinishReason.ABORT)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running or self._chunked is not None)
+
+    def step(
+        self, now: float, max_decode_steps: int = 1, until_s: float | None = None
+    ) -> StepResult:
+        """One iteration (or up to ``max_decode_steps`` pure-decode iterations, see module doc)."""
+        if max_decode_steps < 1:
+            raise ValueError("max_decode_steps must be >= 1")
+        self._now = max(self._now, now)
+        if not self.has_work():
+            self._ratio = self._ratio_init
+            return StepResult(duration_s=0.0)
+        first, was_decode = self._iterate(now)
+        if (max_decode_steps == 1 or not was_decode or first.finished or first.retracted
+                or not self._running):
+            return first
+        duration = first.duration_s
+        decode_tokens = first.decode_tokens
+        tokens: dict[str, int] = {p.rid: p.new_tokens for p in first.progress}
+        finished: tuple[FinishedRequest, ...] = ()
+        retracted: tuple[str, ...] = ()
+        for _ in range(max_decode_steps - 1):
+            t = now + duration
+            if (until_s is not None and t >= until_s) or not self._running \
+                    or self._prefill_possible():
+                break
+            r = self._run_decode(t)
+            duration += r.duration_s
+            decode_tokens += r.decode_tokens
+            for p in r.progress:
+                tokens[p.rid] = tokens.get(p.rid, 0) + p.new_tokens
+            if r.finished or r.retracted:
+                finished, retracted = r.finished, r.retracted
+                break
+        return StepResult(
+            duration_s=duration, decode_tokens=decode_tokens,
+            progress=tuple(TokenProgress(rid, n, False) for rid, n in tokens.items()),
+            finished=finished, retracted=retracted)
+
+    def flush_cache(self) -> bool:
+        """Drop the whole radix cache (and session pins); refused while any request is queued
+        or running, as SGLang's ``flush_cache``."""
+        if self.has_work():
+            return False
+        for sid, node in self._sessions.items():
+            if node is not None:
+                self.memory.cache.unlock(node)
+            self._sessions[sid] = None
+        freed = self.memory.cache.reset()
+        self.memory.pool.free(freed)
+        return True
+
+    def open_session(self, session_id: str) -> bool:
+        """Open an SGLang session; False if it is already open."""
+        if session_id in self._sessions:
+            return False
+        self._sessions[session_id] = None
+        return True
+
+    def close_session(self, session_id: str) -> bool:
+        """Close a session and unpin its KV; False if it is not open."""
+        if session_id not in self._sessions:
+            return False
+        node = self._sessions.pop(session_id)
+        if node is not None:
+            self.memory.cache.unlock(node)
+        return True
+
+    def load(self) -> LoadSnapshot:
+        pool = self.memory.pool
+        c = self.counters
+        self._trim_gen_window()
+        return LoadSnapshot(
+            num_running_reqs=len(self._running) + (1 if self._chunked is not None else 0),
+            num_waiting_reqs=len(self._waiting),
+            num_used_tokens=pool.used_tokens,
+            max_total_num_tokens=pool.capacity_tokens,
+            token_usage=pool.used_tokens / pool.capacity_tokens,
+            cache_hit_rate=c.cached_tokens / c.prompt_tokens if c.prompt_tokens else 0.0,
+            gen_throughput=self._gen_window_tokens / self.config.gen_throughput_window_s,
+        )
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if KV accounting is inconsistent or over capacity."""
+        states = list(self._running)
+        if self._chunked is not None:
+            states.append(self._chunked)
+        self.memory.check(states)
+        if any(s.own_pages or s.node is not None for s in self._waiting):
+            raise AssertionError("a waiting request holds KV")
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _iterate(self, now: float) -> tuple[StepResult, bool]:
+        plan = self._schedule_prefill(now)
+        if isinstance(plan, StepResult):
+            return plan, False
+        if plan:
+            return self._run_prefill(plan, now), False
+        if self._running:
+            return self._run_decode(now), True
+        return StepResult(duration_s=0.0), False
+
+    def _reserved_tokens(self) -> float:
+        clip = self.config.clip_max_new_tokens
+        return self._ratio * sum(min(s.remaining_new_tokens, clip) for s in self._running)
+
+    def _queue_order(self) -> list[ReqState]:
+        if self.config.enable_priority_scheduling:
+            sign = 1 if self.config.schedule_low_priority_values_first else -1
+            self._waiting.sort(key=lambda s: (s.req.priority * sign, s.seq))
+        return self._waiting
+
+    def _admission_need(self, st: ReqState, matched_blocks: int) -> tuple[int, int]:
+        """(extend tokens, tokens the admission check asks for)."""
+        p = self._page
+        extend = st.req.prompt_tokens + st.output_tokens - matched_blocks * p
+        need = -(-extend // p) * p + min(st.remaining_new_tokens, self.config.clip_max_new_tokens)
+        return extend, need
+
+    def _prefill_possible(self) -> bool:
+        """Would ``_schedule_prefill`` schedule anything now? (Conservative: True may be wrong
+        only in the direction of stopping a fast-forward early.)"""
+        if self._chunked is not None:
+            return True
+        if not self._waiting or len(self._running) >= self.config.max_running_requests:
+            return False
+        head = self._queue_order()[0]
+        matched = self.memory.cache.match_len(head.req.prompt_blocks[: head.whole_blocks])
+        _extend, need = self._admission_need(head, matched)
+        return need < self.memory.available_tokens() - self._reserved_tokens()
+
+    def _schedule_prefill(self, now: float) -> list[tuple[ReqState, int]] | StepResult:
+        cfg = self.config
+        p = self._page
+        mem = self.memory
+        plan: list[tuple[ReqState, int]] = []
+        rem_chunk = cfg.chunked_prefill_size
+        rem_input = cfg.max_prefill_tokens
+        avail_pages = mem.pool.free_pages + mem.cache.evictable_blocks
+        rem_total = mem.available_tokens() - self._reserved_tokens()
+        slots = cfg.max_running_requests - len(self._running)
+        ch = self._chunked
+        if ch is not None:
+            remaining = ch.target_tokens - ch.kv_tokens
+            rem_total -= remaining + min(ch.remaining_new_tokens, cfg.clip_max_new_tokens)
+            e = self._chunk_len(ch, remaining, rem_chunk, avail_pages)
+            slots -= 1
+            if e <= 0:
+                if not self._running:   # cannot progress and nothing will free memory
+                    self._chunked = None
+                    return self._stuck_abort(ch, now)
+                return plan
+            plan.append((ch, e))
+            avail_pages -= mem.pages_to_grow(ch, e)
+            rem_chunk -= e
+            rem_input -= e
+            if e < remaining:
+                return plan
+        admitted = 0
+        for st in self._queue_order():
+            if slots <= 0 or rem_chunk < p or rem_input <= 0:
+                break
+            matched = mem.cache.match_len(st.req.prompt_blocks[: st.whole_blocks])
+            extend, need = self._admission_need(st, matched)
+            if need >= rem_total:
+                alone = not plan and not self._running and ch is None
+                if not (alone and -(-extend // p) <= avail_pages):
+                    if alone:
+                        self._waiting.pop(0)
+                        return self._stuck_abort(st, now)
+                    break
+            evictable_before = mem.cache.evictable_blocks
+            cached = mem.attach_prefix(st)
+            newly_locked = evictable_before - mem.cache.evictable_blocks
+            avail_pages -= newly_locked
+            rem_total -= need + newly_locked * p
+            st.target_tokens = st.req.prompt_tokens + st.output_tokens
+            st.cached_tokens = cached
+            if st.admissions:
+                st.recomputed_tokens += extend
+                self.counters.recomputed_tokens += extend
+            st.admissions += 1
+            e = self._chunk_len(st, extend, rem_chunk, avail_pages)
+            admitted += 1
+            slots -= 1
+            plan.append((st, e))
+            avail_pages -= mem.pages_to_grow(st, e)
+            rem_chunk -= e
+            rem_input -= e
+            if e < extend:
+                self._chunked = st
+                break
+        if admitted:
+            del self._waiting[:admitted]
+        return plan
+
+    def _chunk_len(self, st: ReqState, remaining: int, rem_chunk: int, avail_pages: int) -> int:
+        """Tokens of ``st`` to prefill now: all of ``remaining`` if it fits the chunk budget and
+        memory, else a chunk whose end is page-aligned (SGLang's truncation)."""
+        p = self._page
+        own_cap = (st.own_pages + max(avail_pages, 0) + st.tree_blocks) * p - st.kv_tokens
+        limit = min(rem_chunk, own_cap)
+        if remaining <= limit:
+            return remaining
+        return max((st.kv_tokens + limit) // p * p - st.kv_tokens, 0)
+
+    def _stuck_abort(self, st: ReqState, now: float) -> StepResult:
+        self.counters.num_aborted_reqs += 1
+        return StepResult(duration_s=0.0, finished=(self._finish(st, now, FinishReason.ABORT),))
+
+    # ------------------------------------------------------------------ execution
+
+    def _run_prefill(self, plan: list[tuple[ReqState, int]], now: float) -> StepResult:
+        mem = self.memory
+        chunks: list[PrefillChunk] = []
+        for st, e in plan:
+            ok = mem.ensure_free(mem.pages_to_grow(st, e))
+            assert ok, "prefill plan exceeded memory"
+            chunks.append(PrefillChunk(st.kv_tokens, e))
+            mem.grow(st, e)
+            mem.cache_prompt(st)
+        duration = self.cost.prefill_time_s(chunks)
+        end = now + duration
+        progress: list[TokenProgress] = []
+        finished: list[FinishedRequest] = []
+        for st, _e in plan:
+            if not st.prefill_done:
+                continue
+            if st is self._chunked:
+                self._chunked = None
+            if st.remaining_new_tokens > 0:
+                st.output_tokens += 1
+                first = st.first_token_s is None
+                if first:
+                    st.first_token_s = end
+                    self.counters.ttft_s.append(end - st.req.arrival_s)
+                progress.append(TokenProgress(st.rid, 1, first))
+            if st.remaining_new_tokens <= 0:
+                finished.append(self._finish(st, end, FinishReason.LENGTH))
+            else:
+                self._running.append(st)
+                self._ctx_tokens += st.kv_tokens
+        self._record_generation(end, len(progress))
+        return StepResult(duration_s=duration, prefill_tokens=sum(c.extend_tokens for c in chunks),
+                          progress=tuple(progress), finished=tuple(finished))
+
+    def _run_decode(self, now: float) -> StepResult:
+        p = self._page
+        mem = self.memory
+        running = self._running
+        need = sum(1 for s in running if s.kv_tokens % p == 0)
+        retracted: list[str] = []
+        aborted: list[FinishedRequest] = []
+        if not mem.ensure_free(need):
+            need = self._retract(now, retracted, aborted)
+        else:
+            self._ratio = max(self._ratio - self._ratio_decay, self._ratio_min)
+        running = self._running
+        if not running:
+            return StepResult(duration_s=0.0, finished=tuple(aborted), retracted=tuple(retracted))
+        duration = self.cost.decode_time_s(len(running), self._ctx_tokens)
+        end = now + duration
+        mem.pool.allocate(need)
+        done: list[ReqState] = []
+        for s in running:
+            if s.kv_tokens % p == 0:
+                s.own_pages += 1
+            s.kv_tokens += 1
+            s.output_tokens += 1
+            if s.output_tokens >= s.req.max_new_tokens:
+                done.append(s)
+        n = len(running)
+        self._ctx_tokens += n
+        progress = tuple(TokenProgress(s.rid, 1, False) for s in running)
+        finished = list(aborted)
+        if done:
+            done_ids = {id(s) for s in done}
+            self._running = [s for s in running if id(s) not in done_ids]
+            for s in done:
+                self._ctx_tokens -= s.kv_tokens
+                finished.append(self._finish(s, end, FinishReason.LENGTH))
+        self._record_generation(end, n)
+        return StepResult(duration_s=duration, decode_tokens=n, progress=progress,
+                          finished=tuple(finished), retracted=tuple(retracted))
+
+    def _retract(self, now: float, retracted: list[str], aborted: list[FinishedRequest]) -> int:
+        """SGLang's ``retract_decode``; returns the pages the remaining batch needs."""
+        cfg = self.config
+        p = self._page
+        mem = self.memory
+        if cfg.retraction_policy == "priority":
+            sign = 1 if cfg.schedule_low_priority_values_first else -1
+            order = sorted(self._running, reverse=True, key=lambda s: (
+                s.req.priority * -sign, s.output_tokens, -s.req.prompt_tokens))
+        else:
+            order = sorted(self._running, reverse=True,
+                           key=lambda s: (s.output_tokens, -s.req.prompt_tokens))
+
+        def need_of(batch: list[ReqState]) -> int:
+            return sum(1 for s in batch if s.kv_tokens % p == 0)
+
+        first = True
+        while first or not mem.ensure_free(need_of(order)):
+            if len(order) == 1:
+                break
+            first = False
+            st = order.pop()
+            self._ctx_tokens -= st.kv_tokens
+            mem.release(st)
+            mem.evict(-(-len(order) * cfg.retract_decode_steps // p))
+            st.retractions += 1
+            st.target_tokens = 0
+            self.counters.num_retracted_reqs += 1
+            self._waiting.append(st)
+            retracted.append(st.rid)
+        if len(order) <= 1 and not mem.ensure_free(need_of(order)):
+            last = order.pop()
+            self._ctx_tokens -= last.kv_tokens
+            self.counters.num_aborted_reqs += 1
+            aborted.append(self._finish(last, now, FinishReason.ABORT))
+        keep = {id(s) for s in order}
+        self._running = [s for s in self._running if id(s) in keep]
+        decoded = sum(s.output_tokens for s in order)
+        max_new = sum(s.req.max_new_tokens for s in order)
+        self._ratio = min(1.0, (decoded + cfg.retract_decode_steps * len(order)) / (max_new + 1))
+        return need_of(order)
+
+    def _finish(self, st: ReqState, end: float, reason: FinishReason) -> FinishedRequest:
+        sid = st.req.session_id
+        if reason is FinishReason.LENGTH and sid is not None and sid in self._sessions \
+                and st.node is not None:
+            self.memory.cache.lock(st.node)       # the session pins the prompt's KV
+            old = self._sessions[sid]
+            if old is not None:
+                self.memory.cache.unlock(old)
+            self._sessions[sid] = st.node
+        self.memory.release(st)
+        del self._live[st.rid]
+        c = self.counters
+        if st.admissions:
+            c.prompt_tokens += st.req.prompt_tokens
+            c.cached_tokens += st.cached_tokens
+        c.evicted_tokens = self.memory.evicted_tokens
+        c.e2e_latency_s.append(end - st.req.arrival_s)
+        return FinishedRequest(
+            rid=st.rid, prompt_tokens=st.req.prompt_tokens, completion_tokens=st.output_tokens,
+            cached_tokens=st.cached_tokens, recomputed_tokens=st.recomputed_tokens,
+            finish_reason=reason, arrival_s=st.req.arrival_s, first_token_s=st.first_token_s,
+            finished_s=end, retractions=st.retractions)
+
+    def _record_generation(self, end: float, tokens: int) -> None:
+        self.counters.generation_tokens += tokens
+        self._now = max(self._now, end)
+        if tokens:
+            self._gen_window.append((end, tokens))
+            self._gen_window_tokens += tokens
+        self._trim_gen_window()
+
+    def _trim_gen_window(self) -> None:
+        horizon = self._now - self.config.gen_throughput_window_s
+        w = self._gen_window
+        while w and w[0][0] < horizon:
+            self._gen_window_tokens -= w.popleft()[1]
