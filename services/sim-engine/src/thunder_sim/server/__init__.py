@@ -1,0 +1,1 @@
+"""The SGLang-compatible HTTP shell around the simulated engine (``thunder-sim serve``)."""

@@ -1,0 +1,184 @@
+"""``thunder-sim serve``: run one simulated SGLang engine behind its HTTP API.
+
+Example: ``thunder-sim serve --preset h100-qwen3-8b --port 30000 --time-scale 20``.
+With ``--port 0`` the OS picks a free port. Once listening, the server prints one line
+``thunder-sim ready: http://HOST:PORT ...`` on stdout (the test fixture reads the port from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from thunder_sim.clock import ScaledClock
+from thunder_sim.server.app import ServerInfo, create_app
+from thunder_sim.server.lag import LagSettings
+from thunder_sim.server.runner import EngineLike, RunnerSettings
+
+HELP = "serve a simulated SGLang engine (SGLang 0.5.23 HTTP API) on a port"
+
+# Hugging Face ids reported as model_path / served_model_name, by ModelSpec.name.
+HF_IDS = {
+    "qwen3-8b": "Qwen/Qwen3-8B",
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama-3.1-70b": "meta-llama/Llama-3.1-70B-Instruct",
+    "qwen3-235b-a22b": "Qwen/Qwen3-235B-A22B",
+    "glm-4.6": "zai-org/GLM-4.6",
+}
+# What torch.cuda.get_device_name() returns on these GPUs (SGLang's /v1/loads "accelerator").
+DEVICE_NAMES = {"h100": "NVIDIA H100 80GB HBM3", "h200": "NVIDIA H200"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="h100-qwen3-8b",
+                   help="GPU/model/TP preset (thunder_sim.costmodel.presets); "
+                        "default h100-qwen3-8b")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000, help="0 picks a free port")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="modelled seconds per wall second (20 = 20x faster than the GPU)")
+    p.add_argument("--auto-time-scale", action="store_true",
+                   help="lower the time scale when event-loop lag distorts results")
+    p.add_argument("--min-time-scale", type=float, default=1.0,
+                   help="floor for --auto-time-scale")
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--model-path", default=None)
+    p.add_argument("--context-length", type=int, default=None,
+                   help="override the model's context length (tokens)")
+    p.add_argument("--max-total-tokens", type=int, default=None,
+                   help="override the KV pool size C in tokens (SGLang --max-total-tokens)")
+    p.add_argument("--max-running-requests", type=int, default=None)
+    p.add_argument("--page-size", type=int, default=None, help="tokens per KV page (64)")
+    p.add_argument("--chunked-prefill-size", type=int, default=None)
+    p.add_argument("--enable-priority-scheduling", action="store_true")
+    p.add_argument("--radix-eviction-policy", choices=["lru", "priority"], default=None)
+    p.add_argument("--default-max-tokens", type=int, default=128,
+                   help="output length of chat requests without max_tokens (the simulator "
+                        "has no EOS); default 128, SGLang's SamplingParams default")
+    p.add_argument("--min-step-ms", type=float, default=4.0,
+                   help="fold decode iterations so one engine loop lasts at least this long "
+                        "(wall ms); bounds Python overhead at high time scales")
+    p.add_argument("--stream-interval-ms", type=float, default=50.0,
+                   help="send intermediate stream chunks at most this often (wall ms)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+
+
+def _check(p: argparse.Namespace) -> None:
+    def bad(flag: str, msg: str) -> None:
+        raise SystemExit(f"thunder-sim serve: error: {flag} {msg}")
+
+    if not 0 <= p.port <= 65535:
+        bad("--port", f"must be in 0..65535, got {p.port}")
+    if not p.time_scale > 0:
+        bad("--time-scale", f"must be > 0, got {p.time_scale}")
+    if not 0 < p.min_time_scale <= p.time_scale:
+        bad("--min-time-scale", f"must be in (0, --time-scale], got {p.min_time_scale}")
+    for flag in ("context_length", "max_total_tokens", "max_running_requests", "page_size",
+                 "chunked_prefill_size", "default_max_tokens"):
+        v = getattr(p, flag)
+        if v is not None and v < 1:
+            bad("--" + flag.replace("_", "-"), f"must be >= 1, got {v}")
+    if p.min_step_ms < 0 or p.stream_interval_ms < 0:
+        bad("--min-step-ms/--stream-interval-ms", "must be >= 0")
+
+
+def build(args: argparse.Namespace) -> tuple[EngineLike, ServerInfo]:
+    """The engine and what the server reports about it, from the command-line flags."""
+    from thunder_sim.costmodel.presets import get_preset
+    from thunder_sim.engine.config import EngineConfig
+    from thunder_sim.engine.engine import Engine
+
+    try:
+        preset = get_preset(args.preset)
+    except ValueError as e:
+        raise SystemExit(f"thunder-sim serve: error: --preset: {e}") from None
+    overrides: dict[str, Any] = {}
+    for flag, field in (("max_total_tokens", "kv_pool_tokens"),
+                        ("max_running_requests", "max_running_requests"),
+                        ("page_size", "page_tokens"),
+                        ("chunked_prefill_size", "chunked_prefill_size"),
+                        ("radix_eviction_policy", "eviction_policy")):
+        if getattr(args, flag) is not None:
+            overrides[field] = getattr(args, flag)
+    if args.enable_priority_scheduling:
+        overrides["enable_priority_scheduling"] = True
+    try:
+        config = EngineConfig.from_preset(args.preset, **overrides)
+    except ValueError as e:
+        raise SystemExit(f"thunder-sim serve: error: {e}") from None
+    engine = Engine(config, preset.cost_model())
+    hf_id = HF_IDS.get(preset.model.name, preset.model.name)
+    info = ServerInfo(
+        model_path=args.model_path or hf_id,
+        served_model_name=args.served_model_name or args.model_path or hf_id,
+        preset=args.preset,
+        accelerator=DEVICE_NAMES.get(preset.gpu.name, preset.gpu.name),
+        tp_size=preset.tp,
+        page_size=config.page_tokens,
+        context_length=args.context_length or preset.model.context_len,
+        max_total_num_tokens=config.kv_pool_tokens,
+        max_running_requests=config.max_running_requests,
+        chunked_prefill_size=config.chunked_prefill_size,
+        max_prefill_tokens=config.max_prefill_tokens,
+        host=args.host,
+        port=args.port,
+        default_max_tokens=args.default_max_tokens,
+    )
+    return engine, info
+
+
+async def serve(args: argparse.Namespace) -> None:
+    engine, info = build(args)
+    clock = ScaledClock(args.time_scale)
+    app = create_app(
+        engine, info, clock,
+        RunnerSettings(min_step_wall_s=args.min_step_ms / 1000,
+                       stream_interval_wall_s=args.stream_interval_ms / 1000),
+        LagSettings(auto_time_scale=args.auto_time_scale, min_time_scale=args.min_time_scale),
+    )
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, backlog=2048)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise SystemExit(f"thunder-sim serve: error: --port {args.port}: {e}") from None
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else args.port
+    print(f"thunder-sim ready: http://{args.host}:{port} preset={info.preset} "
+          f"model={info.served_model_name} time_scale={clock.time_scale:g} "
+          f"kv_pool_tokens={info.max_total_num_tokens} page_size={info.page_size}",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as r:
+        r.run(serve(args))
+    return 0

@@ -1,0 +1,150 @@
+"""``GET /metrics``: Prometheus text with SGLang 0.5.23's ``sglang:`` names and labels.
+
+Names, label sets and buckets are those of ``sglang/srt/observability/metrics_collector.py``:
+- scheduler gauges (``SchedulerMetricsCollector``) carry ``model_name, engine_type, tp_rank,
+  pp_rank, moe_ep_rank``: ``num_running_reqs``, ``num_queue_reqs``, ``num_used_tokens``,
+  ``token_usage``, ``cache_hit_rate``, ``gen_throughput``, ``num_retracted_reqs``,
+  ``max_total_num_tokens``, and the counters ``num_retracted_requests_total`` and
+  ``evicted_tokens_total``;
+- per-request series (``TokenizerMetricsCollector``, observed when a request finishes) carry
+  ``model_name, engine_type`` plus ``is_streaming`` ("true"/"false") on
+  ``prompt_tokens_total``, ``generation_tokens_total``, ``num_requests_total``,
+  ``time_to_first_token_seconds``, ``e2e_request_latency_seconds``, and ``cache_source``
+  ("device", the only tier simulated) on ``cached_tokens_total``; ``num_aborted_requests_total``.
+Latencies are modelled seconds (what the GPU would show), not wall seconds.
+
+Simulator health is exported under ``thunder_sim:`` (event-loop lag, time scale, steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from thunder_sim.engine.types import FinishedRequest, FinishReason
+from thunder_sim.server.runner import EngineRunner, Ticket
+
+# sglang TokenizerMetricsCollector default buckets; the TTFT list is SGLang's de-duplicated and
+# sorted (its literal default repeats 0.4 and 0.6), extended to 60 s for long agent prompts.
+TTFT_BUCKETS_S = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0)
+E2E_BUCKETS_S = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400,
+                 600, 1200, 1800, 2400)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _SchedulerCollector(Collector):
+    """Gauges read from the engine model and the runner at scrape time."""
+
+    def __init__(self, runner: EngineRunner, labels: dict[str, str]) -> None:
+        self.runner = runner
+        self.labels = labels
+
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        g = GaugeMetricFamily(name, doc, labels=list(self.labels))
+        g.add_metric(list(self.labels.values()), value)
+        return g
+
+    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        c = CounterMetricFamily(name, doc, labels=list(self.labels))
+        c.add_metric(list(self.labels.values()), value)
+        return c
+
+    def _sim_gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        g = GaugeMetricFamily(name, doc, labels=["model_name"])
+        g.add_metric([self.labels["model_name"]], value)
+        return g
+
+    def _sim_counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        c = CounterMetricFamily(name, doc, labels=["model_name"])
+        c.add_metric([self.labels["model_name"]], value)
+        return c
+
+    def collect(self) -> Iterator[Metric]:
+        load = self.runner.engine.load()
+        counters = self.runner.engine.counters
+        g, c = self._gauge, self._counter
+        yield g("sglang:num_running_reqs", "The number of running requests.",
+                load.num_running_reqs)
+        yield g("sglang:num_queue_reqs", "The number of requests in the waiting queue.",
+                load.num_waiting_reqs)
+        yield g("sglang:num_used_tokens", "The number of used tokens.", load.num_used_tokens)
+        yield g("sglang:token_usage", "The token usage.", load.token_usage)
+        yield g("sglang:cache_hit_rate", "The prefix cache hit rate.", load.cache_hit_rate)
+        yield g("sglang:gen_throughput", "The generation throughput (token/s).",
+                load.gen_throughput)
+        yield g("sglang:max_total_num_tokens",
+                "Maximum total number of tokens in the KV cache pool.",
+                load.max_total_num_tokens)
+        yield g("sglang:num_retracted_reqs", "The number of retracted requests.",
+                counters.num_retracted_reqs)
+        yield c("sglang:num_retracted_requests", "Total number of retracted requests.",
+                counters.num_retracted_reqs)
+        yield c("sglang:evicted_tokens", "The number of device KV token slots freed by "
+                "eviction.", counters.evicted_tokens)
+        lag = self.runner.lag
+        g, c = self._sim_gauge, self._sim_counter
+        yield g("thunder_sim:time_scale", "Modelled seconds per wall second.",
+                self.runner.clock.time_scale)
+        yield c("thunder_sim:event_loop_lag_seconds", "Cumulative wall seconds the engine "
+                "loop woke later than planned.", lag.lag_total_s)
+        yield c("thunder_sim:lost_step_wall_seconds", "Cumulative wall seconds the modelled "
+                "GPU sat idle because the loop fell behind (the distortion).", lag.lost_total_s)
+        yield c("thunder_sim:planned_step_wall_seconds", "Cumulative planned wall seconds of "
+                "engine steps.", lag.planned_total_s)
+        yield g("thunder_sim:event_loop_lag_fraction", "Lost / planned step time over the last "
+                "window (distorted above 0.10).", lag.last_window_fraction)
+        yield g("thunder_sim:event_loop_lag_max_seconds", "Worst lateness in the last window "
+                "(wall seconds).", lag.max_lag_s)
+        yield c("thunder_sim:lag_warnings", "Sustained-lag warnings.", lag.warnings_total)
+        yield c("thunder_sim:engine_steps", "Engine step calls.", self.runner.steps_total)
+        yield c("thunder_sim:recomputed_tokens", "Tokens prefilled again after retraction.",
+                counters.recomputed_tokens)
+
+
+class SimMetrics:
+    def __init__(self, runner: EngineRunner, model_name: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        base = {"model_name": model_name, "engine_type": "unified"}
+        sched = {**base, "tp_rank": "0", "pp_rank": "0", "moe_ep_rank": "0"}
+        self.registry.register(_SchedulerCollector(runner, sched))
+        self._base = base
+        names = [*base, "is_streaming"]
+        r = self.registry
+        self.prompt_tokens = Counter("sglang:prompt_tokens_total",
+                                     "Number of prefill tokens processed.", names, registry=r)
+        self.generation_tokens = Counter("sglang:generation_tokens_total",
+                                         "Number of generation tokens processed.", names,
+                                         registry=r)
+        self.num_requests = Counter("sglang:num_requests_total",
+                                    "Number of requests processed.", names, registry=r)
+        self.cached_tokens = Counter("sglang:cached_tokens_total",
+                                     "Number of cached prompt tokens by source "
+                                     "(device/host/storage).", [*base, "cache_source"],
+                                     registry=r)
+        self.aborted = Counter("sglang:num_aborted_requests_total",
+                               "Number of requests aborted.", list(base), registry=r)
+        self.ttft = Histogram("sglang:time_to_first_token_seconds",
+                              "Histogram of time to first token in seconds.", names,
+                              buckets=TTFT_BUCKETS_S, registry=r)
+        self.e2e = Histogram("sglang:e2e_request_latency_seconds",
+                             "Histogram of End-to-end request latency in seconds", names,
+                             buckets=E2E_BUCKETS_S, registry=r)
+
+    def on_finish(self, ticket: Ticket, f: FinishedRequest) -> None:
+        labels = {**self._base, "is_streaming": "true" if ticket.stream else "false"}
+        self.prompt_tokens.labels(**labels).inc(f.prompt_tokens)
+        self.generation_tokens.labels(**labels).inc(f.completion_tokens)
+        self.num_requests.labels(**labels).inc()
+        if f.cached_tokens > 0:
+            self.cached_tokens.labels(**self._base, cache_source="device").inc(f.cached_tokens)
+        if f.finish_reason == FinishReason.ABORT:
+            self.aborted.labels(**self._base).inc()
+        if f.first_token_s is not None:
+            self.ttft.labels(**labels).observe(f.first_token_s - f.arrival_s)
+        self.e2e.labels(**labels).observe(f.finished_s - f.arrival_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
