@@ -1,0 +1,63 @@
+"""Settings of the tool manager (one pydantic model; the service nests or maps it).
+
+Defaults and where they come from:
+
+- ``max_runtimes`` 64: live + warm + preparing runtimes; a 2-core CI machine runs ~50 idle
+  busybox containers comfortably (measured in bench/tools), a real host raises it.
+- ``disk_budget_bytes`` 50 GiB: ThunderAgent reports 0.8 TB after 300 OpenHands workflows
+  *with* cleanup, i.e. ~2.7 GB per workflow; 50 GiB holds ~18 such sandboxes at once.
+- ``build_concurrency`` 2: image builds are CPU- and disk-bound; more than the core count
+  only slows each build down.
+- ``docker_concurrency`` 8: blocking docker SDK calls run in threads; dockerd serialises much
+  of its work, 8 in flight saturated it in our create/remove measurements (bench/tools).
+- ``exec_timeout_s`` 600: the longest tool call in the shared traces is under 10 minutes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+BackendName = Literal["docker", "local", "none"]
+
+_LABEL_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,40}$")
+
+
+class ToolManagerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: BackendName = "docker"
+    docker_host: str | None = Field(
+        default=None, description="e.g. unix:///tmp/thunder-docker/docker.sock; None: DOCKER_HOST"
+    )
+    local_root_dir: str | None = Field(
+        default=None, description="local backend: where runtime directories live (None: a temp dir)"
+    )
+    label_prefix: str = Field(default="thunder", description="namespace of labels and names")
+    publish_host: str = Field(default="127.0.0.1", description="host address ports bind to")
+    max_runtimes: int = Field(default=64, ge=1, le=100_000)
+    disk_budget_bytes: int = Field(default=50 << 30, ge=0)
+    build_concurrency: int = Field(default=2, ge=1, le=64)
+    docker_concurrency: int = Field(default=8, ge=1, le=256)
+    exec_timeout_s: float = Field(default=600.0, gt=0)
+    disk_poll_interval_s: float = Field(
+        default=30.0, gt=0, description="how often disk usage is re-measured"
+    )
+    prepare_on_admit: bool = Field(
+        default=True, description="start a program's runtime when it is admitted or restoring"
+    )
+    ended_programs_memory: int = Field(
+        default=10_000, ge=1, description="ended program ids remembered to refuse late acquires"
+    )
+
+    @field_validator("label_prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        if not _LABEL_PREFIX_RE.match(value):
+            raise ValueError("label_prefix must match [a-z0-9][a-z0-9.-]{0,40}")
+        return value
+
+
+__all__ = ["BackendName", "ToolManagerSettings"]
