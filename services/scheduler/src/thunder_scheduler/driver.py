@@ -33,11 +33,12 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol
 
 import httpx
 
+from thunder_core.contract import ProgramView
 from thunder_scheduler.backends.base import Backend, RequestHints, SlotOffload
 from thunder_scheduler.backends.monitor import BackendState
 from thunder_scheduler.clock import Clock
@@ -52,6 +53,7 @@ from thunder_scheduler.core.commands import (
     SetPriority,
 )
 from thunder_scheduler.core.events import BackendUpdated, Event
+from thunder_scheduler.core.snapshot import ProgramSnapshot, SchedulerSnapshot
 from thunder_scheduler.gate import GateError
 from thunder_scheduler.metrics import ServiceMetrics
 
@@ -77,6 +79,8 @@ class SchedulingCore(Protocol):
 
     def route_untagged(self, at: float) -> str | None: ...
 
+    def snapshot(self) -> SchedulerSnapshot: ...
+
 
 class ProgramHooks(Protocol):
     """What the driver tells the tool manager (``tools.ToolManager`` has these methods)."""
@@ -98,6 +102,10 @@ class _SlotFile:
     slot_id: int
     filename: str
     saved: bool = False
+
+
+def _view(row: ProgramSnapshot) -> ProgramView:
+    return ProgramView.model_validate(asdict(row))
 
 
 def _slot_offload(backend: Backend | None) -> SlotOffload | None:
@@ -233,6 +241,20 @@ class Driver:
         while len(self._last_body) > self._bodies_max:
             self._last_body.popitem(last=False)
 
+    def program_views(self) -> list[ProgramView]:
+        """Every program the core shows (live and recently ended), as the contract's view."""
+        return [_view(row) for row in self.core.snapshot().programs]
+
+    def program_view(self, program_id: str) -> ProgramView | None:
+        """The newest incarnation of ``program_id``, or None when the core never saw it."""
+        found: ProgramSnapshot | None = None
+        for row in self.core.snapshot().programs:
+            if row.program_id == program_id and (
+                found is None or row.incarnation >= found.incarnation
+            ):
+                found = row
+        return _view(found) if found is not None else None
+
     def held_count(self) -> int:
         return sum(1 for w in self._waiters.values() if not w.future.done())
 
@@ -327,13 +349,16 @@ class Driver:
             slot_id = slot.slot_id if slot is not None and slot.backend == backend.name else None
             self._spawn("release", backend.release_program(pid, None, slot_id))
         if self.hooks is not None:
-            self._call_hook("on_program_ended", pid, command.reason)
+            self.call_hook("on_program_ended", pid, command.reason)
         self._priority.pop(pid, None)
         self._last_body.pop(pid, None)
         self._backend_of.pop(pid, None)
         self._seq.pop(pid, None)
 
-    def _call_hook(self, name: str, *args: Any) -> None:
+    def call_hook(self, name: str, *args: Any) -> None:
+        """Call tool-manager hook ``name`` (sync or async), best effort."""
+        if self.hooks is None:
+            return
         try:
             result = getattr(self.hooks, name)(*args)
         except Exception:
@@ -429,7 +454,7 @@ class Driver:
 
     def _on_resume(self, command: Resume) -> None:
         if self.hooks is not None:
-            self._call_hook("on_program_restoring", command.program_id)
+            self.call_hook("on_program_restoring", command.program_id)
         slot = self._slots.get(command.program_id)
         if slot is None:
             return

@@ -13,9 +13,11 @@ Defaults and their sources:
 * ``port`` 8300: our choice, away from SGLang's 30000, vLLM's 8000 and llama-server's 8080 so
   the service can run beside them on one host.
 * ``policy``: the scheduling policy, by the core registry's name.
-* policy knobs (``high_watermark``, ``low_watermark``, ``decay_half_life_s``, ``max_pause_s``,
-  ``lease_s``): None means "the policy's own default", documented beside each policy's config
-  dataclass in ``thunder_scheduler.core``; set here only to override it.
+* policy knobs (``high_watermark``, ``low_watermark``, ``decay_half_life_s``): None means the
+  policy's own default, documented beside each policy's config dataclass in
+  ``thunder_scheduler.core.policies``; set here only to override it.
+* ``lease_s`` / ``max_paused_s``: None means the core's defaults (30 min / 5 min,
+  ``thunder_scheduler.core.config``).
 * ``tick_s`` 1.0 modelled second: the backstop tick. Admission and restore run on every event
   (issue 4), so the tick only catches time-driven changes (decay, aging, leases); ThunderAgent
   ticks every 5 s and reports throughput insensitive to ticks of 2-10 s (arXiv 2602.13692),
@@ -23,9 +25,9 @@ Defaults and their sources:
 * ``time_scale`` 1.0: modelled seconds per wall second, the simulator's knob (``clock.py``).
 * data-plane knobs (``max_body_bytes``, ``upstream_*``, ``abort_timeout_s``): defaults and
   their reasons in ``thunder_scheduler.proxy.settings``.
-* ``monitor_interval_s`` 1.0: how often a healthy backend's load is polled; a probe of a
-  backend that is down backs off up to ``monitor_backoff_max_s`` 30 s (our choices: one poll a
-  second is negligible for an engine, 30 s bounds the time to notice an engine that came up).
+* ``monitor_interval_s``, ``monitor_backoff_max_s``, ``monitor_unhealthy_after_failures``: the
+  backend monitor's poll period, probe backoff cap and failures before "unhealthy"; defaults
+  and reasons in ``thunder_scheduler.backends.monitor.MonitorConfig``.
 * ``prewarm_bodies_max`` 4096: programs whose last request body is kept for pre-restore warm-up
   (a bounded LRU; at about 64 KB per 16k-token body that is at most ~256 MB, usually far less).
 * ``tools_enabled`` False: the tool manager (Docker runtimes) is opt-in; its own settings are
@@ -52,6 +54,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from thunder_scheduler.backends.monitor import MonitorConfig
 from thunder_scheduler.backends.registry import parse_backend_spec
 from thunder_scheduler.proxy.settings import ProxySettings, UpstreamClientName
 from thunder_scheduler.tools.settings import ToolManagerSettings
@@ -62,6 +65,7 @@ ENV_PREFIX = "THUNDER_"
 LogLevel = Literal["debug", "info", "warning", "error"]
 _TOML_FILE: ContextVar[Path | None] = ContextVar("thunder_settings_toml", default=None)
 _PROXY_DEFAULTS = ProxySettings()
+_MONITOR_DEFAULTS = MonitorConfig()
 
 
 def setting_names(field: str) -> str:
@@ -106,7 +110,7 @@ class ServiceSettings(BaseSettings):
     high_watermark: float | None = Field(default=None, gt=0, le=1)
     low_watermark: float | None = Field(default=None, gt=0, le=1)
     decay_half_life_s: float | None = Field(default=None, gt=0)
-    max_pause_s: float | None = Field(default=None, gt=0, description="aging bound")
+    max_paused_s: float | None = Field(default=None, gt=0, description="aging bound")
     lease_s: float | None = Field(default=None, gt=0, description="idle program lifetime")
     tick_s: float = Field(default=1.0, gt=0, description="backstop tick, modelled seconds")
     time_scale: float = Field(default=1.0, gt=0, description="modelled s per wall s")
@@ -114,8 +118,11 @@ class ServiceSettings(BaseSettings):
     llamacpp_slot_offload: bool = False
 
     # -- backends monitor ---------------------------------------------------------------------
-    monitor_interval_s: float = Field(default=1.0, gt=0)
-    monitor_backoff_max_s: float = Field(default=30.0, gt=0)
+    monitor_interval_s: float = Field(default=_MONITOR_DEFAULTS.poll_interval_s, gt=0)
+    monitor_backoff_max_s: float = Field(default=_MONITOR_DEFAULTS.backoff_max_s, gt=0)
+    monitor_unhealthy_after_failures: int = Field(
+        default=_MONITOR_DEFAULTS.unhealthy_after_failures, ge=1
+    )
 
     # -- data plane (defaults from ProxySettings) -------------------------------------------
     max_body_bytes: int = Field(default=_PROXY_DEFAULTS.max_body_bytes, gt=0)
@@ -193,9 +200,7 @@ class ServiceSettings(BaseSettings):
             "high_watermark": self.high_watermark,
             "low_watermark": self.low_watermark,
             "decay_half_life_s": self.decay_half_life_s,
-            "max_pause_s": self.max_pause_s,
-            "lease_s": self.lease_s,
-        }
+                    }
         return {name: value for name, value in knobs.items() if value is not None}
 
     def redacted(self) -> dict[str, Any]:

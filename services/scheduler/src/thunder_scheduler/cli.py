@@ -1,0 +1,134 @@
+"""``thunder-scheduler``: run the service, or print the effective settings.
+
+    thunder-scheduler serve --backend sglang=http://gpu1:30000 --backend sglang=http://gpu2:30000
+    thunder-scheduler check-config [--config thunder.toml] [flags...]
+
+Every setting of ``settings.ServiceSettings`` is a flag (``--high-watermark 0.9``); flags beat
+``THUNDER_*`` environment variables, which beat the ``--config`` TOML file, which beats the
+defaults. A bad value exits with status 2 and a message naming the flag and the env var, never
+a traceback. ``serve`` prints ``thunder-scheduler listening on http://HOST:PORT`` once the
+socket is bound (``--port 0`` picks a free port; the line tells which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import socket
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import SecretStr
+
+from thunder_scheduler.settings import ServiceSettings, SettingsError, load_settings
+
+__all__ = ["build_parser", "main"]
+
+PROG = "thunder-scheduler"
+_NESTED = {"tools"}  # nested models: TOML table or THUNDER_TOOLS__FIELD env vars only
+
+
+def _is_bool(annotation: Any) -> bool:
+    if annotation is bool:
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return bool in typing.get_args(annotation)
+    return False
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (also THUNDER_<NAME> env vars or --config)")
+    for name, field in ServiceSettings.model_fields.items():
+        if name in _NESTED:
+            continue
+        help_text = field.description or ""
+        if name == "backends":
+            group.add_argument(
+                "--backend", dest="backends", action="append", metavar="[NAME@]KIND=URL",
+                help="an engine to serve from; repeat for several (KIND: sglang, vllm, llamacpp)",
+            )
+            continue
+        flag = "--" + name.replace("_", "-")
+        if _is_bool(field.annotation):
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                help=help_text,
+            )
+        else:
+            metavar = name.upper()
+            group.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command, help_text in (
+        ("serve", "run the scheduler service"),
+        ("check-config", "print the effective settings as JSON and exit"),
+    ):
+        cmd = sub.add_parser(command, help=help_text, description=help_text)
+        cmd.add_argument("--config", metavar="FILE", help="TOML file with settings")
+        _add_setting_flags(cmd)
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    flags: dict[str, Any] = {}
+    for name in ServiceSettings.model_fields:
+        value = getattr(args, name, None)
+        if value is not None:
+            flags[name] = SecretStr(value) if name in ("api_key", "admin_key") else value
+    return flags
+
+
+def _serve(settings: ServiceSettings) -> int:
+    import uvicorn
+
+    from thunder_scheduler.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = create_app(settings)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        print(f"{PROG}: error: --host/--port: cannot listen on {settings.host}:"
+              f"{settings.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"{PROG} listening on http://{shown}:{port}", file=sys.stderr, flush=True)
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    asyncio.run(server.serve(sockets=[sock]))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(_flags(args), args.config)
+    except SettingsError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
+        return 0
+    return _serve(settings)

@@ -1,0 +1,220 @@
+"""Lifecycle endpoints: programs start, run tools and end; observers list them.
+
+Paths and bodies are the wire contract's (``thunder_core.contract.Paths`` and the event
+models); every endpoint needs the admin key when one is set (``auth.py``):
+
+==========================================  =====================================================
+``POST /v1/programs``                       ``ProgramStart`` -> 201 ``ProgramView``; 409 if the
+                                            id is live. Without an id the service assigns one.
+``POST /v1/programs/{id}/tools``            ``ToolStart`` -> ``ProgramView`` (phase acting)
+``POST /v1/programs/{id}/tools/{call}/end`` ``ToolEnd`` -> ``ProgramView``
+``POST /v1/programs/{id}/end``              ``ProgramEnd`` -> ``ProgramView`` (terminated)
+``GET /v1/programs[?status=...]``           ``ProgramList`` (live and recently ended programs)
+``GET /v1/programs/{id}``                   ``ProgramView``
+``POST /programs/release``                  ThunderAgent's release: ends the program
+==========================================  =====================================================
+
+An unknown program is 404 with a JSON reason; so is an unknown tool call id. Bodies are
+limited to ``max_body_bytes`` (413) by :class:`BodyLimitMiddleware`, applied to these paths only
+(the proxy enforces the limit on its own routes without buffering).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from thunder_core.contract import (
+    Paths,
+    ProgramEnd,
+    ProgramEndStatus,
+    ProgramList,
+    ProgramStart,
+    ProgramStatus,
+    ProgramView,
+    ThunderAgentRelease,
+    ToolEnd,
+    ToolEndStatus,
+    ToolStart,
+)
+from thunder_scheduler.auth import KeyCheck
+from thunder_scheduler.core.events import ProgramEnded, ProgramStarted, ToolFinished, ToolStarted
+from thunder_scheduler.driver import Driver
+from thunder_scheduler.errors import ServiceError, error_response
+
+__all__ = ["BodyLimitMiddleware", "create_lifecycle_router"]
+
+LIFECYCLE_PREFIXES = ("/v1/programs", "/programs/", "/v1/runtime-specs", "/admin")
+
+
+def _unknown(program_id: str) -> ServiceError:
+    return ServiceError(404, f"unknown program {program_id!r}")
+
+
+def create_lifecycle_router(
+    get_driver: Callable[[], Driver],
+    require_admin: KeyCheck,
+    *,
+    on_program_started: Callable[[str, ProgramStart], None] | None = None,
+) -> APIRouter:
+    """The lifecycle API on the driver ``get_driver()`` returns (read per request)."""
+    router = APIRouter(dependencies=[Depends(require_admin)], tags=["lifecycle"])
+
+    def view_or_404(driver: Driver, program_id: str) -> ProgramView:
+        view = driver.program_view(program_id)
+        if view is None:
+            raise _unknown(program_id)
+        return view
+
+    def require_live(driver: Driver, program_id: str) -> None:
+        if not driver.core.has_program(program_id):
+            raise _unknown(program_id)
+
+    @router.post(Paths.PROGRAMS, status_code=201, response_model=ProgramView)
+    async def start_program(body: ProgramStart) -> ProgramView:
+        driver = get_driver()
+        program_id = body.program_id or f"prog-{uuid.uuid4().hex}"
+        if driver.core.has_program(program_id):
+            raise ServiceError(409, f"program {program_id!r} is already active")
+        driver.feed(ProgramStarted(
+            at=driver.now(),
+            program_id=program_id,
+            priority=body.priority,
+            framework=body.framework,
+            tags=dict(body.tags),
+            parent_program_id=body.parent_program_id,
+            lease_s=body.lease_s,
+        ))
+        if on_program_started is not None:
+            on_program_started(program_id, body)
+        return view_or_404(driver, program_id)
+
+    @router.get(Paths.PROGRAMS, response_model=ProgramList)
+    async def list_programs(
+        status: Annotated[
+            ProgramStatus | None, Query(description="only programs with this status")
+        ] = None,
+    ) -> ProgramList:
+        views = get_driver().program_views()
+        if status is not None:
+            views = [view for view in views if view.status == status]
+        return ProgramList(programs=views)
+
+    @router.get(Paths.PROGRAM, response_model=ProgramView)
+    async def get_program(program_id: str) -> ProgramView:
+        return view_or_404(get_driver(), program_id)
+
+    @router.post(Paths.TOOLS, response_model=ProgramView)
+    async def start_tool(program_id: str, body: ToolStart) -> ProgramView:
+        driver = get_driver()
+        require_live(driver, program_id)
+        if driver.has_tool_call(program_id, body.call_id):
+            raise ServiceError(409, f"tool call {body.call_id!r} of {program_id!r} already runs")
+        driver.feed(ToolStarted(
+            at=driver.now(),
+            program_id=program_id,
+            call_id=body.call_id,
+            tool_name=body.tool_name,
+            runtime_ids=tuple(body.runtime_ids),
+            expected_duration_s=body.expected_duration_s,
+        ))
+        return view_or_404(driver, program_id)
+
+    @router.post(Paths.TOOL_END, response_model=ProgramView)
+    async def end_tool(program_id: str, call_id: str, body: ToolEnd) -> ProgramView:
+        driver = get_driver()
+        require_live(driver, program_id)
+        if not driver.has_tool_call(program_id, call_id):
+            raise ServiceError(404, f"program {program_id!r} has no running tool call {call_id!r}")
+        driver.feed(ToolFinished(
+            at=driver.now(),
+            program_id=program_id,
+            call_id=call_id,
+            ok=body.status == ToolEndStatus.OK,
+        ))
+        return view_or_404(driver, program_id)
+
+    def end(driver: Driver, program_id: str, status: ProgramEndStatus, reason: str | None) -> Any:
+        require_live(driver, program_id)
+        driver.feed(ProgramEnded(
+            at=driver.now(), program_id=program_id, status=status, reason=reason
+        ))
+        return view_or_404(driver, program_id)
+
+    @router.post(Paths.PROGRAM_END, response_model=ProgramView)
+    async def end_program(program_id: str, body: ProgramEnd) -> ProgramView:
+        driver = get_driver()
+        view: ProgramView = end(driver, program_id, body.status, body.reason)
+        return view
+
+    @router.post(Paths.THUNDERAGENT_RELEASE, response_model=ProgramView)
+    async def release_program(body: ThunderAgentRelease) -> ProgramView:
+        driver = get_driver()
+        view: ProgramView = end(
+            driver, body.program_id, ProgramEndStatus.OK, "released via /programs/release"
+        )
+        return view
+
+    return router
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over ``max_bytes`` on the lifecycle paths (pure ASGI).
+
+    Other paths pass through untouched (one prefix check), so the proxy's hot path pays nothing.
+    The body is read up front (lifecycle bodies are small) and replayed to the app.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(LIFECYCLE_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > limit:
+                    await self._too_large(scope, receive, send)
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413, f"request body over the limit of {self.max_bytes} bytes (max_body_bytes)"
+        )
+        await response(scope, receive, send)

@@ -1,0 +1,131 @@
+"""Settings precedence (flags > env > TOML > defaults) and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thunder_scheduler.cli import main
+from thunder_scheduler.settings import SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("THUNDER_"):
+            monkeypatch.delenv(name)
+
+
+def _toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "thunder.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_any_source() -> None:
+    settings = load_settings()
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8300
+    assert settings.backends == []
+    assert settings.tools_enabled is False
+    assert settings.policy_knobs() == {}
+
+
+def test_flags_beat_env_beat_toml_beat_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _toml(tmp_path, 'port = 9001\nhigh_watermark = 0.7\nlog_level = "debug"\n'
+                             'tick_s = 3.0\n')
+    monkeypatch.setenv("THUNDER_PORT", "9002")
+    monkeypatch.setenv("THUNDER_HIGH_WATERMARK", "0.8")
+    settings = load_settings({"port": "9003"}, config)
+    assert settings.port == 9003              # flag over env and TOML
+    assert settings.high_watermark == 0.8     # env over TOML
+    assert settings.log_level == "debug"      # TOML over default
+    assert settings.tick_s == 3.0
+    assert settings.time_scale == 1.0         # default
+
+
+def test_backends_from_env_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THUNDER_BACKENDS", "sglang=http://gpu1:30000, gpu2@vllm=http://gpu2:8000/")
+    settings = load_settings()
+    assert settings.backends == [
+        "sglang-gpu1-30000@sglang=http://gpu1:30000",
+        "gpu2@vllm=http://gpu2:8000",
+    ]
+
+
+def test_nested_tool_settings_from_env_and_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _toml(
+        tmp_path, "tools_enabled = true\n[tools]\nmax_runtimes = 5\nbackend = \"local\"\n"
+    )
+    monkeypatch.setenv("THUNDER_TOOLS__MAX_RUNTIMES", "7")
+    settings = load_settings(config_file=config)
+    assert settings.tools_enabled
+    assert settings.tools.max_runtimes == 7
+    assert settings.tools.backend == "local"
+
+
+def test_error_names_env_var_and_flag() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"high_watermark": "1.5"})
+    (problem,) = caught.value.problems
+    assert problem.startswith("THUNDER_HIGH_WATERMARK / --high-watermark:")
+    assert "less than or equal to 1" in problem
+
+
+def test_unknown_backend_kind_names_flag_and_allowed_kinds() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"backends": ["tgi=http://x:1"]})
+    message = str(caught.value)
+    assert "--backend" in message
+    for kind in ("sglang", "vllm", "llamacpp"):
+        assert kind in message
+
+
+def test_low_watermark_above_high_is_refused() -> None:
+    with pytest.raises(SettingsError, match="low_watermark"):
+        load_settings({"high_watermark": 0.8, "low_watermark": 0.9})
+
+
+def test_unknown_toml_key_and_bad_toml_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="hihg_watermark: unknown setting"):
+        load_settings(config_file=_toml(tmp_path, "hihg_watermark = 0.5\n"))
+    with pytest.raises(SettingsError, match="--config"):
+        load_settings(config_file=_toml(tmp_path, "port = = 3\n"))
+    with pytest.raises(SettingsError, match="no such file"):
+        load_settings(config_file=tmp_path / "missing.toml")
+
+
+def test_secrets_are_redacted() -> None:
+    settings = load_settings({"admin_key": "s3cret", "api_key": "k"})
+    shown = settings.redacted()
+    assert shown["admin_key"] == shown["api_key"] == "**********"
+    assert "s3cret" not in repr(settings)
+
+
+def test_cli_check_config_prints_effective_settings(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.setenv("THUNDER_TICK_S", "2.5")
+    assert main(["check-config", "--backend", "llamacpp=http://127.0.0.1:8080",
+                 "--high-watermark", "0.9", "--llamacpp-slot-offload"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["high_watermark"] == 0.9
+    assert shown["tick_s"] == 2.5
+    assert shown["llamacpp_slot_offload"] is True
+    assert shown["backends"] == ["llamacpp-127.0.0.1-8080@llamacpp=http://127.0.0.1:8080"]
+
+
+def test_cli_bad_backend_exits_2_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--backend", "tgi=http://x:1"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend" in err and "allowed: llamacpp, sglang, vllm" in err
+    assert "Traceback" not in err
