@@ -1,0 +1,521 @@
+"""The proxy data plane: OpenAI and SGLang-native endpoints forwarded to the engines.
+
+Per request (``POST /v1/chat/completions``, ``/v1/completions``, ``/generate``):
+
+1. The handler reads the body, counting bytes against ``max_body_bytes`` (``Content-Length``
+   first, then while reading: 413), parses it once with orjson (400 on malformed JSON or a
+   non-object), type-checks only the fields the proxy reads (``model``, ``stream``,
+   ``stream_options``, ``messages`` / ``prompt`` / ``text`` / ``input_ids``: 400 with the
+   field's name), finds the program id (``thunder_core.contract.program_id_from``: 400 if
+   malformed) and strips our identity fields (``strip_identity``). Nothing else in the body
+   is validated: the engine answers for the rest.
+2. The rest runs inside :class:`_Exchange`, an ASGI response, so one task can watch the
+   client's connection (ASGI ``http.disconnect``) for the whole life of the request:
+   waiting in ``gate.acquire`` (the program may be held), waiting for the engine, streaming.
+3. ``gate.new_request_id`` gives the engine request id ``<program>:<seq>``;
+   ``backend.decorate`` writes it into the body (SGLang ``rid``, vLLM ``request_id``,
+   llama.cpp ``id_slot``) and ``backend.request_headers`` adds headers. OpenAI streaming
+   requests get ``stream_options.include_usage = true`` (see ``streaming``).
+4. The body is re-serialised once (orjson) and POSTed through the pooled
+   :class:`~thunder_scheduler.proxy.upstream.UpstreamClient`. Streams are forwarded chunk by
+   chunk as they arrive; a complete response is forwarded byte for byte as the engine sent it.
+5. ``gate.finish`` is called exactly once for every request that entered ``acquire``:
+   ``OK`` after the response was delivered, ``ERROR`` for an engine error status, an
+   unreachable engine (502 naming the backend), a timeout (504) or a failure mid-stream, and
+   ``DISCONNECTED`` when the client left (the upstream connection is closed, and SGLang gets
+   ``POST /abort_request``). Usage is whatever the engine reported, else None.
+
+Headers. Hop-by-hop headers (RFC 9110 section 7.6.1: ``Connection`` and the headers it
+names, ``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``,
+``Upgrade``), ``Host``, ``Content-Length`` (recomputed), ``Authorization`` (the client's key
+to us, never the engine's) and every ``X-Thunder-*`` header are not forwarded;
+``Accept-Encoding: identity`` is sent so the engine's bytes can be scanned as they pass.
+
+Proxy overhead (reported through ``gate.observe_proxy_overhead``), per request::
+
+    overhead_s = (t_forwarded - t_received) - acquire_s - upstream_s
+
+``t_received``: the handler starts (headers parsed by the server); ``t_forwarded``: the first
+body bytes were handed to the server for the client (streaming), or the whole response
+(non-streaming); ``acquire_s``: time inside ``gate.acquire`` (scheduling, incl. holds, is
+not proxy cost); ``upstream_s``: from sending the upstream request until the engine's bytes
+that were forwarded at ``t_forwarded`` had arrived. It is reported for delivered responses
+(``OK``) only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from thunder_core.contract import InvalidProgramId, program_id_from, strip_identity
+from thunder_scheduler.core.events import RequestOutcome
+from thunder_scheduler.gate import GateError, Placement, RequestGate, Usage
+from thunder_scheduler.proxy.settings import ProxySettings
+from thunder_scheduler.proxy.streaming import SseScanner
+from thunder_scheduler.proxy.upstream import (
+    UpstreamClient,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from thunder_scheduler.proxy.usage import response_usage
+
+__all__ = ["CHAT_PATH", "COMPLETIONS_PATH", "GENERATE_PATH", "MODELS_PATH", "create_proxy_router"]
+
+log = logging.getLogger(__name__)
+
+CHAT_PATH: Final = "/v1/chat/completions"
+COMPLETIONS_PATH: Final = "/v1/completions"
+GENERATE_PATH: Final = "/generate"
+MODELS_PATH: Final = "/v1/models"
+REQUEST_ID_HEADER: Final = "X-Thunder-Request-Id"
+"""Response header naming the engine request id the proxy gave the request."""
+
+_NOT_FORWARDED: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"content-type",
+        b"accept-encoding",
+        b"authorization",
+        b"expect",
+    }
+)
+_OUR_PREFIX: Final = b"x-thunder-"
+_JSON: Final = "application/json"
+_SSE: Final = "text/event-stream"
+
+
+class _ClientError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _error_response(status: int, reason: str, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"error": reason}), status, headers, media_type=_JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    path: str
+    native: bool
+    """SGLang ``/generate``: usage in ``meta_info``, no ``stream_options``, no model."""
+    prompt_fields: tuple[str, ...]
+    """At least one must be present."""
+
+
+_CHAT: Final = _Endpoint(CHAT_PATH, False, ("messages",))
+_COMPLETIONS: Final = _Endpoint(COMPLETIONS_PATH, False, ("prompt",))
+_GENERATE: Final = _Endpoint(GENERATE_PATH, True, ("text", "input_ids"))
+
+
+def _check_fields(endpoint: _Endpoint, body: dict[str, Any]) -> tuple[str | None, bool]:
+    """Type-check the fields the proxy reads; return (model, stream). Raises ``_ClientError``."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _ClientError(400, "field 'model' must be a string")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _ClientError(400, "field 'stream' must be a boolean")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _ClientError(400, "field 'stream_options' must be an object")
+    present = [name for name in endpoint.prompt_fields if body.get(name) is not None]
+    if not present:
+        names = " or ".join(repr(name) for name in endpoint.prompt_fields)
+        raise _ClientError(400, f"field {names} is required")
+    for name in present:
+        value = body[name]
+        if name == "messages":
+            if not isinstance(value, list) or not value:
+                raise _ClientError(400, "field 'messages' must be a non-empty array")
+        elif name in ("prompt", "text"):
+            if not isinstance(value, (str, list)):
+                raise _ClientError(400, f"field {name!r} must be a string or an array")
+        elif not isinstance(value, list):  # input_ids
+            raise _ClientError(400, "field 'input_ids' must be an array")
+    return (None if endpoint.native else model), stream
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_bytes = int(declared)
+        except ValueError:
+            raise _ClientError(400, "header 'Content-Length' is not an integer") from None
+        if declared_bytes > max_bytes:
+            raise _ClientError(413, f"request body of {declared_bytes} bytes exceeds the "
+                                    f"limit of {max_bytes} bytes")
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > max_bytes:
+            raise _ClientError(413, f"request body exceeds the limit of {max_bytes} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _forward_headers(request: Request) -> dict[str, str]:
+    raw = request.scope["headers"]
+    named: set[bytes] = set()
+    for key, value in raw:
+        if key == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    headers: dict[str, str] = {}
+    for key, value in raw:
+        if key in _NOT_FORWARDED or key in named or key.startswith(_OUR_PREFIX):
+            continue
+        headers[key.decode("latin-1")] = value.decode("latin-1")
+    headers["content-type"] = _JSON
+    headers["accept-encoding"] = "identity"
+    return headers
+
+
+class _Proxy:
+    """The router's endpoints; holds the injected gate, upstream client and settings."""
+
+    def __init__(self, gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings):
+        self.gate = gate
+        self.upstream = upstream
+        self.settings = settings
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._handle(request, _CHAT)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._handle(request, _COMPLETIONS)
+
+    async def generate(self, request: Request) -> Response:
+        return await self._handle(request, _GENERATE)
+
+    async def list_models(self) -> Response:
+        return Response(
+            orjson.dumps({"object": "list", "data": self.gate.models()}), media_type=_JSON
+        )
+
+    async def _handle(self, request: Request, endpoint: _Endpoint) -> Response:
+        received_at = time.perf_counter()
+        try:
+            raw = await _read_body(request, self.settings.max_body_bytes)
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise _ClientError(400, f"malformed JSON body: {exc}") from None
+            if not isinstance(body, dict):
+                raise _ClientError(400, "request body must be a JSON object")
+            model, stream = _check_fields(endpoint, body)
+            try:
+                program_id = program_id_from(request.headers, body)
+            except InvalidProgramId as exc:
+                raise _ClientError(400, str(exc)) from None
+        except _ClientError as exc:
+            log.info("%s %s: %d %s", request.method, endpoint.path, exc.status, exc.reason)
+            return _error_response(exc.status, exc.reason)
+        strip_identity(body)
+        return _Exchange(
+            self, endpoint, body, model, stream, program_id, _forward_headers(request),
+            received_at,
+        )
+
+
+class _Exchange(Response):
+    """One proxied request, run as an ASGI response so it can watch for the client leaving."""
+
+    def __init__(
+        self,
+        proxy: _Proxy,
+        endpoint: _Endpoint,
+        body: dict[str, Any],
+        model: str | None,
+        stream: bool,
+        program_id: str | None,
+        headers: dict[str, str],
+        received_at: float,
+    ) -> None:
+        # Response's own fields are unused: __call__ writes the response itself.
+        self.background = None
+        self.status_code = 200
+        self.raw_headers = []
+        self._proxy = proxy
+        self._endpoint = endpoint
+        self._body = body
+        self._model = model
+        self._stream = stream
+        self._program_id = program_id
+        self._fwd_headers = headers
+        self._received_at = received_at
+        self._request_id = ""
+        self._entered_acquire = False
+        self._placement: Placement | None = None
+        self._outcome = RequestOutcome.ERROR
+        self._usage: Usage | None = None
+        self._tool_call = False
+        self._upstream_open = False          # an upstream request is in flight
+        self._response_started = False       # the status line went to the client
+        self._response_complete = False      # the last byte went to the client
+        self._disconnected = False
+        self._acquire_s = 0.0
+        self._overhead_s: float | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        worker = asyncio.ensure_future(self._run(send))
+        watcher = asyncio.ensure_future(self._watch(receive, worker))
+        try:
+            await asyncio.wait((worker,))
+        except asyncio.CancelledError:
+            # the server is shutting down or the app cancelled us: same as a client leaving.
+            self._disconnected = True
+            worker.cancel()
+            await asyncio.wait((worker,))
+            raise
+        finally:
+            watcher.cancel()
+            if (
+                worker.done() and not worker.cancelled() and worker.exception() is not None
+                and not self._response_started and not self._disconnected
+            ):
+                await self._send_error(send, 500, "internal proxy error")
+            self._conclude(worker)
+            if self._disconnected and self._upstream_open:
+                await self._abort_upstream()
+
+    async def _watch(self, receive: Receive, worker: asyncio.Future[None]) -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self._response_complete:
+                    self._disconnected = True
+                    worker.cancel()
+                return
+
+    def _conclude(self, worker: asyncio.Future[None]) -> None:
+        """Finish the request with the gate: exactly once, whatever happened."""
+        if worker.done() and not worker.cancelled() and worker.exception() is not None:
+            exc = worker.exception()
+            log.error("proxy failure for request %s", self._request_id, exc_info=exc)
+        if self._disconnected:
+            self._outcome = RequestOutcome.DISCONNECTED
+        if not self._entered_acquire:
+            return
+        gate = self._proxy.gate
+        try:
+            gate.finish(
+                self._placement, self._program_id, self._request_id, self._outcome,
+                self._usage, self._tool_call,
+            )
+        except Exception:
+            log.exception("gate.finish failed for request %s", self._request_id)
+        if self._overhead_s is not None and self._outcome is RequestOutcome.OK:
+            gate.observe_proxy_overhead(self._overhead_s, self._stream)
+
+    async def _abort_upstream(self) -> None:
+        placement = self._placement
+        if placement is None or not placement.backend.capabilities.abort_by_request_id:
+            return  # closing the connection (done by the worker) is the abort
+        try:
+            async with asyncio.timeout(self._proxy.settings.abort_timeout_s):
+                await placement.backend.abort(self._request_id)
+        except Exception as exc:  # an abort that fails must not fail the request's cleanup
+            log.warning("abort of %s on %s failed: %s", self._request_id,
+                        placement.backend.name, exc)
+
+    # -- the request itself ------------------------------------------------------------------
+
+    async def _run(self, send: Send) -> None:
+        proxy, endpoint = self._proxy, self._endpoint
+        gate = proxy.gate
+        self._request_id = gate.new_request_id(self._program_id)
+        started = time.perf_counter()
+        self._entered_acquire = True
+        try:
+            placement = await gate.acquire(
+                self._program_id, self._request_id, self._body, self._model
+            )
+        except GateError as exc:
+            self._entered_acquire = False  # refused: nothing to finish
+            log.info("%s refused: %d %s", endpoint.path, exc.status, exc.reason)
+            await self._send_error(send, exc.status, exc.reason)
+            return
+        self._acquire_s = time.perf_counter() - started
+        self._placement = placement
+        backend = placement.backend
+
+        body = self._body
+        wants_usage = True
+        if self._stream and not endpoint.native:
+            options = body.get("stream_options") or {}
+            wants_usage = options.get("include_usage") is True
+            if not wants_usage:
+                body["stream_options"] = {**options, "include_usage": True}
+        body = backend.decorate(endpoint.path, body, placement.hints)
+        headers = self._fwd_headers
+        extra = backend.request_headers(placement.hints)
+        if extra:
+            headers = {**headers, **extra}
+        url = backend.base_url + endpoint.path
+
+        self._upstream_open = True
+        upstream_sent_at = time.perf_counter()
+        try:
+            response = await proxy.upstream.send(url, orjson.dumps(body), headers)
+        except UpstreamTimeout as exc:
+            self._upstream_open = False
+            await self._send_error(send, 504, f"backend {backend.name!r} timed out: {exc}")
+            return
+        except UpstreamUnreachable as exc:
+            self._upstream_open = False
+            await self._send_error(send, 502, f"backend {backend.name!r} unreachable: {exc}")
+            return
+        try:
+            if response.status >= 400:
+                await self._pass_error(send, response)
+            elif self._stream:
+                await self._relay_stream(send, response, upstream_sent_at, not wants_usage)
+            else:
+                await self._relay_whole(send, response, upstream_sent_at)
+        finally:
+            await response.aclose()
+            if not self._disconnected:
+                self._upstream_open = False
+
+    async def _pass_error(self, send: Send, response: UpstreamResponse) -> None:
+        """Engine error: forward status and body as they are."""
+        backend = self._placement.backend.name if self._placement else "?"
+        try:
+            payload = await response.read()
+        except (UpstreamTimeout, UpstreamUnreachable) as exc:
+            await self._send_error(send, 502, f"backend {backend!r} failed: {exc}")
+            return
+        log.info("backend %r answered %d to %s", backend, response.status, self._request_id)
+        await self._send_complete(send, response.status, response.content_type or _JSON, payload)
+
+    async def _relay_whole(
+        self, send: Send, response: UpstreamResponse, upstream_sent_at: float
+    ) -> None:
+        backend = self._placement.backend.name if self._placement else "?"
+        try:
+            payload = await response.read()
+        except UpstreamTimeout as exc:
+            await self._send_error(send, 504, f"backend {backend!r} timed out: {exc}")
+            return
+        except UpstreamUnreachable as exc:
+            await self._send_error(send, 502, f"backend {backend!r} failed: {exc}")
+            return
+        upstream_s = time.perf_counter() - upstream_sent_at
+        await self._send_complete(send, response.status, response.content_type or _JSON, payload)
+        self._overhead_s = self._elapsed_s() - upstream_s
+        try:
+            parsed = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            parsed = None
+        self._usage, self._tool_call = response_usage(self._endpoint.native, parsed)
+        self._outcome = RequestOutcome.OK
+
+    async def _relay_stream(
+        self, send: Send, response: UpstreamResponse, upstream_sent_at: float, drop_usage: bool
+    ) -> None:
+        scanner = SseScanner(native=self._endpoint.native, drop_usage_chunk=drop_usage)
+        self._response_started = True
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [
+                    (b"content-type", (response.content_type or _SSE).encode("latin-1")),
+                    (b"cache-control", b"no-cache"),
+                    (REQUEST_ID_HEADER.lower().encode(), self._request_id.encode("latin-1")),
+                ],
+            }
+        )
+        failure: str | None = None
+        try:
+            async for chunk in response.chunks():
+                out = scanner.feed(chunk)
+                if out:
+                    if self._overhead_s is None:
+                        upstream_s = time.perf_counter() - upstream_sent_at
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                        self._overhead_s = self._elapsed_s() - upstream_s
+                    else:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+        except (UpstreamTimeout, UpstreamUnreachable) as exc:
+            backend = self._placement.backend.name if self._placement else "?"
+            failure = f"backend {backend!r} failed mid-stream: {exc}"
+            log.warning("%s (request %s)", failure, self._request_id)
+        finally:
+            self._usage = scanner.usage
+            self._tool_call = scanner.ends_with_tool_call
+        tail = scanner.close()
+        if failure is not None:
+            # the status line is gone: tell the client in the stream, as OpenAI-style servers do.
+            tail += b"data: " + orjson.dumps({"error": {"message": failure}}) + b"\n\n"
+        self._response_complete = True
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        self._usage = scanner.usage
+        self._tool_call = scanner.ends_with_tool_call
+        if failure is None:
+            self._outcome = RequestOutcome.OK
+
+    def _elapsed_s(self) -> float:
+        return time.perf_counter() - self._received_at - self._acquire_s
+
+    async def _send_complete(self, send: Send, status: int, content_type: str, body: bytes) -> None:
+        self._response_started = True
+        self._response_complete = True
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode()),
+                    (REQUEST_ID_HEADER.lower().encode(), self._request_id.encode("latin-1")),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _send_error(self, send: Send, status: int, reason: str) -> None:
+        if status >= 500:
+            log.warning("request %s: %d %s", self._request_id, status, reason)
+        await self._send_complete(send, status, _JSON, orjson.dumps({"error": reason}))
+
+
+def create_proxy_router(
+    gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings
+) -> APIRouter:
+    """The data-plane routes, bound to an injected gate and upstream client."""
+    proxy = _Proxy(gate, upstream, settings)
+    router = APIRouter(tags=["proxy"])
+    router.add_api_route(CHAT_PATH, proxy.chat_completions, methods=["POST"])
+    router.add_api_route(COMPLETIONS_PATH, proxy.completions, methods=["POST"])
+    router.add_api_route(GENERATE_PATH, proxy.generate, methods=["POST"])
+    router.add_api_route(MODELS_PATH, proxy.list_models, methods=["GET"])
+    return router
