@@ -1,7 +1,7 @@
 """FakeRuntimeBackend: an in-memory backend for fault-injection tests only.
 
 It is not a sandbox: ``exec`` interprets a scripted subset of ``sh -c`` (``;``-separated
-``echo``, ``echo ... > FILE``, ``cat``, ``exit N``, ``sleep S``, ``pwd``, ``printenv``) over a
+``echo``, ``echo ... > FILE``, ``cat``, ``exit N``, ``sleep S``, ``pwd``; ``$VAR`` expands) over a
 per-runtime dict of files, which is enough for the shared conformance suite. Faults are switched
 on by attributes: ``down`` (every call raises ``BackendUnavailable``), ``fail_build`` /
 ``fail_create`` / ``fail_setup`` (sets of spec names), ``create_delay_s`` / ``build_delay_s``.
@@ -103,6 +103,12 @@ class FakeRuntimeBackend:
         if spec.name in self.fail_setup:
             await self.destroy(runtime)
             raise CreateFailed(f"setup of {spec.name} failed (fault injected)")
+        for command in spec.setup_commands:
+            result = await self.exec(runtime, ["sh", "-c", command], timeout_s=600.0,
+                                     workdir=None, env={})
+            if result.exit_code != 0:
+                await self.destroy(runtime)
+                raise CreateFailed(f"setup command {command!r} exited {result.exit_code}")
         return runtime
 
     async def assign(self, runtime: BackendRuntime, labels: RuntimeLabels, owner_key: str) -> None:
@@ -123,7 +129,9 @@ class FakeRuntimeBackend:
         err: list[bytes] = []
         code = 0
         for statement in script.split(";"):
-            words = shlex.split(statement)
+            variables = {**state.env, **env}
+            words = [variables.get(w[1:], "") if w.startswith("$") else w
+                     for w in shlex.split(statement)]
             if not words:
                 continue
             verb, args = words[0], words[1:]
@@ -149,10 +157,6 @@ class FakeRuntimeBackend:
                     out.append(state.files[args[0]])
             elif verb == "pwd":
                 out.append(((workdir or state.workdir) + "\n").encode())
-            elif verb == "printenv":
-                value = {**state.env, **env}.get(args[0])
-                code = 0 if value is not None else 1
-                out.append(f"{value}\n".encode() if value is not None else b"")
             else:
                 err.append(f"sh: {verb}: not found\n".encode())
                 code = 127
