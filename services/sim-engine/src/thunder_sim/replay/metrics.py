@@ -1,0 +1,141 @@
+"""What a replay measures, in modelled seconds, and the summary both runners produce.
+
+Definitions (the ThunderAgent paper's metric is agent steps per minute):
+
+- a *step* is one LLM request of a program (subagents' steps included);
+- ``steps_per_min`` = completed steps / run duration in modelled minutes; the run lasts from
+  the first program's start to the last step's end (or to ``duration_s`` when one was set);
+- ``output_tokens_per_s`` = completion tokens of completed steps / run duration;
+- ``hit_rate`` = sum of cached prompt tokens / sum of prompt tokens (token-weighted), from the
+  engines' usage reports; ``ideal_hit_rate`` is what an unlimited prefix cache gets on the same
+  steps (``trace.ideal_hit_tokens``);
+- ``step latency`` = from the moment the program sends the request (including any time held
+  at the scheduler) to its last output token; ``ttft`` = to its first output token;
+- ``recomputed_tokens``: tokens the engines prefilled again after a retraction;
+- ``pauses``, ``migrations``, ``max_paused_s``: from the scheduler's Pause / Resume decisions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    program_id: str
+    step_index: int
+    sent_s: float
+    first_token_s: float | None
+    finished_s: float
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in [0, 100]); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class RunRecorder:
+    """Collects step records and scheduler decisions during one run."""
+
+    steps: list[StepRecord] = field(default_factory=list)
+    pauses: int = 0
+    migrations: int = 0
+    paused_since: dict[str, float] = field(default_factory=dict)
+    paused_s: list[float] = field(default_factory=list)
+    programs_started: int = 0
+    programs_done: int = 0
+    capped_human_s: float = 0.0
+    capped_tool_s: float = 0.0
+    failed_steps: int = 0
+
+    def paused(self, program_id: str, at: float) -> None:
+        self.pauses += 1
+        self.paused_since.setdefault(program_id, at)
+
+    def resumed(self, program_id: str, at: float, migrated: bool) -> None:
+        self.migrations += int(migrated)
+        since = self.paused_since.pop(program_id, None)
+        if since is not None:
+            self.paused_s.append(at - since)
+
+    def close(self, at: float) -> None:
+        """Count programs still paused at the end of the run as paused until ``at``."""
+        for since in self.paused_since.values():
+            self.paused_s.append(at - since)
+        self.paused_since.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    label: str
+    mode: str                      # "virtual" | "live"
+    policy: str
+    replicas: int
+    concurrency: int
+    programs_done: int
+    steps: int
+    duration_s: float
+    steps_per_min: float
+    output_tokens_per_s: float
+    prompt_tokens: int
+    cached_tokens: int
+    hit_rate: float
+    ideal_hit_rate: float
+    recomputed_tokens: int
+    step_latency_p50_s: float
+    step_latency_p99_s: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    pauses: int
+    migrations: int
+    max_paused_s: float
+    capped_human_s: float
+    capped_tool_s: float
+    failed_steps: int = 0
+    time_scale: float = 1.0
+    fit: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarise(
+    rec: RunRecorder, *, label: str, mode: str, policy: str, replicas: int, concurrency: int,
+    duration_s: float, recomputed_tokens: int, ideal: tuple[int, int], time_scale: float = 1.0,
+    fit: str = "", extra: dict[str, Any] | None = None,
+) -> RunReport:
+    steps = rec.steps
+    prompt = sum(s.prompt_tokens for s in steps)
+    cached = sum(s.cached_tokens for s in steps)
+    out = sum(s.completion_tokens for s in steps)
+    minutes = duration_s / 60 if duration_s > 0 else math.nan
+    latencies = [s.finished_s - s.sent_s for s in steps]
+    ttfts = [s.first_token_s - s.sent_s for s in steps if s.first_token_s is not None]
+    return RunReport(
+        label=label, mode=mode, policy=policy, replicas=replicas, concurrency=concurrency,
+        programs_done=rec.programs_done, steps=len(steps), duration_s=duration_s,
+        steps_per_min=len(steps) / minutes if steps else 0.0,
+        output_tokens_per_s=out / duration_s if duration_s > 0 else 0.0,
+        prompt_tokens=prompt, cached_tokens=cached,
+        hit_rate=cached / prompt if prompt else math.nan,
+        ideal_hit_rate=ideal[0] / ideal[1] if ideal[1] else math.nan,
+        recomputed_tokens=recomputed_tokens,
+        step_latency_p50_s=percentile(latencies, 50), step_latency_p99_s=percentile(latencies, 99),
+        ttft_p50_s=percentile(ttfts, 50), ttft_p99_s=percentile(ttfts, 99),
+        pauses=rec.pauses, migrations=rec.migrations,
+        max_paused_s=max(rec.paused_s, default=0.0),
+        capped_human_s=rec.capped_human_s, capped_tool_s=rec.capped_tool_s,
+        failed_steps=rec.failed_steps, time_scale=time_scale, fit=fit, extra=extra or {},
+    )
