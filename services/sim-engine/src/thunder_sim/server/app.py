@@ -78,6 +78,7 @@ def _native_error(message: str, status: int) -> web.Response:
     return web.json_response(body=orjson.dumps({"error": {"message": message}}), status=status)
 
 
+RUNNER_KEY = web.AppKey("runner", EngineRunner)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -288,7 +289,7 @@ def create_app(
     runner.on_finish = metrics.on_finish
     gen = GenerationApi(runner, info.limits(), info.served_model_name)
     native = NativeApi(runner, info, metrics)
-    app["runner"] = runner
+    app[RUNNER_KEY] = runner
     r = app.router
     r.add_post("/v1/chat/completions", gen.chat)
     r.add_post("/v1/completions", gen.completions)
