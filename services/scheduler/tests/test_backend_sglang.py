@@ -133,3 +133,16 @@ async def test_engine_5xx_surfaces_as_unavailable_with_status() -> None:
     fake = FakeSGLang(status_overrides={"/server_info": 503})
     with pytest.raises(BackendUnavailable, match="HTTP 503"):
         await make(fake).probe()
+
+
+async def test_garbled_loads_are_unavailable_not_a_crash() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/loads":
+            return httpx.Response(200, json={"loads": [{"num_running_reqs": "many"}]})
+        return httpx.Response(200, text="garbage{{{ not prometheus")
+
+    backend = SGLangBackend(
+        "x", "http://x", httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    )
+    with pytest.raises(BackendUnavailable, match="non-numeric"):
+        await backend.load()

@@ -85,3 +85,14 @@ async def test_abort_and_release_send_nothing() -> None:
     await backend.abort("p:1")
     await backend.release_program("p", None, None)
     assert fake.calls == []
+
+
+async def test_garbled_metrics_are_unavailable_not_a_crash() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>proxy error page</html>\n")
+
+    backend = VLLMBackend(
+        "v", "http://v", httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    )
+    with pytest.raises(BackendUnavailable, match="v"):
+        await backend.probe()

@@ -160,7 +160,10 @@ class LlamaCppBackend:
         used: int | None = None
         if slots is not None:
             running = sum(1 for slot in slots if slot.get("is_processing"))
-            used = sum(int(slot.get("n_prompt_tokens", 0) or 0) for slot in slots)
+            try:
+                used = sum(int(slot.get("n_prompt_tokens", 0) or 0) for slot in slots)
+            except (TypeError, ValueError) as exc:
+                raise BackendUnavailable(self.name, f"/slots n_prompt_tokens: {exc}") from exc
         waiting: int | None = None
         prompt_total: float | None = None
         cached_total: float | None = None

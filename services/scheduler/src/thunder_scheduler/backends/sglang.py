@@ -181,10 +181,17 @@ class SGLangBackend:
                 raise BackendUnavailable(self.name, f"/v1/loads has no 'loads' list: {data!r:.200}")
             loads = [entry for entry in raw_loads if isinstance(entry, dict)]
         if loads:
-            running = sum(int(entry.get("num_running_reqs", 0)) for entry in loads)
-            waiting = sum(int(entry.get("num_waiting_reqs", 0)) for entry in loads)
-            used = sum(int(entry.get("num_used_tokens", 0)) for entry in loads)
-            hit_rate = sum(float(entry.get("cache_hit_rate", 0.0)) for entry in loads) / len(loads)
+            try:
+                running = sum(int(entry.get("num_running_reqs", 0)) for entry in loads)
+                waiting = sum(int(entry.get("num_waiting_reqs", 0)) for entry in loads)
+                used = sum(int(entry.get("num_used_tokens", 0)) for entry in loads)
+                hit_rate = sum(float(entry.get("cache_hit_rate", 0.0)) for entry in loads) / len(
+                    loads
+                )
+            except (TypeError, ValueError) as exc:
+                raise BackendUnavailable(
+                    self.name, f"/v1/loads has a non-numeric field: {exc}"
+                ) from exc
 
         prompt_total: float | None = None
         cached_total: float | None = None
