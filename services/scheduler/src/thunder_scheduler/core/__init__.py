@@ -4,3 +4,18 @@ The same objects run in the live service (wrapped by ``thunder_scheduler.driver`
 simulator's virtual mode. A ruff banned-API rule keeps asyncio, time, random, httpx, fastapi
 and docker out of this package.
 """
+
+from thunder_scheduler.core.config import ConfigError, SchedulerConfig
+from thunder_scheduler.core.registry import policy_names
+from thunder_scheduler.core.scheduler import ProgramScheduler, UnknownProgram, make_scheduler
+from thunder_scheduler.core.snapshot import SchedulerSnapshot
+
+__all__ = [
+    "ConfigError",
+    "ProgramScheduler",
+    "SchedulerConfig",
+    "SchedulerSnapshot",
+    "UnknownProgram",
+    "make_scheduler",
+    "policy_names",
+]

@@ -46,6 +46,9 @@ class Pause:
     program_id: str
     backend: str
     context_tokens: int
+    reason: str = "overflow"
+    """``overflow`` (the backend's KV is over its watermark) or ``backend_unhealthy`` (the
+    backend went away: skip engine levers such as slot save)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,8 @@ class Release:
     program_id: str
     backend: str | None
     reason: str
+    held_request_ids: tuple[str, ...] = ()
+    """Requests still parked at the proxy: the driver fails them (the program is gone)."""
 
 
 Command = Admit | Hold | Pause | Resume | Prewarm | SetPriority | Release

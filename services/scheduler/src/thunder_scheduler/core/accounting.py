@@ -1,0 +1,224 @@
+"""KV accounting: what each active program is charged on its backend, and per-backend sums.
+
+Rule (issue 4 point 2), applied identically by every policy:
+
+* **Exact tokens.** After a response with usage, a program's context is
+  ``prompt_tokens + completion_tokens`` of that response (the next prompt starts with it).
+  Before its first response the context is ``RequestArrived.prompt_tokens_estimate`` (the
+  proxy's documented estimate); a later request's estimate only raises it (a prompt grows by
+  the tool output). A response without usage keeps the previous value and marks it inexact.
+* **Pages.** The charge is the context rounded *up* to the backend's page size
+  (``page_size_tokens``): engines allocate whole pages (SGLang ``page_size``, vLLM
+  ``block_size``; Dynamo's port counts whole blocks the same way).
+* **Shared prefix.** On a program's *first* response on a backend, ``cached_tokens`` (rounded
+  *down* to a page: only whole pages are shared) is prefix KV that already existed there, put
+  by other programs (the system prompt they all send). That part is recorded as the program's
+  shared prefix on that backend and removed from its own charge; the backend adds a
+  *shared-prefix pool* equal to the largest shared prefix among its active programs, counted
+  once. Cached tokens on later responses are the program's own earlier KV and change nothing.
+  Limitation: two different system prompts on one backend are counted as one (the larger);
+  the engine-reported ``used_tokens`` on ``BackendUpdated`` is kept for observation.
+* **Acting weight.** A reasoning program weighs its full charge. An acting program (outside
+  the LLM, typically in a tool) weighs what its policy says (``WeightMode``): ``FULL``, ``NONE``
+  (its KV is not protected) or ``DECAYING``: ``charge * 2 ** (-t / half_life_s)`` with ``t``
+  the seconds since the program left the LLM (ThunderAgent's f(t) = 2^-t, with a half-life
+  unit; see docs/scheduling.md for the default and why). The same weight is used for
+  admission, restore and pausing.
+
+Per-backend sums are kept incrementally: the decaying part is one running sum
+``S = sum(charge * 2 ** ((since - base) / h))`` so its value at ``now`` is
+``S * 2 ** (-(now - base) / h)``: O(1) per event, never a scan of the backend's programs
+(the base is moved forward, recomputing S exactly, when the exponent grows past 200).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+_REBASE_EXPONENT = 200.0
+"""2**200 is far from float overflow (2**1023) and far above any token count's precision."""
+
+
+class WeightMode(StrEnum):
+    FULL = "full"
+    DECAYING = "decaying"
+    NONE = "none"
+
+
+def ceil_to_page(tokens: int, page_size_tokens: int) -> int:
+    return -(-max(0, tokens) // page_size_tokens) * page_size_tokens
+
+
+def floor_to_page(tokens: int, page_size_tokens: int) -> int:
+    return (max(0, tokens) // page_size_tokens) * page_size_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one active program contributes to its backend's ledger."""
+
+    tokens: int
+    """Own charge: page-rounded context minus its shared prefix on this backend."""
+    mode: WeightMode
+    since: float
+    """Start of the decay (when the program left the LLM); unused unless DECAYING."""
+    shared_tokens: int
+    estimated: bool
+    """Charged from an estimate (no exact usage on this context yet): counted as reserved."""
+
+
+def decay_factor(now: float, since: float, half_life_s: float | None) -> float:
+    if half_life_s is None:
+        return 1.0
+    return float(2.0 ** (-max(0.0, now - since) / half_life_s))
+
+
+class DecayedSum:
+    """Sum of ``tokens * 2 ** (-(now - since) / h)`` over members, O(1) per update."""
+
+    __slots__ = ("_base", "_h", "_members", "_sum")
+
+    def __init__(self, half_life_s: float) -> None:
+        self._h = half_life_s
+        self._base = 0.0
+        self._sum = 0.0
+        self._members: dict[str, tuple[int, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def _term(self, tokens: int, since: float) -> float:
+        return tokens * float(2.0 ** ((since - self._base) / self._h))
+
+    def _rebase(self, base: float) -> None:
+        self._base = base
+        self._sum = sum(self._term(t, s) for t, s in self._members.values())
+
+    def add(self, key: str, tokens: int, since: float) -> None:
+        if not self._members:
+            self._base, self._sum = since, 0.0
+        elif (since - self._base) / self._h > _REBASE_EXPONENT:
+            self._rebase(since)
+        self._members[key] = (tokens, since)
+        self._sum += self._term(tokens, since)
+
+    def remove(self, key: str) -> None:
+        tokens, since = self._members.pop(key)
+        if not self._members:
+            self._sum = 0.0
+            return
+        self._sum = max(0.0, self._sum - self._term(tokens, since))
+
+    def value(self, now: float) -> float:
+        if not self._members:
+            return 0.0
+        if (now - self._base) / self._h > _REBASE_EXPONENT:
+            self._rebase(now)
+        return self._sum * float(2.0 ** (-(now - self._base) / self._h))
+
+
+class BackendLedger:
+    """One backend: capacity, health, and the charges of its active programs.
+
+    Policies read it (through ``PolicyView``); only the scheduler changes it.
+    """
+
+    def __init__(self, name: str, half_life_s: float | None) -> None:
+        self.name = name
+        self.healthy = False
+        self.capacity_tokens = 0
+        self.page_size_tokens = 1
+        self.reported_used_tokens: int | None = None
+        self.full_tokens = 0
+        self.estimated_tokens = 0
+        """Part of ``full_tokens`` charged from estimates (no exact usage yet): 'reserved'."""
+        self._half_life_s = half_life_s
+        self._decaying = DecayedSum(half_life_s) if half_life_s is not None else None
+        self._shared_counts: dict[int, int] = {}
+        self.shared_pool_tokens = 0
+        self.charges: dict[str, Charge] = {}
+        """Active programs on this backend and their charge."""
+        self.marked: dict[str, None] = {}
+        """Active programs marked for pause (paused when their response ends)."""
+        self.paused_here = 0
+        """Paused programs whose last backend is this one."""
+
+    # -- reading --------------------------------------------------------------------------
+
+    def weight(self, charge: Charge, now: float) -> float:
+        if charge.mode is WeightMode.FULL:
+            return float(charge.tokens)
+        if charge.mode is WeightMode.NONE:
+            return 0.0
+        return charge.tokens * decay_factor(now, charge.since, self._half_life_s)
+
+    def used_tokens(self, now: float) -> float:
+        """Weighted tokens of all active programs (marked included) plus the shared pool."""
+        decaying = self._decaying.value(now) if self._decaying is not None else 0.0
+        return self.full_tokens + decaying + self.shared_pool_tokens
+
+    def marked_tokens(self, now: float) -> float:
+        return sum(self.weight(self.charges[pid], now) for pid in self.marked)
+
+    def committed_tokens(self, now: float) -> float:
+        """Used tokens not counting programs already marked for pause."""
+        return self.used_tokens(now) - self.marked_tokens(now)
+
+    def raw_tokens(self) -> int:
+        """Unweighted charges plus the shared pool (what the KV would hold if nothing decayed)."""
+        return sum(c.tokens for c in self.charges.values()) + self.shared_pool_tokens
+
+    def unmarked_count(self) -> int:
+        return len(self.charges) - len(self.marked)
+
+    # -- writing (scheduler only) ---------------------------------------------------------
+
+    def set_half_life(self, half_life_s: float | None) -> None:
+        self._half_life_s = half_life_s
+
+    def add(self, program_id: str, charge: Charge) -> None:
+        self.charges[program_id] = charge
+        if charge.mode is WeightMode.FULL or (
+            charge.mode is WeightMode.DECAYING and self._decaying is None
+        ):
+            self.full_tokens += charge.tokens
+        elif charge.mode is WeightMode.DECAYING and self._decaying is not None:
+            self._decaying.add(program_id, charge.tokens, charge.since)
+        if charge.estimated:
+            self.estimated_tokens += charge.tokens
+        if charge.shared_tokens:
+            count = self._shared_counts.get(charge.shared_tokens, 0)
+            self._shared_counts[charge.shared_tokens] = count + 1
+            self.shared_pool_tokens = max(self.shared_pool_tokens, charge.shared_tokens)
+
+    def remove(self, program_id: str) -> Charge:
+        charge = self.charges.pop(program_id)
+        self.marked.pop(program_id, None)
+        if charge.mode is WeightMode.FULL or (
+            charge.mode is WeightMode.DECAYING and self._decaying is None
+        ):
+            self.full_tokens -= charge.tokens
+        elif charge.mode is WeightMode.DECAYING and self._decaying is not None:
+            self._decaying.remove(program_id)
+        if charge.estimated:
+            self.estimated_tokens -= charge.tokens
+        if charge.shared_tokens:
+            count = self._shared_counts[charge.shared_tokens] - 1
+            if count:
+                self._shared_counts[charge.shared_tokens] = count
+            else:
+                del self._shared_counts[charge.shared_tokens]
+                self.shared_pool_tokens = max(self._shared_counts, default=0)
+        return charge
+
+
+__all__ = [
+    "BackendLedger",
+    "Charge",
+    "DecayedSum",
+    "WeightMode",
+    "ceil_to_page",
+    "decay_factor",
+    "floor_to_page",
+]

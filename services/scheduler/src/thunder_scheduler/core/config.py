@@ -1,0 +1,76 @@
+"""Scheduler-wide settings of the pure core (policy-specific knobs live beside each policy).
+
+Every constant has its source:
+
+* ``lease_s = 1800``: issue 4 point 4 ("default 30 minutes"); ThunderAgent and Dynamo force
+  resume / release after 1,800 s as well.
+* ``max_paused_s = 300``: issue 4 point 3 ("no program waits paused longer than a configurable
+  bound (default 5 minutes)").
+* ``tick_s = 1.0``: the backstop period. Decisions run on every event; the tick only covers
+  time passing (decay, leases, aging, predicted tool ends). ThunderAgent's monitor runs every
+  5 s and the paper reports throughput insensitive to ticks of 2-10 s; a 1 s backstop keeps
+  decay-driven restores prompt while costing one cheap call per second.
+* ``prewarm_lead_s = 2.0``: restore/prewarm this long before a tool's predicted end. A
+  one-token prefill of a 32k-token context on an H100 takes on the order of a second for an
+  8B model; 2 s leaves the prefill done before the program's next request.
+* ``tool_ewma_alpha = 0.2``: weight of the newest tool duration in the per-tool running mean
+  (``tool_time.py``); 0.2 keeps about the last 5-10 calls in view (effective window
+  (2 - alpha) / alpha = 9 samples), the usual smoothing for noisy service times.
+* ``keep_terminated = 1000``: ended programs kept for ``GET /v1/programs`` and metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+
+class ConfigError(ValueError):
+    """A setting is out of range; the message names the field."""
+
+
+def _check_positive(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(
+                f"{type(obj).__name__}.{name} must be a positive number, got {value!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    lease_s: float = 1800.0
+    """End a program after this long without an event (no request in flight or held)."""
+    max_paused_s: float = 300.0
+    """Aging bound: a paused program is forced back after this long (room is made for it)."""
+    tick_s: float = 1.0
+    """Backstop period ``next_deadline`` reports while time passing can change a decision."""
+    prewarm_lead_s: float = 2.0
+    """Restore and prewarm a paused acting program this long before its tool's predicted end."""
+    tool_ewma_alpha: float = 0.2
+    """Smoothing of the per-tool duration estimate (weight of the newest sample)."""
+    keep_terminated: int = 1000
+    """How many ended programs the snapshot keeps (oldest dropped first)."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "lease_s", "max_paused_s", "tick_s", "tool_ewma_alpha")
+        if not isinstance(self.prewarm_lead_s, int | float) or self.prewarm_lead_s < 0:
+            raise ConfigError(
+                f"SchedulerConfig.prewarm_lead_s must be >= 0, got {self.prewarm_lead_s!r}"
+            )
+        if self.tool_ewma_alpha > 1:
+            raise ConfigError(
+                f"SchedulerConfig.tool_ewma_alpha must be in (0, 1], got {self.tool_ewma_alpha!r}"
+            )
+        if not isinstance(self.keep_terminated, int) or self.keep_terminated < 0:
+            raise ConfigError(
+                f"SchedulerConfig.keep_terminated must be an int >= 0, got {self.keep_terminated!r}"
+            )
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))
+
+
+__all__ = ["ConfigError", "SchedulerConfig"]

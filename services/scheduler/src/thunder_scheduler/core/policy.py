@@ -1,0 +1,231 @@
+"""The policy plug-in interface: what a scheduling policy decides, and what it sees.
+
+The scheduler (``scheduler.py``) owns the state machine, accounting, held requests, leases,
+aging and every invariant. A policy only *chooses*; it never mutates anything and never
+returns commands. One policy per module in ``core/policies/``; the module name, the policy's
+``name`` and the configuration value are the same string; its config dataclass sits beside
+it and validates itself in ``__post_init__``.
+
+A policy answers these questions (all have defaults in :class:`BasePolicy`):
+
+``place(program, view) -> backend | None``
+    Where a program that needs a backend goes now: a new program's first request, or a
+    paused program being restored (``view.restoring``), or one forced back by aging
+    (``view.forced``: the scheduler makes room itself, answer with the preferred backend).
+    ``None``: not now (its requests stay held; it waits in the global queue).
+``restore_key(program) -> tuple``
+    Order of the global waiting queue (paused and not-yet-placed programs); smallest first.
+    Must depend only on the program's fields (re-read after each event on that program).
+``pause_key(program) -> tuple | None``
+    Order in which active programs on an overflowing backend are paused, smallest first;
+    ``None``: never pause this program. Only read when ``pauses`` is True.
+``acting_weight(program, view) -> ActingWeight``
+    How an acting program (outside the LLM) is weighed in the accounting, and whether the
+    weight switches at a deadline (anticipated return, pin expiry).
+``engine_priority(program, view) -> int | None``
+    Engine priority for the program's requests (higher runs first, the contract's convention;
+    the backend maps it to the engine's). ``None``: leave the engine default.
+
+Attributes: ``pauses`` (overflow pausing on), ``high_watermark`` / ``low_watermark``
+(fractions of capacity: pause when committed use exceeds high, pause down to low, admit and
+restore only up to low), ``acting_half_life_s`` (the half-life of ``WeightMode.DECAYING``),
+``restore_scan_limit`` (how many consecutive queue entries may fail to place before a restore
+pass stops; 1 = strict head-of-line FCFS), ``promote_after_s`` (programs waiting longer are
+offered first, oldest first: anti-starvation).
+
+``PolicyView`` carries every input (time, backends, queue, tool estimates) so a policy can
+gain an input without any signature changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from thunder_core.contract import ProgramPhase
+from thunder_scheduler.core.accounting import BackendLedger, WeightMode
+from thunder_scheduler.core.program_table import Program
+
+
+@dataclass(frozen=True, slots=True)
+class ActingWeight:
+    """Weight of an acting program: ``mode`` now, ``then`` from ``switch_at`` on."""
+
+    mode: WeightMode
+    switch_at: float | None = None
+    then: WeightMode = WeightMode.FULL
+    prewarm_at_switch: bool = False
+    """At the switch, emit ``Prewarm`` if the program was paused since its last request."""
+
+
+class PolicyView:
+    """What a policy may read at one decision. Read-only by convention."""
+
+    __slots__ = (
+        "_charge",
+        "_estimate",
+        "_head",
+        "_ledgers",
+        "forced",
+        "now",
+        "prewarm_lead_s",
+        "restoring",
+        "waiting_count",
+    )
+
+    def __init__(
+        self,
+        now: float,
+        ledgers: Mapping[str, BackendLedger],
+        charge: Callable[[Program, BackendLedger, float], float],
+        estimate: Callable[[str], float | None],
+        waiting_head: Callable[[], str | None],
+        waiting_count: int,
+        restoring: bool = False,
+        forced: bool = False,
+        prewarm_lead_s: float = 0.0,
+    ) -> None:
+        self.now = now
+        self.prewarm_lead_s = prewarm_lead_s
+        self._ledgers = ledgers
+        self._charge = charge
+        self._estimate = estimate
+        self._head = waiting_head
+        self.waiting_count = waiting_count
+        self.restoring = restoring
+        self.forced = forced
+
+    def backends(self) -> Mapping[str, BackendLedger]:
+        """All known backends by name (healthy or not)."""
+        return self._ledgers
+
+    def healthy(self) -> list[BackendLedger]:
+        """Healthy backends with capacity, in name order (deterministic)."""
+        return [
+            ledger
+            for name, ledger in sorted(self._ledgers.items())
+            if ledger.healthy and ledger.capacity_tokens > 0
+        ]
+
+    def weight_on(self, program: Program, ledger: BackendLedger) -> float:
+        """Tokens the program would weigh on ``ledger`` if it were active there now."""
+        return self._charge(program, ledger, self.now)
+
+    def waiting_head(self) -> str | None:
+        """The first program of the waiting queue in the policy's restore order."""
+        return self._head() if self.waiting_count else None
+
+    def tool_estimate_s(self, tool_name: str) -> float | None:
+        return self._estimate(tool_name)
+
+
+class Policy(Protocol):
+    name: str
+    pauses: bool
+    high_watermark: float
+    low_watermark: float
+    acting_half_life_s: float | None
+    restore_scan_limit: int
+    promote_after_s: float | None
+
+    def place(self, program: Program, view: PolicyView) -> str | None: ...
+
+    def restore_key(self, program: Program) -> tuple[float, ...]: ...
+
+    def pause_key(self, program: Program) -> tuple[float, ...] | None: ...
+
+    def acting_weight(self, program: Program, view: PolicyView) -> ActingWeight: ...
+
+    def engine_priority(self, program: Program, view: PolicyView) -> int | None: ...
+
+
+# -- helpers shared by policies ---------------------------------------------------------------
+
+
+def free_room(ledger: BackendLedger, now: float, watermark: float) -> float:
+    """Tokens left under ``watermark * capacity`` not counting programs marked for pause."""
+    return watermark * ledger.capacity_tokens - ledger.committed_tokens(now)
+
+
+def fits(program: Program, ledger: BackendLedger, view: PolicyView, watermark: float) -> bool:
+    """Room for the program under the watermark; a program bigger than the watermark fits
+    only a backend with no other (unmarked) active program: it runs alone."""
+    weight = view.weight_on(program, ledger)
+    limit = watermark * ledger.capacity_tokens
+    if weight > limit:
+        return ledger.unmarked_count() == 0
+    return ledger.committed_tokens(view.now) + weight <= limit
+
+
+def most_free(view: PolicyView, watermark: float = 1.0) -> BackendLedger | None:
+    """The healthy backend with the most room (ties: name order)."""
+    best: BackendLedger | None = None
+    best_room = 0.0
+    for ledger in view.healthy():
+        room = free_room(ledger, view.now, watermark)
+        if best is None or room > best_room:
+            best, best_room = ledger, room
+    return best
+
+
+def best_fit(program: Program, view: PolicyView, watermark: float) -> BackendLedger | None:
+    """The healthy backend where the program fits leaving the least room (ties: name)."""
+    best: BackendLedger | None = None
+    best_left = 0.0
+    for ledger in view.healthy():
+        if not fits(program, ledger, view, watermark):
+            continue
+        left = free_room(ledger, view.now, watermark) - view.weight_on(program, ledger)
+        if best is None or left < best_left:
+            best, best_left = ledger, left
+    return best
+
+
+class BasePolicy:
+    """Defaults for every hook: sticky placement, no pausing, FIFO queue, full weights."""
+
+    name = "base"
+    pauses = False
+    high_watermark = 1.0
+    low_watermark = 1.0
+    acting_half_life_s: float | None = None
+    restore_scan_limit = 16
+    promote_after_s: float | None = None
+
+    def place(self, program: Program, view: PolicyView) -> str | None:
+        if program.backend is not None:
+            previous = view.backends().get(program.backend)
+            if previous is not None and previous.healthy and previous.capacity_tokens > 0:
+                return previous.name
+        best = most_free(view)
+        return None if best is None else best.name
+
+    def restore_key(self, program: Program) -> tuple[float, ...]:
+        return (program.paused_since or 0.0, program.seq)
+
+    def pause_key(self, program: Program) -> tuple[float, ...] | None:
+        return None
+
+    def acting_weight(self, program: Program, view: PolicyView) -> ActingWeight:
+        return ActingWeight(WeightMode.FULL)
+
+    def engine_priority(self, program: Program, view: PolicyView) -> int | None:
+        return None
+
+
+def is_reasoning(program: Program) -> bool:
+    return program.phase is ProgramPhase.REASONING
+
+
+__all__ = [
+    "ActingWeight",
+    "BasePolicy",
+    "Policy",
+    "PolicyView",
+    "best_fit",
+    "fits",
+    "free_room",
+    "is_reasoning",
+    "most_free",
+]

@@ -1,0 +1,609 @@
+"""ProgramScheduler: the pure, synchronous program-aware scheduling core.
+
+Fed events (``events.py``) and a clock (``at`` on each event, ``now`` on ``tick``), it returns
+commands (``commands.py``) and never does I/O. The same object runs in the live service (an
+async driver around it) and in the simulator's virtual mode. docs/scheduling.md describes the
+policy; this module holds what every policy shares:
+
+* the state machine (``program_table.py``) and the accounting (``accounting.py``);
+* held requests: every ``RequestArrived`` gets exactly one ``Admit`` or ``Hold`` in the same
+  result; a held request gets exactly one later ``Admit`` unless its program is released
+  first (``Release.held_request_ids`` names them, the driver fails them);
+* marks: a program chosen for pause while a request is in flight is *marked* (its new
+  requests are held) and paused when the response ends; a request in flight is never cut;
+* overflow relief (policies with ``pauses``): on every event touching a backend, if its
+  committed tokens (marked programs not counted) exceed ``high_watermark * capacity`` and more
+  than one unmarked program is active there, pause candidates are taken in the policy's
+  ``pause_key`` order until committed tokens are at most ``low_watermark * capacity``. A
+  lone program larger than that runs alone (it is never paused for its own size);
+* restores on every event (the tick is a backstop for time passing): marks are cancelled
+  first where the program fits again, then programs waiting longer than the policy's
+  ``promote_after_s`` (oldest first, head-of-line), then the queue in ``restore_key`` order;
+* aging: a program paused for ``max_paused_s`` is forced back: room is made on its
+  preferred backend by pausing others (programs forced back in the same pass are spared);
+* leases: a program with no request in flight or held and no event for its lease is ended
+  (``Release(reason="lease_expired")``);
+* tool-time deadlines: an acting program's weight switches at the policy's ``switch_at``
+  (thunder: the tool's predicted end minus ``prewarm_lead_s``); a paused acting program is
+  restored and prewarmed then if it fits.
+
+Time never goes backwards inside: ``now = max(previous now, at)``.
+"""
+
+from __future__ import annotations
+
+from thunder_core.contract import ProgramEndStatus, ProgramPhase, ProgramStatus
+from thunder_scheduler.core.accounting import (
+    BackendLedger,
+    Charge,
+    WeightMode,
+    ceil_to_page,
+    decay_factor,
+)
+from thunder_scheduler.core.commands import (
+    Admit,
+    Command,
+    Hold,
+    Pause,
+    Release,
+    Resume,
+    SetPriority,
+)
+from thunder_scheduler.core.config import SchedulerConfig
+from thunder_scheduler.core.decisions import decide
+from thunder_scheduler.core.events import (
+    BackendUpdated,
+    Event,
+    ProgramEnded,
+    ProgramStarted,
+    RequestArrived,
+    RequestFinished,
+    ToolFinished,
+    ToolStarted,
+)
+from thunder_scheduler.core.policy import Policy, PolicyView
+from thunder_scheduler.core.program_table import Program, ProgramTable, ToolCall
+from thunder_scheduler.core.queues import KeyedHeap, WaitingQueue
+from thunder_scheduler.core.snapshot import SchedulerSnapshot, build_snapshot
+from thunder_scheduler.core.tool_time import ToolTimeEstimator
+
+
+class UnknownProgram(KeyError):
+    """A lifecycle event names a program the scheduler does not know (HTTP 404)."""
+
+    def __init__(self, program_id: str) -> None:
+        super().__init__(program_id)
+        self.program_id = program_id
+
+    def __str__(self) -> str:
+        return f"unknown program {self.program_id!r}"
+
+
+class ProgramScheduler:
+    def __init__(self, policy: Policy, config: SchedulerConfig) -> None:
+        self.policy = policy
+        self.config = config
+        self._table = ProgramTable(config.keep_terminated)
+        self._ledgers: dict[str, BackendLedger] = {}
+        self._pause_heaps: dict[str, KeyedHeap] = {}
+        self._in_pause_heap: dict[str, str] = {}
+        self._waiting = WaitingQueue()
+        self._deadlines = KeyedHeap()
+        self._leases: dict[float, dict[str, float]] = {}
+        self._lease_of: dict[str, float] = {}
+        self._tools = ToolTimeEstimator(config.tool_ewma_alpha)
+        self._now = float("-inf")
+        self._out: list[Command] = []
+        self._dirty: dict[str, None] = {}
+        self._room_changed = False
+        self.counters: dict[str, float] = {}
+
+    # -- public API -------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Command]:
+        now = self._advance(event.at)
+        self._count("decisions")
+        match event:
+            case BackendUpdated():
+                self._on_backend(event, now)
+            case ProgramStarted():
+                self._on_program_started(event, now)
+            case RequestArrived():
+                self._on_request_arrived(event, now)
+            case RequestFinished():
+                self._on_request_finished(event, now)
+            case ToolStarted():
+                self._on_tool_started(event, now)
+            case ToolFinished():
+                self._on_tool_finished(event, now)
+            case ProgramEnded():
+                program = self._require(event.program_id)
+                self._terminate(program, event.status, event.reason or "ended", now)
+        self._decide(now)
+        return self._flush()
+
+    def tick(self, now: float) -> list[Command]:
+        now = self._advance(now)
+        self._count("decisions")
+        self._room_changed = True
+        self._decide(now)
+        return self._flush()
+
+    def next_deadline(self) -> float | None:
+        candidates: list[float] = []
+        entry = self._deadlines.pop_valid()
+        if entry is not None:
+            self._deadlines.push_back([entry])
+            candidates.append(entry[0][0])
+        for lease_s, group in self._leases.items():
+            for last in group.values():
+                candidates.append(last + lease_s)
+                break
+        oldest = self._waiting.oldest()
+        if oldest is not None:
+            candidates.append(oldest[1] + self.config.max_paused_s)
+            candidates.append(self._now + self.config.tick_s)
+        return min(candidates) if candidates else None
+
+    def snapshot(self) -> SchedulerSnapshot:
+        return build_snapshot(
+            at=self._now,
+            policy=self.policy.name,
+            table=self._table,
+            ledgers=self._ledgers,
+            weight=self._weight_of_active,
+            counters=self.counters,
+            waiting=len(self._waiting),
+            tools=self._tools,
+        )
+
+    def has_program(self, program_id: str) -> bool:
+        return self._table.get(program_id) is not None
+
+    def route_untagged(self, at: float) -> str | None:
+        now = self._advance(at)
+        best: str | None = None
+        best_free = 0.0
+        for name, ledger in sorted(self._ledgers.items()):
+            if not ledger.healthy or ledger.capacity_tokens <= 0:
+                continue
+            free = ledger.capacity_tokens - ledger.used_tokens(now)
+            if best is None or free > best_free:
+                best, best_free = name, free
+        return best
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _on_backend(self, ev: BackendUpdated, now: float) -> None:
+        ledger = self._ledgers.get(ev.backend)
+        if ledger is None:
+            ledger = BackendLedger(ev.backend, self.policy.acting_half_life_s)
+            self._ledgers[ev.backend] = ledger
+            self._pause_heaps[ev.backend] = KeyedHeap()
+        if ev.capacity_tokens < 0 or ev.page_size_tokens < 1:
+            raise ValueError(
+                f"backend {ev.backend!r}: capacity_tokens must be >= 0 and page_size_tokens >= 1"
+            )
+        was_healthy = ledger.healthy
+        page_changed = ledger.page_size_tokens != ev.page_size_tokens
+        if ev.capacity_tokens > ledger.capacity_tokens or (ev.healthy and not was_healthy):
+            self._room_changed = True
+        ledger.capacity_tokens = ev.capacity_tokens
+        ledger.page_size_tokens = ev.page_size_tokens
+        ledger.reported_used_tokens = ev.used_tokens
+        ledger.healthy = ev.healthy
+        if page_changed:
+            for program_id in list(ledger.charges):
+                self._sync(self._table_get(program_id), now)
+        if was_healthy and not ev.healthy:
+            for program_id in list(ledger.charges):
+                program = self._table_get(program_id)
+                if program.in_flight:
+                    if not program.marked:
+                        self._mark(program, now)
+                else:
+                    self._pause(program, now, reason="backend_unhealthy")
+        self._dirty[ev.backend] = None
+
+    def _on_program_started(self, ev: ProgramStarted, now: float) -> None:
+        program = self._table.get(ev.program_id)
+        if program is None:
+            program = self._create(ev.program_id, now)
+        program.framework = ev.framework
+        program.priority = ev.priority
+        program.tags = dict(ev.tags)
+        program.parent_program_id = ev.parent_program_id
+        program.lease_s = ev.lease_s
+        self._touch(program, now)
+        self._sync(program, now)
+
+    def _on_request_arrived(self, ev: RequestArrived, now: float) -> None:
+        program = self._table.get(ev.program_id)
+        if program is None:
+            program = self._create(ev.program_id, now)
+        if ev.request_id in program.in_flight or ev.request_id in program.held:
+            raise ValueError(f"request {ev.request_id!r} of {ev.program_id!r} already arrived")
+        program.requests += 1
+        if ev.prompt_tokens_estimate > program.context_tokens:
+            program.context_tokens = ev.prompt_tokens_estimate
+            program.tokens_exact = False
+        self._enter_reasoning(program)
+        self._touch(program, now)
+        if program.status is ProgramStatus.ACTIVE and program.backend is None:
+            backend = self._place(program, now, restoring=False)
+            if backend is None:
+                self._enqueue(program, now)
+            else:
+                program.backend = backend
+        if program.status is ProgramStatus.ACTIVE and not program.marked:
+            self._sync(program, now)
+            self._admit(program, ev.request_id)
+        else:
+            program.held[ev.request_id] = now
+            self._count("held_requests")
+            reason = "pausing" if program.marked else "paused"
+            self._out.append(Hold(program.program_id, ev.request_id, reason))
+            self._sync(program, now)
+        if program.backend is not None:
+            self._dirty[program.backend] = None
+
+    def _on_request_finished(self, ev: RequestFinished, now: float) -> None:
+        program = self._table.get(ev.program_id)
+        if program is None:
+            return  # ended or released before the response: nothing left to account
+        if ev.request_id in program.held:
+            del program.held[ev.request_id]
+            self._touch(program, now)
+            return
+        if ev.request_id not in program.in_flight:
+            return  # duplicate report
+        del program.in_flight[ev.request_id]
+        prompt, completion = ev.prompt_tokens, ev.completion_tokens
+        cached = ev.cached_tokens or 0
+        program.prompt_tokens += prompt or 0
+        program.completion_tokens += completion or 0
+        program.cached_tokens += cached
+        program.service_tokens += (completion or 0) + max(0, (prompt or 0) - cached)
+        backend = program.backend
+        if prompt is not None and completion is not None:
+            program.context_tokens = prompt + completion
+            program.tokens_exact = True
+            if backend is not None and backend not in program.responded_on:
+                program.responded_on.add(backend)
+                page = self._ledgers[backend].page_size_tokens
+                shared = (min(cached, prompt) // page) * page
+                if shared:
+                    program.shared_prefix_tokens[backend] = shared
+        elif ev.outcome.value == "ok":
+            program.tokens_exact = False
+        program.ended_with_tool_call = ev.ends_with_tool_call
+        if not program.in_flight:
+            self._enter_acting(program, now)
+            if program.marked and program.status is ProgramStatus.ACTIVE:
+                self._pause(program, now, reason="overflow")
+        self._touch(program, now)
+        self._sync(program, now)
+        if backend is not None:
+            self._dirty[backend] = None
+        self._room_changed = True
+
+    def _on_tool_started(self, ev: ToolStarted, now: float) -> None:
+        program = self._require(ev.program_id)
+        expected = ev.expected_duration_s
+        if expected is None:
+            expected = self._tools.estimate_s(ev.tool_name)
+        program.tools[ev.call_id] = ToolCall(
+            ev.tool_name, now, None if expected is None else now + expected
+        )
+        program.tool_calls += 1
+        if not program.in_flight:
+            self._enter_acting(program, now)
+            self._set_acting_weight(program, now)
+        self._touch(program, now)
+        self._sync(program, now)
+
+    def _on_tool_finished(self, ev: ToolFinished, now: float) -> None:
+        program = self._require(ev.program_id)
+        call = program.tools.pop(ev.call_id, None)
+        if call is not None:
+            self._tools.observe(call.tool_name, now - call.started_at)
+        if not program.tools and not program.in_flight:
+            self._enter_reasoning(program)
+        elif program.phase is ProgramPhase.ACTING:
+            self._set_acting_weight(program, now)
+        self._touch(program, now)
+        self._sync(program, now)
+        if program.backend is not None:
+            self._dirty[program.backend] = None
+
+    # -- state changes ------------------------------------------------------------------------
+
+    def _create(self, program_id: str, now: float) -> Program:
+        program = self._table.create(program_id, now)
+        program.status = ProgramStatus.ACTIVE
+        self._count("programs_started")
+        return program
+
+    def _enter_reasoning(self, program: Program) -> None:
+        program.phase = ProgramPhase.REASONING
+        program.ended_with_tool_call = False
+        program.acting_since = None
+        program.weight_mode = WeightMode.FULL
+        program.weight_switch_at = None
+        program.prewarm_at_switch = False
+        program.paused_in_spell = False
+
+    def _enter_acting(self, program: Program, now: float) -> None:
+        if program.phase is not ProgramPhase.ACTING:
+            program.phase = ProgramPhase.ACTING
+            program.acting_since = now
+            self._set_acting_weight(program, now)
+
+    def _set_acting_weight(self, program: Program, now: float) -> None:
+        weight = self.policy.acting_weight(program, self._view(now))
+        program.weight_mode = weight.mode
+        program.weight_switch_at = weight.switch_at
+        program.weight_then = weight.then
+        program.prewarm_at_switch = weight.prewarm_at_switch
+        if weight.switch_at is not None and weight.switch_at <= now:
+            program.weight_mode = weight.then
+            program.weight_switch_at = None
+
+    def _touch(self, program: Program, now: float) -> None:
+        """Record activity and re-file the program's lease (only while nothing is pending)."""
+        program.last_event_at = now
+        lease_s = program.lease_s if program.lease_s is not None else self.config.lease_s
+        old = self._lease_of.pop(program.program_id, None)
+        if old is not None:
+            self._leases[old].pop(program.program_id, None)
+        if not program.in_flight and not program.held:
+            self._leases.setdefault(lease_s, {})[program.program_id] = now
+            self._lease_of[program.program_id] = lease_s
+
+    def _admit(self, program: Program, request_id: str) -> None:
+        assert program.backend is not None
+        program.in_flight[request_id] = None
+        self._count("admitted_requests")
+        self._out.append(
+            Admit(program.program_id, request_id, program.backend, program.engine_priority)
+        )
+
+    def _mark(self, program: Program, now: float) -> None:
+        assert program.backend is not None
+        self._ledgers[program.backend].marked[program.program_id] = None
+        program.marked = True
+        self._count("marks")
+        self._sync(program, now)
+
+    def _unmark(self, program: Program, now: float) -> None:
+        assert program.backend is not None
+        self._ledgers[program.backend].marked.pop(program.program_id, None)
+        program.marked = False
+        self._count("unmarks")
+        self._sync(program, now)
+        for request_id in list(program.held):
+            del program.held[request_id]
+            self._admit(program, request_id)
+        self._touch(program, now)
+
+    def _pause(self, program: Program, now: float, reason: str) -> None:
+        backend = program.backend
+        assert backend is not None
+        ledger = self._ledgers[backend]
+        charge = ledger.charges.get(program.program_id)
+        if charge is not None:
+            ledger.remove(program.program_id)
+        program.status = ProgramStatus.PAUSED
+        program.marked = False
+        program.pause_count += 1
+        program.paused_in_spell = True
+        ledger.paused_here += 1
+        self._count("pauses")
+        self._out.append(Pause(program.program_id, backend, program.context_tokens, reason))
+        self._enqueue(program, now)
+        self._room_changed = True
+
+    def _enqueue(self, program: Program, now: float) -> None:
+        program.status = ProgramStatus.PAUSED
+        program.paused_since = now
+        self._waiting.add(program, self.policy.restore_key(program), now)
+        self._sync(program, now)
+
+    def _resume(self, program: Program, backend: str, now: float) -> None:
+        previous = program.backend
+        was_paused = program.pause_count > 0 and previous is not None
+        self._waiting.remove(program.program_id)
+        if program.paused_since is not None:
+            waited = max(0.0, now - program.paused_since)
+            program.paused_total_s += waited
+            if was_paused:
+                self._count("max_paused_s", waited, maximum=True)
+        program.paused_since = None
+        program.status = ProgramStatus.ACTIVE
+        program.backend = backend
+        if previous is not None and was_paused:
+            self._ledgers[previous].paused_here -= 1
+            migrated = previous != backend
+            self._count("restores")
+            if migrated:
+                self._count("migrations")
+            self._out.append(Resume(program.program_id, backend, previous, migrated))
+        self._sync(program, now)
+        for request_id in list(program.held):
+            del program.held[request_id]
+            self._admit(program, request_id)
+        self._touch(program, now)
+        self._dirty[backend] = None
+
+    def _terminate(
+        self, program: Program, status: ProgramEndStatus, reason: str, now: float
+    ) -> None:
+        if program.status is ProgramStatus.ACTIVE and program.backend is not None:
+            ledger = self._ledgers[program.backend]
+            if program.program_id in ledger.charges:
+                ledger.remove(program.program_id)
+        elif program.status is ProgramStatus.PAUSED and program.paused_since is not None:
+            program.paused_total_s += max(0.0, now - program.paused_since)
+            program.paused_since = None
+            if program.backend is not None and program.pause_count > 0:
+                self._ledgers[program.backend].paused_here -= 1
+        self._waiting.remove(program.program_id)
+        self._drop_from_pause_heap(program.program_id)
+        self._deadlines.discard(program.program_id)
+        lease = self._lease_of.pop(program.program_id, None)
+        if lease is not None:
+            self._leases[lease].pop(program.program_id, None)
+        held = tuple(program.held)
+        program.held.clear()
+        program.in_flight.clear()
+        program.status = ProgramStatus.TERMINATED
+        program.marked = False
+        program.end_status = status
+        program.end_reason = reason
+        program.ended_at = now
+        program.last_event_at = now
+        self._table.end(program)
+        self._count("programs_ended")
+        self._out.append(Release(program.program_id, program.backend, reason, held))
+        self._room_changed = True
+        if program.backend is not None:
+            self._dirty[program.backend] = None
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _sync(self, program: Program, now: float) -> None:
+        """Re-derive everything indexed on the program after it changed."""
+        program.version += 1
+        pid = program.program_id
+        active_on = program.backend if program.status is ProgramStatus.ACTIVE else None
+        if active_on is not None:
+            ledger = self._ledgers[active_on]
+            if pid in ledger.charges:
+                ledger.remove(pid)
+                if program.marked:
+                    ledger.marked[pid] = None
+            ledger.add(pid, self._charge(program, ledger))
+        if active_on is not None and not program.marked and self.policy.pauses:
+            key = self.policy.pause_key(program)
+            if key is not None:
+                if self._in_pause_heap.get(pid) not in (None, active_on):
+                    self._drop_from_pause_heap(pid)
+                self._pause_heaps[active_on].push(program, key)
+                self._in_pause_heap[pid] = active_on
+            else:
+                self._drop_from_pause_heap(pid)
+        else:
+            self._drop_from_pause_heap(pid)
+        if program.status is ProgramStatus.PAUSED:
+            self._waiting.rekey(program, self.policy.restore_key(program))
+        if program.phase is ProgramPhase.ACTING and program.weight_switch_at is not None:
+            self._deadlines.push(program, (program.weight_switch_at,))
+        else:
+            self._deadlines.discard(pid)
+        priority = self.policy.engine_priority(program, self._view(now))
+        if priority != program.engine_priority:
+            program.engine_priority = priority
+            if priority is not None:
+                self._out.append(SetPriority(pid, priority))
+
+    def _drop_from_pause_heap(self, program_id: str) -> None:
+        backend = self._in_pause_heap.pop(program_id, None)
+        if backend is not None:
+            self._pause_heaps[backend].discard(program_id)
+
+    def _charge(self, program: Program, ledger: BackendLedger) -> Charge:
+        shared = program.shared_prefix_tokens.get(ledger.name, 0)
+        tokens = max(0, ceil_to_page(program.context_tokens, ledger.page_size_tokens) - shared)
+        mode = WeightMode.FULL
+        if program.phase is ProgramPhase.ACTING and not program.in_flight:
+            mode = program.weight_mode
+        since = program.acting_since if program.acting_since is not None else 0.0
+        return Charge(tokens, mode, since, shared, not program.tokens_exact)
+
+    def _weight_if_active(self, program: Program, ledger: BackendLedger, now: float) -> float:
+        charge = self._charge(program, ledger)
+        extra_shared = max(0, charge.shared_tokens - ledger.shared_pool_tokens)
+        if charge.mode is WeightMode.FULL:
+            return float(charge.tokens + extra_shared)
+        if charge.mode is WeightMode.NONE:
+            return float(extra_shared)
+        factor = decay_factor(now, charge.since, self.policy.acting_half_life_s)
+        return charge.tokens * factor + extra_shared
+
+    def _weight_of_active(self, program: Program, now: float) -> float:
+        if program.status is not ProgramStatus.ACTIVE or program.backend is None:
+            return 0.0
+        ledger = self._ledgers[program.backend]
+        charge = ledger.charges.get(program.program_id)
+        return 0.0 if charge is None else ledger.weight(charge, now)
+
+    def _view(self, now: float, restoring: bool = False, forced: bool = False) -> PolicyView:
+        return PolicyView(
+            now,
+            self._ledgers,
+            self._weight_if_active,
+            self._tools.estimate_s,
+            self._waiting.head,
+            len(self._waiting),
+            restoring=restoring,
+            forced=forced,
+            prewarm_lead_s=self.config.prewarm_lead_s,
+        )
+
+    def _place(
+        self, program: Program, now: float, restoring: bool, forced: bool = False
+    ) -> str | None:
+        backend = self.policy.place(program, self._view(now, restoring, forced))
+        if backend is None:
+            return None
+        ledger = self._ledgers.get(backend)
+        if ledger is None or not ledger.healthy:
+            raise ValueError(
+                f"policy {self.policy.name!r} placed {program.program_id!r} on "
+                f"{backend!r}, which is not a healthy backend"
+            )
+        return backend
+
+    def _require(self, program_id: str) -> Program:
+        program = self._table.get(program_id)
+        if program is None:
+            raise UnknownProgram(program_id)
+        return program
+
+    def _table_get(self, program_id: str) -> Program:
+        program = self._table.get(program_id)
+        assert program is not None, program_id
+        return program
+
+    def _advance(self, at: float) -> float:
+        self._now = max(self._now, at)
+        return self._now
+
+    def _count(self, name: str, amount: float = 1, maximum: bool = False) -> None:
+        if maximum:
+            self.counters[name] = max(self.counters.get(name, 0.0), amount)
+        else:
+            self.counters[name] = self.counters.get(name, 0) + amount
+
+    def _flush(self) -> list[Command]:
+        out, self._out = self._out, []
+        return out
+
+    # -- decisions --------------------------------------------------------------------------------
+
+    def _decide(self, now: float) -> None:
+        decide(self, now)
+
+
+
+
+def make_scheduler(
+    policy: str = "thunder", *, config: SchedulerConfig | None = None, **policy_knobs: object
+) -> ProgramScheduler:
+    """Build a scheduler by policy name (see ``registry.make_scheduler``)."""
+    from thunder_scheduler.core.registry import make_scheduler as _make
+
+    return _make(policy, config=config, **policy_knobs)
+
+
+__all__ = ["ProgramScheduler", "UnknownProgram", "make_scheduler"]

@@ -1,0 +1,46 @@
+"""Per-tool duration estimates (issue 4 point 6).
+
+For each tool name, an exponentially weighted moving average of observed durations
+(``ToolFinished.at - ToolStarted.at``, successful or not: a failing tool still kept the program
+out of the LLM that long):
+
+    estimate <- sample                          (first sample)
+    estimate <- alpha * sample + (1 - alpha) * estimate
+
+with ``alpha = SchedulerConfig.tool_ewma_alpha`` (default 0.2, see ``config.py``). Continuum
+uses a per-tool moving average the same way. A client hint
+(``ToolStarted.expected_duration_s``) wins over the estimate for that call. The estimate is
+used for the acting weight's anticipated return (thunder), the pin TTL (continuum) and the
+pre-restore of paused acting programs (``Resume`` + ``Prewarm`` at
+``expected end - prewarm_lead_s``).
+"""
+
+from __future__ import annotations
+
+
+class ToolTimeEstimator:
+    def __init__(self, alpha: float) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+        self._alpha = alpha
+        self._mean_s: dict[str, float] = {}
+        self._samples: dict[str, int] = {}
+
+    def observe(self, tool_name: str, duration_s: float) -> None:
+        duration_s = max(0.0, duration_s)
+        previous = self._mean_s.get(tool_name)
+        if previous is None:
+            self._mean_s[tool_name] = duration_s
+        else:
+            self._mean_s[tool_name] = self._alpha * duration_s + (1 - self._alpha) * previous
+        self._samples[tool_name] = self._samples.get(tool_name, 0) + 1
+
+    def estimate_s(self, tool_name: str) -> float | None:
+        return self._mean_s.get(tool_name)
+
+    def snapshot(self) -> dict[str, tuple[float, int]]:
+        """Tool name -> (estimate in seconds, number of samples), sorted by name."""
+        return {name: (self._mean_s[name], self._samples[name]) for name in sorted(self._mean_s)}
+
+
+__all__ = ["ToolTimeEstimator"]
