@@ -116,9 +116,9 @@ def test_cli_check_config_prints_effective_settings(
 
     monkeypatch.setenv("THUNDER_TICK_S", "2.5")
     assert main(["check-config", "--backend", "llamacpp=http://127.0.0.1:8080",
-                 "--high-watermark", "0.9", "--llamacpp-slot-offload"]) == 0
+                 "--time-scale", "4", "--llamacpp-slot-offload"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["high_watermark"] == 0.9
+    assert shown["time_scale"] == 4.0
     assert shown["tick_s"] == 2.5
     assert shown["llamacpp_slot_offload"] is True
     assert shown["backends"] == ["llamacpp-127.0.0.1-8080@llamacpp=http://127.0.0.1:8080"]
@@ -129,3 +129,15 @@ def test_cli_bad_backend_exits_2_without_traceback(capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert "--backend" in err and "allowed: llamacpp, sglang, vllm" in err
     assert "Traceback" not in err
+
+
+def test_cli_refuses_a_knob_the_policy_does_not_have(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--policy", "sticky", "--high-watermark", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert "THUNDER_HIGH_WATERMARK / --high-watermark: the sticky policy has no such knob" in err
+
+
+def test_cli_unknown_policy_lists_the_available_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--policy", "fifo"]) == 2
+    err = capsys.readouterr().err
+    assert "--policy: unknown policy 'fifo'" in err and "sticky" in err

@@ -125,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(_flags(args), args.config)
+        from thunder_scheduler.app import make_core
+
+        make_core(settings)  # an unknown policy or knob is a settings error too
     except SettingsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ from typing import Any, Final, Protocol
 
 import httpx
 
-from thunder_core.contract import ProgramView
+from thunder_core.contract import ProgramStatus, ProgramView
 from thunder_scheduler.backends.base import Backend, RequestHints, SlotOffload
 from thunder_scheduler.backends.monitor import BackendState
 from thunder_scheduler.clock import Clock
@@ -52,7 +52,7 @@ from thunder_scheduler.core.commands import (
     Resume,
     SetPriority,
 )
-from thunder_scheduler.core.events import BackendUpdated, Event
+from thunder_scheduler.core.events import BackendUpdated, Event, ToolFinished, ToolStarted
 from thunder_scheduler.core.snapshot import ProgramSnapshot, SchedulerSnapshot
 from thunder_scheduler.gate import GateError
 from thunder_scheduler.metrics import ServiceMetrics
@@ -150,6 +150,7 @@ class Driver:
         self._backend_of: dict[str, str] = {}
         self._slots: dict[str, _SlotFile] = {}
         self._seq: dict[str, int] = {}
+        self._tool_calls: dict[str, set[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
@@ -189,9 +190,20 @@ class Driver:
             commands = self.core.handle(event)
         finally:
             self.metrics.decision.observe(time.perf_counter() - started)
+        match event:
+            case ToolStarted():
+                self._tool_calls.setdefault(event.program_id, set()).add(event.call_id)
+            case ToolFinished():
+                self._tool_calls.get(event.program_id, set()).discard(event.call_id)
+            case _:
+                pass
         self._execute(commands)
         self._wake.set()
         return commands
+
+    def has_tool_call(self, program_id: str, call_id: str) -> bool:
+        """Whether ``call_id`` of ``program_id`` started and has not ended."""
+        return call_id in self._tool_calls.get(program_id, ())
 
     def tick(self) -> list[Command]:
         """Run the core's tick now (the ticker does this on its own; tests call it too)."""
@@ -254,6 +266,13 @@ class Driver:
             ):
                 found = row
         return _view(found) if found is not None else None
+
+    def live_program_ids(self) -> set[str]:
+        """Programs that have not ended (the tool manager's view of who may hold runtimes)."""
+        return {
+            row.program_id for row in self.core.snapshot().programs
+            if row.status != ProgramStatus.TERMINATED
+        }
 
     def held_count(self) -> int:
         return sum(1 for w in self._waiters.values() if not w.future.done())
@@ -354,6 +373,7 @@ class Driver:
         self._last_body.pop(pid, None)
         self._backend_of.pop(pid, None)
         self._seq.pop(pid, None)
+        self._tool_calls.pop(pid, None)
 
     def call_hook(self, name: str, *args: Any) -> None:
         """Call tool-manager hook ``name`` (sync or async), best effort."""

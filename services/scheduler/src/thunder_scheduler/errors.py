@@ -13,9 +13,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from thunder_core.contract import ErrorBody
 from thunder_scheduler.gate import GateError
@@ -39,7 +38,7 @@ def error_response(
     status: int, reason: str, detail: Any = None, headers: dict[str, str] | None = None
 ) -> Response:
     body = ErrorBody(error=reason, detail=detail).model_dump(mode="json")
-    return ORJSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_detail(exc: RequestValidationError) -> tuple[int, str, list[dict[str, Any]]]:

@@ -14,8 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import ORJSONResponse
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from thunder_core.contract import Paths
 from thunder_scheduler.backends.monitor import BackendMonitor
@@ -61,7 +60,7 @@ def create_ops_router(
             return error_response(
                 503, "no backend is healthy with a known capacity", detail=reasons
             )
-        return ORJSONResponse({"ready": True, "backends": report})
+        return JSONResponse({"ready": True, "backends": report})
 
     @router.get(Paths.METRICS)
     async def prometheus() -> Response:

@@ -1,0 +1,260 @@
+"""The app factory: ``create_app(settings)`` wires the service's parts; no module-level state.
+
+Parts, created here and started / stopped by the FastAPI lifespan:
+
+* the backends (``--backend`` specs through ``backends.registry``, or injected), sharing one
+  control-plane ``httpx.AsyncClient`` (injected or owned);
+* the ``BackendMonitor`` (probe with backoff, load polling), whose health changes the driver
+  feeds to the core as ``BackendUpdated``;
+* the pure ``ProgramScheduler`` (policy from the settings) inside the async ``Driver``;
+* the ``SchedulerGate`` the proxy calls, and the proxy's upstream client;
+* the tool manager, when ``tools_enabled``.
+
+Routes: ops (``/health``, ``/ready``, ``/metrics``, open), lifecycle (admin key), the proxy's
+OpenAI / SGLang routes (client key), and the tool manager's (admin key) when enabled.
+
+Everything a test may want to reach is on ``app.state.thunder`` (a :class:`ServiceParts`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from fastapi import Depends, FastAPI
+
+from thunder_scheduler.auth import require_key
+from thunder_scheduler.backends.base import Backend
+from thunder_scheduler.backends.monitor import BackendMonitor, MonitorConfig
+from thunder_scheduler.backends.registry import make_backend, parse_backend_spec
+from thunder_scheduler.clock import Clock, MonotonicClock
+from thunder_scheduler.core.config import SchedulerConfig
+from thunder_scheduler.core.scheduler import ProgramScheduler
+from thunder_scheduler.driver import Driver
+from thunder_scheduler.errors import install_error_handlers
+from thunder_scheduler.gate import SchedulerGate
+from thunder_scheduler.lifecycle_api import BodyLimitMiddleware, create_lifecycle_router
+from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduler.ops_api import create_ops_router
+from thunder_scheduler.proxy.routes import create_proxy_router
+from thunder_scheduler.proxy.upstream import UpstreamClient, create_upstream_client
+from thunder_scheduler.settings import ServiceSettings, SettingsError, setting_names
+
+if TYPE_CHECKING:
+    from thunder_scheduler.tools.manager import ToolManager
+
+__all__ = ["ServiceParts", "create_app"]
+
+log = logging.getLogger(__name__)
+
+CONTROL_PLANE_TIMEOUT_S = 10.0
+"""Probe / load / lever calls to an engine: a healthy engine answers these in milliseconds;
+10 s tolerates one stalled by a long prefill without hanging the monitor."""
+
+
+@dataclass(slots=True)
+class ServiceParts:
+    """The wired parts of one app instance (``app.state.thunder``)."""
+
+    settings: ServiceSettings
+    backends: dict[str, Backend]
+    monitor: BackendMonitor
+    driver: Driver
+    gate: SchedulerGate
+    metrics: ServiceMetrics
+    upstream: UpstreamClient
+    tools: ToolManager | None
+
+
+def build_backends(settings: ServiceSettings, http: httpx.AsyncClient) -> list[Backend]:
+    """One backend per ``--backend`` spec (already validated by the settings)."""
+    backends: list[Backend] = []
+    for text in settings.backends:
+        spec = parse_backend_spec(text)
+        backends.append(make_backend(spec.kind, spec.name, spec.url, http))
+    return backends
+
+
+def _scheduler_config(settings: ServiceSettings) -> SchedulerConfig:
+    overrides: dict[str, Any] = {"tick_s": settings.tick_s}
+    if settings.lease_s is not None:
+        overrides["lease_s"] = settings.lease_s
+    if settings.max_paused_s is not None:
+        overrides["max_paused_s"] = settings.max_paused_s
+    return SchedulerConfig(**overrides)
+
+
+def make_core(settings: ServiceSettings) -> ProgramScheduler:
+    """The pure scheduler for ``settings.policy`` with the operator's knobs.
+
+    Raises :class:`SettingsError` naming the setting for an unknown policy or a knob the
+    policy does not have.
+    """
+    from dataclasses import fields
+
+    from thunder_scheduler.core.config import ConfigError
+    from thunder_scheduler.core.policies import POLICIES
+
+    try:
+        policy_cls, config_cls = POLICIES[settings.policy]
+    except KeyError:
+        raise SettingsError([
+            f"{setting_names('policy')}: unknown policy {settings.policy!r}; "
+            f"available: {', '.join(sorted(POLICIES))}"
+        ]) from None
+    accepted = {f.name for f in fields(config_cls)}
+    knobs = settings.policy_knobs()
+    unsupported = sorted(set(knobs) - accepted)
+    if unsupported:
+        raise SettingsError([
+            f"{setting_names(name)}: the {settings.policy} policy has no such knob" for name in
+            unsupported
+        ])
+    try:
+        policy = policy_cls(config_cls(**knobs))
+        return ProgramScheduler(policy, _scheduler_config(settings))
+    except ConfigError as exc:
+        raise SettingsError([str(exc)]) from None
+
+
+def create_app(
+    settings: ServiceSettings,
+    *,
+    backends: Sequence[Backend] | None = None,
+    http: httpx.AsyncClient | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """A new, independent service instance (its own registry, driver, monitor, clients)."""
+    metrics = ServiceMetrics()
+    clock = clock if clock is not None else MonotonicClock(settings.time_scale)
+    owns_http = http is None
+    control_http = http if http is not None else httpx.AsyncClient(
+        timeout=httpx.Timeout(CONTROL_PLANE_TIMEOUT_S)
+    )
+    backend_list = list(backends) if backends is not None else build_backends(
+        settings, control_http
+    )
+    by_name = {backend.name: backend for backend in backend_list}
+    if len(by_name) != len(backend_list):
+        raise ValueError("backend names must be unique (use NAME@KIND=URL)")
+    core = make_core(settings)
+    monitor_ref: list[BackendMonitor] = []
+
+    def total_slots(name: str) -> int | None:
+        info = monitor_ref[0].state(name).info if monitor_ref else None
+        value = info.raw.get("total_slots") if info is not None else None
+        return value if isinstance(value, int) else None
+
+    driver = Driver(
+        core,
+        by_name,
+        clock,
+        metrics,
+        tick_s=settings.tick_s,
+        prewarm_http=control_http,
+        prewarm_bodies_max=settings.prewarm_bodies_max,
+        slot_offload=settings.llamacpp_slot_offload,
+        total_slots=total_slots,
+    )
+    tools = _make_tool_manager(settings, driver, metrics)
+    driver.hooks = tools
+    defaults = MonitorConfig()
+    monitor = BackendMonitor(
+        backend_list,
+        MonitorConfig(
+            poll_interval_s=settings.monitor_interval_s,
+            unhealthy_after_failures=settings.monitor_unhealthy_after_failures,
+            backoff_initial_s=min(defaults.backoff_initial_s, settings.monitor_backoff_max_s),
+            backoff_max_s=settings.monitor_backoff_max_s,
+        ),
+        on_change=driver.on_backend_change,
+    )
+    monitor_ref.append(monitor)
+
+    def program_started(program_id: str, spec_hint: str | None = None) -> None:
+        if tools is not None:
+            driver.call_hook("on_program_admitted", program_id, spec_hint)
+
+    gate = SchedulerGate(driver, monitor, metrics, on_program_started=program_started)
+    proxy_settings = settings.proxy_settings()
+    upstream = create_upstream_client(proxy_settings)
+    parts = ServiceParts(settings, by_name, monitor, driver, gate, metrics, upstream, tools)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        driver.start()
+        monitor.start()
+        if tools is not None:
+            await tools.start()
+        log.info(
+            "thunder-scheduler: policy %s, backends %s",
+            settings.policy, ", ".join(by_name) or "none",
+        )
+        try:
+            yield
+        finally:
+            await monitor.aclose()
+            await driver.aclose()
+            if tools is not None:
+                await tools.close()
+            await upstream.aclose()
+            for backend in backend_list:
+                try:
+                    await backend.aclose()
+                except Exception:
+                    log.exception("closing backend %s failed", backend.name)
+            if owns_http:
+                await control_http.aclose()
+
+    app = FastAPI(
+        title="Thunder scheduler",
+        summary="Program-aware OpenAI / SGLang-compatible proxy and scheduler",
+        lifespan=lifespan,
+    )
+    app.state.thunder = parts
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    require_admin = require_key(_secret(settings.admin_key), "admin")
+    app.include_router(create_ops_router(lambda: monitor, lambda: driver, metrics))
+    app.include_router(create_lifecycle_router(
+        lambda: driver,
+        require_admin,
+        on_program_started=lambda pid, body: program_started(pid, body.tags.get("runtime_spec")),
+    ))
+    client_key = _secret(settings.api_key)
+    proxy_router = create_proxy_router(gate, upstream, proxy_settings)
+    if client_key is None:
+        app.include_router(proxy_router)
+    else:
+        app.include_router(proxy_router, dependencies=[Depends(require_key(client_key, "api"))])
+    if tools is not None:
+        from thunder_scheduler.tools.api import create_tools_router
+
+        app.include_router(create_tools_router(lambda: tools, require_admin))
+    return app
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def _make_tool_manager(
+    settings: ServiceSettings, driver: Driver, metrics: ServiceMetrics
+) -> ToolManager | None:
+    if not settings.tools_enabled:
+        return None
+    from thunder_scheduler.tools.manager import ToolManager
+    from thunder_scheduler.tools.registry import make_backend as make_runtime_backend
+
+    manager = ToolManager(
+        settings.tools,
+        make_runtime_backend(settings.tools),
+        known_programs=driver.live_program_ids,
+        program_exists=driver.core.has_program,
+    )
+    manager.register_metrics(metrics.registry)
+    return manager

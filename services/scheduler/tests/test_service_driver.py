@@ -1,0 +1,275 @@
+"""The driver carries out the core's commands: held futures, levers, release, ticks.
+
+``ScriptedCore`` is a fake core (it returns the commands a test scripts, so each command's
+execution is checked in isolation); ``FakeSlotBackend`` is a fake engine recording lever calls
+(fault injection: it can fail). The real core is exercised in ``test_service_lifecycle.py`` and
+the service tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from thunder_core.contract import ProgramEndStatus
+from thunder_scheduler.backends.base import (
+    BackendCapabilities,
+    BackendInfo,
+    BackendKind,
+    BackendLoad,
+    RequestHints,
+    SlotOpResult,
+    SlotState,
+)
+from thunder_scheduler.clock import ManualClock
+from thunder_scheduler.core.commands import (
+    Admit,
+    Command,
+    Hold,
+    Pause,
+    Prewarm,
+    Release,
+    Resume,
+    SetPriority,
+)
+from thunder_scheduler.core.events import Event, ProgramEnded, RequestArrived
+from thunder_scheduler.core.snapshot import Counters, SchedulerSnapshot
+from thunder_scheduler.driver import Driver
+from thunder_scheduler.gate import GateError
+from thunder_scheduler.metrics import ServiceMetrics
+
+
+@dataclass
+class ScriptedCore:
+    """A fake core: answers each event with the next scripted command list."""
+
+    script: list[list[Command]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    ticks: list[float] = field(default_factory=list)
+    deadline: float | None = None
+    tick_commands: list[Command] = field(default_factory=list)
+
+    def handle(self, event: Event) -> list[Command]:
+        self.events.append(event)
+        return self.script.pop(0) if self.script else []
+
+    def tick(self, now: float) -> list[Command]:
+        self.ticks.append(now)
+        commands, self.tick_commands = self.tick_commands, []
+        return commands
+
+    def next_deadline(self) -> float | None:
+        return self.deadline
+
+    def has_program(self, program_id: str) -> bool:
+        return True
+
+    def route_untagged(self, at: float) -> str | None:
+        return None
+
+    def snapshot(self) -> SchedulerSnapshot:
+        return SchedulerSnapshot(at=0.0, policy="scripted", programs=[], backends=[],
+                                 counters=Counters(), waiting_programs=0, tool_estimates_s={})
+
+
+class FakeSlotBackend:
+    """A fake llama.cpp-like engine that records lever calls; ``fail`` injects errors."""
+
+    kind = BackendKind.LLAMACPP
+
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name = name
+        self.base_url = f"http://{name}.invalid"
+        self.capabilities = BackendCapabilities(
+            abort_by_request_id=False, request_priority=False, sessions=False,
+            slot_offload=True, prefix_warmup=True, cached_tokens_in_usage=True,
+        )
+        self.fail = fail
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def probe(self) -> BackendInfo:
+        return BackendInfo(1000, 1, ("m",), 500)
+
+    async def load(self) -> BackendLoad:
+        return BackendLoad(None, None, None, None, None, None)
+
+    def decorate(self, path: str, body: dict[str, Any], hints: RequestHints) -> dict[str, Any]:
+        return body
+
+    def request_headers(self, hints: RequestHints) -> dict[str, str]:
+        return {}
+
+    async def abort(self, request_id: str) -> None:
+        self.calls.append(("abort", request_id))
+
+    async def release_program(self, program_id: str, session_id: str | None,
+                              slot_id: int | None) -> None:
+        self.calls.append(("release", program_id, slot_id))
+        if self.fail:
+            raise RuntimeError("engine said no")
+
+    async def aclose(self) -> None:
+        pass
+
+    async def save_slot(self, slot_id: int, filename: str) -> SlotOpResult:
+        self.calls.append(("save", slot_id, filename))
+        return SlotOpResult(slot_id, filename, 10, 100, 1.0)
+
+    async def restore_slot(self, slot_id: int, filename: str) -> SlotOpResult:
+        self.calls.append(("restore", slot_id, filename))
+        return SlotOpResult(slot_id, filename, 10, 100, 1.0)
+
+    async def erase_slot(self, slot_id: int) -> None:
+        self.calls.append(("erase", slot_id))
+
+    async def slots(self) -> list[SlotState]:
+        return [SlotState(0, 500, False), SlotState(1, 500, False)]
+
+
+class FakeHooks:
+    """Records tool-manager hook calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    async def on_program_restoring(self, program_id: str) -> None:
+        self.calls.append(("restoring", program_id))
+
+    async def on_program_ended(self, program_id: str, reason: str) -> None:
+        self.calls.append(("ended", program_id, reason))
+
+
+def _driver(core: ScriptedCore, *backends: FakeSlotBackend, **kw: Any) -> Driver:
+    return Driver(core, {b.name: b for b in backends}, ManualClock(100.0), ServiceMetrics(),
+                  **kw)
+
+
+def _arrived(pid: str, rid: str) -> RequestArrived:
+    return RequestArrived(at=0.0, program_id=pid, request_id=rid, prompt_tokens_estimate=10)
+
+
+def _sample(driver: Driver, name: str, **labels: str) -> float | None:
+    return driver.metrics.registry.get_sample_value(name, labels)
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_admit_in_the_same_call_resolves_at_once() -> None:
+    core = ScriptedCore([[Admit("p", "p:1", "a", priority=3)]])
+    driver = _driver(core, FakeSlotBackend("a"))
+    future = driver.arrive("p", "p:1", _arrived("p", "p:1"))
+    assert future.done() and future.result().backend == "a"
+    assert driver.priority_of("p") == 3
+    assert driver.held_count() == 0
+
+
+async def test_hold_parks_until_a_later_admit() -> None:
+    core = ScriptedCore([[Hold("p", "p:1", "paused")], [Admit("p", "p:1", "a")]])
+    driver = _driver(core, FakeSlotBackend("a"))
+    future = driver.arrive("p", "p:1", _arrived("p", "p:1"))
+    assert not future.done()
+    assert driver.held_count() == 1
+    assert _sample(driver, "thunder_held_requests") == 1
+    driver.feed(ProgramEnded(at=1.0, program_id="q"))  # any event whose answer admits p:1
+    assert future.done() and future.result().request_id == "p:1"
+    assert driver.held_count() == 0
+
+
+async def test_release_fails_held_requests_with_409_and_frees_engine_state() -> None:
+    backend = FakeSlotBackend("a")
+    hooks = FakeHooks()
+    core = ScriptedCore([[Hold("p", "p:1", "paused")],
+                         [Release("p", "a", "lease expired")]])
+    driver = _driver(core, backend, hooks=hooks)
+    future = driver.arrive("p", "p:1", _arrived("p", "p:1"))
+    driver.feed(ProgramEnded(at=1.0, program_id="p", status=ProgramEndStatus.OK))
+    with pytest.raises(GateError) as caught:
+        await future
+    assert caught.value.status == 409
+    await _settle()
+    assert ("release", "p", None) in backend.calls
+    assert ("ended", "p", "lease expired") in hooks.calls
+    assert _sample(driver, "thunder_lease_expiries_total") == 1
+
+
+async def test_failing_lever_is_counted_and_does_not_crash() -> None:
+    backend = FakeSlotBackend("a", fail=True)
+    core = ScriptedCore([[Release("p", "a", "ended")]])
+    driver = _driver(core, backend)
+    driver.feed(ProgramEnded(at=1.0, program_id="p"))
+    await _settle()
+    assert _sample(driver, "thunder_engine_lever_failures_total", lever="release") == 1
+
+
+async def test_slot_offload_saves_on_pause_and_restores_on_resume() -> None:
+    backend = FakeSlotBackend("a")
+    core = ScriptedCore([
+        [Admit("p", "p:1", "a")],
+        [Pause("p", "a", 100)],
+        [Resume("p", "a", "a", migrated=False)],
+    ])
+    driver = _driver(core, backend, slot_offload=True, total_slots=lambda name: 2)
+    driver.arrive("p", "p:1", _arrived("p", "p:1"))
+    slot = driver.slot_of("p", "a")
+    assert slot == 0
+    driver.feed(ProgramEnded(at=1.0, program_id="x"))  # -> Pause
+    await _settle()
+    driver.feed(ProgramEnded(at=2.0, program_id="x"))  # -> Resume
+    await _settle()
+    kinds = [call[0] for call in backend.calls]
+    assert kinds == ["save", "restore"]
+    assert backend.calls[0][2] == backend.calls[1][2]  # same file
+    assert _sample(driver, "thunder_pauses_total") == 1
+    assert _sample(driver, "thunder_restores_total") == 1
+
+
+async def test_programs_spread_over_slots_and_migration_drops_the_slot() -> None:
+    a, b = FakeSlotBackend("a"), FakeSlotBackend("b")
+    core = ScriptedCore([
+        [Admit("p", "p:1", "a")],
+        [Admit("q", "q:1", "a")],
+        [Resume("p", "b", "a", migrated=True)],
+    ])
+    driver = _driver(core, a, b, slot_offload=True, total_slots=lambda name: 2)
+    driver.arrive("p", "p:1", _arrived("p", "p:1"))
+    driver.arrive("q", "q:1", _arrived("q", "q:1"))
+    assert {driver.slot_of("p", "a"), driver.slot_of("q", "a")} == {0, 1}
+    driver.feed(ProgramEnded(at=1.0, program_id="x"))
+    assert driver.slot_of("p", "b") is None
+    assert _sample(driver, "thunder_migrations_total") == 1
+
+
+async def test_set_priority_applies_to_later_requests() -> None:
+    core = ScriptedCore([[SetPriority("p", -5)]])
+    driver = _driver(core, FakeSlotBackend("a"))
+    driver.feed(ProgramEnded(at=1.0, program_id="x"))
+    assert driver.priority_of("p") == -5
+
+
+async def test_prewarm_without_a_known_body_sends_nothing() -> None:
+    core = ScriptedCore([[Prewarm("p", "a")]])
+    driver = _driver(core, FakeSlotBackend("a"))
+    driver.feed(ProgramEnded(at=1.0, program_id="x"))
+    await _settle()
+    assert _sample(driver, "thunder_prewarms_total") == 0
+
+
+async def test_ticker_runs_tick_at_the_core_deadline() -> None:
+    clock = ManualClock(0.0, time_scale=1000.0)  # 1 modelled s = 1 wall ms
+    core = ScriptedCore(deadline=5.0)
+    driver = Driver(core, {}, clock, ServiceMetrics(), tick_s=60.0)
+    driver.start()
+    try:
+        for _ in range(200):
+            if core.ticks:
+                break
+            await asyncio.sleep(0.001)
+        assert core.ticks, "the ticker never called tick()"
+    finally:
+        await driver.aclose()
