@@ -1,0 +1,355 @@
+"""Virtual mode: a discrete-event replay on one virtual clock, with no HTTP.
+
+The scheduler's pure core (``thunder_scheduler.core.ProgramScheduler`` with any registered
+policy) and one ``thunder_sim.engine.Engine`` per replica run in this process. The loop owns
+virtual time (modelled seconds) and applies the core's commands exactly as the live driver
+does over HTTP: ``Admit`` submits the request to that engine, ``Hold`` parks it until its
+``Admit``, ``Pause`` / ``Resume`` / ``Release`` are bookkeeping (and metrics), ``SetPriority``
+sets the engine priority of the program's later requests, ``Prewarm`` submits a one-token
+prefill of the program's last prompt. The policies run unchanged.
+
+Loop (after Vidur's event loop): two sources of time, the event heap (program actions,
+scheduler ticks) and each engine's in-progress iteration. The earliest goes next; on a tie
+the engine's iteration ends first (a response is delivered before an arrival at the same
+instant). An idle engine with work starts an iteration at once. Decode iterations are
+fast-forwarded (``Engine.step(max_decode_steps, until_s)``) up to the next heap event, at most
+``fast_forward_s`` modelled seconds: a request submitted to a busy engine waits for the end
+of its current (possibly fast-forwarded) iteration, so arrival error is bounded by that
+horizon (default 50 ms, a few decode iterations of an 8B model on an H100).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from thunder_core.contract import engine_request_id
+from thunder_scheduler.core.commands import (
+    Admit,
+    Command,
+    Hold,
+    Pause,
+    Prewarm,
+    Release,
+    Resume,
+    SetPriority,
+)
+from thunder_scheduler.core.events import (
+    BackendUpdated,
+    Event,
+    ProgramEnded,
+    ProgramStarted,
+    RequestArrived,
+    RequestFinished,
+    ToolFinished,
+    ToolStarted,
+)
+
+from thunder_sim.engine import Engine, EngineRequest, FinishReason, StepResult
+from thunder_sim.replay.metrics import RunRecorder, RunReport, StepRecord, summarise
+from thunder_sim.replay.player import Action, Call, GapPolicy, Spawn, ToolBegin, ToolEnd, Wait, plan
+from thunder_sim.replay.setup import SchedulerLike, build_engines, build_scheduler
+from thunder_sim.replay.trace import GapKind, TraceProgram, TraceStep, ideal_hit_tokens, instantiate
+
+
+PROGRAM_LEASE_S = 86_400.0
+"""Lease sent with every replayed program. The replay ends each program explicitly; a trace's
+tool gaps reach 2,908 s at p99 (trace README), beyond the scheduler's default 30-minute lease,
+and a program inside a long tool call is alive, not abandoned."""
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualConfig:
+    policy: str = "thunder"
+    policy_knobs: dict[str, Any] = field(default_factory=dict)
+    preset: str = "h100-qwen3-8b"
+    replicas: int = 2
+    engine_overrides: dict[str, Any] = field(default_factory=dict)
+    concurrency: int = 8
+    gaps: GapPolicy = field(default_factory=GapPolicy)
+    duration_s: float | None = None     # stop here, recycling sessions to keep slots busy
+    fast_forward_s: float = 0.05
+    max_decode_steps: int = 256
+    check_invariants: bool = False      # validate every engine's KV accounting after each step
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"--replicas must be >= 1, got {self.replicas}")
+        if self.concurrency < 1:
+            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValueError(f"--duration-s must be positive, got {self.duration_s}")
+
+
+@dataclass(eq=False)
+class _Run:
+    program: TraceProgram
+    actions: tuple[Action, ...]
+    parent: _Run | None
+    idx: int = 0
+    children_left: int = 0
+    last_blocks: tuple[int, ...] = ()
+    last_tokens: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    run: _Run
+    step: TraceStep
+    rid: str
+    sent_s: float
+
+
+class VirtualReplay:
+    def __init__(
+        self, programs: Sequence[TraceProgram], config: VirtualConfig, *, fit: str = "",
+        on_step: Callable[[], None] | None = None,
+        scheduler: SchedulerLike | None = None, engines: dict[str, Engine] | None = None,
+    ) -> None:
+        if not programs:
+            raise ValueError("no sessions to replay (check the context filter)")
+        self.config = config
+        self.fit = fit
+        self.scheduler = scheduler or build_scheduler(config.policy, config.policy_knobs)
+        self.engines = engines or build_engines(
+            config.preset, config.replicas, config.engine_overrides)
+        self.recorder = RunRecorder()
+        self._sessions = list(programs)
+        self._next_session = 0
+        self._played: list[TraceProgram] = []
+        self._on_step = on_step
+        self._now = 0.0
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._busy: dict[str, tuple[float, StepResult] | None] = dict.fromkeys(self.engines)
+        self._pending: dict[str, _Pending] = {}
+        self._priority: dict[str, int] = {}
+        self._runs: dict[str, _Run] = {}
+        self._tick_at = math.inf
+        self._prewarms = 0
+        self._held = 0
+
+    # -- loop -----------------------------------------------------------------------------
+
+    def run(self) -> RunReport:
+        for name, engine in sorted(self.engines.items()):
+            self._feed(BackendUpdated(0.0, name, True, engine.capacity_tokens,
+                                      engine.config.page_tokens))
+        for _ in range(self.config.concurrency):
+            if not self._start_next_session():
+                break
+        end = self.config.duration_s if self.config.duration_s is not None else math.inf
+        while True:
+            self._start_idle_engines()
+            t_ev = self._heap[0][0] if self._heap else math.inf
+            name, t_eng = self._earliest_engine()
+            t = min(t_ev, t_eng)
+            if t == math.inf or t > end or (
+                    not self._runs and self._next_session >= len(self._sessions)
+                    and self.config.duration_s is None):
+                break
+            self._now = t
+            if name is not None and t_eng <= t_ev:
+                self._finish_iteration(name)
+            else:
+                heapq.heappop(self._heap)[2]()
+        finish = min(end, self._now) if end != math.inf else self._now
+        self.recorder.close(finish)
+        return self._report(finish)
+
+    def _earliest_engine(self) -> tuple[str | None, float]:
+        best: str | None = None
+        best_t = math.inf
+        for name, busy in self._busy.items():
+            if busy is not None and busy[0] < best_t:
+                best, best_t = name, busy[0]
+        return best, best_t
+
+    def _at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), fn))
+
+    def _start_idle_engines(self) -> None:
+        for name, engine in self.engines.items():
+            if self._busy[name] is None and engine.has_work():
+                horizon = self._now + self.config.fast_forward_s
+                until = min(self._heap[0][0], horizon) if self._heap else horizon
+                res = engine.step(self._now, self.config.max_decode_steps, until)
+                if self.config.check_invariants:
+                    engine.check_invariants()
+                if res.duration_s <= 0 and not res.finished:
+                    continue        # nothing schedulable until something changes
+                self._busy[name] = (self._now + res.duration_s, res)
+
+    def _finish_iteration(self, name: str) -> None:
+        busy = self._busy[name]
+        assert busy is not None
+        self._busy[name] = None
+        for fin in busy[1].finished:
+            pending = self._pending.pop(fin.rid, None)
+            if pending is None:
+                continue        # a prewarm
+            ok = fin.finish_reason is FinishReason.LENGTH
+            run = pending.run
+            self._feed(RequestFinished(
+                self._now, run.program.program_id, fin.rid, prompt_tokens=fin.prompt_tokens,
+                completion_tokens=fin.completion_tokens, cached_tokens=fin.cached_tokens,
+                ends_with_tool_call=run.idx < len(run.actions)
+                and isinstance(run.actions[run.idx], ToolBegin)))
+            if ok:
+                self.recorder.steps.append(StepRecord(
+                    run.program.program_id, pending.step.index, pending.sent_s,
+                    fin.first_token_s, self._now, fin.prompt_tokens, fin.cached_tokens,
+                    fin.completion_tokens))
+            else:
+                self.recorder.failed_steps += 1
+            if self._on_step is not None:
+                self._on_step()
+            self._advance(run)
+
+    # -- scheduler ------------------------------------------------------------------------
+
+    def _feed(self, event: Event) -> None:
+        self._apply(self.scheduler.handle(event))
+
+    def _tick(self) -> None:
+        self._tick_at = math.inf
+        self._apply(self.scheduler.tick(self._now))
+
+    def _apply(self, commands: list[Command]) -> None:
+        for cmd in commands:
+            if isinstance(cmd, Admit):
+                self._admit(cmd)
+            elif isinstance(cmd, Hold):
+                self._held += 1
+            elif isinstance(cmd, Pause):
+                self.recorder.paused(cmd.program_id, self._now)
+            elif isinstance(cmd, Resume):
+                self.recorder.resumed(cmd.program_id, self._now, cmd.migrated)
+            elif isinstance(cmd, SetPriority):
+                self._priority[cmd.program_id] = cmd.priority
+            elif isinstance(cmd, Prewarm):
+                self._prewarm(cmd)
+            elif isinstance(cmd, Release):
+                for rid in getattr(cmd, "held_request_ids", ()):
+                    pending = self._pending.pop(rid, None)
+                    if pending is not None:
+                        self.recorder.failed_steps += 1
+                        self._at(self._now, lambda r=pending.run: self._advance(r))
+        deadline = self.scheduler.next_deadline()
+        if deadline is not None and deadline < self._tick_at:
+            self._tick_at = max(deadline, self._now)
+            self._at(self._tick_at, self._tick)
+
+    def _admit(self, cmd: Admit) -> None:
+        pending = self._pending.get(cmd.request_id)
+        if pending is None:
+            return
+        step = pending.step
+        priority = cmd.priority if cmd.priority is not None else self._priority.get(
+            cmd.program_id, 0)
+        self.engines[cmd.backend].submit(EngineRequest(
+            rid=cmd.request_id, prompt_blocks=step.blocks, prompt_tokens=step.prompt_tokens,
+            max_new_tokens=step.output_tokens, priority=priority, arrival_s=self._now,
+        ), self._now)
+
+    def _prewarm(self, cmd: Prewarm) -> None:
+        run = self._runs.get(cmd.program_id)
+        if run is None or not run.last_blocks or cmd.backend not in self.engines:
+            return
+        self._prewarms += 1
+        self.engines[cmd.backend].submit(EngineRequest(
+            rid=f"{cmd.program_id}:prewarm:{self._prewarms}", prompt_blocks=run.last_blocks,
+            prompt_tokens=run.last_tokens, max_new_tokens=1, arrival_s=self._now), self._now)
+
+    # -- programs -------------------------------------------------------------------------
+
+    def _start_next_session(self) -> bool:
+        n = self._next_session
+        if n < len(self._sessions):
+            program = self._sessions[n]
+        elif self.config.duration_s is not None:
+            base = self._sessions[n % len(self._sessions)]
+            program = instantiate(base, 1 + n, f"#{n // len(self._sessions)}")
+        else:
+            return False
+        self._next_session += 1
+        self._played.append(program)
+        self._start(program, None)
+        return True
+
+    def _start(self, program: TraceProgram, parent: _Run | None) -> None:
+        run = _Run(program, plan(program, self.config.gaps), parent)
+        self._runs[program.program_id] = run
+        self.recorder.programs_started += 1
+        self._feed(ProgramStarted(
+            self._now, program.program_id, framework="replay",
+            parent_program_id=parent.program.program_id if parent else None,
+            lease_s=PROGRAM_LEASE_S))
+        self._advance(run)
+
+    def _advance(self, run: _Run) -> None:
+        pid = run.program.program_id
+        while run.idx < len(run.actions):
+            action = run.actions[run.idx]
+            run.idx += 1
+            if isinstance(action, Call):
+                self._call(run, action.step)
+                return
+            if isinstance(action, Wait):
+                capped = action.trace_s - action.duration_s
+                if action.kind is GapKind.HUMAN:
+                    self.recorder.capped_human_s += capped
+                else:
+                    self.recorder.capped_tool_s += capped
+                if action.duration_s > 0:
+                    self._at(self._now + action.duration_s, lambda: self._advance(run))
+                    return
+            elif isinstance(action, ToolBegin):
+                self._feed(ToolStarted(self._now, pid, action.call_id, action.tool_name))
+            elif isinstance(action, ToolEnd):
+                self._feed(ToolFinished(self._now, pid, action.call_id))
+            elif isinstance(action, Spawn):
+                run.children_left = len(action.children)
+                for child in action.children:
+                    self._start(child, run)
+                return
+        self._feed(ProgramEnded(self._now, pid))
+        self._runs.pop(pid, None)
+        self.recorder.programs_done += 1
+        parent = run.parent
+        if parent is not None:
+            parent.children_left -= 1
+            if parent.children_left == 0:
+                self._advance(parent)
+        else:
+            self._start_next_session()
+
+    def _call(self, run: _Run, step: TraceStep) -> None:
+        pid = run.program.program_id
+        rid = engine_request_id(pid, step.index)
+        run.last_blocks, run.last_tokens = step.blocks, step.prompt_tokens
+        self._pending[rid] = _Pending(run, step, rid, self._now)
+        self._feed(RequestArrived(
+            self._now, pid, rid, prompt_tokens_estimate=step.prompt_tokens,
+            max_output_tokens=step.output_tokens, prompt_blocks=step.blocks))
+
+    # -- report ---------------------------------------------------------------------------
+
+    def _report(self, duration_s: float) -> RunReport:
+        cfg = self.config
+        return summarise(
+            self.recorder, label=cfg.label or f"{cfg.policy} x{cfg.concurrency}",
+            mode="virtual", policy=cfg.policy, replicas=cfg.replicas,
+            concurrency=cfg.concurrency, duration_s=duration_s,
+            recomputed_tokens=sum(e.counters.recomputed_tokens for e in self.engines.values()),
+            ideal=ideal_hit_tokens(self._played), fit=self.fit,
+            extra={"prewarms": self._prewarms, "held_requests": self._held,
+                   "retractions": sum(e.counters.num_retracted_reqs
+                                      for e in self.engines.values()),
+                   "kv_pool_tokens": next(iter(self.engines.values())).capacity_tokens},
+        )
