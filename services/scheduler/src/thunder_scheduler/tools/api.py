@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from thunder_core.contract import ErrorBody, Paths
@@ -123,13 +123,13 @@ def create_tools_router(
 
         return await guarded(call)
 
-    @router.delete(Paths.RUNTIME, status_code=204)
+    @router.delete(Paths.RUNTIME, status_code=204, response_model=None)
     async def release(program_id: str, runtime_id: str) -> Any:
         async def call(manager: ToolManager) -> None:
             await manager.release(program_id, runtime_id)
 
         result = await guarded(call)
-        return result if isinstance(result, JSONResponse) else None
+        return result if isinstance(result, JSONResponse) else Response(status_code=204)
 
     return router
 

@@ -160,12 +160,13 @@ class ToolManager:
 
     async def close(self) -> None:
         """Stop background work and tear down every runtime this manager made."""
-        tasks = [*self._background, *self._refills.values(), *self._preparing.values()]
+        tasks = [*self._refills.values(), *self._preparing.values()]
         if self._poller is not None:
             tasks.append(self._poller)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)  # teardowns finish
         if self._builder is not None:
             await self._builder.close()
         doomed = [*self.pools.clear(), *self.runtimes.values()]
@@ -215,7 +216,10 @@ class ToolManager:
     def _prepare(self, program_id: str) -> None:
         spec_name = self._hints.get(program_id)
         if (not self.settings.prepare_on_admit or spec_name is None or self.backend is None
-                or program_id in self._ended or program_id in self._preparing):
+                or program_id in self._ended):
+            return
+        running = self._preparing.get(program_id)
+        if running is not None and not running.done():
             return
         entry = self.specs.find(spec_name)
         if entry is None:
@@ -418,6 +422,7 @@ class ToolManager:
             log.warning("destroying runtime %s failed: %s", runtime.runtime_id, exc)
 
     def _spawn(self, coro: Any) -> None:
+        """Run a teardown in the background (``close`` waits for it rather than cancelling)."""
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -1,0 +1,265 @@
+"""ToolManager behaviour on the fake backend (fault injection) and the local-process backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from thunder_core.runtimes import ExecRequest, RuntimeSpec
+from thunder_scheduler.tools.base import (
+    BackendUnavailable,
+    BudgetExhausted,
+    BuildFailed,
+    CreateFailed,
+    ExecTimeout,
+    ImageInfo,
+    ProgramNotFound,
+    RuntimeConflict,
+    RuntimeLabels,
+    RuntimeNotFound,
+    SpecNotFound,
+    program_key,
+)
+from thunder_scheduler.tools.fake import FakeRuntimeBackend
+from thunder_scheduler.tools.manager import ToolManager
+from thunder_scheduler.tools.settings import ToolManagerSettings
+
+SPEC = RuntimeSpec(name="repo-a", image="thunder-base:latest", ports=[8000])
+BUILT = RuntimeSpec(name="built", dockerfile="FROM thunder-base:latest\n")
+
+
+class Programs:
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+
+    def __call__(self) -> set[str]:
+        return set(self.ids)
+
+
+def make_manager(backend: FakeRuntimeBackend, programs: Programs, **knobs: object) -> ToolManager:
+    settings = ToolManagerSettings(backend="none", label_prefix="tm", **knobs)  # type: ignore[arg-type]
+    return ToolManager(settings, backend, known_programs=programs)
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[tuple[ToolManager, FakeRuntimeBackend, Programs]]:
+    backend, programs = FakeRuntimeBackend(), Programs()
+    manager = make_manager(backend, programs)
+    await manager.start()
+    yield manager, backend, programs
+    await manager.close()
+    assert backend.runtimes == {}
+
+
+async def test_acquire_exec_release(env: tuple[ToolManager, FakeRuntimeBackend, Programs]) -> None:
+    manager, backend, programs = env
+    programs.ids.add("p1")
+    manager.register_spec(SPEC)
+    view = await manager.acquire("p1", "repo-a")
+    assert view.program_id == "p1" and view.source == "cold" and set(view.ports) == {"8000"}
+    assert view.exec_path == f"/v1/programs/p1/runtimes/{view.runtime_id}/exec"
+    result = await manager.exec("p1", view.runtime_id, ExecRequest(command="echo hi"))
+    assert (result.exit_code, result.stdout) == (0, "hi\n")
+    assert [v.runtime_id for v in manager.list_runtimes("p1")] == [view.runtime_id]
+    with pytest.raises(RuntimeNotFound):
+        await manager.exec("other", view.runtime_id, ExecRequest(command="echo hi"))
+    await manager.release("p1", view.runtime_id)
+    assert backend.runtimes == {} and manager.list_runtimes("p1") == []
+
+
+async def test_errors_are_typed(env: tuple[ToolManager, FakeRuntimeBackend, Programs]) -> None:
+    manager, backend, programs = env
+    manager.register_spec(SPEC)
+    with pytest.raises(ProgramNotFound):
+        await manager.acquire("ghost", "repo-a")
+    programs.ids.add("p1")
+    with pytest.raises(SpecNotFound):
+        await manager.acquire("p1", "nope")
+    view = await manager.acquire("p1", "repo-a")
+    with pytest.raises(ExecTimeout):
+        await manager.exec("p1", view.runtime_id, ExecRequest(command="sleep 5", timeout_s=0.05))
+    backend.down = True
+    with pytest.raises(BackendUnavailable):
+        await manager.acquire("p1", "repo-a")
+    backend.down = False
+    # the program and its runtime survived every error
+    assert [v.runtime_id for v in manager.list_runtimes("p1")] == [view.runtime_id]
+
+
+async def test_failed_build_is_single_flight_and_retried_after_reregistering(
+    env: tuple[ToolManager, FakeRuntimeBackend, Programs],
+) -> None:
+    manager, backend, programs = env
+    programs.ids.update({"p1", "p2", "p3"})
+    backend.fail_build.add("built")
+    backend.build_delay_s = 0.05
+    manager.register_spec(BUILT)
+    results = await asyncio.gather(
+        *(manager.acquire(p, "built") for p in ("p1", "p2", "p3")), return_exceptions=True
+    )
+    assert all(isinstance(r, BuildFailed) for r in results)
+    assert backend.builds == 1
+    assert backend.runtimes == {}
+    backend.fail_build.clear()
+    manager.register_spec(BUILT)
+    views = await asyncio.gather(*(manager.acquire(p, "built") for p in ("p1", "p2", "p3")))
+    assert backend.builds == 2 and len({v.runtime_id for v in views}) == 3
+
+
+async def test_failed_setup_leaves_nothing(
+    env: tuple[ToolManager, FakeRuntimeBackend, Programs],
+) -> None:
+    manager, backend, programs = env
+    programs.ids.add("p1")
+    manager.register_spec(SPEC.model_copy(update={"setup_commands": ["exit 4"]}))
+    with pytest.raises(CreateFailed):
+        await manager.acquire("p1", "repo-a")
+    assert backend.runtimes == {} and manager.snapshot()["totals"]["held_runtimes"] == 0
+
+
+async def test_warm_pool_hands_over_and_refills(
+    env: tuple[ToolManager, FakeRuntimeBackend, Programs],
+) -> None:
+    manager, backend, programs = env
+    programs.ids.update({"p1", "p2"})
+    manager.register_spec(SPEC.model_copy(update={"pool_size": 2}))
+    await _until(lambda: manager.pools.ready_count("repo-a") == 2)
+    view = await manager.acquire("p1", "repo-a")
+    assert view.source == "pool"
+    seen = {o.runtime_id: o.owner_key for o in await backend.list_runtimes("tm")}
+    assert seen[view.runtime_id] == program_key("p1")
+    await _until(lambda: manager.pools.ready_count("repo-a") == 2)
+    assert len(backend.runtimes) == 3
+
+
+async def test_admission_prepares_the_runtime_before_the_first_acquire(
+    env: tuple[ToolManager, FakeRuntimeBackend, Programs],
+) -> None:
+    manager, backend, programs = env
+    backend.create_delay_s = 0.05
+    programs.ids.add("p1")
+    manager.register_spec(SPEC)
+    await manager.on_program_admitted("p1", "repo-a")
+    await _until(lambda: manager.snapshot()["programs"].get("p1") is not None)
+    view = await manager.acquire("p1", "repo-a")
+    assert view.source == "prepared" and backend.creates == 1
+    await manager.release("p1", view.runtime_id)
+    await manager.on_program_restoring("p1")
+    await _until(lambda: manager.snapshot()["programs"].get("p1") is not None)
+    assert (await manager.acquire("p1", "repo-a")).source == "prepared"
+
+
+@pytest.mark.parametrize("reason", ["ok", "error", "cancelled", "lease_expired"])
+async def test_program_end_tears_everything_down_for_every_reason(
+    env: tuple[ToolManager, FakeRuntimeBackend, Programs], reason: str,
+) -> None:
+    manager, backend, programs = env
+    programs.ids.add("p1")
+    manager.register_spec(SPEC)
+    await manager.acquire("p1", "repo-a")
+    await manager.acquire("p1", "repo-a")
+    await manager.on_program_ended("p1", reason)
+    await manager.on_program_ended("p1", reason)  # idempotent
+    assert backend.runtimes == {} and manager.snapshot()["programs"] == {}
+    with pytest.raises(RuntimeConflict):
+        await manager.acquire("p1", "repo-a")
+
+
+async def test_end_during_preparation_cancels_and_cleans_up(
+    env: tuple[ToolManager, FakeRuntimeBackend, Programs],
+) -> None:
+    manager, backend, programs = env
+    backend.create_delay_s = 0.2
+    programs.ids.add("p1")
+    manager.register_spec(SPEC)
+    await manager.on_program_admitted("p1", "repo-a")
+    await asyncio.sleep(0.05)
+    await manager.on_program_ended("p1", "cancelled")
+    await asyncio.sleep(0.3)
+    assert backend.runtimes == {}
+
+
+async def test_budget_evicts_pool_before_refusing() -> None:
+    backend, programs = FakeRuntimeBackend(), Programs()
+    programs.ids.update({"p1", "p2", "p3"})
+    manager = make_manager(backend, programs, max_runtimes=2)
+    await manager.start()
+    manager.register_spec(SPEC.model_copy(update={"pool_size": 2}))
+    await _until(lambda: manager.pools.ready_count("repo-a") == 2)
+    other = RuntimeSpec(name="other", image="x")
+    manager.register_spec(other)
+    assert (await manager.acquire("p1", "other")).source == "cold"
+    assert (await manager.acquire("p2", "other")).source == "cold"
+    with pytest.raises(BudgetExhausted):
+        await manager.acquire("p3", "other")
+    await manager.close()
+    assert backend.runtimes == {}
+
+
+async def test_reconcile_adopts_known_and_reclaims_unknown() -> None:
+    backend, programs = FakeRuntimeBackend(), Programs()
+    image = ImageInfo("img", 0, False)
+    for owner, rid in (("alive", "r1"), ("dead", "r2"), (None, "r3")):
+        labels = RuntimeLabels("tm", rid, "repo-a", "h")
+        key = program_key(owner) if owner else "pool"
+        await backend.create(SPEC, image, labels, key)
+    programs.ids.add("alive")
+    manager = make_manager(backend, programs)
+    await manager.start()
+    assert manager.reconciled == {"adopted": 1, "reclaimed": 2}
+    assert [v.runtime_id for v in manager.list_runtimes("alive")] == ["r1"]
+    assert len(backend.runtimes) == 1
+    await manager.close()
+
+
+async def test_disk_budget_evicts_only_unneeded_images() -> None:
+    backend, programs = FakeRuntimeBackend(image_bytes=100), Programs()
+    programs.ids.update({"p1"})
+    manager = make_manager(backend, programs, disk_budget_bytes=150)
+    await manager.start()
+    manager.register_spec(BUILT)
+    manager.register_spec(BUILT.model_copy(update={"name": "built2"}))
+    await _until(lambda: manager.snapshot()["totals"]["image_disk_bytes"] == 200)
+    await manager.acquire("p1", "built2")
+    victims = await manager.enforce_disk_budget()
+    assert len(victims) == 1 and manager.spec_view(manager.specs.get("built")).image_state \
+        == "evicted"
+    assert manager.spec_view(manager.specs.get("built2")).image_state == "ready"
+    await manager.close()
+
+
+async def test_metrics_and_snapshot(env: tuple[ToolManager, FakeRuntimeBackend, Programs]) -> None:
+    manager, _, programs = env
+    programs.ids.add("p1")
+    manager.register_spec(SPEC)
+    registry = CollectorRegistry()
+    manager.register_metrics(registry)
+    await manager.acquire("p1", "repo-a")
+    await manager.measure_disk()
+    text = generate_latest(registry).decode()
+    assert 'thunder_tool_runtimes{state="held"} 1.0' in text
+    assert 'thunder_tool_acquire_seconds_count{source="cold"} 1.0' in text
+    assert 'thunder_tool_ports 1.0' in text
+    snap = manager.snapshot()
+    assert len(snap["programs"]["p1"]["ports"]) == 1
+
+
+async def test_backend_none_answers_unavailable() -> None:
+    programs = Programs()
+    programs.ids.add("p1")
+    manager = ToolManager(ToolManagerSettings(backend="none"), None, known_programs=programs)
+    await manager.start()
+    with pytest.raises(BackendUnavailable):
+        manager.register_spec(SPEC)
+    await manager.close()
+
+
+async def _until(predicate: object, timeout_s: float = 5.0) -> None:
+    assert callable(predicate)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
