@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 COMMANDS: dict[str, str] = {
     "serve": "thunder_sim.server.command",
+    "replay": "thunder_sim.replay.cli",
+    "demo": "thunder_sim.demo",
 }
 
 

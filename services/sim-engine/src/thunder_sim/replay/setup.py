@@ -11,7 +11,6 @@ from typing import Any, Protocol
 from thunder_scheduler.core.commands import Command
 from thunder_scheduler.core.config import SchedulerConfig
 from thunder_scheduler.core.events import Event
-
 from thunder_sim.costmodel.presets import get_preset
 from thunder_sim.engine import Engine, EngineConfig
 

@@ -48,13 +48,11 @@ from thunder_scheduler.core.events import (
     ToolFinished,
     ToolStarted,
 )
-
 from thunder_sim.engine import Engine, EngineRequest, FinishReason, StepResult
 from thunder_sim.replay.metrics import RunRecorder, RunReport, StepRecord, summarise
 from thunder_sim.replay.player import Action, Call, GapPolicy, Spawn, ToolBegin, ToolEnd, Wait, plan
 from thunder_sim.replay.setup import SchedulerLike, build_engines, build_scheduler
 from thunder_sim.replay.trace import GapKind, TraceProgram, TraceStep, ideal_hit_tokens, instantiate
-
 
 PROGRAM_LEASE_S = 86_400.0
 """Lease sent with every replayed program. The replay ends each program explicitly; a trace's
@@ -147,15 +145,15 @@ class VirtualReplay:
         while True:
             self._start_idle_engines()
             t_ev = self._heap[0][0] if self._heap else math.inf
-            name, t_eng = self._earliest_engine()
+            engine_name, t_eng = self._earliest_engine()
             t = min(t_ev, t_eng)
             if t == math.inf or t > end or (
                     not self._runs and self._next_session >= len(self._sessions)
                     and self.config.duration_s is None):
                 break
             self._now = t
-            if name is not None and t_eng <= t_ev:
-                self._finish_iteration(name)
+            if engine_name is not None and t_eng <= t_ev:
+                self._finish_iteration(engine_name)
             else:
                 heapq.heappop(self._heap)[2]()
         finish = min(end, self._now) if end != math.inf else self._now
@@ -239,7 +237,7 @@ class VirtualReplay:
                     pending = self._pending.pop(rid, None)
                     if pending is not None:
                         self.recorder.failed_steps += 1
-                        self._at(self._now, lambda r=pending.run: self._advance(r))
+                        self._at(self._now, _bind(self._advance, pending.run))
         deadline = self.scheduler.next_deadline()
         if deadline is not None and deadline < self._tick_at:
             self._tick_at = max(deadline, self._now)
@@ -353,3 +351,7 @@ class VirtualReplay:
                                       for e in self.engines.values()),
                    "kv_pool_tokens": next(iter(self.engines.values())).capacity_tokens},
         )
+
+
+def _bind(fn: Callable[[_Run], None], run: _Run) -> Callable[[], None]:
+    return lambda: fn(run)

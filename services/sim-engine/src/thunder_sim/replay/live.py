@@ -1,0 +1,365 @@
+"""Live mode: replay programs over real HTTP against any OpenAI/SGLang-compatible URL.
+
+A closed loop of ``concurrency`` programs (subagents run as child programs, concurrently when
+spawned together; the parent waits). Each program walks ``player.plan`` in accelerated time:
+waits are ``trace seconds / time_scale`` of wall time, and every measured wall duration is
+multiplied back by ``time_scale``, so reports are in modelled seconds. Pass the same
+``--time-scale`` to the simulated engines and to the scheduler service.
+
+Wire, per step: ``POST {target}/v1/chat/completions`` with ``stream: true`` and
+``stream_options.include_usage``, ``max_tokens`` = the step's output tokens, the program id as
+our header ``X-Thunder-Program-Id`` and as ThunderAgent's body ``program_id``, and the step's
+prompt as the simulator's ``thunder_trace`` extension (block keys + exact prompt tokens).
+TTFT is the first chunk with content; usage (``prompt_tokens_details.cached_tokens``) comes
+from the final chunk.
+
+Lifecycle: when the target has the scheduler's lifecycle API (``GET /v1/programs`` answers
+200; ``--lifecycle on|off`` forces it), programs are started (with their parent), tool calls
+are reported around each tool gap, and programs are ended through it; with
+``--thunderagent-release`` the replay also calls ThunderAgent's ``POST /programs/release``.
+
+Instrument health: a monitor task measures this process's event-loop lag (how late a 20 ms
+sleep wakes); the engines' own lag is read from their ``/metrics``
+(``thunder_sim:event_loop_lag_fraction``, ``thunder_sim:lost_step_wall_seconds``). The report
+warns when either would distort results: replay lag p99 above 5% of the median modelled step
+latency, or engines that lost more than 10% of their planned step time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from thunder_core.contract import (
+    PROGRAM_ID_FIELD,
+    PROGRAM_ID_HEADER,
+    Paths,
+    ProgramEnd,
+    ProgramStart,
+    ToolEnd,
+    ToolStart,
+)
+from thunder_sim.replay.metrics import RunRecorder, RunReport, StepRecord, percentile, summarise
+from thunder_sim.replay.player import Call, GapPolicy, Spawn, ToolBegin, Wait, plan
+from thunder_sim.replay.player import ToolEnd as ToolEndAction
+from thunder_sim.replay.trace import GapKind, TraceProgram, TraceStep, ideal_hit_tokens, instantiate
+
+LAG_PROBE_S = 0.02
+MAX_REPLAY_LAG_FRACTION = 0.05
+MAX_ENGINE_LOST_FRACTION = 0.10
+
+
+@dataclass(frozen=True, slots=True)
+class LiveConfig:
+    target: str
+    time_scale: float = 1.0
+    concurrency: int = 8
+    gaps: GapPolicy = field(default_factory=GapPolicy)
+    lifecycle: str = "auto"               # auto | on | off
+    thunderagent_release: bool = False
+    model: str = "default"
+    duration_s: float | None = None       # modelled seconds; recycles sessions
+    request_timeout_s: float = 3600.0     # wall
+    engine_urls: tuple[str, ...] = ()     # simulated engines behind the target, for /metrics
+    policy: str = "target"                # what the target runs (for the report)
+    replicas: int = 1
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.target.startswith(("http://", "https://")):
+            raise ValueError(f"--target must be an http(s) URL, got {self.target!r}")
+        if self.time_scale <= 0:
+            raise ValueError(f"--time-scale must be positive, got {self.time_scale}")
+        if self.concurrency < 1:
+            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
+        if self.lifecycle not in ("auto", "on", "off"):
+            raise ValueError(f"--lifecycle must be auto, on or off, got {self.lifecycle!r}")
+
+
+_METRIC_RE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+([-+0-9.eEinfINFaN]+)$", re.M)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Sum of each Prometheus series by name (labels folded)."""
+    out: dict[str, float] = {}
+    for name, value in _METRIC_RE.findall(text):
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+class LiveReplay:
+    def __init__(
+        self, programs: Sequence[TraceProgram], config: LiveConfig, *, fit: str = "",
+        on_step: Callable[[], None] | None = None,
+    ) -> None:
+        if not programs:
+            raise ValueError("no sessions to replay (check the context filter)")
+        self.config = config
+        self.fit = fit
+        self.recorder = RunRecorder()
+        self._sessions = list(programs)
+        self._next = 0
+        self._played: list[TraceProgram] = []
+        self._on_step = on_step
+        self._t0 = 0.0
+        self._lags: list[float] = []
+        self._lifecycle = False
+        self._http: aiohttp.ClientSession | None = None
+        self._base = config.target.rstrip("/").removesuffix("/v1")
+
+    def now(self) -> float:
+        """Modelled seconds since the run started."""
+        return (time.monotonic() - self._t0) * self.config.time_scale
+
+    # -- run ------------------------------------------------------------------------------
+
+    async def run(self) -> RunReport:
+        cfg = self.config
+        timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+            self._http = http
+            self._lifecycle = await self._detect_lifecycle()
+            before = await self._scrape_engines()
+            self._t0 = time.monotonic()
+            monitor = asyncio.create_task(self._monitor_lag())
+            try:
+                workers = [asyncio.create_task(self._worker()) for _ in range(cfg.concurrency)]
+                if cfg.duration_s is not None:
+                    _, pending = await asyncio.wait(
+                        workers, timeout=cfg.duration_s / cfg.time_scale)
+                    for w in pending:
+                        w.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                else:
+                    await asyncio.gather(*workers)
+                finish = self.now()
+                if cfg.duration_s is not None:
+                    finish = min(finish, cfg.duration_s)
+            finally:
+                monitor.cancel()
+                await asyncio.gather(monitor, return_exceptions=True)
+            after = await self._scrape_engines()
+        self.recorder.close(finish)
+        return self._report(finish, before, after)
+
+    async def _worker(self) -> None:
+        while True:
+            program = self._take()
+            if program is None:
+                return
+            await self._play(program, None)
+
+    def _take(self) -> TraceProgram | None:
+        n = self._next
+        if n < len(self._sessions):
+            program = self._sessions[n]
+        elif self.config.duration_s is not None:
+            program = instantiate(self._sessions[n % len(self._sessions)], 1 + n,
+                                  f"#{n // len(self._sessions)}")
+        else:
+            return None
+        self._next += 1
+        self._played.append(program)
+        return program
+
+    # -- one program ----------------------------------------------------------------------
+
+    async def _play(self, program: TraceProgram, parent: str | None) -> None:
+        pid = program.program_id
+        self.recorder.programs_started += 1
+        if self._lifecycle:
+            body = ProgramStart(program_id=pid, framework="replay", parent_program_id=parent,
+                                lease_s=86_400.0)
+            await self._post(Paths.PROGRAMS, body.model_dump(exclude_none=True))
+        for action in plan(program, self.config.gaps):
+            if isinstance(action, Call):
+                await self._call(pid, action.step)
+            elif isinstance(action, Wait):
+                capped = action.trace_s - action.duration_s
+                if action.kind is GapKind.HUMAN:
+                    self.recorder.capped_human_s += capped
+                else:
+                    self.recorder.capped_tool_s += capped
+                if action.duration_s > 0:
+                    await asyncio.sleep(action.duration_s / self.config.time_scale)
+            elif isinstance(action, ToolBegin):
+                if self._lifecycle:
+                    tool = ToolStart(call_id=action.call_id, tool_name=action.tool_name)
+                    await self._post(Paths.TOOLS.format(program_id=pid),
+                                     tool.model_dump(exclude_none=True))
+            elif isinstance(action, ToolEndAction):
+                if self._lifecycle:
+                    path = Paths.TOOL_END.format(program_id=pid, call_id=action.call_id)
+                    await self._post(path, ToolEnd().model_dump(mode="json", exclude_none=True))
+            elif isinstance(action, Spawn):
+                await asyncio.gather(*(self._play(c, pid) for c in action.children))
+        if self._lifecycle:
+            await self._post(Paths.PROGRAM_END.format(program_id=pid),
+                             ProgramEnd().model_dump(mode="json", exclude_none=True))
+        if self.config.thunderagent_release:
+            await self._post(Paths.THUNDERAGENT_RELEASE, {PROGRAM_ID_FIELD: pid})
+        self.recorder.programs_done += 1
+
+    async def _call(self, pid: str, step: TraceStep) -> None:
+        assert self._http is not None
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": [{"role": "user", "content": "(trace replay)"}],
+            "max_tokens": step.output_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            PROGRAM_ID_FIELD: pid,
+            "thunder_trace": {"hash_ids": list(step.blocks), "prompt_tokens": step.prompt_tokens,
+                              "session": "replay", "block_tokens": 64},
+        }
+        sent = self.now()
+        first: float | None = None
+        usage: dict[str, Any] | None = None
+        try:
+            async with self._http.post(
+                f"{self._base}/v1/chat/completions", data=orjson.dumps(body),
+                headers={PROGRAM_ID_HEADER: pid, "Content-Type": "application/json"},
+            ) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
+                async for raw in resp.content:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    chunk = orjson.loads(data)
+                    if first is None and any(
+                        (c.get("delta") or {}).get("content") for c in chunk.get("choices") or ()
+                    ):
+                        first = self.now()
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+        except (aiohttp.ClientError, RuntimeError, TimeoutError, orjson.JSONDecodeError) as exc:
+            self.recorder.failed_steps += 1
+            self._last_error = f"{pid} step {step.index}: {exc}"
+            return
+        finished = self.now()
+        if usage is None:
+            self.recorder.failed_steps += 1
+            self._last_error = f"{pid} step {step.index}: stream ended without usage"
+            return
+        details = usage.get("prompt_tokens_details") or {}
+        self.recorder.steps.append(StepRecord(
+            pid, step.index, sent, first, finished, int(usage.get("prompt_tokens") or 0),
+            int(details.get("cached_tokens") or 0), int(usage.get("completion_tokens") or 0)))
+        if self._on_step is not None:
+            self._on_step()
+
+    # -- lifecycle and metrics ------------------------------------------------------------
+
+    async def _detect_lifecycle(self) -> bool:
+        mode = self.config.lifecycle
+        if mode != "auto":
+            return mode == "on"
+        assert self._http is not None
+        try:
+            async with self._http.get(f"{self._base}{Paths.PROGRAMS}") as resp:
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    async def _post(self, path: str, body: dict[str, Any]) -> None:
+        assert self._http is not None
+        try:
+            async with self._http.post(f"{self._base}{path}", json=body) as resp:
+                if resp.status >= 400:
+                    self._lifecycle_errors += 1
+                    self._last_error = f"POST {path}: HTTP {resp.status} {await resp.text()}"
+        except aiohttp.ClientError as exc:
+            self._lifecycle_errors += 1
+            self._last_error = f"POST {path}: {exc}"
+
+    _lifecycle_errors = 0
+    _last_error: str | None = None
+
+    async def _scrape(self, url: str) -> dict[str, float]:
+        assert self._http is not None
+        try:
+            async with self._http.get(f"{url.rstrip('/')}/metrics") as resp:
+                return parse_metrics(await resp.text()) if resp.status == 200 else {}
+        except aiohttp.ClientError:
+            return {}
+
+    async def _scrape_engines(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for metrics in await asyncio.gather(
+                *(self._scrape(u) for u in (*self.config.engine_urls, self._base))):
+            for k, v in metrics.items():
+                total[k] = total.get(k, 0.0) + v
+        return total
+
+    async def _monitor_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            self._lags.append(max(0.0, loop.time() - start - LAG_PROBE_S))
+
+    def _report(self, finish: float, before: dict[str, float], after: dict[str, float]
+                ) -> RunReport:
+        cfg = self.config
+
+        def delta(name: str) -> float:
+            return after.get(name, 0.0) - before.get(name, 0.0)
+
+        lag_p99 = percentile(self._lags, 99) if self._lags else 0.0
+        lost = delta("thunder_sim:lost_step_wall_seconds")
+        planned = delta("thunder_sim:planned_step_wall_seconds")
+        report = summarise(
+            self.recorder, label=cfg.label or f"{cfg.policy} x{cfg.concurrency}", mode="live",
+            policy=cfg.policy, replicas=cfg.replicas, concurrency=cfg.concurrency,
+            duration_s=finish, recomputed_tokens=int(delta("thunder_sim:recomputed_tokens")),
+            ideal=ideal_hit_tokens(self._played), time_scale=cfg.time_scale, fit=self.fit,
+            extra={
+                "replay_loop_lag_p50_ms": 1000 * percentile(self._lags, 50) if self._lags else 0,
+                "replay_loop_lag_p99_ms": 1000 * lag_p99,
+                "engine_lost_fraction": lost / planned if planned else 0.0,
+                "engine_lag_warnings": delta("thunder_sim:lag_warnings"),
+                "lifecycle": self._lifecycle,
+                "lifecycle_errors": self._lifecycle_errors,
+                "last_error": self._last_error,
+                "scheduler_pauses": delta("thunder_pauses_total"),
+                "scheduler_migrations": delta("thunder_migrations_total"),
+            },
+        )
+        warnings = []
+        median = report.step_latency_p50_s
+        if not math.isnan(median) and lag_p99 * cfg.time_scale > MAX_REPLAY_LAG_FRACTION * median:
+            warnings.append(
+                f"replay event-loop lag p99 {1000 * lag_p99:.1f} ms wall = "
+                f"{lag_p99 * cfg.time_scale:.2f} s modelled exceeds 5% of the median step "
+                f"latency ({median:.2f} s): lower --time-scale")
+        if planned and lost / planned > MAX_ENGINE_LOST_FRACTION:
+            warnings.append(
+                f"simulated engines lost {100 * lost / planned:.0f}% of their planned step time "
+                "to event-loop lag: lower --time-scale")
+        report.extra["warnings"] = warnings
+        pauses, migrations = delta("thunder_pauses_total"), delta("thunder_migrations_total")
+        if pauses or migrations:
+            return _with(report, pauses=int(pauses), migrations=int(migrations))
+        return report
+
+
+def _with(report: RunReport, **changes: Any) -> RunReport:
+    from dataclasses import replace
+
+    return replace(report, **changes)
