@@ -120,9 +120,9 @@ async def test_slot_errors_from_the_real_server(llama_engines: StartEngines) -> 
     (engine,) = llama_engines(n=1, ctx_tokens=2048, parallel=2)
     async with httpx.AsyncClient() as http:
         backend = LlamaCppBackend("l", engine.url, http)
-        with pytest.raises(SlotOperationError):
+        with pytest.raises(SlotOperationError, match="Unable to restore slot"):
             await backend.restore_slot(0, "never-saved.bin")
-        with pytest.raises(SlotOperationError):
+        with pytest.raises(SlotOperationError, match="Invalid filename"):
             await backend.save_slot(0, "../escape.bin")
-        with pytest.raises(SlotOperationError):
-            await backend.erase_slot(7)
+        assert not (engine.slot_save_dir.parent / "escape.bin").exists()
+        await backend.erase_slot(7)  # no such slot: the server answers 200, n_erased 0

@@ -71,10 +71,11 @@ async def test_slot_save_erase_restore_roundtrip_on_fake() -> None:
 
 async def test_slot_errors_are_clear() -> None:
     backend = make(FakeLlamaServer())
-    with pytest.raises(SlotOperationError, match="not found"):
+    with pytest.raises(SlotOperationError, match="Unable to restore slot"):
         await backend.restore_slot(0, "missing.bin")
     with pytest.raises(SlotOperationError, match="Invalid id_slot"):
-        await backend.erase_slot(9)
+        await backend.save_slot(9, "x.bin")
+    await backend.erase_slot(9)  # the real server answers 200, n_erased 0
     off = make(FakeLlamaServer(slot_save_path=False))
     with pytest.raises(SlotOperationError, match="--slot-save-path"):
         await off.save_slot(0, "x.bin")

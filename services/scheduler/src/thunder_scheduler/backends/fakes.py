@@ -306,9 +306,12 @@ class FakeLlamaServer(FakeEngine):
             slot_id = int(path.rsplit("/", 1)[1])
         except ValueError:
             return _llama_error(400, "Invalid slot ID")
+        action = request.url.params.get("action")
+        if action == "erase" and not 0 <= slot_id < self.n_slots:
+            # measured on the real server: erasing a slot that does not exist answers 200
+            return httpx.Response(200, json={"id_slot": slot_id, "n_erased": 0})
         if not 0 <= slot_id < self.n_slots:
             return _llama_error(400, "Invalid id_slot")
-        action = request.url.params.get("action")
         filename = body.get("filename", "") if isinstance(body, dict) else ""
         if action == "save":
             n = self.slot_tokens.get(slot_id, 0)
@@ -325,7 +328,11 @@ class FakeLlamaServer(FakeEngine):
             )
         if action == "restore":
             if filename not in self.saved:
-                return _llama_error(400, "failed to restore slot, file not found")
+                return _llama_error(
+                    400,
+                    "Unable to restore slot: No available space in KV cache "
+                    "or invalid slot save file",
+                )
             self.slot_tokens[slot_id] = self.saved[filename]
             n = self.saved[filename]
             return httpx.Response(
