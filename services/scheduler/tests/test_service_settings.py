@@ -141,3 +141,11 @@ def test_cli_unknown_policy_lists_the_available_ones(capsys: pytest.CaptureFixtu
     assert main(["check-config", "--policy", "fifo"]) == 2
     err = capsys.readouterr().err
     assert "--policy: unknown policy 'fifo'" in err and "sticky" in err
+
+
+def test_every_setting_is_documented() -> None:
+    from thunder_scheduler.settings import ServiceSettings
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "configuration.md").read_text()
+    missing = [name for name in ServiceSettings.model_fields if f"| `{name}` |" not in doc]
+    assert missing == []
