@@ -297,16 +297,24 @@ class Engine:
                 break
             matched = mem.cache.match_len(st.req.prompt_blocks[: st.whole_blocks])
             extend, need = self._admission_need(st, matched)
-            if need >= rem_total:
-                alone = not plan and not self._running and ch is None
-                if not (alone and -(-extend // p) <= avail_pages):
-                    if alone:
-                        self._waiting.pop(0)
-                        return self._stuck_abort(st, now)
-                    break
+            alone = not plan and not self._running and ch is None
+            if need >= rem_total and not (alone and -(-extend // p) <= avail_pages):
+                if alone:
+                    self._waiting.pop(0)
+                    return self._stuck_abort(st, now)
+                break
             evictable_before = mem.cache.evictable_blocks
             cached = mem.attach_prefix(st)
+            # Locking the matched prefix removes it from what is evictable: re-check with it.
             newly_locked = evictable_before - mem.cache.evictable_blocks
+            e = self._chunk_len(st, extend, rem_chunk, avail_pages - newly_locked)
+            if avail_pages - newly_locked < 0 or (e <= 0 < extend) or (
+                    not alone and need + newly_locked * p >= rem_total):
+                mem.release(st)
+                if alone:   # nothing runs and pinned KV leaves no room: it can never start
+                    self._waiting.pop(0)
+                    return self._stuck_abort(st, now)
+                break
             avail_pages -= newly_locked
             rem_total -= need + newly_locked * p
             st.target_tokens = st.req.prompt_tokens + st.output_tokens
@@ -315,7 +323,6 @@ class Engine:
                 st.recomputed_tokens += extend
                 self.counters.recomputed_tokens += extend
             st.admissions += 1
-            e = self._chunk_len(st, extend, rem_chunk, avail_pages)
             admitted += 1
             slots -= 1
             plan.append((st, e))
