@@ -81,6 +81,7 @@ class AiohttpUpstream:
                     sock_read=settings.upstream_read_timeout_s,
                 ),
                 auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),  # engines set no cookies; skip the jar
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
         return self._session
