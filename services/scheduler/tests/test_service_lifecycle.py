@@ -53,11 +53,18 @@ async def test_start_without_id_assigns_one(client: httpx.AsyncClient) -> None:
     assert first != second and first.startswith("prog-")
 
 
-async def test_duplicate_live_program_is_409(client: httpx.AsyncClient) -> None:
+async def test_starting_a_live_program_adopts_it_with_the_new_metadata(
+    client: httpx.AsyncClient,
+) -> None:
+    # the adapters' start event can arrive after the first request started the program
     assert (await client.post("/v1/programs", json={"program_id": "dup"})).status_code == 201
-    response = await client.post("/v1/programs", json={"program_id": "dup"})
-    assert response.status_code == 409
-    assert "already active" in response.json()["error"]
+    response = await client.post(
+        "/v1/programs", json={"program_id": "dup", "framework": "langgraph", "priority": 4}
+    )
+    assert response.status_code == 200
+    assert (response.json()["framework"], response.json()["priority"]) == ("langgraph", 4)
+    listed = (await client.get("/v1/programs")).json()["programs"]
+    assert [row["program_id"] for row in listed].count("dup") == 1
 
 
 async def test_tool_calls_move_the_phase(client: httpx.AsyncClient) -> None:

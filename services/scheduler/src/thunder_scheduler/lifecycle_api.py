@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thunder_core.contract import (
@@ -75,11 +75,18 @@ def create_lifecycle_router(
             raise _unknown(program_id)
 
     @router.post(Paths.PROGRAMS, status_code=201, response_model=ProgramView)
-    async def start_program(body: ProgramStart) -> ProgramView:
+    async def start_program(body: ProgramStart, response: Response) -> ProgramView:
+        """Start a program (201), or adopt one that already runs (200).
+
+        Adapters send lifecycle events off the agent's hot path, so a program's first LLM
+        request often reaches the proxy (and starts the program implicitly) before its start
+        event does. Starting a live program therefore updates its metadata (framework,
+        priority, tags, parent, lease) and answers 200 instead of refusing it.
+        """
         driver = get_driver()
         program_id = body.program_id or f"prog-{uuid.uuid4().hex}"
         if driver.core.has_program(program_id):
-            raise ServiceError(409, f"program {program_id!r} is already active")
+            response.status_code = 200
         driver.feed(ProgramStarted(
             at=driver.now(),
             program_id=program_id,
