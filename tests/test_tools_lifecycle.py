@@ -24,7 +24,7 @@ import pytest
 from thunder_core.runtimes import ExecRequest, RuntimeSpec
 from thunder_scheduler.tools.base import RuntimeBackend
 from thunder_scheduler.tools.docker import DockerBackend
-from thunder_scheduler.tools.local_process import LocalProcessBackend
+from thunder_scheduler.tools.local_process import MARK_ENV, LocalProcessBackend
 from thunder_scheduler.tools.manager import ToolManager
 from thunder_scheduler.tools.settings import ToolManagerSettings
 
@@ -113,11 +113,23 @@ async def test_churn_leaves_nothing_behind(
         assert list((tmp_path / "rt").iterdir()) == []
 
 
+def _marked_processes(prefix: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if f"{MARK_ENV}={prefix}--".encode() in environ:
+            found.append(pid)
+    return found
+
+
 CHILD = textwrap.dedent("""
     import asyncio, sys, time
-    from thunder_core.runtimes import RuntimeSpec
+    from thunder_core.runtimes import ExecRequest, RuntimeSpec
     from thunder_scheduler.tools.docker import DockerBackend
-    from thunder_scheduler.tools.local_process import LocalProcessBackend
+    from thunder_scheduler.tools.local_process import MARK_ENV, LocalProcessBackend
     from thunder_scheduler.tools.manager import ToolManager
     from thunder_scheduler.tools.settings import ToolManagerSettings
 
@@ -132,8 +144,8 @@ CHILD = textwrap.dedent("""
                                           volumes=["/data"]))
         for pid in sorted(programs):
             view = await manager.acquire(pid, "r")
-            await manager.exec(pid, view.runtime_id, __import__(
-                "thunder_core.runtimes").runtimes.ExecRequest(command="sleep 1000 >/dev/null 2>&1 &"))
+            await manager.exec(pid, view.runtime_id,
+                               ExecRequest(command="sleep 1000 >/dev/null 2>&1 &"))
         while manager.pools.ready_count("r") < 2:
             await asyncio.sleep(0.05)
         print("READY", flush=True)
@@ -149,7 +161,7 @@ async def test_restart_after_sigkill_reclaims_everything(
     prefix = f"trestart{uuid.uuid4().hex[:6]}"
     backend = _backend(kind, request, tmp_path)
     target = backend.docker_host if isinstance(backend, DockerBackend) else str(tmp_path / "rt")
-    child = subprocess.Popen(
+    child = subprocess.Popen(  # noqa: ASYNC220 (read in a thread below)
         [sys.executable, "-c", CHILD, kind, target, prefix], stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -176,7 +188,5 @@ async def test_restart_after_sigkill_reclaims_everything(
         assert _docker_usage(backend.docker_host, prefix) == (0, 0, 0)
         backend.close()
     else:
-        leftover = subprocess.run(["pgrep", "-f", "sleep 1000"], capture_output=True, text=True)
-        marks = [p for p in leftover.stdout.split() if prefix in
-                 Path(f"/proc/{p}/environ").read_bytes().decode(errors="replace")]
-        assert marks == []
+        # the detached `sleep 1000`s the SIGKILLed manager started are gone too
+        assert await asyncio.to_thread(_marked_processes, prefix) == []
