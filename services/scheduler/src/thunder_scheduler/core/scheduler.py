@@ -228,7 +228,6 @@ class ProgramScheduler:
             program.context_tokens = ev.prompt_tokens_estimate
             program.tokens_exact = False
         self._enter_reasoning(program)
-        self._touch(program, now)
         if program.status is ProgramStatus.ACTIVE and program.backend is None:
             backend = self._place(program, now, restoring=False)
             if backend is None:
@@ -244,6 +243,7 @@ class ProgramScheduler:
             reason = "pausing" if program.marked else "paused"
             self._out.append(Hold(program.program_id, ev.request_id, reason))
             self._sync(program, now)
+        self._touch(program, now)
         if program.backend is not None:
             self._dirty[program.backend] = None
 

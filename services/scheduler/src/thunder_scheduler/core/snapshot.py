@@ -49,6 +49,8 @@ class ProgramSnapshot:
     in_flight_requests: int = 0
     weighted_tokens: float = 0.0
     end_reason: str | None = None
+    paused_since: float | None = None
+    """Start of the current pause (None unless paused)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,8 @@ class BackendSnapshot:
     """Weighted (decayed) tokens of active programs plus the shared-prefix pool."""
     raw_active_tokens: int
     """The same without decay."""
+    committed_tokens: float
+    """``active_tokens`` without programs marked for pause (what the watermarks bound)."""
     reserved_tokens: int
     """Part charged from estimates (programs without exact usage yet)."""
     shared_prefix_tokens: int
@@ -131,6 +135,7 @@ def program_row(program: Program, now: float, weighted_tokens: float) -> Program
         in_flight_requests=len(program.in_flight),
         weighted_tokens=weighted_tokens,
         end_reason=program.end_reason,
+        paused_since=program.paused_since,
     )
 
 
@@ -155,6 +160,7 @@ def build_snapshot(
             page_size_tokens=ledger.page_size_tokens,
             active_tokens=ledger.used_tokens(at),
             raw_active_tokens=ledger.raw_tokens(),
+            committed_tokens=ledger.committed_tokens(at),
             reserved_tokens=ledger.estimated_tokens,
             shared_prefix_tokens=ledger.shared_pool_tokens,
             active_programs=len(ledger.charges),

@@ -1,0 +1,170 @@
+"""Test harness for the pure scheduling core: a manual clock and a recording fake driver.
+
+``Harness`` feeds events through the public API only (``make_scheduler``, ``handle``,
+``tick``, ``snapshot``) and checks the driver contract on every result: each
+``RequestArrived`` gets exactly one ``Admit`` or ``Hold`` at once; a held request gets
+exactly one later ``Admit`` unless its program's ``Release`` names it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from thunder_scheduler.core import make_scheduler
+from thunder_scheduler.core.commands import Admit, Command, Hold, Pause, Release, Resume
+from thunder_scheduler.core.events import (
+    BackendUpdated,
+    Event,
+    ProgramEnded,
+    ProgramStarted,
+    RequestArrived,
+    RequestFinished,
+    RequestOutcome,
+    ToolFinished,
+    ToolStarted,
+)
+from thunder_scheduler.core.snapshot import BackendSnapshot, ProgramSnapshot
+
+
+class ContractViolation(AssertionError):
+    pass
+
+
+class Harness:
+    def __init__(
+        self,
+        policy: str = "thunder",
+        backends: dict[str, int] | None = None,
+        page_size_tokens: int = 1,
+        **knobs: Any,
+    ) -> None:
+        self.scheduler = make_scheduler(policy, **knobs)
+        self.now = 0.0
+        self.pending: dict[str, str] = {}
+        """Held request id -> program id."""
+        self.in_flight: dict[str, tuple[str, str]] = {}
+        """Admitted request id -> (program id, backend)."""
+        self.log: list[Command] = []
+        self._ids = itertools.count(1)
+        for name, capacity in (backends or {"a": 1000}).items():
+            self.backend_update(name, capacity, page_size_tokens=page_size_tokens)
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    def feed(self, event: Event) -> list[Command]:
+        arrived = event.request_id if isinstance(event, RequestArrived) else None
+        if arrived is not None:
+            self.pending[arrived] = event.program_id
+        commands = self.scheduler.handle(event)
+        self._check(commands, arrived)
+        return commands
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+    def tick(self, dt: float = 0.0) -> list[Command]:
+        self.now += dt
+        commands = self.scheduler.tick(self.now)
+        self._check(commands, None)
+        return commands
+
+    def backend_update(
+        self, name: str, capacity: int, healthy: bool = True, page_size_tokens: int = 1
+    ) -> list[Command]:
+        return self.feed(BackendUpdated(self.now, name, healthy, capacity, page_size_tokens))
+
+    def start(self, pid: str, **kw: Any) -> list[Command]:
+        return self.feed(ProgramStarted(self.now, pid, **kw))
+
+    def request(self, pid: str, tokens: int, rid: str | None = None, **kw: Any) -> list[Command]:
+        rid = rid or f"{pid}:{next(self._ids)}"
+        return self.feed(RequestArrived(self.now, pid, rid, tokens, **kw))
+
+    def last_request(self, pid: str) -> str:
+        rids = [r for r, (p, _b) in self.in_flight.items() if p == pid]
+        rids += [r for r, p in self.pending.items() if p == pid]
+        assert rids, f"no open request of {pid}"
+        return rids[-1]
+
+    def finish(
+        self,
+        pid: str,
+        prompt: int | None = None,
+        completion: int | None = None,
+        cached: int | None = 0,
+        rid: str | None = None,
+        outcome: RequestOutcome = RequestOutcome.OK,
+        tool_call: bool = False,
+    ) -> list[Command]:
+        rid = rid or self.last_request(pid)
+        self.in_flight.pop(rid, None)
+        self.pending.pop(rid, None)
+        return self.feed(
+            RequestFinished(
+                self.now,
+                pid,
+                rid,
+                outcome,
+                prompt,
+                completion,
+                cached,
+                ends_with_tool_call=tool_call,
+            )
+        )
+
+    def tool_start(self, pid: str, call: str, name: str = "bash", **kw: Any) -> list[Command]:
+        return self.feed(ToolStarted(self.now, pid, call, name, **kw))
+
+    def tool_end(self, pid: str, call: str) -> list[Command]:
+        return self.feed(ToolFinished(self.now, pid, call))
+
+    def end(self, pid: str) -> list[Command]:
+        return self.feed(ProgramEnded(self.now, pid))
+
+    # -- observing ----------------------------------------------------------------------------
+
+    def program(self, pid: str) -> ProgramSnapshot:
+        rows = [p for p in self.scheduler.snapshot().programs if p.program_id == pid]
+        assert rows, f"{pid} not in snapshot"
+        return rows[-1]
+
+    def backend(self, name: str) -> BackendSnapshot:
+        return next(b for b in self.scheduler.snapshot().backends if b.name == name)
+
+    def counters(self) -> Any:
+        return self.scheduler.snapshot().counters
+
+    def of(self, kind: type[Any], commands: list[Command] | None = None) -> list[Any]:
+        return [c for c in (self.log if commands is None else commands) if isinstance(c, kind)]
+
+    # -- contract ---------------------------------------------------------------------------
+
+    def _check(self, commands: list[Command], arrived: str | None) -> None:
+        self.log.extend(commands)
+        answered = 0
+        for command in commands:
+            if isinstance(command, Admit):
+                if command.request_id not in self.pending:
+                    raise ContractViolation(f"Admit for a request not waiting: {command}")
+                self.pending.pop(command.request_id)
+                self.in_flight[command.request_id] = (command.program_id, command.backend)
+                answered += command.request_id == arrived
+            elif isinstance(command, Hold):
+                if command.request_id != arrived:
+                    raise ContractViolation(f"Hold outside the request's arrival: {command}")
+                answered += 1
+            elif isinstance(command, Release):
+                held = {r for r, p in self.pending.items() if p == command.program_id}
+                if set(command.held_request_ids) != held:
+                    raise ContractViolation(
+                        f"Release names {command.held_request_ids}, held {held}"
+                    )
+                for rid in held:
+                    self.pending.pop(rid)
+                for rid in [r for r, (p, _b) in self.in_flight.items() if p == command.program_id]:
+                    self.in_flight.pop(rid)
+            elif isinstance(command, (Pause, Resume)):
+                pass
+        if arrived is not None and answered != 1:
+            raise ContractViolation(f"request {arrived} answered {answered} times: {commands}")

@@ -1,0 +1,131 @@
+"""Property tests (hypothesis) on the pure thunder policy, issue 4 point 8.
+
+Generated event sequences over 2-3 backends and up to 6 programs, fed through the recording
+harness (which checks the Admit/Hold/Release contract on every call). After every step:
+
+* committed tokens on a healthy backend (active, not marked for pause) never exceed
+  ``high_watermark * capacity``, unless at most one unmarked program is active there (a lone
+  program larger than the pool runs alone);
+* every paused program has been paused for less than ``max_paused_s`` (time jumps included);
+* no program is lost or duplicated: the live ids are exactly the started-and-not-ended ones;
+  an active program on an unhealthy backend is marked (paused at its response end);
+* the same sequence gives the same commands (determinism).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core_harness import Harness
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from thunder_core.contract import ProgramStatus
+from thunder_scheduler.core.commands import Command, Release
+
+PIDS = [f"p{i}" for i in range(6)]
+HIGH, LOW, MAX_PAUSED_S = 0.9, 0.7, 60.0
+
+op = st.one_of(
+    st.tuples(st.just("request"), st.sampled_from(PIDS), st.integers(1, 1500)),
+    st.tuples(
+        st.just("finish"), st.sampled_from(PIDS), st.integers(0, 1500), st.integers(0, 400),
+        st.integers(0, 800), st.booleans(),
+    ),
+    st.tuples(st.just("tool"), st.sampled_from(PIDS), st.sampled_from(["bash", "pytest"]),
+              st.one_of(st.none(), st.floats(0.5, 30.0))),
+    st.tuples(st.just("tool_end"), st.sampled_from(PIDS)),
+    st.tuples(st.just("end"), st.sampled_from(PIDS)),
+    st.tuples(st.just("tick"), st.floats(0.0, 40.0)),
+    st.tuples(st.just("advance"), st.floats(0.0, 5.0)),
+    st.tuples(st.just("health"), st.sampled_from(["b", "c"]), st.booleans()),
+    st.tuples(st.just("capacity"), st.sampled_from(["a", "b"]), st.integers(400, 3000)),
+)
+
+
+def run(ops: list[tuple[Any, ...]], page: int, check: bool) -> list[Command]:
+    h = Harness(
+        "thunder",
+        {"a": 2000, "b": 1500, "c": 1000},
+        page_size_tokens=page,
+        high_watermark=HIGH,
+        low_watermark=LOW,
+        max_paused_s=MAX_PAUSED_S,
+        lease_s=600.0,
+    )
+    live: set[str] = set()
+    tools: dict[str, list[str]] = {}
+    calls = 0
+    for item in ops:
+        kind = item[0]
+        if kind == "request":
+            h.request(item[1], item[2])
+            live.add(item[1])
+        elif kind == "finish":
+            open_rids = [r for r, (p, _b) in h.in_flight.items() if p == item[1]]
+            if not open_rids:
+                continue
+            prompt, completion, cached, usage = item[2], item[3], item[4], item[5]
+            if usage:
+                h.finish(item[1], prompt, completion, min(cached, prompt), rid=open_rids[0])
+            else:
+                h.finish(item[1], None, None, None, rid=open_rids[0])
+        elif kind == "tool" and item[1] in live:
+            calls += 1
+            call = f"c{calls}"
+            tools.setdefault(item[1], []).append(call)
+            h.tool_start(item[1], call, item[2], expected_duration_s=item[3])
+        elif kind == "tool_end" and tools.get(item[1]) and item[1] in live:
+            h.tool_end(item[1], tools[item[1]].pop(0))
+        elif kind == "end" and item[1] in live:
+            h.end(item[1])
+            live.discard(item[1])
+            tools.pop(item[1], None)
+        elif kind == "tick":
+            for release in h.of(Release, h.tick(item[1])):
+                live.discard(release.program_id)
+                tools.pop(release.program_id, None)
+        elif kind == "advance":
+            h.advance(item[1])
+        elif kind == "health":
+            h.backend_update(item[1], 1500 if item[1] == "b" else 1000, healthy=item[2],
+                             page_size_tokens=page)
+        elif kind == "capacity":
+            h.backend_update(item[1], item[2], page_size_tokens=page)
+        if check:
+            check_invariants(h, live)
+    return h.log
+
+
+def check_invariants(h: Harness, live: set[str]) -> None:
+    snap = h.scheduler.snapshot()
+    healthy = {b.name for b in snap.backends if b.healthy}
+    for b in snap.backends:
+        if not b.healthy:
+            continue
+        unmarked = b.active_programs - b.marked_programs
+        assert b.committed_tokens <= HIGH * b.capacity_tokens + 1e-6 or unmarked <= 1, b
+    rows = [p for p in snap.programs if p.status is not ProgramStatus.TERMINATED]
+    ids = [p.program_id for p in rows]
+    assert len(ids) == len(set(ids)), "duplicated program"
+    assert set(ids) == live, (set(ids), live)
+    for p in rows:
+        if p.status is ProgramStatus.PAUSED:
+            assert p.paused_since is not None
+            assert snap.at - p.paused_since < MAX_PAUSED_S, p
+        elif p.backend is not None and p.backend not in healthy:
+            assert p.marked and p.in_flight_requests > 0, p
+        if p.status is ProgramStatus.ACTIVE and not p.marked:
+            assert p.held_requests == 0, p
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op, max_size=60), st.sampled_from([1, 16, 64]))
+def test_thunder_invariants_hold_under_any_event_sequence(ops: list[Any], page: int) -> None:
+    run(ops, page, check=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(op, max_size=60), st.sampled_from([1, 16]))
+def test_same_events_give_the_same_decisions(ops: list[Any], page: int) -> None:
+    assert run(ops, page, check=False) == run(ops, page, check=False)
