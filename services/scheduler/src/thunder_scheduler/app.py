@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -32,7 +32,9 @@ from thunder_scheduler.backends.base import Backend
 from thunder_scheduler.backends.monitor import BackendMonitor, MonitorConfig
 from thunder_scheduler.backends.registry import make_backend, parse_backend_spec
 from thunder_scheduler.clock import Clock, MonotonicClock
-from thunder_scheduler.core.config import SchedulerConfig
+from thunder_scheduler.core.config import ConfigError, SchedulerConfig
+from thunder_scheduler.core.policies import POLICIES
+from thunder_scheduler.core.registry import make_scheduler
 from thunder_scheduler.core.scheduler import ProgramScheduler
 from thunder_scheduler.driver import Driver
 from thunder_scheduler.errors import install_error_handlers
@@ -54,6 +56,11 @@ log = logging.getLogger(__name__)
 CONTROL_PLANE_TIMEOUT_S = 10.0
 """Probe / load / lever calls to an engine: a healthy engine answers these in milliseconds;
 10 s tolerates one stalled by a long prefill without hanging the monitor."""
+
+
+POLICY_KNOB_NAMES = {"decay_half_life_s": "acting_half_life_s"}
+"""Settings whose policy-config field is spelled differently (the user-facing name says what
+the knob does: the half-life of an acting program's decaying weight)."""
 
 
 @dataclass(slots=True)
@@ -94,13 +101,8 @@ def make_core(settings: ServiceSettings) -> ProgramScheduler:
     Raises :class:`SettingsError` naming the setting for an unknown policy or a knob the
     policy does not have.
     """
-    from dataclasses import fields
-
-    from thunder_scheduler.core.config import ConfigError
-    from thunder_scheduler.core.policies import POLICIES
-
     try:
-        policy_cls, config_cls = POLICIES[settings.policy]
+        _, config_cls = POLICIES[settings.policy]
     except KeyError:
         raise SettingsError([
             f"{setting_names('policy')}: unknown policy {settings.policy!r}; "
@@ -108,15 +110,17 @@ def make_core(settings: ServiceSettings) -> ProgramScheduler:
         ]) from None
     accepted = {f.name for f in fields(config_cls)}
     knobs = settings.policy_knobs()
-    unsupported = sorted(set(knobs) - accepted)
+    unsupported = sorted(
+        name for name in knobs if POLICY_KNOB_NAMES.get(name, name) not in accepted
+    )
     if unsupported:
         raise SettingsError([
             f"{setting_names(name)}: the {settings.policy} policy has no such knob" for name in
             unsupported
         ])
+    renamed = {POLICY_KNOB_NAMES.get(name, name): value for name, value in knobs.items()}
     try:
-        policy = policy_cls(config_cls(**knobs))
-        return ProgramScheduler(policy, _scheduler_config(settings))
+        return make_scheduler(settings.policy, config=_scheduler_config(settings), **renamed)
     except ConfigError as exc:
         raise SettingsError([str(exc)]) from None
 

@@ -106,7 +106,7 @@ class ServiceSettings(BaseSettings):
     log_level: LogLevel = "info"
 
     # -- scheduling -------------------------------------------------------------------------
-    policy: str = Field(default="sticky", min_length=1, description="scheduling policy")
+    policy: str = Field(default="thunder", min_length=1, description="scheduling policy")
     high_watermark: float | None = Field(default=None, gt=0, le=1)
     low_watermark: float | None = Field(default=None, gt=0, le=1)
     decay_half_life_s: float | None = Field(default=None, gt=0)
