@@ -50,12 +50,12 @@ START_TIMEOUT_S = 60.0
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_fit_arguments(p)
-    p.set_defaults(sessions=12, seed=7, max_steps=16, tool_gap_cap_s=30.0)
+    p.set_defaults(sessions=8, seed=7, max_steps=12, tool_gap_cap_s=30.0)
     g = p.add_argument_group("demo")
     g.add_argument("--replicas", type=int, default=2)
-    g.add_argument("--concurrency", type=int, default=12)
-    g.add_argument("--kv-pool-tokens", type=int, default=160_000,
-                   help="KV pool of each simulated engine (default 160000)")
+    g.add_argument("--concurrency", type=int, default=8)
+    g.add_argument("--kv-pool-tokens", type=int, default=120_000,
+                   help="KV pool of each simulated engine (default 120000)")
     g.add_argument("--time-scale", type=float, default=20.0)
     g.add_argument("--policy", default=None,
                    help="scheduler policy to compare (default: the service's default)")

@@ -319,7 +319,8 @@ class LiveReplay:
         cfg = self.config
 
         def delta(name: str) -> float:
-            return after.get(name, 0.0) - before.get(name, 0.0)
+            # counters are exposed with a ``_total`` suffix by prometheus_client
+            return sum(after.get(n, 0.0) - before.get(n, 0.0) for n in (name, f"{name}_total"))
 
         lag_p99 = percentile(self._lags, 99) if self._lags else 0.0
         lost = delta("thunder_sim:lost_step_wall_seconds")
@@ -337,8 +338,8 @@ class LiveReplay:
                 "lifecycle": self._lifecycle,
                 "lifecycle_errors": self._lifecycle_errors,
                 "last_error": self._last_error,
-                "scheduler_pauses": delta("thunder_pauses_total"),
-                "scheduler_migrations": delta("thunder_migrations_total"),
+                "scheduler_pauses": delta("thunder_pauses"),
+                "scheduler_migrations": delta("thunder_migrations"),
             },
         )
         warnings = []
@@ -353,7 +354,7 @@ class LiveReplay:
                 f"simulated engines lost {100 * lost / planned:.0f}% of their planned step time "
                 "to event-loop lag: lower --time-scale")
         report.extra["warnings"] = warnings
-        pauses, migrations = delta("thunder_pauses_total"), delta("thunder_migrations_total")
+        pauses, migrations = delta("thunder_pauses"), delta("thunder_migrations")
         if pauses or migrations:
             return _with(report, pauses=int(pauses), migrations=int(migrations))
         return report
