@@ -31,7 +31,7 @@ scheduler, so the 3 ms overhead is conservative for current versions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from thunder_sim.costmodel.base import PrefillChunk
 from thunder_sim.costmodel.hardware import GpuSpec
@@ -51,6 +51,11 @@ class RooflineCostModel:
     compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY
     bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY
     overhead_s: float = DEFAULT_OVERHEAD_S
+    # derived constants, computed once (decode_time_s runs once per modelled iteration)
+    _flops_per_s: float = field(init=False, repr=False, compare=False)
+    _bytes_per_s: float = field(init=False, repr=False, compare=False)
+    _kv_bytes_per_token_all_ranks: int = field(init=False, repr=False, compare=False)
+    _attn_flops: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.tp < 1:
@@ -61,19 +66,13 @@ class RooflineCostModel:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
         if self.overhead_s < 0:
             raise ValueError("overhead_s must be >= 0")
-
-    @property
-    def _flops_per_s(self) -> float:
         peak = self.gpu.fp8_dense_flops if self.model.uses_fp8 else self.gpu.bf16_dense_flops
-        return peak * self.compute_efficiency * self.tp
-
-    @property
-    def _bytes_per_s(self) -> float:
-        return self.gpu.hbm_bytes_per_s * self.bandwidth_efficiency * self.tp
-
-    @property
-    def _kv_bytes_per_token_all_ranks(self) -> int:
-        return self.model.kv_bytes_per_token(self.tp) * self.tp
+        object.__setattr__(self, "_flops_per_s", peak * self.compute_efficiency * self.tp)
+        object.__setattr__(self, "_bytes_per_s",
+                           self.gpu.hbm_bytes_per_s * self.bandwidth_efficiency * self.tp)
+        object.__setattr__(self, "_kv_bytes_per_token_all_ranks",
+                           self.model.kv_bytes_per_token(self.tp) * self.tp)
+        object.__setattr__(self, "_attn_flops", self.model.attention_flops_per_token_per_ctx())
 
     def prefill_time_s(self, chunks: Sequence[PrefillChunk]) -> float:
         m = self.model
@@ -86,7 +85,7 @@ class RooflineCostModel:
             attn_pairs += c.extend_tokens * (c.prefix_tokens + c.extend_tokens / 2)
         if extend <= 0:
             return 0.0
-        flops = 2.0 * m.active_params * extend + m.attention_flops_per_token_per_ctx() * attn_pairs
+        flops = 2.0 * m.active_params * extend + self._attn_flops * attn_pairs
         bytes_read = (m.decode_weight_params_read(extend) * m.weight_bytes_per_param
                       + prefix * self._kv_bytes_per_token_all_ranks)
         return max(flops / self._flops_per_s, bytes_read / self._bytes_per_s) + self.overhead_s
@@ -95,8 +94,7 @@ class RooflineCostModel:
         if batch_size <= 0:
             return 0.0
         m = self.model
-        flops = (2.0 * m.active_params * batch_size
-                 + m.attention_flops_per_token_per_ctx() * context_tokens)
+        flops = 2.0 * m.active_params * batch_size + self._attn_flops * context_tokens
         bytes_read = (m.decode_weight_params_read(batch_size) * m.weight_bytes_per_param
                       + (context_tokens + batch_size) * self._kv_bytes_per_token_all_ranks)
         return max(flops / self._flops_per_s, bytes_read / self._bytes_per_s) + self.overhead_s

@@ -83,6 +83,7 @@ class Engine:
         self._now = 0.0
         self._gen_window: deque[tuple[float, int]] = deque()
         self._gen_window_tokens = 0
+        self._head_need: tuple[tuple[int, int, int], int] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -153,22 +154,33 @@ class Engine:
         tokens: dict[str, int] = {p.rid: p.new_tokens for p in first.progress}
         finished: tuple[FinishedRequest, ...] = ()
         retracted: tuple[str, ...] = ()
+        # Between changes the batch is the same list object: count iterations per batch and
+        # credit its requests once (O(1) per iteration instead of O(batch) objects).
+        batch: list[ReqState] | None = None
+        repeats = 0
         for _ in range(max_decode_steps - 1):
             t = now + duration
             if (until_s is not None and t >= until_s) or not self._running \
                     or self._prefill_possible():
                 break
-            r = self._run_decode(t)
-            duration += r.duration_s
-            decode_tokens += r.decode_tokens
-            for p in r.progress:
-                tokens[p.rid] = tokens.get(p.rid, 0) + p.new_tokens
-            if r.finished or r.retracted:
-                finished, retracted = r.finished, r.retracted
+            dur, decoded, fin, retr = self._decode_core(t)
+            if decoded is not batch:
+                if batch is not None:
+                    for s in batch:
+                        tokens[s.rid] = tokens.get(s.rid, 0) + repeats
+                batch, repeats = decoded, 0
+            repeats += 1
+            duration += dur
+            decode_tokens += len(decoded)
+            if fin or retr:
+                finished, retracted = tuple(fin), tuple(retr)
                 break
+        if batch is not None:
+            for s in batch:
+                tokens[s.rid] = tokens.get(s.rid, 0) + repeats
         return StepResult(
             duration_s=duration, decode_tokens=decode_tokens,
-            progress=tuple(TokenProgress(rid, n, False) for rid, n in tokens.items()),
+            progress=tuple(TokenProgress(rid, n, False) for rid, n in tokens.items() if n),
             finished=finished, retracted=retracted)
 
     def flush_cache(self) -> bool:
@@ -260,8 +272,14 @@ class Engine:
         if not self._waiting or len(self._running) >= self.config.max_running_requests:
             return False
         head = self._queue_order()[0]
-        matched = self.memory.cache.match_len(head.req.prompt_blocks[: head.whole_blocks])
-        _extend, need = self._admission_need(head, matched)
+        key = (head.seq, head.output_tokens, self.memory.cache.version)
+        cached = self._head_need
+        if cached is not None and cached[0] == key:
+            need = cached[1]
+        else:
+            matched = self.memory.cache.match_len(head.req.prompt_blocks[: head.whole_blocks])
+            need = self._admission_need(head, matched)[1]
+            self._head_need = (key, need)
         return need < self.memory.available_tokens() - self._reserved_tokens()
 
     def _schedule_prefill(self, now: float) -> list[tuple[ReqState, int]] | StepResult:
@@ -387,20 +405,32 @@ class Engine:
                           progress=tuple(progress), finished=tuple(finished))
 
     def _run_decode(self, now: float) -> StepResult:
+        duration, decoded, finished, retracted = self._decode_core(now)
+        return StepResult(duration_s=duration, decode_tokens=len(decoded),
+                          progress=tuple(TokenProgress(s.rid, 1, False) for s in decoded),
+                          finished=tuple(finished), retracted=tuple(retracted))
+
+    def _decode_core(
+        self, now: float
+    ) -> tuple[float, list[ReqState], list[FinishedRequest], list[str]]:
+        """One decode iteration: (duration, requests that decoded, finished, retracted rids)."""
         p = self._page
         mem = self.memory
-        running = self._running
-        need = sum(1 for s in running if s.kv_tokens % p == 0)
+        need = 0
+        for s in self._running:
+            if s.kv_tokens % p == 0:
+                need += 1
         retracted: list[str] = []
-        aborted: list[FinishedRequest] = []
+        finished: list[FinishedRequest] = []
         if not mem.ensure_free(need):
-            need = self._retract(now, retracted, aborted)
+            need = self._retract(now, retracted, finished)
         else:
             self._ratio = max(self._ratio - self._ratio_decay, self._ratio_min)
         running = self._running
         if not running:
-            return StepResult(duration_s=0.0, finished=tuple(aborted), retracted=tuple(retracted))
-        duration = self.cost.decode_time_s(len(running), self._ctx_tokens)
+            return 0.0, running, finished, retracted
+        n = len(running)
+        duration = self.cost.decode_time_s(n, self._ctx_tokens)
         end = now + duration
         mem.pool.allocate(need)
         done: list[ReqState] = []
@@ -411,19 +441,14 @@ class Engine:
             s.output_tokens += 1
             if s.output_tokens >= s.req.max_new_tokens:
                 done.append(s)
-        n = len(running)
         self._ctx_tokens += n
-        progress = tuple(TokenProgress(s.rid, 1, False) for s in running)
-        finished = list(aborted)
         if done:
-            done_ids = {id(s) for s in done}
-            self._running = [s for s in running if id(s) not in done_ids]
+            self._running = [s for s in running if s.output_tokens < s.req.max_new_tokens]
             for s in done:
                 self._ctx_tokens -= s.kv_tokens
                 finished.append(self._finish(s, end, FinishReason.LENGTH))
         self._record_generation(end, n)
-        return StepResult(duration_s=duration, decode_tokens=n, progress=progress,
-                          finished=tuple(finished), retracted=tuple(retracted))
+        return duration, running, finished, retracted
 
     def _retract(self, now: float, retracted: list[str], aborted: list[FinishedRequest]) -> int:
         """SGLang's ``retract_decode``; returns the pages the remaining batch needs."""

@@ -65,6 +65,7 @@ class RadixCache:
         self.total_blocks = 0
         self.evictable_blocks = 0
         self._heap: list[tuple[int, int, int, RadixNode]] = []
+        self.version = 0                  # bumped whenever the set of cached blocks changes
 
     # ---------------------------------------------------------------- queries
 
@@ -99,6 +100,7 @@ class RadixCache:
         child = RadixNode(keys, node, self._next_id, self._access, priority)
         self._next_id += 1
         node.children[keys[0]] = child
+        self.version += 1
         self.total_blocks += len(keys)
         self.evictable_blocks += len(keys)
         self._push(child)
@@ -152,6 +154,7 @@ class RadixCache:
         self.total_blocks = 0
         self.evictable_blocks = 0
         self._heap = []
+        self.version += 1
         return freed
 
     # ---------------------------------------------------------------- internals
@@ -212,6 +215,7 @@ class RadixCache:
         assert parent is not None
         del parent.children[node.keys[0]]
         node.alive = False
+        self.version += 1
         size = len(node.keys)
         self.total_blocks -= size
         self.evictable_blocks -= size
