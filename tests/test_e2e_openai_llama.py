@@ -184,7 +184,7 @@ def test_streams_pass_through_and_requests_are_attributed(
 def test_client_leaving_mid_stream_stops_the_engine_and_finishes_the_request(
     llama_engines: Callable[..., list[Any]], scheduler_service: Callable[..., Any]
 ) -> None:
-    service, engines, client, admin = _start(llama_engines, scheduler_service)
+    _, engines, client, admin = _start(llama_engines, scheduler_service)
     stream = client.chat.completions.create(
         model=MODEL, temperature=0, stream=True, max_tokens=2000,
         messages=[{"role": "user", "content": "Write a very long story about a lighthouse."}],

@@ -237,7 +237,7 @@ def plot(runs: list[Run], path: Path) -> None:
                 client = clients[0] if name == "direct" else name
                 d, p = _pair(runs, client, stream, conc)
                 rates.append((d if name == "direct" else p).rps)
-            offs = [c + (i - len(clients) / 2) * width + (0.0 if not stream else 0.0)
+            offs = [c + (i - len(clients) / 2) * width
                     for c in range(len(concs))]
             ax = axes[0 if not stream else 1]
             ax.bar(offs, rates, width, label=name, hatch=style)

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
+
 from thunder_scheduler.backends.base import RequestHints
 from thunder_scheduler.backends.sglang import SGLangBackend
 from thunder_scheduler.core.events import RequestOutcome

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 from fastapi import FastAPI
+
 from thunder_scheduler.backends.base import Backend, RequestHints
 from thunder_scheduler.backends.sglang import SGLangBackend
 from thunder_scheduler.core.events import RequestOutcome
@@ -89,10 +90,13 @@ class FakeUpstream:
         self.script = script or Script()
         self.requests: list[Forwarded] = []
         self.closed: list[bool] = []
+        self.sent = asyncio.Event()
+        """Set once a request was forwarded."""
         """One entry per closed response: True when it had been read to the end."""
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> _FakeResponse:
         self.requests.append(Forwarded(url, orjson.loads(body), dict(headers)))
+        self.sent.set()
         if self.script.fail_on_send is not None:
             raise self.script.fail_on_send
         await asyncio.sleep(0)
@@ -281,7 +285,9 @@ def sse(*events: dict[str, Any] | str) -> list[bytes]:
     return out
 
 
-def chat_chunk(content: str | None = None, finish: str | None = None, **delta: Any) -> dict[str, Any]:
+def chat_chunk(
+    content: str | None = None, finish: str | None = None, **delta: Any
+) -> dict[str, Any]:
     if content is not None:
         delta["content"] = content
     return {

@@ -29,6 +29,7 @@ from proxy_testkit import (
     sse,
     usage_chunk,
 )
+
 from thunder_scheduler.backends.vllm import VLLMBackend
 from thunder_scheduler.core.events import RequestOutcome
 from thunder_scheduler.gate import Usage
@@ -254,8 +255,7 @@ async def test_client_leaving_while_waiting_for_a_complete_response() -> None:
         make_app(gate, upstream), CHAT, {"model": "smollm2", "messages": MESSAGES},
         headers={"X-Thunder-Program-Id": "prog-d"}, leave=leave,
     ))
-    while not upstream.requests:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(upstream.sent.wait(), 5)
     leave.set()
     await asyncio.wait_for(task, 5)
     assert upstream.closed == [False]
