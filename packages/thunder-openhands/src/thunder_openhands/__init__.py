@@ -1,1 +1,27 @@
-"""thunder_openhands."""
+"""thunder-openhands: one toggle puts OpenHands agents and their sandboxes under the scheduler.
+
+    import thunder_openhands
+    thunder_openhands.enable("http://127.0.0.1:8300")   # or: export THUNDER_SCHEDULER_URL=...
+
+Then every ``Conversation`` is a program (id = conversation id) whose LLM requests go through
+the scheduler and whose tool calls and end are reported to it. ``ThunderWorkspace.acquire(spec)``
+takes the conversation's sandbox from the scheduler's tool manager (warm pool) instead of a cold
+container. The app-server sandbox service is ``thunder_openhands.app_server`` (needs openhands-ai).
+"""
+
+from thunder_openhands.lifecycle import ConversationTracker
+from thunder_openhands.routing import HookUnavailable
+from thunder_openhands.toggle import disable, enable, is_enabled, scheduler_url, tracker_of
+from thunder_openhands.workspace import ThunderWorkspace
+
+__version__ = "0.1.0"
+__all__ = [
+    "ConversationTracker",
+    "HookUnavailable",
+    "ThunderWorkspace",
+    "disable",
+    "enable",
+    "is_enabled",
+    "scheduler_url",
+    "tracker_of",
+]
