@@ -12,7 +12,9 @@
    already covers the need). Programs with a request in flight are marked, others paused.
 4. **Aging**: programs paused for ``max_paused_s`` are forced back on the backend the policy
    prefers (room made by pausing others, sparing programs forced back in this pass).
-5. **Restores**: marks cancelled where the program fits again; then waiters older than
+5. **Restores** (when the event may have freed room, at most every ``tick_s / 10`` of time
+   otherwise, and only if some backend has room at all): marks cancelled where the program
+   fits again; then waiters older than
    ``promote_after_s``, oldest first, stopping at the first that does not fit (its room is
    reserved); then the queue in ``restore_key`` order until ``restore_scan_limit``
    consecutive candidates do not fit.
@@ -182,6 +184,18 @@ def _fallback_backend(s: ProgramScheduler, program: Program, now: float) -> str 
     return best
 
 
+def _any_room(s: ProgramScheduler, now: float) -> bool:
+    """Whether any healthy backend has room under the low watermark (or is empty)."""
+    for ledger in s._ledgers.values():
+        if not ledger.healthy or ledger.capacity_tokens <= 0:
+            continue
+        if ledger.unmarked_count() == 0:
+            return True
+        if ledger.committed_tokens(now) < s.policy.low_watermark * ledger.capacity_tokens:
+            return True
+    return False
+
+
 def _restore(s: ProgramScheduler, now: float) -> None:
     for _name, ledger in sorted(s._ledgers.items()):
         if not ledger.marked or not ledger.healthy:
@@ -191,12 +205,15 @@ def _restore(s: ProgramScheduler, now: float) -> None:
             weight = ledger.weight(ledger.charges[program_id], now)
             if ledger.committed_tokens(now) + weight <= limit:
                 s._unmark(s._table_get(program_id), now)
-    if not s._waiting:
+    if not s._waiting or not (s._room_changed or now >= s._next_scan_at):
+        return
+    s._next_scan_at = now + s.config.tick_s / 10
+    if not _any_room(s, now):
         return
     promote_after_s = s.policy.promote_after_s
     if promote_after_s is not None:
-        for program_id in s._waiting.waiting_since_before(now - promote_after_s):
-            program = s._table_get(program_id)
+        while (oldest := s._waiting.oldest()) is not None and oldest[1] <= now - promote_after_s:
+            program = s._table_get(oldest[0])
             backend = s._place(program, now, restoring=True)
             if backend is None:
                 return  # head-of-line: room accumulates for the longest waiter

@@ -64,6 +64,7 @@ class PolicyView:
 
     __slots__ = (
         "_charge",
+        "_count",
         "_estimate",
         "_head",
         "_ledgers",
@@ -71,7 +72,6 @@ class PolicyView:
         "now",
         "prewarm_lead_s",
         "restoring",
-        "waiting_count",
     )
 
     def __init__(
@@ -81,7 +81,7 @@ class PolicyView:
         charge: Callable[[Program, BackendLedger, float], float],
         estimate: Callable[[str], float | None],
         waiting_head: Callable[[], str | None],
-        waiting_count: int,
+        waiting_count: Callable[[], int],
         restoring: bool = False,
         forced: bool = False,
         prewarm_lead_s: float = 0.0,
@@ -92,7 +92,7 @@ class PolicyView:
         self._charge = charge
         self._estimate = estimate
         self._head = waiting_head
-        self.waiting_count = waiting_count
+        self._count = waiting_count
         self.restoring = restoring
         self.forced = forced
 
@@ -111,6 +111,11 @@ class PolicyView:
     def weight_on(self, program: Program, ledger: BackendLedger) -> float:
         """Tokens the program would weigh on ``ledger`` if it were active there now."""
         return self._charge(program, ledger, self.now)
+
+    @property
+    def waiting_count(self) -> int:
+        """Programs in the global waiting queue (paused or not yet placed)."""
+        return self._count()
 
     def waiting_head(self) -> str | None:
         """The first program of the waiting queue in the policy's restore order."""

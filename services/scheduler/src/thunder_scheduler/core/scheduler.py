@@ -96,6 +96,8 @@ class ProgramScheduler:
         self._out: list[Command] = []
         self._dirty: dict[str, None] = {}
         self._room_changed = False
+        self._next_scan_at = float("-inf")
+        self._views: dict[tuple[float, bool, bool], PolicyView] = {}
         self.counters: dict[str, float] = {}
 
     # -- public API -------------------------------------------------------------------------
@@ -538,17 +540,24 @@ class ProgramScheduler:
         return 0.0 if charge is None else ledger.weight(charge, now)
 
     def _view(self, now: float, restoring: bool = False, forced: bool = False) -> PolicyView:
-        return PolicyView(
-            now,
-            self._ledgers,
-            self._weight_if_active,
-            self._tools.estimate_s,
-            self._waiting.head,
-            len(self._waiting),
-            restoring=restoring,
-            forced=forced,
-            prewarm_lead_s=self.config.prewarm_lead_s,
-        )
+        key = (now, restoring, forced)
+        view = self._views.get(key)
+        if view is None:
+            if len(self._views) > 8:
+                self._views.clear()
+            view = PolicyView(
+                now,
+                self._ledgers,
+                self._weight_if_active,
+                self._tools.estimate_s,
+                self._waiting.head,
+                self._waiting.__len__,
+                restoring=restoring,
+                forced=forced,
+                prewarm_lead_s=self.config.prewarm_lead_s,
+            )
+            self._views[key] = view
+        return view
 
     def _place(
         self, program: Program, now: float, restoring: bool, forced: bool = False
