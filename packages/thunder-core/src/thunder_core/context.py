@@ -3,9 +3,10 @@
     with thunder_core.program("agent-42"):
         openai.OpenAI(base_url=".../v1").chat.completions.create(...)   # carries the header
 
-Entering ``program()`` installs (once per process) a wrapper around ``httpx.Client.send`` and
-``httpx.AsyncClient.send``; the ``openai`` SDK, litellm and LangChain's ``ChatOpenAI`` all send
-through them. The wrapper adds ``X-Thunder-Program-Id`` only when a program is current and the
+Entering ``program()`` installs (once per process) a wrapper around ``Client.send`` and
+``AsyncClient.send`` of ``httpx`` and, when installed, ``httpx2`` (the fork that ``openai`` 3.x
+sends through); the ``openai`` SDK, litellm and LangChain's ``ChatOpenAI`` all send through
+them. The wrapper adds ``X-Thunder-Program-Id`` only when a program is current and the
 request does not already carry the header, so code outside ``program()`` is untouched. The
 contextvar follows asyncio tasks and ``contextvars.copy_context()``, so concurrent agents in one
 process keep their identities apart.
@@ -14,12 +15,12 @@ process keep their identities apart.
 from __future__ import annotations
 
 import contextvars
+import importlib
+import importlib.util
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-
-import httpx
 
 from thunder_core.contract import PROGRAM_ID_HEADER, validate_program_id
 
@@ -65,7 +66,7 @@ def program(program_id: str) -> Iterator[str]:
         _current_program.reset(token)
 
 
-def _tag(request: httpx.Request) -> None:
+def _tag(request: Any) -> None:
     if PROGRAM_ID_HEADER in request.headers:
         return
     program_id = current_program_id()
@@ -73,28 +74,37 @@ def _tag(request: httpx.Request) -> None:
         request.headers[PROGRAM_ID_HEADER] = program_id
 
 
+HOOKED_MODULES = ("httpx", "httpx2")
+"""HTTP client modules whose ``Client`` / ``AsyncClient`` get the hook, when importable."""
+
+
+def _hook_module(module: Any) -> None:
+    sync_send = module.Client.send
+    async_send = module.AsyncClient.send
+
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        _tag(request)
+        return sync_send(self, request, *args, **kwargs)
+
+    async def asend(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        _tag(request)
+        return await async_send(self, request, *args, **kwargs)
+
+    module.Client.send = send
+    module.AsyncClient.send = asend
+
+
 def install_httpx_hook() -> None:
-    """Wrap ``httpx.Client.send`` / ``AsyncClient.send`` once so requests carry the program."""
+    """Wrap ``Client.send`` / ``AsyncClient.send`` once so requests carry the program."""
     if _hook_installed.is_set():
         return
     with _install_lock:
         if _hook_installed.is_set():  # another thread won the race
             return
-        sync_send = httpx.Client.send
-        async_send = httpx.AsyncClient.send
-
-        def send(self: httpx.Client, request: httpx.Request, *args: Any, **kwargs: Any) -> Any:
-            _tag(request)
-            return sync_send(self, request, *args, **kwargs)
-
-        async def asend(
-            self: httpx.AsyncClient, request: httpx.Request, *args: Any, **kwargs: Any
-        ) -> Any:
-            _tag(request)
-            return await async_send(self, request, *args, **kwargs)
-
-        httpx.Client.send = send  # type: ignore[method-assign]
-        httpx.AsyncClient.send = asend  # type: ignore[method-assign]
+        for name in HOOKED_MODULES:
+            if name != "httpx" and importlib.util.find_spec(name) is None:
+                continue
+            _hook_module(importlib.import_module(name))
         _hook_installed.set()
 
 
