@@ -7,15 +7,15 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("OPENHANDS_SUPPRESS_BANNER", "1")
 
-from collections.abc import Iterator  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Iterator
+from typing import Any
 
-import pytest  # noqa: E402
-from openhands.sdk import LLM  # noqa: E402
+import pytest
+from openhands.sdk import LLM
 
-import thunder_openhands  # noqa: E402
-from thunder_core.contract import LITELLM_SESSION_HEADER, PROGRAM_ID_HEADER  # noqa: E402
-from thunder_openhands.routing import HOOKED_METHODS, RouteConfig, route_kwargs  # noqa: E402
+import thunder_openhands
+from thunder_core.contract import LITELLM_SESSION_HEADER, PROGRAM_ID_HEADER
+from thunder_openhands.routing import HOOKED_METHODS, RouteConfig, route_kwargs
 
 
 class RecordingEmitter:
@@ -98,7 +98,8 @@ def test_disable_restores_the_sdk_and_an_explicit_header_wins() -> None:
     assert _kwargs(llm, "conv-4") == before
     assert all(not hasattr(getattr(LLM, name), "__thunder_original__") for name in HOOKED_METHODS)
     mine = {"extra_headers": {LITELLM_SESSION_HEADER: "a", PROGRAM_ID_HEADER: "b"}}
-    assert route_kwargs(mine, RouteConfig(None), "openai")["extra_headers"][PROGRAM_ID_HEADER] == "b"
+    routed = route_kwargs(mine, RouteConfig(None), "openai")
+    assert routed["extra_headers"][PROGRAM_ID_HEADER] == "b"
 
 
 def test_enable_rejects_bad_urls_and_a_second_scheduler(enabled: None) -> None:
