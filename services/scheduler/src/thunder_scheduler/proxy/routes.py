@@ -84,25 +84,25 @@ REQUEST_ID_HEADER: Final = "X-Thunder-Request-Id"
 
 _NOT_FORWARDED: Final = frozenset(
     {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"content-length",
-        b"content-type",
-        b"accept-encoding",
-        b"authorization",
-        b"expect",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-type",
+        "accept-encoding",
+        "authorization",
+        "expect",
     }
 )
-_OUR_PREFIX: Final = b"x-thunder-"
+_OUR_PREFIX: Final = "x-thunder-"
 _JSON: Final = "application/json"
 _SSE: Final = "text/event-stream"
 
@@ -162,8 +162,8 @@ def _check_fields(endpoint: _Endpoint, body: dict[str, Any]) -> tuple[str | None
     return (None if endpoint.native else model), stream
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def _read_body(request: Request, declared: str | None, max_bytes: int) -> bytes:
+    """The request body, refused (413) above ``max_bytes``: by Content-Length, then by count."""
     if declared is not None:
         try:
             declared_bytes = int(declared)
@@ -172,30 +172,67 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
         if declared_bytes > max_bytes:
             raise _ClientError(413, f"request body of {declared_bytes} bytes exceeds the "
                                     f"limit of {max_bytes} bytes")
+    # straight from ASGI receive (Request.stream() adds an async generator per request).
+    receive = request.receive
     parts: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > max_bytes:
-            raise _ClientError(413, f"request body exceeds the limit of {max_bytes} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientError(400, "client disconnected while sending the body")
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            total += len(chunk)
+            if total > max_bytes:
+                raise _ClientError(413, f"request body exceeds the limit of {max_bytes} bytes")
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _forward_headers(request: Request) -> dict[str, str]:
-    raw = request.scope["headers"]
-    named: set[bytes] = set()
-    for key, value in raw:
-        if key == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    headers: dict[str, str] = {}
-    for key, value in raw:
-        if key in _NOT_FORWARDED or key in named or key.startswith(_OUR_PREFIX):
-            continue
-        headers[key.decode("latin-1")] = value.decode("latin-1")
-    headers["content-type"] = _JSON
-    headers["accept-encoding"] = "identity"
+class _Headers(dict[str, str]):
+    """The request's headers, names lower-cased, looked up case-insensitively.
+
+    Built once per request from the raw ASGI list and used both to find the program id
+    (``program_id_from`` treats a mapping with ``getlist`` as case-insensitive) and to build
+    the forwarded headers.
+    """
+
+    __slots__ = ()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict.get(self, key.lower(), default)
+
+    def getlist(self, key: str) -> list[str]:
+        value = dict.get(self, key.lower())
+        return [] if value is None else [value]
+
+
+def _request_headers(request: Request) -> _Headers:
+    headers = _Headers()
+    for key, value in request.scope["headers"]:
+        name = key.decode("latin-1")
+        if name in headers:  # repeated header: comma-join (RFC 9110 section 5.3)
+            headers[name] = f"{headers[name]}, {value.decode('latin-1')}"
+        else:
+            headers[name] = value.decode("latin-1")
     return headers
+
+
+def _forward_headers(headers: _Headers) -> dict[str, str]:
+    named: frozenset[str] = frozenset()
+    connection = dict.get(headers, "connection")
+    if connection is not None:
+        named = frozenset(token.strip().lower() for token in connection.split(","))
+    forwarded = {
+        name: value
+        for name, value in headers.items()
+        if name not in _NOT_FORWARDED and name not in named and not name.startswith(_OUR_PREFIX)
+    }
+    forwarded["content-type"] = _JSON
+    forwarded["accept-encoding"] = "identity"
+    return forwarded
 
 
 class _Proxy:
@@ -223,7 +260,10 @@ class _Proxy:
     async def _handle(self, request: Request, endpoint: _Endpoint) -> Response:
         received_at = time.perf_counter()
         try:
-            raw = await _read_body(request, self.settings.max_body_bytes)
+            headers = _request_headers(request)
+            raw = await _read_body(
+                request, dict.get(headers, "content-length"), self.settings.max_body_bytes
+            )
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
@@ -232,7 +272,7 @@ class _Proxy:
                 raise _ClientError(400, "request body must be a JSON object")
             model, stream = _check_fields(endpoint, body)
             try:
-                program_id = program_id_from(request.headers, body)
+                program_id = program_id_from(headers, body)
             except InvalidProgramId as exc:
                 raise _ClientError(400, str(exc)) from None
         except _ClientError as exc:
@@ -240,7 +280,7 @@ class _Proxy:
             return _error_response(exc.status, exc.reason)
         strip_identity(body)
         return _Exchange(
-            self, endpoint, body, model, stream, program_id, _forward_headers(request),
+            self, endpoint, body, model, stream, program_id, _forward_headers(headers),
             received_at,
         )
 
