@@ -25,13 +25,23 @@ A policy answers these questions (all have defaults in :class:`BasePolicy`):
 ``engine_priority(program, view) -> int | None``
     Engine priority for the program's requests (higher runs first, the contract's convention;
     the backend maps it to the engine's). ``None``: leave the engine default.
+``route_request(program, request, view) -> backend | None`` (only when ``routes_requests``)
+    Request-level routing, for the gateway baselines that know no programs (round-robin, the
+    SGLang router's cache-aware): called on every ``RequestArrived`` of an active, unmarked
+    program; the program's charge follows the request to the chosen backend. ``None``: fall
+    back to ``place`` (no healthy backend: the request is held until one is).
+``request_finished(program_id, request_id)`` (only when ``routes_requests``)
+    Called on every ``RequestFinished`` (even for a program already ended), so a router can
+    release the load it counted for the request.
 
 Attributes: ``pauses`` (overflow pausing on), ``high_watermark`` / ``low_watermark``
 (fractions of capacity: pause when committed use exceeds high, pause down to low, admit and
 restore only up to low), ``acting_half_life_s`` (the half-life of ``WeightMode.DECAYING``),
-``restore_scan_limit`` (how many consecutive queue entries may fail to place before a restore
-pass stops; 1 = strict head-of-line FCFS), ``promote_after_s`` (programs waiting longer are
-offered first, oldest first: anti-starvation).
+``routes_requests`` (call ``route_request`` per request; program-aware policies leave it
+False so a program sticks to its backend), ``restore_scan_limit`` (how many consecutive
+queue entries may fail to place before a restore pass stops; 1 = strict head-of-line
+FCFS), ``promote_after_s`` (programs waiting longer are offered first, oldest first:
+anti-starvation).
 
 ``PolicyView`` carries every input (time, backends, queue, tool estimates) so a policy can
 gain an input without any signature changing.
@@ -45,6 +55,7 @@ from typing import Protocol
 
 from thunder_core.contract import ProgramPhase
 from thunder_scheduler.core.accounting import BackendLedger, WeightMode
+from thunder_scheduler.core.events import RequestArrived
 from thunder_scheduler.core.program_table import Program
 
 
@@ -133,6 +144,7 @@ class Policy(Protocol):
     acting_half_life_s: float | None
     restore_scan_limit: int
     promote_after_s: float | None
+    routes_requests: bool
 
     def place(self, program: Program, view: PolicyView) -> str | None: ...
 
@@ -143,6 +155,12 @@ class Policy(Protocol):
     def acting_weight(self, program: Program, view: PolicyView) -> ActingWeight: ...
 
     def engine_priority(self, program: Program, view: PolicyView) -> int | None: ...
+
+    def route_request(
+        self, program: Program, request: RequestArrived, view: PolicyView
+    ) -> str | None: ...
+
+    def request_finished(self, program_id: str, request_id: str) -> None: ...
 
 
 # -- helpers shared by policies ---------------------------------------------------------------
@@ -197,6 +215,7 @@ class BasePolicy:
     acting_half_life_s: float | None = None
     restore_scan_limit = 16
     promote_after_s: float | None = None
+    routes_requests = False
 
     def place(self, program: Program, view: PolicyView) -> str | None:
         if program.backend is not None:
@@ -216,6 +235,14 @@ class BasePolicy:
         return ActingWeight(WeightMode.FULL)
 
     def engine_priority(self, program: Program, view: PolicyView) -> int | None:
+        return None
+
+    def route_request(
+        self, program: Program, request: RequestArrived, view: PolicyView
+    ) -> str | None:
+        return None
+
+    def request_finished(self, program_id: str, request_id: str) -> None:
         return None
 
 

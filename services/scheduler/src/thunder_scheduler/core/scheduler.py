@@ -113,6 +113,8 @@ class ProgramScheduler:
             case RequestArrived():
                 self._on_request_arrived(event, now)
             case RequestFinished():
+                if self.policy.routes_requests:
+                    self.policy.request_finished(event.program_id, event.request_id)
                 self._on_request_finished(event, now)
             case ToolStarted():
                 self._on_tool_started(event, now)
@@ -230,6 +232,12 @@ class ProgramScheduler:
             program.context_tokens = ev.prompt_tokens_estimate
             program.tokens_exact = False
         self._enter_reasoning(program)
+        if (
+            self.policy.routes_requests
+            and program.status is ProgramStatus.ACTIVE
+            and not program.marked
+        ):
+            self._route(program, ev, now)
         if program.status is ProgramStatus.ACTIVE and program.backend is None:
             backend = self._place(program, now, restoring=False)
             if backend is None:
@@ -248,6 +256,25 @@ class ProgramScheduler:
         self._touch(program, now)
         if program.backend is not None:
             self._dirty[program.backend] = None
+
+    def _route(self, program: Program, ev: RequestArrived, now: float) -> None:
+        """Request-level routing (gateway baselines): the program's charge follows the
+        request to the backend the policy picks; ``None`` leaves placement to ``place``."""
+        backend = self.policy.route_request(program, ev, self._view(now))
+        if backend is None:
+            return
+        self._check_backend(backend, program)
+        previous = program.backend
+        if previous == backend:
+            return
+        if previous is not None:
+            ledger = self._ledgers[previous]
+            if program.program_id in ledger.charges:
+                ledger.remove(program.program_id)
+                self._dirty[previous] = None
+                self._room_changed = True
+            self._drop_from_pause_heap(program.program_id)
+        program.backend = backend
 
     def _on_request_finished(self, ev: RequestFinished, now: float) -> None:
         program = self._table.get(ev.program_id)
@@ -565,13 +592,16 @@ class ProgramScheduler:
         backend = self.policy.place(program, self._view(now, restoring, forced))
         if backend is None:
             return None
+        self._check_backend(backend, program)
+        return backend
+
+    def _check_backend(self, backend: str, program: Program) -> None:
         ledger = self._ledgers.get(backend)
         if ledger is None or not ledger.healthy:
             raise ValueError(
                 f"policy {self.policy.name!r} placed {program.program_id!r} on "
                 f"{backend!r}, which is not a healthy backend"
             )
-        return backend
 
     def _require(self, program_id: str) -> Program:
         program = self._table.get(program_id)
