@@ -87,3 +87,7 @@ def test_public_api_is_curated() -> None:
     for name in exported:
         assert getattr(thunder_core, name) is not None
     assert "PROGRAM_ID_HEADER" in exported and "LifecycleEmitter" in exported
+    # the runtime API (thunder_core.runtimes) is public from the top level too
+    assert thunder_core.runtimes.__all__  # the module's own curated list
+    assert set(thunder_core.runtimes.__all__) <= exported
+    assert thunder_core.RuntimeClient is thunder_core.runtimes.RuntimeClient

@@ -154,8 +154,12 @@ async def test_admin_key_guards_lifecycle_but_not_ops() -> None:
         missing = await http.post("/v1/programs", json={})
         assert missing.status_code == 401
         assert "missing admin key" in missing.json()["error"]
+        assert missing.headers["www-authenticate"] == 'Bearer realm="thunder"'
         wrong = await http.get("/v1/programs", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["error"] == "invalid admin key"
+        assert wrong.headers["www-authenticate"] == (
+            'Bearer realm="thunder", error="invalid_token"'
+        )
         client_key = await http.get(
             "/v1/programs", headers={"Authorization": "Bearer client-secret"}
         )
@@ -166,6 +170,7 @@ async def test_admin_key_guards_lifecycle_but_not_ops() -> None:
         # the OpenAI endpoints take the client key, not the admin key
         models = await http.get("/v1/models", headers=ADMIN)
         assert models.status_code == 401
+        assert models.headers["www-authenticate"].startswith("Bearer ")
 
 
 async def test_health_ready_and_metrics_without_backends(client: httpx.AsyncClient) -> None:

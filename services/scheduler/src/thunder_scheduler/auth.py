@@ -4,7 +4,10 @@ The client key guards the OpenAI / SGLang endpoints the agents call; the admin k
 lifecycle and admin endpoints (program start/end, tools, runtimes). Either is off when unset.
 ``/health``, ``/ready`` and ``/metrics`` are open so probes and Prometheus need no secret.
 Keys travel as ``Authorization: Bearer <key>`` and are compared in constant time
-(``hmac.compare_digest``) so the comparison leaks no prefix length.
+(``hmac.compare_digest``) so the comparison leaks no prefix length. A 401 carries
+``WWW-Authenticate: Bearer realm="thunder"`` (RFC 6750 section 3: a resource server answering
+401 to a bearer-token request MUST include the header); a wrong key adds
+``error="invalid_token"``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,15 @@ from thunder_scheduler.errors import ServiceError
 __all__ = ["KeyCheck", "bearer_token", "require_key"]
 
 KeyCheck = Callable[[Request], Awaitable[None]]
+
+REALM = "thunder"
+
+
+def _challenge(error: str | None = None) -> dict[str, str]:
+    value = f'Bearer realm="{REALM}"'
+    if error is not None:
+        value += f', error="{error}"'
+    return {"WWW-Authenticate": value}
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -43,8 +55,11 @@ def require_key(key: str | None, role: str) -> KeyCheck:
             return
         token = bearer_token(request.headers.get("authorization"))
         if token is None:
-            raise ServiceError(401, f"missing {role} key: send 'Authorization: Bearer <key>'")
+            raise ServiceError(
+                401, f"missing {role} key: send 'Authorization: Bearer <key>'",
+                headers=_challenge(),
+            )
         if not hmac.compare_digest(token.encode(), expected):
-            raise ServiceError(401, f"invalid {role} key")
+            raise ServiceError(401, f"invalid {role} key", headers=_challenge("invalid_token"))
 
     return check

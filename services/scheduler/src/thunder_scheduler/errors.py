@@ -27,11 +27,15 @@ log = logging.getLogger(__name__)
 class ServiceError(Exception):
     """Raised by endpoints for a client-visible error (status, reason, optional detail)."""
 
-    def __init__(self, status: int, reason: str, detail: Any = None) -> None:
+    def __init__(
+        self, status: int, reason: str, detail: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{status}: {reason}")
         self.status = status
         self.reason = reason
         self.detail = detail
+        self.headers = headers
 
 
 def error_response(
@@ -69,7 +73,7 @@ async def _on_validation(request: Request, exc: Exception) -> Response:
 async def _on_service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
     log.info("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.reason)
-    return error_response(exc.status, exc.reason, exc.detail)
+    return error_response(exc.status, exc.reason, exc.detail, headers=exc.headers)
 
 
 async def _on_gate_error(request: Request, exc: Exception) -> Response:
