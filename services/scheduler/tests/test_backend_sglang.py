@@ -74,6 +74,31 @@ async def test_probe_updates_capabilities_from_server_flags() -> None:
     await backend.probe()
     assert backend.capabilities.cached_tokens_in_usage  # fake runs --enable-cache-report
     assert not backend.capabilities.request_priority
+    assert not backend.capabilities.sessions  # no --enable-session-radix-cache
+
+
+@pytest.mark.parametrize("low_first", [False, True])
+async def test_priority_follows_the_servers_queue_order(low_first: bool) -> None:
+    fake = FakeSGLang(enable_priority_scheduling=True, schedule_low_priority_values_first=low_first)
+    backend = make(fake)
+    await backend.probe()
+    assert backend.capabilities.request_priority
+    active = RequestHints(program_id="a", request_id="a:1", priority=0)
+    paused = RequestHints(program_id="b", request_id="b:1", priority=-1000)
+    sent_active = backend.decorate("/generate", {}, active)["priority"]
+    sent_paused = backend.decorate("/generate", {}, paused)["priority"]
+    if low_first:  # lower values run first: the active program must get the lower value
+        assert sent_active < sent_paused and sent_paused == 1000
+    else:  # SGLang's default: higher values run first
+        assert sent_active > sent_paused and sent_paused == -1000
+
+
+async def test_sessions_capability_is_the_session_radix_cache_flag() -> None:
+    backend = make(FakeSGLang(enable_session_radix_cache=True))
+    await backend.probe()
+    assert backend.capabilities.sessions
+    hints = RequestHints(program_id="p1", request_id="p1:3", session_id="s1")
+    assert backend.decorate("/generate", {}, hints)["session_id"] == "s1"
 
 
 async def test_load_sums_ranks_and_reads_metrics_counters() -> None:
@@ -103,13 +128,14 @@ async def test_load_without_metrics_flag_leaves_counters_unknown() -> None:
     assert load.prompt_tokens_total is None and load.cached_tokens_total is None
 
 
-def test_decorate_sets_rid_and_only_allowed_extras() -> None:
+async def test_decorate_sets_rid_and_only_allowed_extras() -> None:
     backend = make(FakeSGLang())
+    await backend.probe()
     hints = RequestHints(program_id="p1", request_id="p1:3", priority=5, session_id="s1")
     body = backend.decorate("/v1/chat/completions", {"model": "m"}, hints)
     assert body["rid"] == "p1:3"
     assert "priority" not in body  # server not started with --enable-priority-scheduling
-    assert body["session_id"] == "s1"
+    assert "session_id" not in body  # nor with --enable-session-radix-cache
     assert backend.request_headers(hints) == {}
 
 

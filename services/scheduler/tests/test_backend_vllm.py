@@ -76,7 +76,12 @@ def test_decorate_adds_request_id_and_header_priority_only_when_enabled() -> Non
     assert plain.decorate("/v1/completions", {}, hints) == {"request_id": "p:1"}
     assert plain.request_headers(hints) == {"X-Request-Id": "p:1"}
     prio = make(FakeVLLM(), priority_scheduling=True)
-    assert prio.decorate("/v1/completions", {}, hints) == {"request_id": "p:1", "priority": 3}
+    # the contract's "higher runs first" becomes vLLM's "lower runs first"
+    assert prio.decorate("/v1/completions", {}, hints) == {"request_id": "p:1", "priority": -3}
+    paused = RequestHints(program_id="q", request_id="q:1", priority=3 - 1000)
+    sent_active = prio.decorate("/v1/completions", {}, hints)["priority"]
+    sent_paused = prio.decorate("/v1/completions", {}, paused)["priority"]
+    assert sent_active < sent_paused  # vLLM schedules the active program first
 
 
 async def test_abort_and_release_send_nothing() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from thunder_scheduler.cli import main
+from thunder_scheduler.cli import _flags, build_parser, main
 from thunder_scheduler.settings import SettingsError, load_settings
 
 
@@ -149,3 +149,24 @@ def test_every_setting_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[3] / "docs" / "configuration.md").read_text()
     missing = [name for name in ServiceSettings.model_fields if f"| `{name}` |" not in doc]
     assert missing == []
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_vllm_backends_are_built_with_the_operators_engine_flags(enabled: bool) -> None:
+    import httpx
+
+    from thunder_scheduler.app import create_app
+    from thunder_scheduler.backends.base import RequestHints
+
+    flag = "--vllm-priority-scheduling" if enabled else "--no-vllm-priority-scheduling"
+    args = build_parser().parse_args([
+        "serve", "--backend", "gpu2@vllm=http://gpu2:8000", flag,
+        "--vllm-cached-tokens-in-usage",
+    ])
+    settings = load_settings(_flags(args))
+    app = create_app(settings, http=httpx.AsyncClient())
+    backend = app.state.thunder.backends["gpu2"]
+    assert backend.capabilities.request_priority is enabled
+    assert backend.capabilities.cached_tokens_in_usage
+    body = backend.decorate("/v1/completions", {}, RequestHints("p", "p:1", priority=2))
+    assert body.get("priority") == (-2 if enabled else None)

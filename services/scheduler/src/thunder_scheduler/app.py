@@ -28,7 +28,7 @@ import httpx
 from fastapi import Depends, FastAPI
 
 from thunder_scheduler.auth import require_key
-from thunder_scheduler.backends.base import Backend
+from thunder_scheduler.backends.base import Backend, BackendKind
 from thunder_scheduler.backends.monitor import BackendMonitor, MonitorConfig
 from thunder_scheduler.backends.registry import make_backend, parse_backend_spec
 from thunder_scheduler.clock import Clock, MonotonicClock
@@ -77,12 +77,24 @@ class ServiceParts:
     tools: ToolManager | None
 
 
+def backend_options(settings: ServiceSettings, kind: str) -> dict[str, Any]:
+    """The settings a backend of ``kind`` is built with (engine flags it cannot probe)."""
+    if kind == BackendKind.VLLM.value:
+        return {
+            "priority_scheduling": settings.vllm_priority_scheduling,
+            "cached_tokens_in_usage": settings.vllm_cached_tokens_in_usage,
+        }
+    return {}
+
+
 def build_backends(settings: ServiceSettings, http: httpx.AsyncClient) -> list[Backend]:
     """One backend per ``--backend`` spec (already validated by the settings)."""
     backends: list[Backend] = []
     for text in settings.backends:
         spec = parse_backend_spec(text)
-        backends.append(make_backend(spec.kind, spec.name, spec.url, http))
+        backends.append(make_backend(
+            spec.kind, spec.name, spec.url, http, **backend_options(settings, spec.kind)
+        ))
     return backends
 
 

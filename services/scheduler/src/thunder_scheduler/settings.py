@@ -34,7 +34,13 @@ Defaults and their sources:
   the ``[tools]`` TOML table or ``THUNDER_TOOLS__<FIELD>`` env vars, defaults and reasons in
   ``thunder_scheduler.tools.settings``.
 * ``llamacpp_slot_offload`` False: pin each program to a llama.cpp slot and save / restore the
-  slot's KV on pause / resume. Off by default: pinning makes a program wait for its slot.
+  slot's KV on pause / resume (and erase it at program end). Off by default: pinning makes a
+  program wait for its slot.
+* ``vllm_priority_scheduling`` / ``vllm_cached_tokens_in_usage`` False: what the vLLM servers
+  were started with (``--scheduling-policy priority``, ``--enable-prompt-tokens-details``).
+  vLLM does not publish either, so the operator states them; the defaults are vLLM's own
+  defaults (FCFS, no cached-token details), under which a priority field is refused.
+  SGLang publishes its flags in ``/server_info``, so SGLang needs no such settings.
 """
 
 from __future__ import annotations
@@ -116,6 +122,12 @@ class ServiceSettings(BaseSettings):
     time_scale: float = Field(default=1.0, gt=0, description="modelled s per wall s")
     prewarm_bodies_max: int = Field(default=4096, ge=0)
     llamacpp_slot_offload: bool = False
+    vllm_priority_scheduling: bool = Field(
+        default=False, description="vLLM servers run --scheduling-policy priority"
+    )
+    vllm_cached_tokens_in_usage: bool = Field(
+        default=False, description="vLLM servers run --enable-prompt-tokens-details"
+    )
 
     # -- backends monitor ---------------------------------------------------------------------
     monitor_interval_s: float = Field(default=_MONITOR_DEFAULTS.poll_interval_s, gt=0)

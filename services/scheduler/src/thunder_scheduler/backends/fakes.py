@@ -67,6 +67,9 @@ class FakeSGLang(FakeEngine):
     prompt_tokens_total: float = 0.0
     cached_tokens_total: float = 0.0
     open_sessions: set[str] = field(default_factory=set)
+    enable_priority_scheduling: bool = False
+    schedule_low_priority_values_first: bool = False
+    enable_session_radix_cache: bool = False
 
     def route(self, request: httpx.Request, path: str, body: Any) -> httpx.Response:
         if path == "/server_info":
@@ -94,7 +97,9 @@ class FakeSGLang(FakeEngine):
                     "tp_size": 1,
                     "context_length": None,
                     "enable_cache_report": True,
-                    "enable_priority_scheduling": False,
+                    "enable_priority_scheduling": self.enable_priority_scheduling,
+                    "schedule_low_priority_values_first": self.schedule_low_priority_values_first,
+                    "enable_session_radix_cache": self.enable_session_radix_cache,
                     "max_total_num_tokens": self.max_total_num_tokens,
                     "max_req_input_len": 40_955,
                     "startup_time": 12.5,

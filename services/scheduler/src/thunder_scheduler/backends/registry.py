@@ -9,8 +9,10 @@ proxy appends ``/v1/...`` and ``/generate`` itself). Without ``NAME@`` the name 
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,13 +37,24 @@ def _allowed() -> str:
     return ", ".join(sorted(BACKEND_TYPES))
 
 
-def make_backend(kind: str, name: str, base_url: str, http: httpx.AsyncClient) -> Backend:
-    """Build the backend for ``kind``; ``ValueError`` names an unknown kind and the allowed ones."""
+def make_backend(
+    kind: str, name: str, base_url: str, http: httpx.AsyncClient, **options: Any
+) -> Backend:
+    """Build the backend for ``kind``; ``ValueError`` names an unknown kind and the allowed ones.
+
+    ``options`` are the kind's own keyword arguments (vLLM: ``priority_scheduling``,
+    ``cached_tokens_in_usage``; llama.cpp: ``capacity_tokens``); one the kind does not take is
+    a ``ValueError`` naming it.
+    """
     try:
         backend_type = BACKEND_TYPES[kind]
     except KeyError:
         raise ValueError(f"unknown backend type {kind!r}; allowed: {_allowed()}") from None
-    return backend_type(name, base_url, http)
+    accepted = set(inspect.signature(backend_type).parameters) - {"name", "base_url", "http"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"backend type {kind!r} takes no option(s) {', '.join(unknown)}")
+    return backend_type(name, base_url, http, **options)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,12 +25,27 @@ Field names were read in the sglang 0.5.23 wheel:
   engine. With ``n > 1`` SGLang expands a string ``rid`` to ``rid_0 .. rid_{n-1}``
   (``GenerateReqInput._normalize_rid``), which an abort of ``rid`` does not reach.
 * ``POST /open_session {"capacity_of_str_len", "session_id"}`` and
-  ``POST /close_session {"session_id"}``. A request that names a session the engine
-  has not opened fails, so :meth:`SGLangBackend.decorate` adds ``session_id`` only
-  when the caller set it (having called :meth:`SGLangBackend.open_session`).
+  ``POST /close_session {"session_id"}``. A top-level ``session_id`` on a request only
+  matters with ``--enable-session-radix-cache`` (``managers/scheduler.py``: a
+  "radix-native session" request marks the radix nodes it reaches as referenced by the
+  session, so eviction takes unreferenced KV first, until ``/close_session`` releases
+  them). Capability ``sessions`` is therefore that flag, read from ``/server_info``;
+  without it a session would buy nothing and cost a round trip per program. The
+  driver opens one session per program (:meth:`SGLangBackend.open_session`) before its
+  first request carries ``session_id`` and closes it in ``release_program``.
 
-Request fields (``entrypoints/openai/protocol.py``, ``GenerateReqInput``): ``rid`` and
-``priority`` on ``/generate``, ``/v1/chat/completions`` and ``/v1/completions``.
+Request fields (``entrypoints/openai/protocol.py``, ``GenerateReqInput``): ``rid``,
+``priority`` and ``session_id`` on ``/generate``, ``/v1/chat/completions`` and
+``/v1/completions``.
+
+Priority (capability ``request_priority`` = ``--enable-priority-scheduling``):
+``RequestHints.priority`` follows the contract's convention, higher runs first (and a
+paused or marked program gets a lower one). SGLang's queue runs higher values first by
+default and lower values first with ``--schedule-low-priority-values-first``
+(``managers/scheduler.py::_set_or_validate_priority``), so :meth:`decorate` sends the
+priority as is, or negated under that flag. ``--radix-eviction-policy priority`` evicts
+lower values first whatever that flag says, so under the flag queue order and eviction
+order disagree; we follow the queue order, the lever the flag exists to set.
 """
 
 from __future__ import annotations
@@ -76,12 +91,14 @@ class SGLangBackend:
         self._http = http
         self._timeout_s = timeout_s
         self._capacity_tokens: int | None = None
-        # Updated by probe() from the server's flags; these are the defaults of a
-        # server started without --enable-cache-report / --enable-priority-scheduling.
+        self._priority_sign = 1
+        # Updated by probe() from the server's flags; these are the defaults of a server
+        # started without --enable-cache-report / --enable-priority-scheduling /
+        # --enable-session-radix-cache.
         self.capabilities = BackendCapabilities(
             abort_by_request_id=True,
             request_priority=False,
-            sessions=True,
+            sessions=False,
             slot_offload=False,
             prefix_warmup=True,
             cached_tokens_in_usage=False,
@@ -124,7 +141,9 @@ class SGLangBackend:
             self.capabilities,
             cached_tokens_in_usage=bool(info.get("enable_cache_report", False)),
             request_priority=bool(info.get("enable_priority_scheduling", False)),
+            sessions=bool(info.get("enable_session_radix_cache", False)),
         )
+        self._priority_sign = -1 if info.get("schedule_low_priority_values_first") else 1
         self._capacity_tokens = capacity
         return BackendInfo(
             capacity_tokens=capacity,
@@ -225,7 +244,7 @@ class SGLangBackend:
     def decorate(self, path: str, body: dict[str, Any], hints: RequestHints) -> dict[str, Any]:
         body["rid"] = hints.request_id
         if hints.priority is not None and self.capabilities.request_priority:
-            body["priority"] = hints.priority
+            body["priority"] = hints.priority * self._priority_sign
         if hints.session_id is not None and self.capabilities.sessions:
             body["session_id"] = hints.session_id
         return body

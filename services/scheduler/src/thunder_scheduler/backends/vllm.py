@@ -16,12 +16,17 @@ the hit rate; ``vllm:prompt_tokens_total`` the prompt counter.
 
 Requests: body field ``request_id`` and header ``X-Request-Id`` carry our id;
 ``priority`` is added only when the server runs ``--scheduling-policy priority``
-(construct with ``priority_scheduling=True``): vLLM rejects a non-zero priority under
-its default FCFS policy. vLLM has no abort endpoint: the proxy aborts a request by
+(construct with ``priority_scheduling=True``; the service's setting
+``vllm_priority_scheduling``): vLLM rejects a non-zero priority under its default FCFS
+policy. vLLM runs *lower* values first (``vllm/v1/core/sched/request_queue.py``,
+``PriorityRequestQueue`` orders by ``(priority, arrival_time)``) while
+``RequestHints.priority`` uses the contract's "higher runs first", so :meth:`decorate`
+sends it negated. vLLM has no abort endpoint: the proxy aborts a request by
 closing its connection, so :meth:`VLLMBackend.abort` is a documented no-op, as is
 ``release_program`` (prefix caching is automatic; nothing is pinned per program).
 ``usage.prompt_tokens_details.cached_tokens`` needs ``--enable-prompt-tokens-details``
-(``cached_tokens_in_usage=True``).
+(``cached_tokens_in_usage=True``; the service's setting ``vllm_cached_tokens_in_usage``).
+Neither flag is visible from outside the server, so the operator states them.
 """
 
 from __future__ import annotations
@@ -173,7 +178,7 @@ class VLLMBackend:
     def decorate(self, path: str, body: dict[str, Any], hints: RequestHints) -> dict[str, Any]:
         body["request_id"] = hints.request_id
         if hints.priority is not None and self.capabilities.request_priority:
-            body["priority"] = hints.priority
+            body["priority"] = -hints.priority  # vLLM: lower runs first
         return body
 
     def request_headers(self, hints: RequestHints) -> dict[str, str]:
