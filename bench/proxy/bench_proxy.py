@@ -12,9 +12,9 @@ What runs (all on this machine, loopback):
   body (about 100 bytes), as the load generator: closed loop, N connections each with one
   request in flight, for ``--duration-s`` seconds.
 
-For each upstream client (aiohttp, httpx), each of streaming / non-streaming and each
-concurrency (1, 64, 256), the direct run and the proxied run go back to back, so both see the
-same machine load. Reported per row:
+For each upstream client (aiohttp, httpx, raw = asyncio + httptools), streaming or not, and
+each concurrency (1, 64, 256), the direct run and the proxied run go back to back, so both
+see the same machine load. Reported per row:
 
 * latency p50 / p99 direct and proxied (wrk: request sent to last response byte);
 * added p50 / p99 = proxied minus direct;
@@ -210,13 +210,14 @@ def report(runs: list[Run], args: argparse.Namespace, command: str) -> str:
             f"{cpu[client]:.0f} us per non-streaming request under load (about "
             f"{1e6 / cpu[client]:,.0f} req/s per core)."
         )
-    if len(clients) == 2:
-        a, b = clients
-        win, lose = (a, b) if best[a] >= best[b] else (b, a)
-        lines.append(
-            f"- Winner: **{win}**, {best[win] / best[lose]:.1f}x the highest rate of {lose} and "
-            f"{cpu[lose] / cpu[win]:.1f}x less proxy CPU per request."
+    if len(clients) >= 2:
+        win = max(clients, key=lambda name: best[name])
+        others = "; ".join(
+            f"{best[win] / best[lose]:.1f}x the highest rate of {lose} and "
+            f"{cpu[lose] / cpu[win]:.1f}x less proxy CPU per request than it"
+            for lose in clients if lose != win
         )
+        lines.append(f"- Winner: **{win}**: {others}.")
     return "\n".join(lines) + "\n"
 
 
@@ -255,7 +256,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["service", "bare"], default="service")
-    parser.add_argument("--clients", nargs="+", default=["aiohttp", "httpx"])
+    parser.add_argument("--clients", nargs="+", default=["aiohttp", "httpx", "raw"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 64, 256])
     parser.add_argument("--duration-s", type=int, default=5)
     parser.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0)

@@ -78,7 +78,7 @@ def build_app(mode: str, client: str, engine: str) -> FastAPI:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mode", choices=["service", "bare"], default="service")
-    parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp")
+    parser.add_argument("--client", choices=["aiohttp", "httpx", "raw"], default="aiohttp")
     parser.add_argument("--engine", required=True, help="zero-work engine base URL")
     args = parser.parse_args()
     app = build_app(args.mode, args.client, args.engine)

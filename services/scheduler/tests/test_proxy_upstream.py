@@ -50,8 +50,7 @@ class Engine:
         return response
 
 
-@pytest.fixture
-async def engine() -> AsyncIterator[tuple[Engine, str]]:
+async def _serve() -> tuple[Engine, str, web.AppRunner]:
     state = Engine()
     app = web.Application()
     app.router.add_post("/{tail:.*}", state.handle)
@@ -60,7 +59,13 @@ async def engine() -> AsyncIterator[tuple[Engine, str]]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield state, f"http://127.0.0.1:{port}"
+    return state, f"http://127.0.0.1:{port}", runner
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[tuple[Engine, str]]:
+    state, url, runner = await _serve()
+    yield state, url
     await runner.cleanup()
 
 
@@ -121,3 +126,20 @@ async def test_silence_longer_than_the_read_timeout(
             await response.read()
         finally:
             await response.aclose()
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM_CLIENTS))
+def test_streaming_and_reuse_on_uvloop(name: str) -> None:
+    """The same on uvloop, the loop uvicorn runs the service on (its transports differ)."""
+    import uvloop
+
+    async def scenario() -> None:
+        state, url, runner = await _serve()
+        upstream = UPSTREAM_CLIENTS[name](ProxySettings(upstream_client=name))  # type: ignore[arg-type]
+        try:
+            await test_pieces_arrive_as_sent_and_connection_is_reused((state, url), upstream)
+        finally:
+            await upstream.aclose()
+            await runner.cleanup()
+
+    uvloop.run(scenario())

@@ -14,7 +14,8 @@ Defaults and where they come from:
 * ``upstream_max_connections`` = 1024: the pool size over all engines. It must exceed the
   number of requests in flight (the benchmark drives 256 at once), or requests queue inside
   the client (aiohttp's default of 100 would).
-* ``upstream_client`` = ``"aiohttp"``: chosen by measurement, see ``bench/results/proxy``.
+* ``upstream_client`` = ``"raw"`` (asyncio + httptools, ``upstream_raw``): chosen by
+  measurement against ``aiohttp`` and ``httpx``, see ``bench/results/proxy/results.md``.
 * ``abort_timeout_s`` = 2 s: how long an explicit engine abort (SGLang ``/abort_request``)
   may take after a client left, before we give up on it (the connection is closed anyway).
 """
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["ProxySettings", "UpstreamClientName"]
 
-UpstreamClientName = Literal["aiohttp", "httpx"]
+UpstreamClientName = Literal["aiohttp", "httpx", "raw"]
 
 
 class ProxySettings(BaseModel):
@@ -48,7 +49,7 @@ class ProxySettings(BaseModel):
         default=1024, gt=0, description="pooled connections to all engines together"
     )
     upstream_client: UpstreamClientName = Field(
-        default="aiohttp", description="HTTP client used to reach the engines"
+        default="raw", description="HTTP client used to reach the engines"
     )
     abort_timeout_s: float = Field(
         default=2.0, gt=0, description="time allowed for an explicit engine abort"

@@ -2,7 +2,8 @@
 
 One tiny Protocol (``UpstreamClient.send`` returns an ``UpstreamResponse`` whose body is
 read in pieces as they arrive), one implementation per module (``upstream_aiohttp``,
-``upstream_httpx``), selected by name from ``UPSTREAM_CLIENTS``. The default is the one that
+``upstream_httpx``, ``upstream_raw``: asyncio + httptools), selected by name from
+``UPSTREAM_CLIENTS``. The default is the one that
 won the side-by-side benchmark (``bench/results/proxy/results.md``).
 
 Failures are mapped to two exception types so the router needs no client-specific code:
@@ -98,9 +99,16 @@ def _httpx(settings: ProxySettings) -> UpstreamClient:
     return HttpxUpstream(settings)
 
 
+def _raw(settings: ProxySettings) -> UpstreamClient:
+    from thunder_scheduler.proxy.upstream_raw import RawUpstream
+
+    return RawUpstream(settings)
+
+
 UPSTREAM_CLIENTS: dict[UpstreamClientName, Callable[[ProxySettings], UpstreamClient]] = {
     "aiohttp": _aiohttp,
     "httpx": _httpx,
+    "raw": _raw,
 }
 
 

@@ -60,7 +60,7 @@ class _Response:
 
 
 class AiohttpUpstream:
-    """Forwarding client on aiohttp (the benchmark's winner; see ``bench/results/proxy``)."""
+    """Forwarding client on aiohttp (compared with the others in ``bench/results/proxy``)."""
 
     name = "aiohttp"
 
