@@ -35,7 +35,13 @@ from thunder_scheduler.core.commands import (
     Resume,
     SetPriority,
 )
-from thunder_scheduler.core.events import Event, ProgramEnded, RequestArrived
+from thunder_scheduler.core.events import (
+    Event,
+    ProgramEnded,
+    ProgramStarted,
+    RequestArrived,
+    ToolStarted,
+)
 from thunder_scheduler.core.snapshot import Counters, SchedulerSnapshot
 from thunder_scheduler.driver import Driver
 from thunder_scheduler.gate import GateError
@@ -140,6 +146,12 @@ class FakeHooks:
 
     async def on_program_ended(self, program_id: str, reason: str) -> None:
         self.calls.append(("ended", program_id, reason))
+
+    async def on_program_admitted(self, program_id: str, spec_hint: str | None) -> None:
+        self.calls.append(("admitted", program_id, str(spec_hint)))
+
+    def on_queue_demand(self, spec_name: str, queued_programs: int) -> None:
+        self.calls.append(("demand", spec_name, str(queued_programs)))
 
 
 def _driver(core: ScriptedCore, *backends: FakeSlotBackend, **kw: Any) -> Driver:
@@ -273,3 +285,68 @@ async def test_ticker_runs_tick_at_the_core_deadline() -> None:
         assert core.ticks, "the ticker never called tick()"
     finally:
         await driver.aclose()
+
+
+async def test_queued_programs_are_reported_per_spec_and_prepared_at_first_admission() -> None:
+    hooks = FakeHooks()
+    core = ScriptedCore([
+        [], [],                                   # two programs start for spec "repo"
+        [Admit("p", "p:1", "a")],                 # p's first request is admitted
+        [Admit("p", "p:2", "a")],                 # later requests change nothing
+        [Release("q", None, "lease_expired")],    # q never ran
+    ])
+    driver = _driver(core, FakeSlotBackend("a"), hooks=hooks)
+    for pid in ("p", "q"):
+        driver.feed(ProgramStarted(at=0.0, program_id=pid, tags={"runtime_spec": "repo"}))
+    assert driver.queued_programs("repo") == 2
+    driver.arrive("p", "p:1", _arrived("p", "p:1"))
+    driver.arrive("p", "p:2", _arrived("p", "p:2"))
+    assert driver.queued_programs("repo") == 1
+    driver.feed(ProgramEnded(at=1.0, program_id="q"))
+    assert driver.queued_programs("repo") == 0
+    await _settle()
+    demand = [call[2] for call in hooks.calls if call[0] == "demand"]
+    assert demand == ["1", "2", "1", "0"]  # sync hook: in event order
+    others = [call for call in hooks.calls if call[0] != "demand"]  # async hooks
+    assert others == [("admitted", "p", "repo"), ("ended", "q", "lease_expired")]
+
+
+async def test_a_start_event_after_the_first_request_prepares_at_once() -> None:
+    hooks = FakeHooks()
+    core = ScriptedCore([[Admit("p", "p:1", "a")], []])
+    driver = _driver(core, FakeSlotBackend("a"), hooks=hooks)
+    driver.arrive("p", "p:1", _arrived("p", "p:1"))  # implicit start: no spec known yet
+    driver.feed(ProgramStarted(at=0.0, program_id="p", tags={"runtime_spec": "repo"}))
+    await _settle()
+    assert hooks.calls == [("admitted", "p", "repo")]
+    assert driver.queued_programs("repo") == 0
+
+
+async def test_runtime_ids_of_tool_starts_are_kept() -> None:
+    core = ScriptedCore([[], []])
+    driver = _driver(core, FakeSlotBackend("a"))
+    driver.feed(ToolStarted(at=0.0, program_id="p", call_id="c1", tool_name="bash",
+                            runtime_ids=("rt-1",)))
+    driver.note_runtime("p", "rt-2")
+    driver.note_runtime("p", "rt-1")  # acquired and named again: listed once
+    assert driver._runtime_ids["p"] == ["rt-1", "rt-2"]
+
+
+async def test_a_shared_slot_is_erased_only_by_its_last_program() -> None:
+    backend = FakeSlotBackend("a")
+    core = ScriptedCore([
+        [Admit("p", "p:1", "a")],
+        [Admit("q", "q:1", "a")],
+        [Release("p", "a", "ended")],
+        [Release("q", "a", "ended")],
+    ])
+    driver = _driver(core, backend, slot_offload=True, total_slots=lambda name: 1)
+    driver.arrive("p", "p:1", _arrived("p", "p:1"))
+    driver.arrive("q", "q:1", _arrived("q", "q:1"))
+    assert driver.slot_of("p", "a") == driver.slot_of("q", "a") == 0
+    driver.feed(ProgramEnded(at=1.0, program_id="p"))
+    await _settle()
+    assert backend.calls == [("release", "p", None)]  # q still uses slot 0: keep its KV
+    driver.feed(ProgramEnded(at=2.0, program_id="q"))
+    await _settle()
+    assert backend.calls[-1] == ("release", "q", 0)  # the last one erases it

@@ -8,10 +8,13 @@ Parts, created here and started / stopped by the FastAPI lifespan:
   feeds to the core as ``BackendUpdated``;
 * the pure ``ProgramScheduler`` (policy from the settings) inside the async ``Driver``;
 * the ``SchedulerGate`` the proxy calls, and the proxy's upstream client;
-* the tool manager, when ``tools_enabled``.
+* the tool manager, when ``tools_enabled``: started (reconcile) and closed (teardown) by the
+  lifespan, its metrics on the app's registry, told by the driver when programs queue, are
+  admitted, restore and end (``driver.ProgramHooks``).
 
 Routes: ops (``/health``, ``/ready``, ``/metrics``, open), lifecycle (admin key), the proxy's
-OpenAI / SGLang routes (client key), and the tool manager's (admin key) when enabled.
+OpenAI / SGLang routes (client key), and the tool manager's (admin key, every one of them:
+exec runs commands) when enabled.
 
 Everything a test may want to reach is on ``app.state.thunder`` (a :class:`ServiceParts`).
 """
@@ -190,12 +193,7 @@ def create_app(
         on_change=driver.on_backend_change,
     )
     monitor_ref.append(monitor)
-
-    def program_started(program_id: str, spec_hint: str | None = None) -> None:
-        if tools is not None:
-            driver.call_hook("on_program_admitted", program_id, spec_hint)
-
-    gate = SchedulerGate(driver, monitor, metrics, on_program_started=program_started)
+    gate = SchedulerGate(driver, monitor, metrics)
     proxy_settings = settings.proxy_settings()
     upstream = create_upstream_client(proxy_settings)
     parts = ServiceParts(settings, by_name, monitor, driver, gate, metrics, upstream, tools)
@@ -236,11 +234,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     require_admin = require_key(_secret(settings.admin_key), "admin")
     app.include_router(create_ops_router(lambda: monitor, lambda: driver, metrics))
-    app.include_router(create_lifecycle_router(
-        lambda: driver,
-        require_admin,
-        on_program_started=lambda pid, body: program_started(pid, body.tags.get("runtime_spec")),
-    ))
+    app.include_router(create_lifecycle_router(lambda: driver, require_admin))
     client_key = _secret(settings.api_key)
     proxy_router = create_proxy_router(gate, upstream, proxy_settings)
     if client_key is None:
@@ -250,7 +244,11 @@ def create_app(
     if tools is not None:
         from thunder_scheduler.tools.api import create_tools_router
 
-        app.include_router(create_tools_router(lambda: tools, require_admin))
+        # every runtime endpoint runs commands in sandboxes: all of them need the admin key
+        app.include_router(
+            create_tools_router(lambda: tools, require_admin),
+            dependencies=[Depends(require_admin)],
+        )
     return app
 
 
@@ -271,6 +269,9 @@ def _make_tool_manager(
         make_runtime_backend(settings.tools),
         known_programs=driver.live_program_ids,
         program_exists=driver.core.has_program,
+        on_runtime_acquired=lambda program_id, view: driver.note_runtime(
+            program_id, view.runtime_id
+        ),
     )
     manager.register_metrics(metrics.registry)
     return manager

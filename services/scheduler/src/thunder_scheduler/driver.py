@@ -15,9 +15,22 @@ and everything with side effects, all on one event loop:
   with the program's later requests; ``Pause`` / ``Resume`` use the engine's KV levers when
   the backend has them (llama.cpp slot save / restore, opt-in via ``slot_offload``);
   ``Prewarm`` sends a one-token prefill of the program's last request to the backend;
-  ``Release`` fails held requests, calls ``backend.release_program`` and tells the tool
-  manager. Engine levers run as background tasks: best effort, logged and counted on failure,
-  never blocking the loop or crashing the service.
+  ``Release`` (every end: explicit end, error, cancel, ThunderAgent release, lease expiry)
+  fails held requests, calls ``backend.release_program`` with the program's SGLang session
+  and llama.cpp slot (the slot is erased only when no other live program is pinned to it) and
+  tells the tool manager. Engine levers run as background tasks: best effort, logged and
+  counted on failure, never blocking the loop or crashing the service.
+* **SGLang sessions** (capability ``sessions``): :meth:`Driver.session_for` opens one session
+  per program on its backend before the program's first request there carries
+  ``session_id`` (one round trip, once per program and backend; concurrent requests share
+  it); a migration closes the old one; ``Release`` closes it. A refused open is counted and
+  the program runs without a session.
+* **Tool manager** (``hooks``): a program whose start event carries the tag
+  ``runtime_spec`` is *queued* for that spec until the core first admits one of its requests;
+  then ``on_program_admitted(id, spec)`` prepares its runtime (a ``Resume`` calls
+  ``on_program_restoring``). Every change of a spec's queue length is reported with
+  ``on_queue_demand(spec, n_queued)`` so the warm pool can be sized to the queue. The
+  program view lists the runtime ids the program acquired or named in tool starts.
 * **Backends.** ``on_backend_change`` (subscribed to the backend monitor) feeds
   ``BackendUpdated``.
 
@@ -31,6 +44,7 @@ import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -39,7 +53,7 @@ from typing import Any, Final, Protocol
 import httpx
 
 from thunder_core.contract import ProgramStatus, ProgramView
-from thunder_scheduler.backends.base import Backend, RequestHints, SlotOffload
+from thunder_scheduler.backends.base import Backend, RequestHints, SessionLever, SlotOffload
 from thunder_scheduler.backends.monitor import BackendState
 from thunder_scheduler.clock import Clock
 from thunder_scheduler.core.commands import (
@@ -52,18 +66,29 @@ from thunder_scheduler.core.commands import (
     Resume,
     SetPriority,
 )
-from thunder_scheduler.core.events import BackendUpdated, Event, ToolFinished, ToolStarted
+from thunder_scheduler.core.events import (
+    BackendUpdated,
+    Event,
+    ProgramStarted,
+    ToolFinished,
+    ToolStarted,
+)
 from thunder_scheduler.core.snapshot import ProgramSnapshot, SchedulerSnapshot
 from thunder_scheduler.gate import GateError
 from thunder_scheduler.metrics import ServiceMetrics
 
-__all__ = ["Driver", "ProgramHooks", "SchedulingCore"]
+__all__ = ["RUNTIME_SPEC_TAG", "Driver", "ProgramHooks", "SchedulingCore"]
 
 log = logging.getLogger(__name__)
 
 PREWARM_PATHS: Final = ("/v1/chat/completions", "/v1/completions", "/generate")
 LEVER_TIMEOUT_S: Final = 30.0
 """Upper bound on one engine lever call (prefill warm-up, slot save/restore, release)."""
+RUNTIME_SPEC_TAG: Final = "runtime_spec"
+"""Program start tag naming the runtime spec the program will acquire (adapters set it)."""
+ENDED_RUNTIME_IDS_MAX: Final = 10_000
+"""Ended programs whose runtime ids stay listed (the tool manager remembers as many ended
+programs, ``ToolManagerSettings.ended_programs_memory``)."""
 
 
 class SchedulingCore(Protocol):
@@ -85,9 +110,13 @@ class SchedulingCore(Protocol):
 class ProgramHooks(Protocol):
     """What the driver tells the tool manager (``tools.ToolManager`` has these methods)."""
 
+    def on_program_admitted(self, program_id: str, spec_hint: str | None) -> Any: ...
+
     def on_program_restoring(self, program_id: str) -> Any: ...
 
     def on_program_ended(self, program_id: str, reason: str) -> Any: ...
+
+    def on_queue_demand(self, spec_name: str, queued_programs: int) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -151,6 +180,14 @@ class Driver:
         self._slots: dict[str, _SlotFile] = {}
         self._seq: dict[str, int] = {}
         self._tool_calls: dict[str, set[str]] = {}
+        self._sessions: dict[str, tuple[str, str]] = {}  # program -> (backend, session id)
+        self._session_opening: dict[tuple[str, str], asyncio.Task[str | None]] = {}
+        self._session_refused: set[tuple[str, str]] = set()
+        self._runtime_ids: dict[str, list[str]] = {}
+        self._ended_runtime_ids: OrderedDict[str, list[str]] = OrderedDict()
+        self._spec_of: dict[str, str] = {}  # program -> runtime_spec tag
+        self._queued: dict[str, set[str]] = {}  # spec -> programs not admitted yet
+        self._admitted: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
@@ -191,8 +228,12 @@ class Driver:
         finally:
             self.metrics.decision.observe(time.perf_counter() - started)
         match event:
+            case ProgramStarted():
+                self._on_started(event)
             case ToolStarted():
                 self._tool_calls.setdefault(event.program_id, set()).add(event.call_id)
+                for runtime_id in event.runtime_ids:
+                    self.note_runtime(event.program_id, runtime_id)
             case ToolFinished():
                 self._tool_calls.get(event.program_id, set()).discard(event.call_id)
             case _:
@@ -255,7 +296,22 @@ class Driver:
 
     def program_views(self) -> list[ProgramView]:
         """Every program the core shows (live and recently ended), as the contract's view."""
-        return [_view(row) for row in self.core.snapshot().programs]
+        return [self._with_runtimes(_view(row)) for row in self.core.snapshot().programs]
+
+    def _with_runtimes(self, view: ProgramView) -> ProgramView:
+        pid = view.program_id
+        ids = self._runtime_ids.get(pid)
+        if ids is None and view.status == ProgramStatus.TERMINATED:
+            ids = self._ended_runtime_ids.get(pid)
+        if ids:
+            view.runtime_ids = list(ids)
+        return view
+
+    def note_runtime(self, program_id: str, runtime_id: str) -> None:
+        """``runtime_id`` belongs to ``program_id`` (acquired, or named in a tool start)."""
+        ids = self._runtime_ids.setdefault(program_id, [])
+        if runtime_id not in ids:
+            ids.append(runtime_id)
 
     def program_view(self, program_id: str) -> ProgramView | None:
         """The newest incarnation of ``program_id``, or None when the core never saw it."""
@@ -265,7 +321,7 @@ class Driver:
                 found is None or row.incarnation >= found.incarnation
             ):
                 found = row
-        return _view(found) if found is not None else None
+        return self._with_runtimes(_view(found)) if found is not None else None
 
     def live_program_ids(self) -> set[str]:
         """Programs that have not ended (the tool manager's view of who may hold runtimes)."""
@@ -340,6 +396,8 @@ class Driver:
                 self._release(command)
 
     def _admit(self, command: Admit) -> None:
+        if command.program_id not in self._admitted:
+            self._first_admission(command.program_id)
         self._backend_of[command.program_id] = command.backend
         if command.priority is not None:
             self._priority[command.program_id] = command.priority
@@ -362,11 +420,26 @@ class Driver:
                 del self._waiters[rid]
         self._update_held()
         slot = self._slots.pop(pid, None)
+        session = self._sessions.pop(pid, None)
         backend_name = command.backend or self._backend_of.get(pid)
         backend = self.backends.get(backend_name) if backend_name else None
         if backend is not None:
-            slot_id = slot.slot_id if slot is not None and slot.backend == backend.name else None
-            self._spawn("release", backend.release_program(pid, None, slot_id))
+            slot_id = None
+            if slot is not None and slot.backend == backend.name and not self._slot_shared(slot):
+                slot_id = slot.slot_id
+            session_id = session[1] if session is not None and session[0] == backend.name \
+                else None
+            self._spawn("release", backend.release_program(pid, session_id, slot_id))
+        if session is not None and (backend is None or session[0] != backend.name):
+            self._close_session(pid, session)
+        self._forget_queued(pid)
+        self._admitted.discard(pid)
+        ids = self._runtime_ids.pop(pid, None)
+        if ids:
+            self._ended_runtime_ids[pid] = ids
+            self._ended_runtime_ids.move_to_end(pid)
+            while len(self._ended_runtime_ids) > ENDED_RUNTIME_IDS_MAX:
+                self._ended_runtime_ids.popitem(last=False)
         if self.hooks is not None:
             self.call_hook("on_program_ended", pid, command.reason)
         self._priority.pop(pid, None)
@@ -390,7 +463,103 @@ class Driver:
     def _update_held(self) -> None:
         self.metrics.held.set(self.held_count())
 
+    # -- tool manager: queue-driven preparation --------------------------------------------------
+
+    def _on_started(self, event: ProgramStarted) -> None:
+        spec = event.tags.get(RUNTIME_SPEC_TAG)
+        pid = event.program_id
+        if not spec or self._spec_of.get(pid) == spec:
+            return
+        self._forget_queued(pid)
+        self._spec_of[pid] = spec
+        if pid in self._admitted:  # the start event raced the first request: prepare now
+            self.call_hook("on_program_admitted", pid, spec)
+            return
+        self._queued.setdefault(spec, set()).add(pid)
+        self._report_demand(spec)
+
+    def _first_admission(self, program_id: str) -> None:
+        self._admitted.add(program_id)
+        spec = self._spec_of.get(program_id)
+        if spec is None:
+            return
+        self._forget_queued(program_id, keep_spec=True)
+        self.call_hook("on_program_admitted", program_id, spec)
+
+    def _forget_queued(self, program_id: str, *, keep_spec: bool = False) -> None:
+        spec = self._spec_of.get(program_id) if keep_spec else self._spec_of.pop(program_id, None)
+        queued = self._queued.get(spec) if spec is not None else None
+        if spec is not None and queued is not None and program_id in queued:
+            queued.discard(program_id)
+            self._report_demand(spec)
+            if not queued:
+                del self._queued[spec]
+
+    def _report_demand(self, spec: str) -> None:
+        if self.hooks is not None and hasattr(self.hooks, "on_queue_demand"):
+            self.call_hook("on_queue_demand", spec, len(self._queued.get(spec, ())))
+
+    def queued_programs(self, spec: str) -> int:
+        """Programs started for ``spec`` whose first request the core has not admitted yet."""
+        return len(self._queued.get(spec, ()))
+
+    # -- SGLang sessions ---------------------------------------------------------------------------
+
+    async def session_for(self, program_id: str, backend: Backend) -> str | None:
+        """The program's engine session on ``backend``, opened on first use (None: none)."""
+        if not backend.capabilities.sessions or not isinstance(backend, SessionLever):
+            return None
+        current = self._sessions.get(program_id)
+        if current is not None and current[0] == backend.name:
+            return current[1]
+        key = (program_id, backend.name)
+        if key in self._session_refused:
+            return None
+        task = self._session_opening.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._open_session(program_id, backend), name=f"session-{program_id}"
+            )
+            self._session_opening[key] = task
+            task.add_done_callback(lambda _: self._session_opening.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _open_session(self, program_id: str, backend: Backend) -> str | None:
+        assert isinstance(backend, SessionLever)
+        wanted = f"thunder-{program_id}-{uuid.uuid4().hex[:8]}"
+        try:
+            session_id = await asyncio.wait_for(backend.open_session(wanted), LEVER_TIMEOUT_S)
+        except Exception as exc:
+            self._session_refused.add((program_id, backend.name))
+            self.metrics.lever_failures.labels("session_open").inc()
+            log.warning("opening an SGLang session for %s on %s failed: %s", program_id,
+                        backend.name, exc or type(exc).__name__)
+            return None
+        if not self.core.has_program(program_id):  # it ended while the session opened
+            self._close_session(program_id, (backend.name, session_id))
+            return None
+        old = self._sessions.get(program_id)
+        if old is not None and old[0] != backend.name:
+            self._close_session(program_id, old)  # migrated: the old engine's refs go
+        self._sessions[program_id] = (backend.name, session_id)
+        return session_id
+
+    def _close_session(self, program_id: str, session: tuple[str, str]) -> None:
+        backend = self.backends.get(session[0])
+        if backend is not None:
+            self._spawn("session_close", backend.release_program(program_id, session[1], None))
+
+    def _slot_shared(self, slot: _SlotFile) -> bool:
+        return any(
+            other.backend == slot.backend and other.slot_id == slot.slot_id
+            for other in self._slots.values()
+        )
+
     # -- engine levers (best effort) -----------------------------------------------------------
+
+    def spawn_task(self, lever: str, work: Awaitable[Any]) -> None:
+        """Run ``work`` in the background, best effort (failures counted under ``lever``)."""
+        self._spawn(lever, work)
 
     def _spawn(self, lever: str, work: Awaitable[Any]) -> None:
         async def run() -> None:
@@ -475,6 +644,10 @@ class Driver:
     def _on_resume(self, command: Resume) -> None:
         if self.hooks is not None:
             self.call_hook("on_program_restoring", command.program_id)
+        session = self._sessions.get(command.program_id)
+        if session is not None and session[0] != command.backend:
+            del self._sessions[command.program_id]
+            self._close_session(command.program_id, session)
         slot = self._slots.get(command.program_id)
         if slot is None:
             return

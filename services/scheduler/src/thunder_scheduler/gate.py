@@ -9,7 +9,29 @@ The proxy router (``thunder_scheduler.proxy``) calls, for every LLM request:
    paused, or not yet admitted) the call waits and never fails, except when the program is
    released meanwhile (409). An unknown model is 404, no healthy backend 503;
 3. ``finish(...)``: feeds ``RequestFinished`` with the engine's usage, exactly once per acquired
-   request, also when the client left while the request was held (``placement`` is then None).
+   request, also when the client left while the request was held (``placement`` is then None);
+4. ``report_upstream_failure(backend, reason)`` when forwarding to the placed backend failed
+   to connect (or the connection broke): the backend monitor counts it like a failed poll, so
+   a dead engine is marked unhealthy without waiting for the next poll.
+
+A program's placement also carries its SGLang session (``RequestHints.session_id``) when the
+backend has capability ``sessions``: the driver opens it before the first request there.
+
+Prompt fingerprint (``RequestArrived.prompt_blocks``), computed only when the scheduling
+policy reads it (``Policy.reads_prompt_blocks``; the ``cache_aware`` router baseline), so the
+hot path of the other policies pays nothing (:func:`prompt_blocks`):
+
+* a body carrying the simulator's trace extension ``thunder_trace.hash_ids``
+  (services/sim-engine/README.md) uses those block ids, namespaced by ``thunder_trace.session``;
+* any other body is rendered to bytes (chat: ``tools`` then ``messages`` as compact JSON, in
+  the client's order, which is the order the chat template renders them in; completions /
+  ``/generate``: the prompt text, or the token ids as 4-byte integers) and cut into chunks of
+  ``block_tokens * 4`` bytes (4 bytes per token, the estimate's rule below; the policy's
+  ``block_tokens`` is 64, so 256-byte chunks); the last chunk may be partial.
+
+Either way block ``i``'s key is ``blake2b-64(key[i-1] || block i)``, so a key names its whole
+prefix (the same chaining as the simulator's page keys) and two prompts share keys exactly as
+far as they share leading blocks.
 
 Untagged requests (no program id) never join a program: they are routed by the core's
 ``route_untagged`` and are not accounted per program (house style: no shared "default" program).
@@ -32,6 +54,7 @@ bytes per token) and is replaced by the engine's exact count after the first res
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Callable, Mapping
@@ -61,6 +84,7 @@ __all__ = [
     "SchedulerGate",
     "Usage",
     "estimate_prompt_tokens",
+    "prompt_blocks",
 ]
 
 BYTES_PER_TOKEN: Final = 4
@@ -132,6 +156,10 @@ class RequestGate(Protocol):
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
         """Record the latency the proxy itself added to one request."""
+        ...
+
+    def report_upstream_failure(self, backend: str, reason: str) -> None:
+        """Forwarding to ``backend`` failed to connect or broke: count it against its health."""
         ...
 
     def models(self) -> list[dict[str, Any]]:
@@ -214,6 +242,67 @@ def max_output_tokens(body: Mapping[str, Any]) -> int | None:
     return None
 
 
+PROMPT_BLOCK_TOKENS: Final = 64
+"""Block size of the fingerprint when the policy names none: the shared traces' 64-token
+blocks (services/sim-engine/README.md) and the cache_aware policy's ``block_tokens``."""
+_KEY_BYTES: Final = 8
+
+
+def _chain(parts: list[bytes]) -> tuple[int, ...]:
+    keys: list[int] = []
+    previous = b""
+    for part in parts:
+        digest = hashlib.blake2b(previous + part, digest_size=_KEY_BYTES).digest()
+        keys.append(int.from_bytes(digest, "big", signed=True))
+        previous = digest
+    return tuple(keys)
+
+
+def _prompt_bytes(body: Mapping[str, Any]) -> bytes:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        tools = body.get("tools")
+        head = orjson.dumps(tools) if isinstance(tools, list) and tools else b""
+        return head + orjson.dumps(messages)
+    input_ids = body.get("input_ids")
+    if isinstance(input_ids, list) and input_ids:
+        return _ids_bytes(input_ids)
+    for key in ("prompt", "text"):
+        value = body.get(key)
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if isinstance(value, list) and value:
+            first = value[0]
+            if isinstance(first, str):
+                return first.encode("utf-8")  # a batch: the first prompt decides the route
+            if isinstance(first, int):
+                return _ids_bytes(value)
+            if isinstance(first, list):
+                return _ids_bytes(first)
+    return b""
+
+
+def _ids_bytes(ids: list[Any]) -> bytes:
+    return b"".join(
+        (item & 0xFFFFFFFF).to_bytes(4, "little") for item in ids if isinstance(item, int)
+    )
+
+
+def prompt_blocks(
+    body: Mapping[str, Any], block_tokens: int = PROMPT_BLOCK_TOKENS
+) -> tuple[int, ...]:
+    """The request's prefix fingerprint: chained block keys (module docstring)."""
+    trace = body.get("thunder_trace")
+    if isinstance(trace, Mapping):
+        ids = trace.get("hash_ids")
+        if isinstance(ids, list) and ids:
+            session = str(trace.get("session", "")).encode("utf-8")
+            return _chain([session + b"\x00" + str(i).encode() for i in ids])
+    data = _prompt_bytes(body)
+    step = max(1, block_tokens * BYTES_PER_TOKEN)
+    return _chain([data[i:i + step] for i in range(0, len(data), step)])
+
+
 def request_path(body: Mapping[str, Any]) -> str:
     """The endpoint a body was sent to, from its shape (for the pre-restore warm-up)."""
     if "messages" in body:
@@ -244,6 +333,13 @@ class SchedulerGate:
         self._metrics = metrics
         self._on_program_started = on_program_started
         self._arrived: set[str] = set()
+        policy = getattr(driver.core, "policy", None)
+        self._blocks_tokens: int | None = None
+        if getattr(policy, "reads_prompt_blocks", getattr(policy, "name", None) == "cache_aware"):
+            config = getattr(policy, "config", None)
+            block_tokens = getattr(config, "block_tokens", PROMPT_BLOCK_TOKENS)
+            self._blocks_tokens = block_tokens if isinstance(block_tokens, int) \
+                else PROMPT_BLOCK_TOKENS
 
     def new_request_id(self, program_id: str | None) -> str:
         if program_id is None:
@@ -307,6 +403,9 @@ class SchedulerGate:
             request_id=request_id,
             prompt_tokens_estimate=estimate_prompt_tokens(body),
             max_output_tokens=max_output_tokens(body),
+            prompt_blocks=(
+                () if self._blocks_tokens is None else prompt_blocks(body, self._blocks_tokens)
+            ),
         )
         future = driver.arrive(program_id, request_id, event)
         self._arrived.add(request_id)
@@ -318,10 +417,15 @@ class SchedulerGate:
         if backend is None:  # the core named a backend we do not have: a bug, not the client's
             raise GateError(503, f"scheduler placed the request on unknown backend {admit.backend}")
         priority = admit.priority if admit.priority is not None else driver.priority_of(program_id)
+        session_id = (
+            await driver.session_for(program_id, backend) if backend.capabilities.sessions
+            else None
+        )
         hints = RequestHints(
             program_id=program_id,
             request_id=request_id,
             priority=priority,
+            session_id=session_id,
             slot_id=driver.slot_of(program_id, backend.name),
         )
         return Placement(backend, hints)
@@ -359,6 +463,15 @@ class SchedulerGate:
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
         self._metrics.proxy_overhead.labels("true" if streaming else "false").observe(seconds)
+
+    def report_upstream_failure(self, backend: str, reason: str) -> None:
+        """Count a failed forward against ``backend`` (the monitor may mark it unhealthy)."""
+        if backend not in self._driver.backends:
+            return
+        self._metrics.upstream_failures.labels(backend).inc()
+        self._driver.spawn_task(
+            "upstream_failure", self._monitor.report_failure(backend, reason)
+        )
 
     def models(self) -> list[dict[str, Any]]:
         served = self._served_models(self._monitor.healthy_names())

@@ -89,6 +89,10 @@ class ServiceMetrics:
             ["lever"], registry=r,
         )
         self.held = Gauge("thunder_held_requests", "Requests parked at the proxy", registry=r)
+        self.upstream_failures = Counter(
+            "thunder_upstream_failures", "Forwards that could not reach a backend",
+            ["backend"], registry=r,
+        )
         self.decision = Histogram(
             "thunder_decision_seconds", "Wall time of one scheduling-core call",
             buckets=DECISION_BUCKETS_S, registry=r,

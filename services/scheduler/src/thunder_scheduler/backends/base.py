@@ -38,6 +38,7 @@ __all__ = [
     "BackendLoad",
     "BackendUnavailable",
     "RequestHints",
+    "SessionLever",
     "SlotOffload",
     "SlotOpResult",
     "SlotState",
@@ -186,6 +187,16 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release resources the backend owns (not the injected client)."""
+        ...
+
+
+@runtime_checkable
+class SessionLever(Protocol):
+    """Engine sessions (SGLang ``/open_session``, capability ``sessions``); closed by
+    ``Backend.release_program(program_id, session_id, None)``."""
+
+    async def open_session(self, session_id: str) -> str:
+        """Open a session named ``session_id``; returns the engine's session id."""
         ...
 
 

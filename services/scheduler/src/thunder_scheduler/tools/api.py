@@ -4,7 +4,8 @@ Paths are ``thunder_core.contract.Paths``; bodies are the models of ``thunder_co
 Every error body is ``thunder_core.contract.ErrorBody`` (``{"error", "detail"}``): 404 unknown
 spec / program / runtime, 409 conflict (program ended, failed build or setup), 503 backend down
 or budget exhausted, 504 exec timeout, 422 invalid body. Registering a spec needs the admin
-dependency; acquire, exec and release are for clients.
+dependency; the service (``app.create_app``) puts every route here behind the admin key, since
+exec runs commands in sandboxes (the runtime clients send the admin key with every call).
 """
 
 from __future__ import annotations

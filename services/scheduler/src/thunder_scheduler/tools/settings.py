@@ -11,6 +11,9 @@ Defaults and where they come from:
 - ``docker_concurrency`` 8: blocking docker SDK calls run in threads; dockerd serialises much
   of its work, 8 in flight saturated it in our create/remove measurements (bench/tools).
 - ``exec_timeout_s`` 600: the longest tool call in the shared traces is under 10 minutes.
+- ``queue_pool_max`` 16: the most warm runtimes per spec that queued programs may ask for;
+  16 is twice the 8 creates ``docker_concurrency`` runs at once, so a burst of admissions
+  drains at most half of it before refills land; the global ``max_runtimes`` still applies.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class ToolManagerSettings(BaseModel):
     exec_timeout_s: float = Field(default=600.0, gt=0)
     disk_poll_interval_s: float = Field(
         default=30.0, gt=0, description="how often disk usage is re-measured"
+    )
+    queue_pool_max: int = Field(
+        default=16, ge=0, le=100_000,
+        description="cap on the warm runtimes per spec raised by queued programs (0: off)",
     )
     prepare_on_admit: bool = Field(
         default=True, description="start a program's runtime when it is admitted or restoring"
