@@ -46,6 +46,7 @@ VOCAB_SIZE = 151_936  # Qwen3-8B config.json vocab_size (see module docstring)
 TRACE_BLOCK_TOKENS = 64  # block_size of the shared Claude Code traces (their README)
 
 _PIECE_RE = re.compile(r"<\|[a-z_]+\|>| ?[^\s<]{1,4}|<|\s")
+ASSISTANT_PROMPT = "<|im_start|>assistant\n"
 
 # One token each under the rule above (a leading space and at most four letters).
 FILLER_WORDS: tuple[str, ...] = (
@@ -83,23 +84,29 @@ def _content_text(content: Any) -> str:
     return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def render_chat(messages: Sequence[Mapping[str, Any]], tools: Any = None) -> str:
-    """Render chat messages with the fixed ChatML template (module docstring, rule 3)."""
+def chat_segments(messages: Sequence[Mapping[str, Any]], tools: Any = None) -> list[str]:
+    """The rendered chat (rule 3) cut at message boundaries: ``"".join`` of it is
+    :func:`render_chat`. Every segment starts with the special piece ``<|im_start|>`` and ends
+    with ``<|im_end|>\\n`` (the last one with ``assistant\\n``), and no piece of ``_PIECE_RE``
+    can reach across a ``<`` it did not start at, so tokenizing the segments one by one gives
+    exactly the ids of the whole text (what :class:`PromptKeyCache` relies on)."""
     out: list[str] = []
     if tools:
-        out.append("<|im_start|>system\n# Tools\n")
-        out.append(orjson.dumps(tools, option=orjson.OPT_SORT_KEYS).decode())
-        out.append("<|im_end|>\n")
+        out.append("<|im_start|>system\n# Tools\n"
+                   + orjson.dumps(tools, option=orjson.OPT_SORT_KEYS).decode() + "<|im_end|>\n")
     for m in messages:
-        out.append(f"<|im_start|>{m.get('role', 'user')}\n")
-        out.append(_content_text(m.get("content")))
+        seg = f"<|im_start|>{m.get('role', 'user')}\n" + _content_text(m.get("content"))
         calls = m.get("tool_calls")
         if calls:
-            out.append("\n<tool_call>")
-            out.append(orjson.dumps(calls, option=orjson.OPT_SORT_KEYS).decode())
-        out.append("<|im_end|>\n")
-    out.append("<|im_start|>assistant\n")
-    return "".join(out)
+            seg += "\n<tool_call>" + orjson.dumps(calls, option=orjson.OPT_SORT_KEYS).decode()
+        out.append(seg + "<|im_end|>\n")
+    out.append(ASSISTANT_PROMPT)
+    return out
+
+
+def render_chat(messages: Sequence[Mapping[str, Any]], tools: Any = None) -> str:
+    """Render chat messages with the fixed ChatML template (module docstring, rule 3)."""
+    return "".join(chat_segments(messages, tools))
 
 
 def namespace_seed(*parts: str | None) -> bytes:
@@ -161,10 +168,21 @@ def trace_block_keys(
     return tuple(keys)
 
 
+_FILLER_CYCLE = "".join(FILLER_WORDS)
+_FILLER_OFFSETS = tuple(sum(len(w) for w in FILLER_WORDS[:i]) for i in range(len(FILLER_WORDS) + 1))
+
+
 def filler_text(start_token: int, num_tokens: int) -> str:
-    """Output text for tokens ``[start_token, start_token + num_tokens)``: one word each."""
+    """Output text for tokens ``[start_token, start_token + num_tokens)``: one word each
+    (word ``i % 16``), cut from a repetition of the 16-word cycle."""
+    if num_tokens <= 0:
+        return ""
     n = len(FILLER_WORDS)
-    return "".join(FILLER_WORDS[i % n] for i in range(start_token, start_token + num_tokens))
+    base = start_token - start_token % n
+    cycles, end_word = divmod(start_token + num_tokens - base, n)
+    begin = _FILLER_OFFSETS[start_token - base]
+    return (_FILLER_CYCLE * (cycles + 1))[begin:cycles * len(_FILLER_CYCLE)
+                                          + _FILLER_OFFSETS[end_word]]
 
 
 def filler_ids(start_token: int, num_tokens: int) -> list[int]:
@@ -172,7 +190,11 @@ def filler_ids(start_token: int, num_tokens: int) -> list[int]:
 
 
 def flatten_ids(values: Iterable[Any]) -> list[int]:
-    """Validate a list of token ids (ints in ``[0, VOCAB_SIZE)``); ValueError otherwise."""
+    """Validate a list of token ids (non-negative 63-bit ints); ValueError otherwise."""
+    fast = values if isinstance(values, list) else list(values)
+    if all(type(v) is int for v in fast) and (not fast or (min(fast) >= 0
+                                                            and max(fast) < 2**63)):
+        return fast  # the common case, checked in C-speed builtins
     out: list[int] = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:

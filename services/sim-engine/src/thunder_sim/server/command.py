@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -65,8 +66,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-step-ms", type=float, default=4.0,
                    help="fold decode iterations so one engine loop lasts at least this long "
                         "(wall ms); bounds Python overhead at high time scales")
-    p.add_argument("--stream-interval-ms", type=float, default=50.0,
-                   help="send intermediate stream chunks at most this often (wall ms)")
+    p.add_argument("--stream-interval", type=int, default=1,
+                   help="send intermediate stream chunks every N tokens (SGLang's "
+                        "--stream-interval, default 1), subject to --stream-interval-ms")
+    p.add_argument("--stream-interval-ms", type=float, default=200.0,
+                   help="and at most this often per request (wall ms); first tokens and ends "
+                        "go out at once")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
 
@@ -86,6 +91,8 @@ def _check(p: argparse.Namespace) -> None:
         v = getattr(p, flag)
         if v is not None and v < 1:
             bad("--" + flag.replace("_", "-"), f"must be >= 1, got {v}")
+    if p.stream_interval < 1:
+        bad("--stream-interval", f"must be >= 1, got {p.stream_interval}")
     if p.min_step_ms < 0 or p.stream_interval_ms < 0:
         bad("--min-step-ms/--stream-interval-ms", "must be >= 0")
 
@@ -135,17 +142,34 @@ def build(args: argparse.Namespace) -> tuple[EngineLike, ServerInfo]:
     return engine, info
 
 
+# Garbage collection: a full (generation 2) pass over the ~60k objects the imports create took
+# ~145 ms on a busy 2-core machine, a stall the engine loop counts as lost GPU time. Startup
+# objects are moved out of the collector's sight (gc.freeze, CPython docs: "allows to ... avoid
+# full collections' cost" for long-lived state), and the young-generation threshold is raised
+# from 700 to 10,000 allocations: request objects are freed by reference counting, a collection
+# only finds cycles, so collecting 14x less often scans the same objects in fewer, ~1 ms pauses.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(args: argparse.Namespace) -> None:
     engine, info = build(args)
     clock = ScaledClock(args.time_scale)
     app = create_app(
         engine, info, clock,
         RunnerSettings(min_step_wall_s=args.min_step_ms / 1000,
+                       stream_interval_tokens=args.stream_interval,
                        stream_interval_wall_s=args.stream_interval_ms / 1000),
         LagSettings(auto_time_scale=args.auto_time_scale, min_time_scale=args.min_time_scale),
     )
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
+    tune_gc()
     site = web.TCPSite(runner, args.host, args.port, backlog=2048)
     try:
         await site.start()

@@ -3,10 +3,13 @@
 Response and stream-chunk shapes are SGLang 0.5.23's (``serving_chat.py``,
 ``serving_completions.py``, ``sse_utils.py``, ``tokenizer_manager._handle_batch_output``),
 with ``--enable-cache-report`` behaviour always on (``usage.prompt_tokens_details.
-cached_tokens``). Chat streams: a role chunk, content chunks, a finish chunk with an empty
-delta, then (``stream_options.include_usage``) a usage chunk with ``choices: []``, then
-``data: [DONE]``. Completions streams put ``finish_reason`` on the last text chunk.
+cached_tokens``). The OpenAI streams' bytes come from :mod:`thunder_sim.server.sse`.
 ``/generate`` streams carry the cumulative text (SGLang's default non-incremental output).
+
+A streaming handler sleeps on its ticket's event; the engine loop wakes it on the first token,
+at the stream interval and at the end (:mod:`thunder_sim.server.runner`), and each wake-up is
+one socket write carrying every token since the last one. Prompts are keyed through the
+server's :class:`~thunder_sim.server.prompt_keys.PromptKeyCache`.
 
 If the client goes away before the request ends, the request is aborted in the engine, as
 SGLang does.
@@ -23,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from thunder_sim import tokenizer as tok
-from thunder_sim.engine.types import FinishedRequest, FinishReason
+from thunder_sim.engine.types import FinishedRequest
 from thunder_sim.server.parse import (
     ApiError,
     GenSpec,
@@ -32,11 +35,24 @@ from thunder_sim.server.parse import (
     parse_completion,
     parse_generate,
 )
+from thunder_sim.server.prompt_keys import PromptKeyCache
 from thunder_sim.server.runner import DuplicateRidError, EngineRunner, Ticket
+from thunder_sim.server.sse import (
+    DONE,
+    SSE_HEADERS,
+    ChatEvents,
+    CompletionEvents,
+    SseResponse,
+    finish_reason_json,
+    usage_json,
+)
 
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-DONE = b"data: [DONE]\n\n"
-BIG_BODY_BYTES = 256 * 1024  # bodies above this are parsed in a worker thread
+# Bodies above this are parsed in a worker thread: a 32 KB chat body is ~8k tokens of context,
+# whose new messages can take milliseconds to tokenize; in a thread, the GIL's 5 ms switch
+# interval (sys.getswitchinterval) bounds how long the engine loop waits for it. Trace bodies
+# (block ids) stay under it up to ~200k-token prompts and are parsed inline.
+BIG_BODY_BYTES = 32 * 1024
+Parser = Callable[[dict[str, Any], Limits, PromptKeyCache | None], GenSpec]
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
@@ -50,33 +66,12 @@ def json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-def _usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "total_tokens": prompt + completion,
-        "completion_tokens": completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-        "reasoning_tokens": 0,
-        "completion_tokens_details": None,
-    }
-
-
-def _finish_json(f: FinishedRequest) -> dict[str, Any]:
-    if f.finish_reason == FinishReason.ABORT:
-        return {"type": "abort", "message": "Aborted", "status_code": None, "err_type": None}
-    return {"type": "length", "length": f.completion_tokens}
-
-
 def meta_info(ticket: Ticket, f: FinishedRequest | None) -> dict[str, Any]:
     """SGLang's ``meta_info`` (latencies in modelled seconds)."""
     cached = f.cached_tokens if f is not None else 0
     meta: dict[str, Any] = {
         "id": ticket.rid,
-        "finish_reason": _finish_json(f) if f is not None else None,
+        "finish_reason": finish_reason_json(f) if f is not None else None,
         "prompt_tokens": ticket.prompt_tokens,
         "weight_version": "default",
         "num_retractions": f.retractions if f is not None else 0,
@@ -96,14 +91,13 @@ class GenerationApi:
         self.runner = runner
         self.limits = limits
         self.model = served_model_name
+        self.prompt_keys = PromptKeyCache(limits.page_tokens)
 
-    async def _parse(
-        self, request: web.Request, parse: Callable[[dict[str, Any], Limits], GenSpec]
-    ) -> GenSpec:
+    async def _parse(self, request: web.Request, parse: Parser) -> GenSpec:
         raw = await request.read()
 
         def run() -> GenSpec:
-            return parse(json_object(raw), self.limits)
+            return parse(json_object(raw), self.limits, self.prompt_keys)
 
         # tokenizing a large text prompt takes milliseconds: keep it off the engine's loop
         return await asyncio.to_thread(run) if len(raw) > BIG_BODY_BYTES else run()
@@ -132,24 +126,23 @@ class GenerationApi:
         self,
         request: web.Request,
         ticket: Ticket,
-        chunks: Callable[[int, int, FinishedRequest | None], list[bytes]],
+        chunks: Callable[[int, int, FinishedRequest | None], bytes],
     ) -> web.StreamResponse:
-        resp = web.StreamResponse(headers=SSE_HEADERS)
+        resp = SseResponse(headers=SSE_HEADERS)
         try:
-            await resp.prepare(request)
+            await resp.prepare(request)   # the headers leave with the first chunk
             sent = 0
             while True:
                 await ticket.event.wait()
                 ticket.event.clear()
                 done = ticket.finished
                 upto = ticket.generated_tokens
-                if upto > sent or done is not None:
-                    await resp.write(b"".join(chunks(sent, upto, done)))
-                    sent = upto
                 if done is not None:
+                    await resp.write_eof(chunks(sent, upto, done) + DONE)   # one write
                     break
-            await resp.write(DONE)
-            await resp.write_eof()
+                if upto > sent:
+                    await resp.write(chunks(sent, upto, None))
+                    sent = upto
         finally:
             if ticket.finished is None:
                 self.runner.abort(ticket.rid)
@@ -175,32 +168,12 @@ class GenerationApi:
                     "finish_reason": f.finish_reason.value,
                     "matched_stop": None,
                 }],
-                "usage": _usage(f.prompt_tokens, f.completion_tokens, f.cached_tokens),
+                "usage": usage_json(f.prompt_tokens, f.completion_tokens, f.cached_tokens),
                 "metadata": {"weight_version": "default"},
             }))
 
-        head = {"id": ticket.rid, "object": "chat.completion.chunk", "created": created,
-                "model": model}
-
-        def choice(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            return _sse({**head, "choices": [{
-                "index": 0, "delta": {"reasoning_content": None, **delta}, "logprobs": None,
-                "finish_reason": finish, "matched_stop": None}]})
-
-        def chunks(sent: int, upto: int, f: FinishedRequest | None) -> list[bytes]:
-            out: list[bytes] = []
-            if sent == 0 and (upto > 0 or f is not None):
-                out.append(choice({"role": "assistant", "content": ""}))
-            if upto > sent:
-                out.append(choice({"content": tok.filler_text(sent, upto - sent)}))
-            if f is not None:
-                out.append(choice({}, f.finish_reason.value))
-                if spec.include_usage:
-                    out.append(_sse({**head, "choices": [], "usage": _usage(
-                        f.prompt_tokens, f.completion_tokens, f.cached_tokens)}))
-            return out
-
-        return await self._stream(request, ticket, chunks)
+        events = ChatEvents(ticket.rid, created, model, spec.include_usage)
+        return await self._stream(request, ticket, events.chunks)
 
     # -- /v1/completions ---------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -216,24 +189,11 @@ class GenerationApi:
                 "choices": [{"index": 0, "text": tok.filler_text(0, f.completion_tokens),
                              "logprobs": None, "finish_reason": f.finish_reason.value,
                              "matched_stop": None}],
-                "usage": _usage(f.prompt_tokens, f.completion_tokens, f.cached_tokens),
+                "usage": usage_json(f.prompt_tokens, f.completion_tokens, f.cached_tokens),
                 "metadata": {"weight_version": "default"},
             }))
-        head = {"id": ticket.rid, "object": "text_completion", "created": created,
-                "model": model}
-
-        def chunks(sent: int, upto: int, f: FinishedRequest | None) -> list[bytes]:
-            out = [_sse({**head, "choices": [{
-                "index": 0, "text": tok.filler_text(sent, upto - sent), "logprobs": None,
-                "finish_reason": f.finish_reason.value if f is not None else None,
-                "matched_stop": None}], "usage": None})]
-            if f is not None and spec.include_usage:
-                usage = _usage(f.prompt_tokens, f.completion_tokens, f.cached_tokens)
-                usage.pop("completion_tokens_details")   # exclude_none=True in SGLang
-                out.append(_sse({**head, "choices": [], "usage": usage}))
-            return out
-
-        return await self._stream(request, ticket, chunks)
+        events = CompletionEvents(ticket.rid, created, model, spec.include_usage)
+        return await self._stream(request, ticket, events.chunks)
 
     # -- /generate ---------------------------------------------------------------------------
     async def generate(self, request: web.Request) -> web.StreamResponse:
@@ -243,8 +203,8 @@ class GenerationApi:
             f = await self._wait(ticket)
             return web.json_response(body=orjson.dumps(self._generate_out(ticket, f)))
 
-        def chunks(sent: int, upto: int, f: FinishedRequest | None) -> list[bytes]:
-            return [_sse(self._generate_out(ticket, f))]
+        def chunks(sent: int, upto: int, f: FinishedRequest | None) -> bytes:
+            return b"data: " + orjson.dumps(self._generate_out(ticket, f)) + b"\n\n"
 
         return await self._stream(request, ticket, chunks)
 

@@ -12,16 +12,27 @@ Python's sake). After
 ``auto_time_scale``, divides the time scale by ``(1 + fraction) / 0.9`` (aiming 10% under the
 scale that would just keep up), never below ``min_time_scale``. The clock re-anchors so
 modelled time stays continuous. Numbers are exported as ``thunder_sim:`` metrics.
+
+The lateness of every wake-up also goes into a fixed-bucket histogram (``LATENESS_BUCKETS_S``,
+0.25 ms to 5 s, fine around the 20 ms re-sync threshold) so a client can compute lag quantiles
+over any interval from two scrapes, and the last full window's p50/p99 are kept as gauges.
+While the engine is busy, one INFO line every ``log_every_s`` wall seconds reports the lag
+(p50/p99 of the window) and the lost share, so a log shows the instrument's health.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass
 
 from thunder_sim.clock import ScaledClock
 
 log = logging.getLogger("thunder_sim.server")
+
+# Histogram upper bounds (seconds of wall lateness); +Inf is implicit (module docstring).
+LATENESS_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02,
+                      0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,7 @@ class LagSettings:
     sustain_windows: int = 3
     auto_time_scale: bool = False
     min_time_scale: float = 1.0
+    log_every_s: float = 10.0
 
 
 class LagMonitor:
@@ -43,17 +55,28 @@ class LagMonitor:
         self.wakeups_total = 0
         self.max_lag_s = 0.0              # worst lateness seen in the last full window
         self.last_window_fraction = 0.0   # lost / planned over the last full window
+        self.last_window_p50_s = 0.0      # lateness quantiles over the last full window
+        self.last_window_p99_s = 0.0
+        self.lateness_counts = [0] * (len(LATENESS_BUCKETS_S) + 1)   # last one: +Inf
+        self.lateness_sum_s = 0.0
         self.warnings_total = 0
         self.scale_changes_total = 0
         self._win_start = clock.wall_s()
         self._win_lag = 0.0
         self._win_planned = 0.0
         self._win_max = 0.0
+        self._win_samples: list[float] = []
         self._distorted_windows = 0
+        self._log_start = self._win_start
+        self._log_lost = 0.0
+        self._log_planned = 0.0
 
     def record(self, late_s: float, step_wall_s: float, lost_wall_s: float = 0.0) -> None:
         late = late_s if late_s > 0 else 0.0
         self.lag_total_s += late
+        self.lateness_sum_s += late
+        self.lateness_counts[bisect.bisect_left(LATENESS_BUCKETS_S, late)] += 1
+        self._win_samples.append(late)
         self.lost_total_s += lost_wall_s
         self.planned_total_s += step_wall_s
         self.wakeups_total += 1
@@ -68,7 +91,22 @@ class LagMonitor:
         fraction = self._win_lag / self._win_planned if self._win_planned > 0 else 0.0
         self.last_window_fraction = fraction
         self.max_lag_s = self._win_max
+        samples = sorted(self._win_samples)
+        self.last_window_p50_s = samples[len(samples) // 2] if samples else 0.0
+        self.last_window_p99_s = samples[min(len(samples) - 1, len(samples) * 99 // 100)] \
+            if samples else 0.0
+        self._log_lost += self._win_lag
+        self._log_planned += self._win_planned
+        if now - self._log_start >= self.settings.log_every_s:
+            if self._log_planned > 0:
+                log.info("engine loop: lateness p50 %.1f ms p99 %.1f ms (last window), lost "
+                         "%.1f%% of %.1f s planned step time over %.0f s, time scale %.2f",
+                         1000 * self.last_window_p50_s, 1000 * self.last_window_p99_s,
+                         100 * self._log_lost / self._log_planned, self._log_planned,
+                         now - self._log_start, self.clock.time_scale)
+            self._log_start, self._log_lost, self._log_planned = now, 0.0, 0.0
         self._win_start, self._win_lag, self._win_planned, self._win_max = now, 0.0, 0.0, 0.0
+        self._win_samples = []
         if fraction <= self.settings.max_lag_fraction:
             self._distorted_windows = 0
             return

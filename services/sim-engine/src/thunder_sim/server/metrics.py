@@ -21,10 +21,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from thunder_sim.engine.types import FinishedRequest, FinishReason
+from thunder_sim.server.lag import LATENESS_BUCKETS_S
 from thunder_sim.server.runner import EngineRunner, Ticket
 
 # sglang TokenizerMetricsCollector default buckets; the TTFT list is SGLang's de-duplicated and
@@ -98,6 +104,21 @@ class _SchedulerCollector(Collector):
                 "window (distorted above 0.10).", lag.last_window_fraction)
         yield g("thunder_sim:event_loop_lag_max_seconds", "Worst lateness in the last window "
                 "(wall seconds).", lag.max_lag_s)
+        yield g("thunder_sim:event_loop_lag_p50_seconds", "Median lateness of the engine "
+                "loop's wake-ups in the last window (wall seconds).", lag.last_window_p50_s)
+        yield g("thunder_sim:event_loop_lag_p99_seconds", "99th-percentile lateness of the "
+                "engine loop's wake-ups in the last window (wall seconds).", lag.last_window_p99_s)
+        cumulative, buckets = 0, []
+        for le, n in zip((*LATENESS_BUCKETS_S, float("inf")), lag.lateness_counts, strict=True):
+            cumulative += n
+            buckets.append((str(le) if le != float("inf") else "+Inf", cumulative))
+        h = HistogramMetricFamily("thunder_sim:engine_wakeup_lateness_seconds", "Lateness of "
+                                  "each engine-loop wake-up against its plan (wall seconds).",
+                                  labels=["model_name"])
+        h.add_metric([self.labels["model_name"]], buckets, lag.lateness_sum_s)
+        yield h
+        yield c("thunder_sim:time_scale_changes", "Automatic time-scale reductions.",
+                lag.scale_changes_total)
         yield c("thunder_sim:lag_warnings", "Sustained-lag warnings.", lag.warnings_total)
         yield c("thunder_sim:engine_steps", "Engine step calls.", self.runner.steps_total)
         yield c("thunder_sim:recomputed_tokens", "Tokens prefilled again after retraction.",

@@ -18,6 +18,11 @@ Default output lengths, as SGLang sets them:
 Extension (ours): ``thunder_trace: {"hash_ids": [...], "prompt_tokens": N, "session": "<trace
 id>", "block_tokens": 64}`` on any of the three endpoints replaces the prompt by a trace's
 block ids (see :func:`thunder_sim.tokenizer.trace_block_keys`).
+
+Chat and trace prompts go through a :class:`thunder_sim.server.prompt_keys.PromptKeyCache` when
+one is given (the server passes its own), which returns the same keys at a cost proportional to
+what the prompt adds to one seen before. Plain-text completions and ``/generate`` text are
+tokenized whole.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from thunder_sim import tokenizer as tok
+from thunder_sim.server.prompt_keys import PromptKeyCache
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16   # sglang CompletionRequest.max_tokens default
 DEFAULT_GENERATE_MAX_NEW_TOKENS = 128  # sglang SamplingParams.max_new_tokens default
@@ -95,7 +101,9 @@ def _check_n(body: dict[str, Any]) -> None:
         raise ApiError("n > 1 is not supported by the simulated engine")
 
 
-def _trace_prompt(body: dict[str, Any], limits: Limits) -> tuple[tuple[int, ...], int] | None:
+def _trace_prompt(
+    body: dict[str, Any], limits: Limits, cache: PromptKeyCache | None
+) -> tuple[tuple[int, ...], int] | None:
     trace = body.get("thunder_trace")
     if trace is None:
         return None
@@ -115,7 +123,10 @@ def _trace_prompt(body: dict[str, Any], limits: Limits) -> tuple[tuple[int, ...]
         raise ApiError("thunder_trace.block_tokens must be a positive integer")
     try:
         hash_ids = tok.flatten_ids(ids)
-        keys = tok.trace_block_keys(hash_ids, n, limits.page_tokens, session, block)
+        if cache is not None and cache.page_tokens == limits.page_tokens:
+            keys = cache.trace_keys(hash_ids, n, session, block)
+        else:
+            keys = tok.trace_block_keys(hash_ids, n, limits.page_tokens, session, block)
     except ValueError as e:
         raise ApiError(f"thunder_trace: {e}") from None
     return keys, n
@@ -192,7 +203,18 @@ def _include_usage(body: dict[str, Any]) -> bool:
     return _bool(opts, "include_usage")
 
 
-def parse_chat(body: dict[str, Any], limits: Limits) -> GenSpec:
+def _chat_prompt(
+    body: dict[str, Any], messages: list[Any], limits: Limits, cache: PromptKeyCache | None
+) -> tuple[tuple[int, ...], int]:
+    tools = body.get("tools")
+    if cache is not None and cache.page_tokens == limits.page_tokens:
+        return cache.chat_keys(messages, tools, _seed(body))
+    return _text_prompt(tok.render_chat(messages, tools), body, limits)
+
+
+def parse_chat(
+    body: dict[str, Any], limits: Limits, cache: PromptKeyCache | None = None
+) -> GenSpec:
     _check_n(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -205,18 +227,20 @@ def parse_chat(body: dict[str, Any], limits: Limits) -> GenSpec:
         max_new = _opt_int(body, "max_tokens", 1)
     if max_new is None:
         max_new = limits.default_chat_max_tokens
-    trace = _trace_prompt(body, limits)
-    blocks, n = trace or _text_prompt(tok.render_chat(messages, body.get("tools")), body, limits)
+    trace = _trace_prompt(body, limits, cache)
+    blocks, n = trace or _chat_prompt(body, messages, limits, cache)
     return _finish(body, limits, blocks, n, max_new, _include_usage(body))
 
 
-def parse_completion(body: dict[str, Any], limits: Limits) -> GenSpec:
+def parse_completion(
+    body: dict[str, Any], limits: Limits, cache: PromptKeyCache | None = None
+) -> GenSpec:
     _check_n(body)
     prompt = body.get("prompt")
     max_new = _opt_int(body, "max_tokens", 1)
     if max_new is None:
         max_new = DEFAULT_COMPLETION_MAX_TOKENS
-    trace = _trace_prompt(body, limits)
+    trace = _trace_prompt(body, limits, cache)
     if trace is not None:
         blocks, n = trace
     elif isinstance(prompt, str):
@@ -224,14 +248,16 @@ def parse_completion(body: dict[str, Any], limits: Limits) -> GenSpec:
     elif isinstance(prompt, list) and prompt and all(isinstance(x, int) for x in prompt):
         blocks, n = _ids_prompt(prompt, body, limits)
     elif isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
-        return parse_completion({**body, "prompt": prompt[0]}, limits)
+        return parse_completion({**body, "prompt": prompt[0]}, limits, cache)
     else:
         raise ApiError("prompt must be a string or a list of token ids (batches of prompts "
                        "are not supported by the simulated engine)")
     return _finish(body, limits, blocks, n, max_new, _include_usage(body))
 
 
-def parse_generate(body: dict[str, Any], limits: Limits) -> GenSpec:
+def parse_generate(
+    body: dict[str, Any], limits: Limits, cache: PromptKeyCache | None = None
+) -> GenSpec:
     sp = body.get("sampling_params") or {}
     if not isinstance(sp, dict):
         raise ApiError("sampling_params must be an object (batched requests are not supported)")
@@ -239,7 +265,7 @@ def parse_generate(body: dict[str, Any], limits: Limits) -> GenSpec:
     if max_new is None:
         max_new = DEFAULT_GENERATE_MAX_NEW_TOKENS
     text, ids = body.get("text"), body.get("input_ids")
-    trace = _trace_prompt(body, limits)
+    trace = _trace_prompt(body, limits, cache)
     if trace is not None:
         blocks, n = trace
     elif text is not None and ids is not None:

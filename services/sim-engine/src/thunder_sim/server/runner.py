@@ -19,9 +19,15 @@ decode-iteration time); this bounds Python overhead at high time scales. A reque
 during a folded step waits for it to end, exactly as a request arriving mid-iteration waits on
 a GPU, only with a coarser iteration; ``min_step_wall_s`` bounds that extra wait.
 
-Streaming handlers are woken on a request's first token, on its end, and otherwise at most
-every ``stream_interval_wall_s`` (intermediate chunks carry several tokens, like SGLang's
-``--stream-interval``); time to first token and end-to-end latency are never delayed by it.
+Streaming handlers are woken on a request's first token and on its end at once, and in
+between when at least ``stream_interval_tokens`` tokens are unsent (SGLang's
+``--stream-interval``, default 1: ``output_streamer.py``, "send the first token at once, then
+whenever at least stream_interval tokens are unsent") *and* at least ``stream_interval_wall_s``
+of wall time passed since the last wake-up. The wall floor is ours: at a time scale of 20 a
+decode iteration lasts a few wall milliseconds, and one socket write per request per iteration
+would cost the event loop more than the engine does. Each wake-up is one write carrying every
+unsent token; time to first token and end-to-end latency are never delayed by either interval.
+One event per request, set at most once per engine step: no per-token futures or queues.
 
 Event-loop lag: after each sleep the runner records how late it woke against the plan, and
 the lost time of each re-sync (:class:`thunder_sim.server.lag.LagMonitor`). Lost time is idle
@@ -70,7 +76,8 @@ class EngineLike(Protocol):
 class RunnerSettings:
     min_step_wall_s: float = 0.004       # fold decode steps up to this wall length (docstring)
     max_decode_steps: int = 64           # never fold more than this many decode iterations
-    stream_interval_wall_s: float = 0.05  # wake streaming handlers at most this often
+    stream_interval_tokens: int = 1       # SGLang --stream-interval default (docstring)
+    stream_interval_wall_s: float = 0.2   # and wake streaming handlers at most this often
     idle_poll_wall_s: float = 0.01       # retry period when the engine has work it cannot run
     max_behind_wall_s: float = 0.02      # lateness absorbed before re-syncing to wall time
 
@@ -87,6 +94,7 @@ class Ticket:
     generated_tokens: int = 0
     first_token_model_s: float | None = None
     finished: FinishedRequest | None = None
+    notified_tokens: int = 0          # generated tokens when the handler was last woken
     last_notify_wall_s: float = 0.0
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -239,7 +247,8 @@ class EngineRunner:
 
     def _deliver(self, result: StepResult) -> None:
         wall = self.clock.wall_s()
-        interval = self.settings.stream_interval_wall_s
+        interval_wall_s = self.settings.stream_interval_wall_s
+        interval_tokens = self.settings.stream_interval_tokens
         tickets = self._tickets
         for p in result.progress:
             t = tickets.get(p.rid)
@@ -248,10 +257,10 @@ class EngineRunner:
             t.generated_tokens += p.new_tokens
             if p.first:
                 t.first_token_model_s = self.clock.now_s()
-                if t.stream:
-                    t.last_notify_wall_s = wall
-                    t.event.set()
-            elif t.stream and wall - t.last_notify_wall_s >= interval:
+            if t.stream and (t.notified_tokens == 0 or (
+                    t.generated_tokens - t.notified_tokens >= interval_tokens
+                    and wall - t.last_notify_wall_s >= interval_wall_s)):
+                t.notified_tokens = t.generated_tokens
                 t.last_notify_wall_s = wall
                 t.event.set()
         for f in result.finished:
