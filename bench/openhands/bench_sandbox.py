@@ -1,0 +1,114 @@
+"""Time to first tool call per conversation: a warm pooled sandbox vs a cold one, on real Docker.
+
+Each sample is one conversation's start as ThunderWorkspace does it: program start, runtime
+acquire from the scheduler's tool manager, then the first tool call (one exec of ``pwd`` in the
+container, what the agent's first terminal call does). Two specs on the same image differ only
+in ``pool_size``: ``warm`` keeps a pool (the acquire is a hand-over), ``cold`` has none (a
+container is created and started per conversation, like ``DockerWorkspace``). Samples alternate
+warm/cold; each conversation closes (runtime released, program ended) before the next, and the
+pool refills between samples (we wait for ``pool_ready`` so every warm sample finds one).
+
+Needs the private daemon of ``scripts/setup_docker.sh`` (started here if absent).
+Run: ``.venv/bin/python bench/openhands/bench_sandbox.py`` -> bench/results/openhands/sandbox.md
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("OPENHANDS_SUPPRESS_BANNER", "1")
+
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "bench" / "results" / "openhands"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fixtures.scheduler_service import start_service_thread  # noqa: E402
+
+from thunder_core.client import ThunderClient  # noqa: E402
+from thunder_core.runtimes import RuntimeClient, RuntimeSpec  # noqa: E402
+from thunder_openhands import ThunderWorkspace  # noqa: E402
+from thunder_scheduler.settings import load_settings  # noqa: E402
+
+SAMPLES = 8
+
+
+def docker_host() -> str:
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "setup_docker.sh")], check=True,
+                         capture_output=True, text=True).stdout
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return values["DOCKER_HOST"]
+
+
+def sample(url: str, spec: str) -> dict[str, float | str]:
+    started = time.perf_counter()
+    workspace = ThunderWorkspace.acquire(spec, scheduler_url=url)
+    acquired = time.perf_counter()
+    result = workspace.exec("pwd")
+    first_tool = time.perf_counter()
+    assert result.exit_code == 0 and result.stdout.strip() == "/work", result
+    source = workspace.runtime.source if workspace.runtime else "?"
+    workspace.release()
+    workspace.end_program()
+    return {"acquire_s": acquired - started, "first_tool_s": first_tool - started,
+            "source": source}
+
+
+def main() -> None:
+    host = docker_host()
+    settings = load_settings({"backends": [], "tools_enabled": True,
+                              "tools": {"backend": "docker", "docker_host": host,
+                                        "label_prefix": "thunderbench"}})
+    service = start_service_thread(settings)
+    try:
+        runtimes = RuntimeClient(ThunderClient(service.url, timeout_s=60))
+        for name, pool in (("warm", 1), ("cold", 0)):
+            runtimes.register_spec(RuntimeSpec(name=name, image="thunder-base:latest",
+                                               pool_size=pool))
+        results: dict[str, list[dict[str, float | str]]] = {"warm": [], "cold": []}
+        for _ in range(SAMPLES):
+            for name in ("warm", "cold"):
+                deadline = time.monotonic() + 60
+                while runtimes.get_spec(name).pool_ready < (1 if name == "warm" else 0):
+                    assert time.monotonic() < deadline, "pool did not refill"
+                    time.sleep(0.05)
+                results[name].append(sample(service.url, name))
+    finally:
+        service.stop()
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(float(r[key]) for r in results[name])
+
+    warm, cold = med("warm", "first_tool_s"), med("cold", "first_tool_s")
+    lines = [
+        "# thunder-openhands: time to first tool call, warm pooled sandbox vs cold",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), dockerd 20.10 "
+        f"(scripts/setup_docker.sh), image thunder-base:latest (busybox), {SAMPLES} "
+        "conversations each, alternating. Medians.",
+        "Command: `.venv/bin/python bench/openhands/bench_sandbox.py`",
+        "",
+        "| sandbox | runtime source | acquire (ms) | first tool call done (ms) |",
+        "|---|---|---|---|",
+    ]
+    for name in ("warm", "cold"):
+        sources = sorted({str(r["source"]) for r in results[name]})
+        lines.append(f"| {name} | {', '.join(sources)} | {med(name, 'acquire_s') * 1e3:.1f} | "
+                     f"{med(name, 'first_tool_s') * 1e3:.1f} |")
+    lines += ["", f"Cold / warm time to first tool call: {cold / warm:.1f}x."]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "sandbox.md").write_text("\n".join(lines) + "\n")
+    (OUT / "sandbox.json").write_text(json.dumps(results, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
