@@ -81,6 +81,15 @@ def _start(cmd: list[str], nice: int) -> tuple[subprocess.Popen[str], int]:
     return proc, int(match.group(1))
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:  # uvicorn waits for open connections; don't
+        proc.kill()
+        proc.wait(10)
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
@@ -123,11 +132,17 @@ def _run(client: str, stream: bool, conc: int, target: str, stats: dict[str, flo
                None if cpu_s is None else cpu_s / max(requests, 1) * 1e6)
 
 
-def measure(args: argparse.Namespace) -> list[Run]:
+def measure(args: argparse.Namespace) -> tuple[list[Run], dict[str, float]]:
     runs: list[Run] = []
     engine, engine_port = _start([sys.executable, str(HERE / "zero_engine.py")], args.nice)
     direct = f"http://127.0.0.1:{engine_port}"
     try:
+        prefix = ["nice", "-n", str(args.nice)] if args.nice else []
+        client_cpu = json.loads(subprocess.run(
+            [*prefix, sys.executable, str(HERE / "client_cost.py"), direct],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        ).stdout)
+        print(f"client CPU us/request alone: {client_cpu}", flush=True)
         for client in args.clients:
             proxy, port = _start([sys.executable, str(HERE / "serve_proxy.py"), "--mode",
                                   args.mode, "--client", client, "--engine", direct], args.nice)
@@ -148,12 +163,10 @@ def measure(args: argparse.Namespace) -> list[Run]:
                               f"proxied {runs[-1].rps:7.0f}/s p50 {runs[-1].p50_ms:7.2f} ms "
                               f"cpu/req {runs[-1].proxy_cpu_us_per_request:6.0f} us", flush=True)
             finally:
-                proxy.terminate()
-                proxy.wait(10)
+                _stop(proxy)
     finally:
-        engine.terminate()
-        engine.wait(10)
-    return runs
+        _stop(engine)
+    return runs, client_cpu
 
 
 def _pair(runs: list[Run], client: str, stream: bool, conc: int) -> tuple[Run, Run]:
@@ -164,7 +177,8 @@ def _pair(runs: list[Run], client: str, stream: bool, conc: int) -> tuple[Run, R
     return d, p
 
 
-def report(runs: list[Run], args: argparse.Namespace, command: str) -> str:
+def report(runs: list[Run], client_cpu: dict[str, float], args: argparse.Namespace,
+           command: str) -> str:
     clients = list(dict.fromkeys(r.client for r in runs))
     concs = sorted({r.concurrency for r in runs})
     lines = [
@@ -195,6 +209,20 @@ def report(runs: list[Run], args: argparse.Namespace, command: str) -> str:
                     f"{p.p99_ms:.2f} | {p.p99_ms - d.p99_ms:.2f} | {d.rps:,.0f} | {p.rps:,.0f} | "
                     f"{p.proxy_cpu_us_per_request:.0f} | {p.errors} |"
                 )
+    lines += [
+        "",
+        "## Upstream clients alone",
+        "",
+        "`client_cost.py`: each client POSTing to the zero-work engine with 16 requests in "
+        "flight, no proxy around it; process CPU per request, minimum of 5 interleaved rounds "
+        "(the estimate least disturbed by other work on the machine).",
+        "",
+        "| client | CPU us/request | vs best |",
+        "|---|---|---|",
+    ]
+    fastest = min(client_cpu.values())
+    for name, cost in sorted(client_cpu.items(), key=lambda item: item[1]):
+        lines.append(f"| {name} | {cost:.0f} | {cost / fastest:.1f}x |")
     lines += ["", "## Summary", ""]
     best: dict[str, float] = {}
     cpu: dict[str, float] = {}
@@ -263,11 +291,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "proxy")
     args = parser.parse_args()
     command = "python bench/proxy/bench_proxy.py " + " ".join(sys.argv[1:])
-    runs = measure(args)
+    runs, client_cpu = measure(args)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "results" if args.mode == "service" else "results_bare"
-    (args.out / f"{stem}.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
-    (args.out / f"{stem}.md").write_text(report(runs, args, command.strip()))
+    (args.out / f"{stem}.json").write_text(json.dumps(
+        {"runs": [asdict(r) for r in runs], "client_cpu_us_per_request": client_cpu}, indent=1))
+    (args.out / f"{stem}.md").write_text(report(runs, client_cpu, args, command.strip()))
     plot(runs, args.out / f"proxy_cost{'' if args.mode == 'service' else '_bare'}.png")
     print((args.out / f"{stem}.md").read_text())
 
