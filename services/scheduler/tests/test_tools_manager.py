@@ -263,3 +263,38 @@ async def _until(predicate: object, timeout_s: float = 5.0) -> None:
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
+
+
+async def test_pool_target_follows_the_queue_within_its_cap() -> None:
+    backend, programs = FakeRuntimeBackend(), Programs()
+    manager = make_manager(backend, programs, queue_pool_max=3, max_runtimes=10)
+    await manager.start()
+    try:
+        manager.register_spec(SPEC.model_copy(update={"pool_size": 1}))
+        entry = manager.specs.get("repo-a")
+        await _until(lambda: manager.pools.ready_count("repo-a") == 1)
+        manager.on_queue_demand("repo-a", 2)
+        assert manager.pool_target(entry) == 2
+        await _until(lambda: manager.pools.ready_count("repo-a") == 2)
+        manager.on_queue_demand("repo-a", 50)  # capped by queue_pool_max
+        assert manager.pool_target(entry) == 3
+        assert manager.spec_view(entry).pool_target == 3
+        await _until(lambda: manager.pools.ready_count("repo-a") == 3)
+        await asyncio.sleep(0.05)
+        assert manager.pools.ready_count("repo-a") == 3  # not beyond the cap
+        # admitted programs take pooled runtimes as their prepared ones
+        # (the driver reports the shorter queue before each admission, as here)
+        programs.ids.update({"p1", "p2"})
+        manager.on_queue_demand("repo-a", 1)
+        await manager.on_program_admitted("p1", "repo-a")
+        manager.on_queue_demand("repo-a", 0)  # the queue drained: back to pool_size
+        await manager.on_program_admitted("p2", "repo-a")
+        assert manager.pool_target(entry) == 1
+        view = await manager.acquire("p1", "repo-a")
+        assert view.source == "prepared"
+        await asyncio.sleep(0.05)
+        assert backend.creates == 3  # both were served from the pool; no refill above target
+        assert manager.pools.ready_count("repo-a") == 1
+        manager.on_queue_demand("unknown-spec", 5)  # a spec not registered: ignored
+    finally:
+        await manager.close()
