@@ -152,3 +152,17 @@ def test_duplicate_request_id_is_rejected() -> None:
     h.request("p1", 10, rid="r1")
     with pytest.raises(ValueError, match="already arrived"):
         h.request("p1", 10, rid="r1")
+
+
+def test_aging_fires_exactly_at_the_deadline_it_reports() -> None:
+    """Regression: ``since + bound`` and ``now - bound`` round differently in floating point;
+    a tick at the reported deadline must force the waiter back (else a virtual loop ticks
+    forever at the same instant)."""
+    h = Harness("thunder", {"a": 1000}, max_paused_s=300.0)
+    h.request("big", 900)
+    h.now = 166.17591186942903
+    assert h.of(Hold, h.request("late", 500))
+    h.now += 300.0             # the aging deadline next_deadline() reports
+    assert h.now - 300.0 < 166.17591186942903
+    h.tick()
+    assert h.program("late").status is ProgramStatus.ACTIVE

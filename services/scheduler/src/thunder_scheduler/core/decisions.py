@@ -148,7 +148,7 @@ def _relieve(s: ProgramScheduler, ledger: BackendLedger, now: float) -> None:
 def _force_aged(s: ProgramScheduler, now: float) -> None:
     if not s._waiting:
         return
-    aged = s._waiting.waiting_since_before(now - s.config.max_paused_s)
+    aged = s._waiting.waited_at_least(s.config.max_paused_s, now)
     spared: dict[str, None] = {}
     for program_id in aged:
         program = s._table_get(program_id)

@@ -102,11 +102,13 @@ class WaitingQueue:
             return program_id, since
         return None
 
-    def waiting_since_before(self, bound: float) -> list[str]:
-        """Waiters whose wait started at or before ``bound``, oldest first: O(result)."""
+    def waited_at_least(self, wait_s: float, now: float) -> list[str]:
+        """Waiters with ``since + wait_s <= now``, oldest first: O(result). Written as the
+        sum (not ``since <= now - wait_s``) so it agrees bit for bit with the deadline
+        ``since + wait_s`` that ``ProgramScheduler.next_deadline`` reports."""
         found: list[str] = []
         for program_id, since in self._fifo.items():
-            if since > bound:
+            if since + wait_s > now:
                 break
             found.append(program_id)
         return found
