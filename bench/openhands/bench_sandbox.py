@@ -4,9 +4,11 @@ Each sample is one conversation's start as ThunderWorkspace does it: program sta
 acquire from the scheduler's tool manager, then the first tool call (one exec of ``pwd`` in the
 container, what the agent's first terminal call does). Two specs on the same image differ only
 in ``pool_size``: ``warm`` keeps a pool (the acquire is a hand-over), ``cold`` has none (a
-container is created and started per conversation, like ``DockerWorkspace``). Samples alternate
-warm/cold; each conversation closes (runtime released, program ended) before the next, and the
-pool refills between samples (we wait for ``pool_ready`` so every warm sample finds one).
+container is created and started per conversation, like ``DockerWorkspace``). The tool manager
+recycles released runtimes and shares pools between specs of equal content, so every cold
+sample uses a spec of its own (``cold-<i>``, a distinct env var) that no runtime has served.
+Samples alternate warm/cold; each conversation closes (runtime released, program ended) before
+the next, and the pool refills between samples (we wait for ``pool_ready``).
 
 Needs the private daemon of ``scripts/setup_docker.sh`` (started here if absent).
 Run: ``.venv/bin/python bench/openhands/bench_sandbox.py`` -> bench/results/openhands/sandbox.md
@@ -70,17 +72,19 @@ def main() -> None:
     service = start_service_thread(settings)
     try:
         runtimes = RuntimeClient(ThunderClient(service.url, timeout_s=60))
-        for name, pool in (("warm", 1), ("cold", 0)):
-            runtimes.register_spec(RuntimeSpec(name=name, image="thunder-base:latest",
-                                               pool_size=pool))
+        runtimes.register_spec(RuntimeSpec(name="warm", image="thunder-base:latest",
+                                           pool_size=1, env={"SANDBOX": "warm"}))
         results: dict[str, list[dict[str, float | str]]] = {"warm": [], "cold": []}
-        for _ in range(SAMPLES):
-            for name in ("warm", "cold"):
-                deadline = time.monotonic() + 60
-                while runtimes.get_spec(name).pool_ready < (1 if name == "warm" else 0):
-                    assert time.monotonic() < deadline, "pool did not refill"
-                    time.sleep(0.05)
-                results[name].append(sample(service.url, name))
+        for i in range(SAMPLES):
+            deadline = time.monotonic() + 60
+            while runtimes.get_spec("warm").pool_ready < 1:
+                assert time.monotonic() < deadline, "pool did not refill"
+                time.sleep(0.05)
+            results["warm"].append(sample(service.url, "warm"))
+            cold = f"cold-{i}"
+            runtimes.register_spec(RuntimeSpec(name=cold, image="thunder-base:latest",
+                                               pool_size=0, env={"SANDBOX": cold}))
+            results["cold"].append(sample(service.url, cold))
     finally:
         service.stop()
 
