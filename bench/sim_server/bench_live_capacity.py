@@ -17,11 +17,15 @@ reports over that window:
   Prometheus' ``histogram_quantile``);
 - requests/s and output tokens/s (wall), from ``sglang:num_requests_total`` and
   ``sglang:generation_tokens_total``;
-- the client's own loop lag p99, the noise probe's p99 and the 1-minute load average, to tell a
-  slow server from a busy machine.
+- the server's CPU use (share of one core, from ``/proc/PID/stat``), the client's own loop lag
+  p99, the noise probe's p99 and the 1-minute load average, to tell a slow server from a busy
+  machine.
 
 ``--scales`` re-runs the largest program count at other time scales to find the highest one
-that stays under 10% lost. Writes ``live_capacity.md`` and ``live_capacity.png`` to ``--out``.
+that stays under 10% lost. The machine is shared, so every configuration runs ``--repeats``
+times, interleaved (round-robin over configurations, so a busy minute hits all of them), and
+the table gives the median run (by lost share) with the range of lost shares. Writes
+``live_capacity.md`` and ``live_capacity.png`` to ``--out``.
 
     .venv/bin/python bench/sim_server/bench_live_capacity.py          # defaults as committed
 """
@@ -75,8 +79,11 @@ class Row:
     client_lag_p99_ms: float
     probe_p99_ms: float
     load_avg: float
+    server_cpu: float
     errors: int
     unfinished: int
+    lost_range: tuple[float, float] = (0.0, 0.0)
+    repeats: int = 1
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -119,6 +126,15 @@ def hist_quantile(before: dict[str, float], after: dict[str, float], base: str,
     return lower
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(args: argparse.Namespace, scale: float, log: Path) -> tuple[
         subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "thunder_sim", "serve", "--port", "0", "--time-scale",
@@ -148,12 +164,14 @@ def run_one(args: argparse.Namespace, prompt: str, programs: int, scale: float,
              "--time-scale", str(scale)], stdout=subprocess.PIPE, text=True)
         time.sleep(args.warmup_s)
         before = scrape(url)
+        cpu0 = cpu_s(server.pid)
         t0 = time.monotonic()
         probe = subprocess.Popen([sys.executable, "-c", PROBE, str(args.duration_s)],
                                  stdout=subprocess.PIPE, text=True)
         time.sleep(args.duration_s)
         after = scrape(url)
         window_s = time.monotonic() - t0
+        server_cpu = (cpu_s(server.pid) - cpu0) / window_s
         load_avg = os.getloadavg()[0]
         out, _ = client.communicate(timeout=total_s + 120)
         probe_out, _ = probe.communicate(timeout=60)
@@ -177,26 +195,40 @@ def run_one(args: argparse.Namespace, prompt: str, programs: int, scale: float,
         tokens_per_s=d("sglang:generation_tokens_total") / window_s,
         client_lag_p99_ms=1000 * summary["client_lag_p99_s"],
         probe_p99_ms=1000 * float(probe_out.split()[1]),
-        load_avg=load_avg, errors=int(summary["errors"]),
+        load_avg=load_avg, server_cpu=server_cpu, errors=int(summary["errors"]),
         unfinished=int(summary["unfinished_at_drain"]))
     print(f"{prompt:5s} N={programs:3d} scale={scale:g}: lost {100 * row.lost_share:.1f}% "
           f"lag p50/p99 {row.lag_p50_ms:.1f}/{row.lag_p99_ms:.1f} ms "
           f"{row.requests_per_s:.0f} req/s {row.tokens_per_s:.0f} tok/s "
-          f"(client p99 {row.client_lag_p99_ms:.0f} ms, probe p99 {row.probe_p99_ms:.1f} ms, "
+          f"(server CPU {100 * row.server_cpu:.0f}%, client p99 {row.client_lag_p99_ms:.0f} ms, "
+          f"probe p99 {row.probe_p99_ms:.1f} ms, "
           f"load {row.load_avg:.1f}, errors {row.errors}, unfinished {row.unfinished})",
           flush=True)
     return row
 
 
+def median_row(rs: list[Row]) -> Row:
+    ordered = sorted(rs, key=lambda r: r.lost_share)
+    mid = ordered[(len(ordered) - 1) // 2]
+    mid.lost_range = (ordered[0].lost_share, ordered[-1].lost_share)
+    mid.repeats = len(rs)
+    mid.errors = sum(r.errors for r in rs)
+    mid.unfinished = sum(r.unfinished for r in rs)
+    return mid
+
+
 def table(rows: list[Row]) -> str:
     head = ("| prompt | programs | time scale | lost step time | loop lag p50 | loop lag p99 | "
-            "requests/s | output tokens/s | client lag p99 | machine noise p99 | load avg | "
-            "errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "requests/s | output tokens/s | server CPU | client lag p99 | machine noise p99 | "
+            "load avg | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [
         f"| {r.prompt} | {r.programs} | {r.time_scale:g}"
         + (f" (ended {r.end_time_scale:.2f})" if r.end_time_scale != r.time_scale else "")
-        + f" | **{100 * r.lost_share:.1f}%** | {r.lag_p50_ms:.1f} ms | {r.lag_p99_ms:.1f} ms | "
-        f"{r.requests_per_s:.1f} | {r.tokens_per_s:,.0f} | {r.client_lag_p99_ms:.0f} ms | "
+        + f" | **{100 * r.lost_share:.1f}%** ({100 * r.lost_range[0]:.1f}-"
+        f"{100 * r.lost_range[1]:.1f}%, {r.repeats} runs) | {r.lag_p50_ms:.1f} ms | "
+        f"{r.lag_p99_ms:.1f} ms | "
+        f"{r.requests_per_s:.1f} | {r.tokens_per_s:,.0f} | {100 * r.server_cpu:.0f}% | "
+        f"{r.client_lag_p99_ms:.0f} ms | "
         f"{r.probe_p99_ms:.1f} ms | {r.load_avg:.1f} | {r.errors + r.unfinished} |"
         for r in rows]
     return head + "\n".join(lines) + "\n"
@@ -237,20 +269,22 @@ def main() -> int:
     p.add_argument("--time-scale", type=float, default=20.0)
     p.add_argument("--scales", default="", help="extra scales for the largest program count, "
                    "e.g. 10,5 (trace prompts)")
-    p.add_argument("--warmup-s", type=float, default=8.0)
-    p.add_argument("--duration-s", type=float, default=20.0)
+    p.add_argument("--warmup-s", type=float, default=6.0)
+    p.add_argument("--duration-s", type=float, default=15.0)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--server-args", default="", help="extra thunder-sim serve flags")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sim_server")
     args = p.parse_args()
     programs = [int(x) for x in args.programs.split(",")]
     prompts = args.prompts.split(",")
-    rows: list[Row] = []
+    configs = [(prompt, n, args.time_scale) for prompt in prompts for n in programs]
+    configs += [("trace", max(programs), float(s)) for s in args.scales.split(",") if s]
+    runs: dict[tuple[str, int, float], list[Row]] = {c: [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="sim-capacity-") as tmp:
-        for prompt in prompts:
-            for n in programs:
-                rows.append(run_one(args, prompt, n, args.time_scale, Path(tmp)))
-        for scale in (float(s) for s in args.scales.split(",") if s):
-            rows.append(run_one(args, "trace", max(programs), scale, Path(tmp)))
+        for _ in range(args.repeats):
+            for c in configs:
+                runs[c].append(run_one(args, *c, Path(tmp)))
+    rows = [median_row(rs) for rs in runs.values()]
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python bench/sim_server/bench_live_capacity.py " + " ".join(
         shlex.quote(a) for a in sys.argv[1:])
@@ -265,9 +299,12 @@ def main() -> int:
         "from 2.1k tokens (2,048 shared) growing by the output plus a 64-1,024-token tool "
         "result to 16k, tool gaps U[0.5, 3] modelled seconds.", "",
         table(rows), "",
+        "Each row is the median of its runs by lost share (the other columns are that run's); "
+        "the range of lost shares over all runs is in brackets. Runs were interleaved.", "",
         f"Lost step time: modelled GPU time skipped because the engine loop fell > 20 ms "
         f"behind; results are faithful below {100 * MAX_LOST_SHARE:.0f}%. Loop lag: lateness "
-        "of the loop's wake-ups. Machine noise: a process that only sleeps 5 ms, same window.",
+        "of the loop's wake-ups. Server CPU: share of one core the server process used in the "
+        "window. Machine noise: a process that only sleeps 5 ms, same window.",
     ]
     (args.out / "live_capacity.md").write_text("\n".join(md) + "\n")
     plot(rows, args.out / "live_capacity.png", args.time_scale)

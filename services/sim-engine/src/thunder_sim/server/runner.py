@@ -241,7 +241,9 @@ class EngineRunner:
     def _learn_decode_time(self, result: StepResult) -> None:
         if result.prefill_tokens or not result.decode_tokens or not result.progress:
             return
-        iterations = max(p.new_tokens for p in result.progress)
+        # one token per request means one iteration; else the longest request's count
+        iterations = 1 if result.decode_tokens == len(result.progress) else max(
+            p.new_tokens for p in result.progress)
         if iterations > 0:
             self._decode_iter_model_s = result.duration_s / iterations
 
