@@ -16,11 +16,9 @@ What ``enable(scheduler_url)`` changes, and nothing else:
 3. A conversation created with a ``ThunderWorkspace`` takes the workspace's program id as its
    conversation id (when none is given) and releases the runtime at ``close()``.
 
-Ordering: the program start is queued at conversation creation; ``run()`` waits for the queue
-once, at most :data:`START_FLUSH_TIMEOUT_S`, so the start reaches the scheduler before the
-first LLM request (otherwise the scheduler would create the program from that request, without
-the ``openhands`` framework tag, and refuse the start with 409). A scheduler that is down
-answers at once (connection refused), so the wait only costs time when it hangs.
+Ordering: the program start is queued at conversation creation and never waited for. If the
+first LLM request reaches the scheduler first, the scheduler starts the program from it and
+adopts the metadata (framework ``openhands``, priority, tags) when the start event arrives.
 
 Process-wide state: the toggle patches classes, so it is one object per process
 (``_active``), created by ``enable()`` and dropped by ``disable()``.
@@ -28,12 +26,10 @@ Process-wide state: the toggle patches classes, so it is one object per process
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -43,10 +39,6 @@ from thunder_openhands import routing
 from thunder_openhands.lifecycle import ConversationTracker, Emitter
 
 log = logging.getLogger("thunder_openhands")
-
-START_FLUSH_TIMEOUT_S: Final = 0.5
-"""Longest wait in ``run()`` for the queued program start. The emitter's POST to a live
-scheduler on loopback takes about a millisecond; 0.5 s bounds the cost of a hung one."""
 
 TRACKER_ATTR: Final = "_thunder_tracker"
 _PATCHED: Final = ("__init__", "run", "arun", "close")
@@ -148,16 +140,6 @@ def _route_config() -> routing.RouteConfig | None:
     return active.route if active is not None else None
 
 
-def _flush_start(tracker: ConversationTracker) -> None:
-    if not tracker.start_pending:
-        return
-    tracker.start_pending = False
-    active = _active
-    flush: Callable[..., Any] | None = getattr(active.emitter, "flush", None) if active else None
-    if flush is not None:
-        flush(START_FLUSH_TIMEOUT_S)
-
-
 def _status_of(conversation: Any) -> str | None:
     try:
         status = conversation.state.execution_status
@@ -208,7 +190,6 @@ def _patch(cls: type[Any], originals: dict[str, Any]) -> None:
         if tracker is None:
             return run(self, *args, **kwargs)
         tracker.before_run()
-        _flush_start(tracker)
         try:
             result = run(self, *args, **kwargs)
         except BaseException as exc:
@@ -223,7 +204,6 @@ def _patch(cls: type[Any], originals: dict[str, Any]) -> None:
         if tracker is None:
             return await arun(self, *args, **kwargs)
         tracker.before_run()
-        await asyncio.to_thread(_flush_start, tracker)
         try:
             result = await arun(self, *args, **kwargs)
         except BaseException as exc:
@@ -252,7 +232,6 @@ def _patch(cls: type[Any], originals: dict[str, Any]) -> None:
 
 
 __all__ = [
-    "START_FLUSH_TIMEOUT_S",
     "disable",
     "enable",
     "is_enabled",
