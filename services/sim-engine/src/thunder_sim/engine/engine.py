@@ -37,6 +37,9 @@ as SGLang aborts a lone request that outgrows the pool); if even its prompt cann
 ``step(now, max_decode_steps=k, until_s=t)`` fast-forwards: after the first iteration it runs
 further pure-decode iterations while no prefill could be scheduled, nothing finished or was
 retracted, and the elapsed time stays below ``until_s``; durations add exactly as single steps.
+Cost: O(batch) per *segment* (a run of iterations over an unchanged batch that allocates only
+free pages, see ``_decode``), O(1) scalar work per iteration; an iteration that must evict or
+retract runs the per-request path (``_decode_core``).
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class Engine:
         self._now = 0.0
         self._gen_window: deque[tuple[float, int]] = deque()
         self._gen_window_tokens = 0
-        self._head_need: tuple[tuple[int, int, int], int] | None = None
+        self._head_need_cache: tuple[tuple[int, int, int], int] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -145,43 +148,14 @@ class Engine:
         if not self.has_work():
             self._ratio = self._ratio_init
             return StepResult(duration_s=0.0)
-        first, was_decode = self._iterate(now)
-        if (max_decode_steps == 1 or not was_decode or first.finished or first.retracted
-                or not self._running):
-            return first
-        duration = first.duration_s
-        decode_tokens = first.decode_tokens
-        tokens: dict[str, int] = {p.rid: p.new_tokens for p in first.progress}
-        finished: tuple[FinishedRequest, ...] = ()
-        retracted: tuple[str, ...] = ()
-        # Between changes the batch is the same list object: count iterations per batch and
-        # credit its requests once (O(1) per iteration instead of O(batch) objects).
-        batch: list[ReqState] | None = None
-        repeats = 0
-        for _ in range(max_decode_steps - 1):
-            t = now + duration
-            if (until_s is not None and t >= until_s) or not self._running \
-                    or self._prefill_possible():
-                break
-            dur, decoded, fin, retr = self._decode_core(t)
-            if decoded is not batch:
-                if batch is not None:
-                    for s in batch:
-                        tokens[s.rid] = tokens.get(s.rid, 0) + repeats
-                batch, repeats = decoded, 0
-            repeats += 1
-            duration += dur
-            decode_tokens += len(decoded)
-            if fin or retr:
-                finished, retracted = tuple(fin), tuple(retr)
-                break
-        if batch is not None:
-            for s in batch:
-                tokens[s.rid] = tokens.get(s.rid, 0) + repeats
-        return StepResult(
-            duration_s=duration, decode_tokens=decode_tokens,
-            progress=tuple(TokenProgress(rid, n, False) for rid, n in tokens.items() if n),
-            finished=finished, retracted=retracted)
+        plan = self._schedule_prefill(now)
+        if isinstance(plan, StepResult):
+            return plan
+        if plan:
+            return self._run_prefill(plan, now)
+        if self._running:
+            return self._decode(now, max_decode_steps, until_s)
+        return StepResult(duration_s=0.0)
 
     def flush_cache(self) -> bool:
         """Drop the whole radix cache (and session pins); refused while any request is queued
@@ -237,16 +211,6 @@ class Engine:
 
     # ------------------------------------------------------------------ scheduling
 
-    def _iterate(self, now: float) -> tuple[StepResult, bool]:
-        plan = self._schedule_prefill(now)
-        if isinstance(plan, StepResult):
-            return plan, False
-        if plan:
-            return self._run_prefill(plan, now), False
-        if self._running:
-            return self._run_decode(now), True
-        return StepResult(duration_s=0.0), False
-
     def _reserved_tokens(self) -> float:
         clip = self.config.clip_max_new_tokens
         return self._ratio * sum(min(s.remaining_new_tokens, clip) for s in self._running)
@@ -264,26 +228,24 @@ class Engine:
         need = -(-extend // p) * p + min(st.remaining_new_tokens, self.config.clip_max_new_tokens)
         return extend, need
 
-    def _prefill_possible(self) -> bool:
-        """Would ``_schedule_prefill`` schedule anything now? (Conservative: True may be wrong
-        only in the direction of stopping a fast-forward early.)"""
-        if self._chunked is not None:
-            return True
-        if not self._waiting or len(self._running) >= self.config.max_running_requests:
-            return False
+    def _head_need(self) -> int:
+        """Tokens the admission check asks for the head of the queue (cached per head state
+        and radix version: the match is the only non-O(1) part)."""
         head = self._queue_order()[0]
         key = (head.seq, head.output_tokens, self.memory.cache.version)
-        cached = self._head_need
+        cached = self._head_need_cache
         if cached is not None and cached[0] == key:
-            need = cached[1]
-        else:
-            matched = self.memory.cache.match_len(head.req.prompt_blocks[: head.whole_blocks])
-            need = self._admission_need(head, matched)[1]
-            self._head_need = (key, need)
-        return need < self.memory.available_tokens() - self._reserved_tokens()
+            return cached[1]
+        matched = self.memory.cache.match_len(head.req.prompt_blocks[: head.whole_blocks])
+        need = self._admission_need(head, matched)[1]
+        self._head_need_cache = (key, need)
+        return need
 
     def _schedule_prefill(self, now: float) -> list[tuple[ReqState, int]] | StepResult:
         cfg = self.config
+        if self._chunked is None and (
+                not self._waiting or len(self._running) >= cfg.max_running_requests):
+            return []           # nothing to admit (the loop below would stop at once)
         p = self._page
         mem = self.memory
         plan: list[tuple[ReqState, int]] = []
@@ -404,11 +366,118 @@ class Engine:
         return StepResult(duration_s=duration, prefill_tokens=sum(c.extend_tokens for c in chunks),
                           progress=tuple(progress), finished=tuple(finished))
 
-    def _run_decode(self, now: float) -> StepResult:
-        duration, decoded, finished, retracted = self._decode_core(now)
-        return StepResult(duration_s=duration, decode_tokens=len(decoded),
-                          progress=tuple(TokenProgress(s.rid, 1, False) for s in decoded),
-                          finished=tuple(finished), retracted=tuple(retracted))
+    def _decode(self, now: float, max_iters: int, until_s: float | None) -> StepResult:
+        """Up to ``max_iters`` decode iterations, the first unconditionally, each later one only
+        while ``now + elapsed < until_s`` and no prefill could be scheduled.
+
+        Runs in *segments* over a fixed batch: between two changes of the batch nothing that
+        the per-request state feeds into changes except by +1 token per request per iteration,
+        so a segment needs no per-request loop per iteration. Per request, once per segment:
+        its next page boundary (a histogram over ``kv_tokens mod page`` gives the pages each
+        iteration allocates) and its remaining tokens (the segment ends at the first finish).
+        Per iteration, scalars only, in the same order and with the same float operations as
+        ``_decode_core``: the stop checks, the page allocation from free memory, the
+        ``new_token_ratio`` decay, the roofline duration of ``(batch, context)`` and the
+        context growth by the batch size. An iteration whose pages are not free (it must evict
+        or retract) ends the segment and runs through ``_decode_core``. So the result equals
+        ``max_iters`` single steps exactly, floats included."""
+        p = self._page
+        pool = self.memory.pool
+        counters = self.counters
+        decode_time = self.cost.decode_time_s
+        window = self._gen_window
+        decay, ratio_min = self._ratio_decay, self._ratio_min
+        duration = 0.0
+        iters = 0
+        tokens: dict[str, int] = {}
+        finished: list[FinishedRequest] = []
+        retracted: list[str] = []
+        while iters < max_iters and self._running:
+            running = self._running
+            n = len(running)
+            boundary = [0] * p          # requests whose next page starts i iterations ahead
+            last = max_iters - iters    # the segment's last possible iteration
+            for s in running:
+                boundary[-s.kv_tokens % p] += 1
+                rem = s.req.max_new_tokens - s.output_tokens
+                last = min(last, rem)
+            check = self._prefill_check()
+            free = pool.free_pages
+            ctx = self._ctx_tokens
+            ratio = self._ratio
+            gen = 0
+            j = 0
+            stop = slow = False
+            while j < last:
+                if iters or j:
+                    t = now + duration
+                    if (until_s is not None and t >= until_s) or (
+                            check is not None and check.possible(free, ratio, j)):
+                        stop = True
+                        break
+                need = boundary[j % p]
+                if need > free:
+                    slow = True
+                    break
+                free -= need
+                ratio = max(ratio - decay, ratio_min)
+                d = decode_time(n, ctx)
+                end = now + duration + d
+                duration += d
+                ctx += n
+                window.append((end, n))
+                gen += n
+                j += 1
+            if j:
+                pool.allocate(pool.free_pages - free)
+                for s in running:
+                    o = -s.kv_tokens % p
+                    if j > o:
+                        s.own_pages += (j - 1 - o) // p + 1
+                    s.kv_tokens += j
+                    s.output_tokens += j
+                    tokens[s.rid] = tokens.get(s.rid, 0) + j
+                self._ctx_tokens = ctx
+                self._ratio = ratio
+                self._gen_window_tokens += gen
+                counters.generation_tokens += gen
+                iters += j
+                if j == last and any(
+                        s.output_tokens >= s.req.max_new_tokens for s in running):
+                    self._running = [s for s in running
+                                     if s.output_tokens < s.req.max_new_tokens]
+                    for s in running:
+                        if s.output_tokens >= s.req.max_new_tokens:
+                            self._ctx_tokens -= s.kv_tokens
+                            finished.append(self._finish(s, end, FinishReason.LENGTH))
+                    break
+            if stop:
+                break
+            if slow:   # this iteration must evict or retract: the general path
+                dur, decoded, fin, retr = self._decode_core(now + duration)
+                for s in decoded:
+                    tokens[s.rid] = tokens.get(s.rid, 0) + 1
+                duration += dur
+                iters += 1
+                if fin or retr:
+                    finished.extend(fin)
+                    retracted.extend(retr)
+                    break
+        self._now = max(self._now, now + duration)
+        self._trim_gen_window()
+        return StepResult(
+            duration_s=duration, decode_tokens=sum(tokens.values()),
+            progress=tuple(TokenProgress(rid, k, False) for rid, k in tokens.items() if k),
+            finished=tuple(finished), retracted=tuple(retracted))
+
+    def _prefill_check(self) -> _PrefillCheck | None:
+        """Would ``_schedule_prefill`` schedule anything, over a decode segment (see
+        ``_PrefillCheck``); None when it is False throughout
+        (nothing waits, or the batch is full: neither changes inside a segment)."""
+        if self._chunked is None and (
+                not self._waiting or len(self._running) >= self.config.max_running_requests):
+            return None
+        return _PrefillCheck(self)
 
     def _decode_core(
         self, now: float
@@ -528,3 +597,55 @@ class Engine:
         w = self._gen_window
         while w and w[0][0] < horizon:
             self._gen_window_tokens -= w.popleft()[1]
+
+
+class _PrefillCheck:
+    """Would a prefill be scheduled now? Evaluated inside a decode segment from scalars.
+
+    SGLang admits the head of the queue when ``need < available - reserved`` with
+    ``available = (free + evictable) * page`` and
+    ``reserved = new_token_ratio * sum(min(remaining_new, clip))`` over the running batch.
+    Inside a segment the queue, the radix tree and the locks do not change (an eviction or a
+    retraction ends the segment), so ``need`` and ``evictable`` are constants; ``free`` and
+    the ratio are the segment's scalars; after ``j`` iterations every request has ``j`` fewer
+    tokens to go, so the sum is ``sum(rem_r - j)`` over requests already under the clip plus
+    ``clip`` for the rest, kept with a pointer over the sorted entry points (called with
+    non-decreasing ``j``).
+    """
+
+    __slots__ = ("_always", "_clip", "_cnt", "_cnt_total", "_entry", "_evictable", "_i",
+                 "_need", "_page", "_sum")
+
+    def __init__(self, engine: Engine) -> None:
+        self._always = engine._chunked is not None
+        self._need = 0 if self._always else engine._head_need()
+        self._evictable = engine.memory.cache.evictable_blocks
+        self._page = engine._page
+        clip = engine.config.clip_max_new_tokens
+        self._clip = clip
+        self._cnt = 0           # requests whose min(rem - j, clip) is rem - j
+        self._sum = 0           # their sum of rem
+        over: list[tuple[int, int]] = []
+        for s in engine._running:
+            rem = s.req.max_new_tokens - s.output_tokens
+            if rem <= clip:
+                self._cnt += 1
+                self._sum += rem
+            else:
+                over.append((rem - clip, rem))
+        over.sort()
+        self._entry = over      # (j from which rem - j <= clip, rem)
+        self._i = 0
+        self._cnt_total = len(engine._running)
+
+    def possible(self, free_pages: int, ratio: float, j: int) -> bool:
+        if self._always:
+            return True
+        entry = self._entry
+        while self._i < len(entry) and entry[self._i][0] <= j:
+            self._cnt += 1
+            self._sum += entry[self._i][1]
+            self._i += 1
+        reserved_sum = self._sum - self._cnt * j + self._clip * (self._cnt_total - self._cnt)
+        available = (free_pages + self._evictable) * self._page
+        return self._need < available - ratio * reserved_sum
