@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from core_harness import Harness
 
 from thunder_core.contract import ProgramStatus
 from thunder_scheduler.core.commands import Admit, Hold, Pause, Prewarm, Resume, SetPriority
 
+PINNED = {"high_watermark": 0.95, "low_watermark": 0.80, "acting_half_life_s": 1.0}
+"""The knobs these scenarios were written for (the shipped defaults are chosen by the replay
+sweep and may move; the behaviour tested here must hold at any setting)."""
+
+
+def _thunder(backends: dict[str, int], **knobs: Any) -> Harness:
+    return Harness("thunder", backends, **{**PINNED, **knobs})
+
 
 def busy_backend(n: int, tokens: int, capacity: int = 1000, **knobs: object) -> Harness:
     """``n`` programs with a request in flight each on one backend."""
-    h = Harness("thunder", {"a": capacity}, **knobs)
+    h = _thunder({"a": capacity}, **knobs)
     for i in range(n):
         h.request(f"p{i}", tokens)
     return h
@@ -42,7 +52,7 @@ def test_defect_over_pausing_when_no_acting_program_is_left() -> None:
 
 
 def test_pause_order_acting_before_reasoning_smallest_first() -> None:
-    h = Harness("thunder", {"a": 1000}, acting_half_life_s=1e9)  # no decay: plain sizes
+    h = _thunder({"a": 1000}, acting_half_life_s=1e9)  # no decay: plain sizes
     for pid, tokens in [("r_small", 100), ("r_big", 200), ("a_big", 250), ("a_small", 150)]:
         h.request(pid, tokens)
     for pid, tokens in [("a_big", 250), ("a_small", 150)]:
@@ -110,7 +120,7 @@ def test_defect_new_program_is_admitted_on_arrival_without_waiting_for_a_tick() 
 
 
 def test_defect_large_program_is_not_starved_by_a_stream_of_small_ones() -> None:
-    h = Harness("thunder", {"a": 1000}, max_paused_s=300.0)
+    h = _thunder({"a": 1000}, max_paused_s=300.0)
     h.request("s0", 300)
     h.request("s1", 300)
     (hold,) = h.of(Hold, h.request("large", 500))
@@ -131,7 +141,7 @@ def test_defect_large_program_is_not_starved_by_a_stream_of_small_ones() -> None
 
 
 def test_defect_resume_prefers_the_backend_where_the_kv_still_lives() -> None:
-    h = Harness("thunder", {"a": 1000, "b": 1000})
+    h = _thunder({"a": 1000, "b": 1000})
     for pid, tokens in [("p1", 300), ("p2", 360), ("p3", 300), ("p4", 360)]:
         h.request(pid, tokens)
     assert {c.program_id: c.backend for c in h.of(Admit)} == {
@@ -148,7 +158,7 @@ def test_defect_resume_prefers_the_backend_where_the_kv_still_lives() -> None:
 
 
 def test_restore_migrates_best_fit_when_the_previous_backend_is_full() -> None:
-    h = Harness("thunder", {"a": 1000}, acting_half_life_s=1e9)
+    h = _thunder({"a": 1000}, acting_half_life_s=1e9)
     h.request("p1", 300)
     h.request("p2", 450)
     h.backend_update("b", 1000)
@@ -165,7 +175,7 @@ def test_restore_migrates_best_fit_when_the_previous_backend_is_full() -> None:
 
 
 def test_decay_is_used_identically_so_a_restore_is_not_undone_at_once() -> None:
-    h = Harness("thunder", {"a": 1000})
+    h = _thunder({"a": 1000})
     for i in range(4):
         h.request(f"p{i}", 200)
     for i in range(4):
@@ -182,7 +192,7 @@ def test_decay_is_used_identically_so_a_restore_is_not_undone_at_once() -> None:
 
 
 def test_paused_acting_program_is_prewarmed_before_its_tool_ends() -> None:
-    h = Harness("thunder", {"a": 1000}, acting_half_life_s=1e9, prewarm_lead_s=2.0)
+    h = _thunder({"a": 1000}, acting_half_life_s=1e9, prewarm_lead_s=2.0)
     h.request("tool", 200)
     h.request("r1", 300)
     h.request("r2", 250)
@@ -198,7 +208,7 @@ def test_paused_acting_program_is_prewarmed_before_its_tool_ends() -> None:
 
 
 def test_tool_estimate_drives_the_pre_restore_of_a_paused_program() -> None:
-    h = Harness("thunder", {"a": 1000}, acting_half_life_s=1e9, prewarm_lead_s=2.0)
+    h = _thunder({"a": 1000}, acting_half_life_s=1e9, prewarm_lead_s=2.0)
     # Teach the estimator: "pytest" takes 20 s.
     h.request("t", 100)
     h.finish("t", 100, 0)

@@ -69,6 +69,12 @@ class RunRecorder:
         if since is not None:
             self.paused_s.append(at - since)
 
+    def released(self, program_id: str, at: float) -> None:
+        """A program ended (or its lease expired) while paused: its wait ends here."""
+        since = self.paused_since.pop(program_id, None)
+        if since is not None:
+            self.paused_s.append(at - since)
+
     def close(self, at: float) -> None:
         """Count programs still paused at the end of the run as paused until ``at``."""
         for since in self.paused_since.values():

@@ -233,6 +233,7 @@ class VirtualReplay:
             elif isinstance(cmd, Prewarm):
                 self._prewarm(cmd)
             elif isinstance(cmd, Release):
+                self.recorder.released(cmd.program_id, self._now)
                 for rid in getattr(cmd, "held_request_ids", ()):
                     pending = self._pending.pop(rid, None)
                     if pending is not None:
@@ -338,6 +339,14 @@ class VirtualReplay:
 
     # -- report ---------------------------------------------------------------------------
 
+    def _scheduler_counters(self) -> dict[str, float]:
+        """The core's own counters (forced restores, its max paused time), when it has them."""
+        counters = getattr(self.scheduler, "counters", None)
+        if not isinstance(counters, dict):
+            return {}
+        return {f"scheduler_{k}": v for k, v in counters.items()
+                if k in ("forced_restores", "max_paused_s", "restores", "marks", "prewarms")}
+
     def _report(self, duration_s: float) -> RunReport:
         cfg = self.config
         return summarise(
@@ -349,7 +358,8 @@ class VirtualReplay:
             extra={"prewarms": self._prewarms, "held_requests": self._held,
                    "retractions": sum(e.counters.num_retracted_reqs
                                       for e in self.engines.values()),
-                   "kv_pool_tokens": next(iter(self.engines.values())).capacity_tokens},
+                   "kv_pool_tokens": next(iter(self.engines.values())).capacity_tokens,
+                   **self._scheduler_counters()},
         )
 
 

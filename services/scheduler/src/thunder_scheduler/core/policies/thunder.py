@@ -56,9 +56,9 @@ from thunder_scheduler.core.program_table import Program
 
 @dataclass(frozen=True, slots=True)
 class ThunderConfig:
-    high_watermark: float = 0.95
-    low_watermark: float = 0.80
-    acting_half_life_s: float = 1.0
+    high_watermark: float = 0.98
+    low_watermark: float = 0.90
+    acting_half_life_s: float = 30.0
     promote_after_s: float | None = 150.0
     """Half the default aging bound: a long waiter gets the next room before it is forced."""
     restore_scan_limit: int = 8

@@ -1,0 +1,146 @@
+"""One live-mode point next to the same point in virtual mode (issue 4: live and virtual agree).
+
+Live: ``--replicas`` real ``thunder-sim serve`` processes (h100-qwen3-8b) and one real
+``thunder-scheduler serve`` process in front of them (SGLang backends, ``--policy``), all on
+loopback at ``--time-scale``; the replay's aiohttp client drives programs through the
+scheduler and scrapes the scheduler's and the engines' ``/metrics``. Virtual: the same
+sessions, policy, fleet and run length on the virtual clock. Writes
+``bench/results/replay/live-vs-virtual.{md,json}``.
+
+    .venv/bin/python bench/replay/live_point.py [--multiple 3] [--time-scale 10] \\
+        [--duration-s 1200] [--replicas 2] [--policy thunder]
+
+Every process is started here and terminated here (SIGTERM, then SIGKILL after 10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from compare import OUT, fitting_programs
+
+from thunder_sim.costmodel.presets import get_preset
+from thunder_sim.replay.cli import describe_run
+from thunder_sim.replay.fit import ContextFit
+from thunder_sim.replay.live import LiveConfig, LiveReplay
+from thunder_sim.replay.player import GapPolicy
+from thunder_sim.replay.report import write
+from thunder_sim.replay.trace import default_trace_dir
+from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
+
+SIM_READY = re.compile(r"thunder-sim ready: (http://\S+)")
+SCHED_READY = re.compile(r"listening on (http://\S+)")
+
+
+def _spawn(cmd: list[str], ready: re.Pattern[str], log: Path, stream: str) -> tuple[
+        subprocess.Popen[str], str]:
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            cmd, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE if stream == "stdout" else sink,
+            stderr=subprocess.PIPE if stream == "stderr" else sink)
+    pipe = proc.stdout if stream == "stdout" else proc.stderr
+    assert pipe is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([pipe], [], [], 1.0)
+        if not r:
+            continue
+        line = pipe.readline()
+        if not line:
+            break
+        if m := ready.search(line):
+            return proc, m.group(1)
+    proc.kill()
+    raise RuntimeError(f"{cmd[2:4]} did not start: {log.read_text()[-2000:]}")
+
+
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--multiple", type=int, default=3)
+    ap.add_argument("--policy", default="thunder")
+    ap.add_argument("--time-scale", type=float, default=10.0)
+    ap.add_argument("--duration-s", type=float, default=1200.0)
+    ap.add_argument("--sessions", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--tool-gap-cap-s", type=float, default=300.0)
+    ap.add_argument("--model", default="Qwen/Qwen3-8B", help="the engines' served model name")
+    args = ap.parse_args()
+    fit = ContextFit(sessions=args.sessions, seed=args.seed).load(default_trace_dir())
+    gaps = GapPolicy(tool_gap_cap_s=args.tool_gap_cap_s)
+    pool = get_preset("h100-qwen3-8b").kv_pool_tokens
+    mean_peak = sum(p.peak_context_tokens for p in fit.programs) / len(fit.programs)
+    concurrency = fitting_programs(args.replicas, pool, mean_peak) * args.multiple
+    procs: list[subprocess.Popen[str]] = []
+    logs = tempfile.TemporaryDirectory(prefix="live-point-")
+    try:
+        urls = []
+        for i in range(args.replicas):
+            proc, url = _spawn(
+                [sys.executable, "-m", "thunder_sim", "serve", "--preset", "h100-qwen3-8b",
+                 "--host", "127.0.0.1", "--port", "0", "--time-scale", str(args.time_scale),
+                 "--context-length", "131072"],
+                SIM_READY, Path(logs.name) / f"sim-{i}.log", "stdout")
+            procs.append(proc)
+            urls.append(url)
+        backends = [a for i, u in enumerate(urls) for a in ("--backend", f"engine-{i}@sglang={u}")]
+        proc, target = _spawn(
+            [sys.executable, "-m", "thunder_scheduler", "serve", "--host", "127.0.0.1",
+             "--port", "0", "--policy", args.policy, "--time-scale", str(args.time_scale),
+             "--log-level", "warning", *backends],
+            SCHED_READY, Path(logs.name) / "scheduler.log", "stderr")
+        procs.append(proc)
+        t0 = time.perf_counter()
+        live = asyncio.run(LiveReplay(fit.programs, LiveConfig(
+            target=target, time_scale=args.time_scale, concurrency=concurrency, gaps=gaps,
+            duration_s=args.duration_s, engine_urls=tuple(urls), policy=args.policy,
+            replicas=args.replicas, lifecycle="on", model=args.model), fit=fit.describe()).run())
+        live_wall = time.perf_counter() - t0
+    finally:
+        _stop(procs)
+        logs.cleanup()
+    virtual = VirtualReplay(fit.programs, VirtualConfig(
+        policy=args.policy, replicas=args.replicas, concurrency=concurrency, gaps=gaps,
+        duration_s=args.duration_s), fit=fit.describe()).run()
+    pre = (f"Command: `.venv/bin/python bench/replay/live_point.py {' '.join(sys.argv[1:])}`; "
+           f"live run {live_wall:.0f} s wall at time scale {args.time_scale:g}\n\n"
+           f"{describe_run(fit, gaps, args.time_scale)}\n\n"
+           f"{concurrency} programs ({args.multiple}x the {concurrency // args.multiple} that "
+           f"fit {args.replicas} pools), {args.duration_s:g} modelled s, seed {args.seed}. "
+           f"Live: {args.replicas} `thunder-sim serve` + `thunder-scheduler serve --policy "
+           f"{args.policy}`; virtual: the same policy code on the virtual clock.\n\n"
+           f"Live warnings: {live.extra.get('warnings') or 'none'}; failed live steps: "
+           f"{live.failed_steps} ({live.extra.get('last_error') or '-'})")
+    for path in write([live, virtual], OUT, "live-vs-virtual", pre):
+        print(f"wrote {path}")
+    for r in (live, virtual):
+        print(f"{r.mode}: {r.steps_per_min:.1f} steps/min hit {r.hit_rate:.3f} pauses "
+              f"{r.pauses} extra {r.extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
