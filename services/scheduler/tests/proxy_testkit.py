@@ -67,6 +67,7 @@ class _FakeResponse:
     async def chunks(self) -> AsyncIterator[bytes]:
         for index, chunk in enumerate(self._script.chunks):
             if index == 1 and self._script.stall is not None:
+                self._upstream.stalled.set()
                 await self._script.stall.wait()
             if index == 1 and self._script.fail_mid_body is not None:
                 raise self._script.fail_mid_body
@@ -92,6 +93,8 @@ class FakeUpstream:
         self.closed: list[bool] = []
         self.sent = asyncio.Event()
         """Set once a request was forwarded."""
+        self.stalled = asyncio.Event()
+        """Set when a response body waits on ``Script.stall``."""
         """One entry per closed response: True when it had been read to the end."""
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> _FakeResponse:

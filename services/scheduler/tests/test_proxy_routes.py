@@ -346,3 +346,39 @@ async def test_body_over_the_limit_is_413(declare_length: bool) -> None:
     assert upstream.requests == []
     small = {"model": "smollm2", "messages": MESSAGES}
     assert (await call_asgi(app, CHAT, small, send_content_length=declare_length)).status == 200
+
+
+async def test_overhead_excludes_time_held_by_the_scheduler() -> None:
+    gate, upstream, _ = _setup(Script(chunks=[orjson.dumps(COMPLETION)]))
+    gate.hold = asyncio.Event()
+    task = asyncio.create_task(call_asgi(make_app(gate, upstream), CHAT,
+                                         {"model": "smollm2", "messages": MESSAGES}))
+    await asyncio.wait_for(gate.holding.wait(), 5)
+    await asyncio.sleep(0.3)  # the program is held for 300 ms: scheduling, not proxy cost
+    gate.hold.set()
+    assert (await asyncio.wait_for(task, 5)).status == 200
+    [(overhead_s, _)] = gate.overheads
+    assert 0 <= overhead_s < 0.3
+
+
+async def test_server_shutdown_mid_request_finishes_it_and_propagates() -> None:
+    stall = asyncio.Event()
+    gate, upstream, _ = _setup(Script(chunks=[b"{", b"}"], stall=stall))
+    task = asyncio.create_task(call_asgi(make_app(gate, upstream), CHAT,
+                                         {"model": "smollm2", "messages": MESSAGES},
+                                         headers={"X-Thunder-Program-Id": "prog-f"}))
+    await asyncio.wait_for(upstream.stalled.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert upstream.closed == [False]
+    assert [f.outcome for f in gate.finished] == [RequestOutcome.DISCONNECTED]
+
+
+async def test_non_integer_content_length_is_400() -> None:
+    gate, upstream, _ = _setup(Script(chunks=[b"{}"]))
+    result = await call_asgi(make_app(gate, upstream), CHAT,
+                             {"model": "smollm2", "messages": MESSAGES},
+                             send_content_length=False, headers={"Content-Length": "ten"})
+    assert result.status == 400
+    assert "Content-Length" in result.json()["error"]
