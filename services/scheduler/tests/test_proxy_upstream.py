@@ -143,3 +143,23 @@ def test_streaming_and_reuse_on_uvloop(name: str) -> None:
             await runner.cleanup()
 
     uvloop.run(scenario())
+
+
+async def test_raw_client_does_not_reuse_a_connection_idle_too_long(
+    engine: tuple[Engine, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thunder_scheduler.proxy import upstream_raw
+
+    state, url = engine
+    monkeypatch.setattr(upstream_raw, "_IDLE_REUSE_S", 0.05)
+    client = upstream_raw.RawUpstream(ProxySettings())
+    try:
+        for pause_s in (0.0, 0.0, 0.2):
+            await asyncio.sleep(pause_s)
+            response = await client.send(f"{url}/whole", b"{}", {})
+            assert await response.read() == b'{"ok": true}'
+            await response.aclose()
+    finally:
+        await client.aclose()
+    assert state.peers[0] == state.peers[1]   # reused while fresh
+    assert state.peers[2] != state.peers[1]   # a new connection after 0.2 s idle

@@ -11,7 +11,8 @@ decodes chunked transfer encoding.
 Behaviour (the same contract as the other clients, checked by the same conformance suite):
 
 * connections are kept per ``(host, port)`` and reused when a response was read to its end
-  and the engine allowed keep-alive; at most ``upstream_max_connections`` idle ones are kept;
+  and the engine allowed keep-alive; at most ``upstream_max_connections`` idle ones are kept,
+  and one idle for more than ``_IDLE_REUSE_S`` is closed rather than reused;
 * ``upstream_connect_timeout_s`` bounds connecting, ``upstream_read_timeout_s`` bounds every
   wait for the engine's next bytes (``UpstreamTimeout``); a refused / reset / prematurely
   closed connection or an unparsable answer is ``UpstreamUnreachable``;
@@ -37,6 +38,11 @@ from thunder_scheduler.proxy.upstream import UpstreamResponse, UpstreamTimeout, 
 
 __all__ = ["RawUpstream"]
 
+_IDLE_REUSE_S: Final = 4.0
+"""A pooled connection idle longer than this is closed instead of reused. SGLang and vLLM serve
+through uvicorn, whose ``timeout_keep_alive`` default of 5 s closes idle connections; reusing
+one just as the engine closes it would fail a POST that cannot be safely retried."""
+
 _HIGH_WATER_BYTES: Final = 256 * 1024
 """Pause reading from the engine above this much unconsumed body (our choice: a few hundred
 SSE chunks; flow control only matters for clients slower than the engine)."""
@@ -55,6 +61,7 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.failure: Exception | None = None
+        self.idle_since = 0.0
         self._chunks: deque[bytes] = deque()
         self._buffered_bytes = 0
         self._paused = False
@@ -203,7 +210,7 @@ class RawUpstream:
         self.connect_timeout_s = settings.upstream_connect_timeout_s
         self.read_timeout_s = settings.upstream_read_timeout_s
         self._max_idle = settings.upstream_max_connections
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._idle_count = 0
         self._targets: dict[str, tuple[tuple[str, int], bytes]] = {}
 
@@ -223,13 +230,20 @@ class RawUpstream:
 
     async def _connect(self, key: tuple[str, int]) -> _Connection:
         idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            self._idle_count -= 1
-            if not conn.closed:
+        loop = asyncio.get_running_loop()
+        if idle:
+            # oldest first: drop the ones idle too long, reuse the first fresh one.
+            stale_before = loop.time() - _IDLE_REUSE_S
+            while idle:
+                conn = idle.popleft()
+                self._idle_count -= 1
+                if conn.closed:
+                    continue
+                if conn.idle_since < stale_before:
+                    conn.close()
+                    continue
                 conn.reset()
                 return conn
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, conn = await loop.create_connection(_Connection, key[0], key[1])
@@ -245,7 +259,8 @@ class RawUpstream:
         if self._idle_count >= self._max_idle:
             conn.close()
             return
-        self._idle.setdefault(key, []).append(conn)
+        conn.idle_since = asyncio.get_running_loop().time()
+        self._idle.setdefault(key, deque()).append(conn)
         self._idle_count += 1
 
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
