@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import platform
 import random
 import statistics
@@ -38,7 +39,8 @@ TOOLS = ("bash", "pytest", "search", "edit")
 
 
 def run(
-    policy: str, programs: int, backends: int, events: int, warmup: int, seed: int
+    policy: str, programs: int, backends: int, events: int, warmup: int, seed: int,
+    freeze: bool = True,
 ) -> dict[str, float]:
     rng = random.Random(seed)
     scheduler = make_scheduler(policy)
@@ -72,6 +74,11 @@ def run(
         rid = f"{pid}:{seq}"
         state[pid] = f"flight:{rid}"
         feed(RequestArrived(now, pid, rid, context[pid]), False)
+    if freeze:
+        # What a long-running service does after start-up: move the live objects out of the
+        # cyclic collector's generations, so a collection does not walk 10^5 program records.
+        gc.collect()
+        gc.freeze()
     total = warmup + events
     done = 0
     while done < total:
@@ -130,21 +137,27 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--policies", default="thunder,sticky,continuum,autellix")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-gc-freeze", action="store_true",
+                        help="leave the cyclic GC as is (default: gc.freeze() after set-up)")
     args = parser.parse_args()
     if args.programs < 1 or args.events < 1 or args.warmup < 0:
         parser.error("--programs and --events must be >= 1, --warmup >= 0")
     rows = []
     for backends in (2, 4):
         for policy in args.policies.split(","):
+            gc.unfreeze()
             gc.collect()
-            result = run(policy, args.programs, backends, args.events, args.warmup, args.seed)
+            result = run(policy, args.programs, backends, args.events, args.warmup, args.seed,
+                         freeze=not args.no_gc_freeze)
             rows.append((backends, policy, result))
             print(backends, policy, {k: round(v, 1) for k, v in result.items()}, flush=True)
     command = (
         "python bench/policy/bench_decision_latency.py "
         f"--programs {args.programs} --events {args.events} --warmup {args.warmup} "
         f"--seed {args.seed} --policies {args.policies}"
+        + (" --no-gc-freeze" if args.no_gc_freeze else "")
     )
+    load = os.getloadavg()
     lines = [
         "# Decision latency of the scheduling core",
         "",
@@ -153,7 +166,9 @@ def main() -> None:
         " KV pools sized for a third of the programs (3x oversubscription). Target: p99 < 1 ms.",
         "",
         f"Machine: {platform.processor() or platform.machine()},"
-        f" Python {platform.python_version()}, shared 2-core VM (noisy: compare rows of one run).",
+        f" Python {platform.python_version()}, shared 2-core VM (noisy: compare rows of one run);"
+        f" load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min);"
+        f" gc.freeze() after set-up: {'no' if args.no_gc_freeze else 'yes'}.",
         "",
         f"Command: `{command}`",
         "",

@@ -100,7 +100,7 @@ def main() -> int:
     ap.add_argument("--tool-gap-cap-s", type=float, default=300.0)
     ap.add_argument("--multiples", default=",".join(map(str, MULTIPLES)))
     ap.add_argument("--knobs", default="{}",
-                    help='JSON: policy name -> knobs, e.g. \'{"thunder": {"acting_half_life_s": 30}}\'')
+                    help='JSON policy -> knobs, e.g. {"thunder": {"acting_half_life_s": 30}}')
     ap.add_argument("--name", default="compare")
     args = ap.parse_args()
     knobs: dict[str, dict[str, Any]] = json.loads(args.knobs)

@@ -7,15 +7,19 @@ rationale. What it ports and how it differs:
   reasoning program once no acting one was left) exceed ``high_watermark x capacity``, and
   only down to ``low_watermark x capacity`` (an irredundant set; the scheduler's
   ``decisions.py``). Admission and restore fill only up to the low watermark.
-  Defaults 0.95 / 0.80 are Dynamo's port's (pause above 0.95, down to 0.80); the paper sets
-  both to 1, which pauses and restores on every small growth.
+  Defaults 0.98 / 0.90 measured on the trace replay (``bench/results/replay/
+  sweep-thunder.md``: 7% more steps/min than Dynamo's port's 0.95 / 0.80 at 3x
+  oversubscription, same hit rate); the paper sets both to 1, which pauses and restores on
+  every small growth.
 * **Pause order** ``pause_key``: acting before reasoning, smallest context first (the
   paper's S_pause = 1/c + I(acting): recomputation cost grows with c^2).
 * **Acting weight**: ``c * 2 ** (-t / acting_half_life_s)``, t = seconds since the program
   left the LLM, used identically for admission, restore and pause (ThunderAgent applied the
   decay only when resuming, so a tick could resume a program and pause another at once).
-  Default half-life 1 s: the paper's f(t) = 2^-t with t in seconds, Dynamo's tau = 1 s, and
-  the paper reports throughput insensitive to bases 2-8 (half-lives 1 to 1/3 s). When the
+  Default half-life 30 s of modelled time, measured on the trace replay
+  (``sweep-thunder.md``): 1 s (the paper's f(t) = 2^-t read in seconds, Dynamo's tau) was
+  the worst at 3x oversubscription (agent tools last tens of seconds, so their KV was given
+  away and re-prefilled); 10-30 s the best; 120 s and above lose throughput again. When the
   tool's duration is predicted (hint or per-tool EWMA), the weight returns to full
   ``prewarm_lead_s`` before the predicted end (anticipated return), and a program paused
   during the tool is prewarmed then.
