@@ -44,6 +44,7 @@ retract runs the per-request path (``_decode_core``).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from thunder_sim.costmodel.base import CostModel, PrefillChunk
@@ -387,6 +388,7 @@ class Engine:
         decode_time = self.cost.decode_time_s
         window = self._gen_window
         decay, ratio_min = self._ratio_decay, self._ratio_min
+        limit_s = math.inf if until_s is None else until_s
         duration = 0.0
         iters = 0
         tokens: dict[str, int] = {}
@@ -409,12 +411,10 @@ class Engine:
             j = 0
             stop = slow = False
             while j < last:
-                if iters or j:
-                    t = now + duration
-                    if (until_s is not None and t >= until_s) or (
-                            check is not None and check.possible(free, ratio, j)):
-                        stop = True
-                        break
+                if (iters or j) and (now + duration >= limit_s or (
+                        check is not None and check.possible(free, ratio, j))):
+                    stop = True
+                    break
                 need = boundary[j % p]
                 if need > free:
                     slow = True
