@@ -335,7 +335,7 @@ class SchedulerGate:
         self._arrived: set[str] = set()
         policy = getattr(driver.core, "policy", None)
         self._blocks_tokens: int | None = None
-        if getattr(policy, "reads_prompt_blocks", getattr(policy, "name", None) == "cache_aware"):
+        if getattr(policy, "reads_prompt_blocks", False):
             config = getattr(policy, "config", None)
             block_tokens = getattr(config, "block_tokens", PROMPT_BLOCK_TOKENS)
             self._blocks_tokens = block_tokens if isinstance(block_tokens, int) \

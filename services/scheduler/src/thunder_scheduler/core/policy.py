@@ -145,6 +145,7 @@ class Policy(Protocol):
     restore_scan_limit: int
     promote_after_s: float | None
     routes_requests: bool
+    reads_prompt_blocks: bool
 
     def place(self, program: Program, view: PolicyView) -> str | None: ...
 
@@ -216,6 +217,9 @@ class BasePolicy:
     restore_scan_limit = 16
     promote_after_s: float | None = None
     routes_requests = False
+    reads_prompt_blocks = False
+    """True when the policy reads ``RequestArrived.prompt_blocks`` (the driver computes the
+    fingerprint only then, so other policies pay nothing for it)."""
 
     def place(self, program: Program, view: PolicyView) -> str | None:
         if program.backend is not None:

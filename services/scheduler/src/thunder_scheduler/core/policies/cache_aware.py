@@ -248,6 +248,7 @@ class CacheAwarePolicy(BasePolicy):
     name = "cache_aware"
     pauses = False
     routes_requests = True
+    reads_prompt_blocks = True
 
     def __init__(self, config: CacheAwareConfig | None = None) -> None:
         self.config = config or CacheAwareConfig()
