@@ -39,6 +39,8 @@ Untagged requests (no program id) never join a program: they are routed by the c
 Pre-response estimate of prompt tokens (:func:`estimate_prompt_tokens`), used only until the
 engine reports exact usage for the request:
 
+* a body carrying the simulator's trace extension counts ``thunder_trace.prompt_tokens``, the
+  length the simulated engine will prefill (a trace replay's chat ``messages`` are a stub);
 * token ids sent as such (SGLang ``input_ids``, a completions ``prompt`` of ints) are counted
   exactly;
 * text is counted as ``ceil(utf8_bytes / 4)``: OpenAI's rule of thumb "one token is about four
@@ -200,6 +202,11 @@ def _prompt_tokens(prompt: Any) -> int:
 
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     """Estimate a request's prompt tokens before the engine answers (module docstring)."""
+    trace = body.get("thunder_trace")
+    if isinstance(trace, Mapping):  # the simulator's extension states the exact prompt length
+        stated = trace.get("prompt_tokens")
+        if isinstance(stated, int) and not isinstance(stated, bool) and stated > 0:
+            return stated
     messages = body.get("messages")
     if isinstance(messages, list):
         total = TOKENS_REPLY_PRIMING
