@@ -95,9 +95,11 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
-def _wrk(url: str, concurrency: int, duration_s: int, stream: bool, nice: int) -> dict[str, float]:
+def _wrk(url: str, concurrency: int, duration_s: int, stream: bool, nice: int,
+         programs: int = 0) -> dict[str, float]:
     body = dict(BODY, stream=True) if stream else BODY
-    env = dict(os.environ, WRK_BODY=json.dumps(body, separators=(",", ":")))
+    env = dict(os.environ, WRK_BODY=json.dumps(body, separators=(",", ":")),
+               WRK_PROGRAMS=str(programs))
     prefix = ["nice", "-n", str(nice)] if nice else []
     out = subprocess.run(
         [*prefix, "wrk", "-t1", f"-c{concurrency}", f"-d{duration_s}s", "--timeout", "10s",
@@ -155,7 +157,8 @@ def measure(args: argparse.Namespace) -> tuple[list[Run], dict[str, float]]:
                         stats = _wrk(direct, conc, args.duration_s, stream, args.nice)
                         runs.append(_run(client, stream, conc, "direct", stats, None))
                         before = _cpu_s(proxy.pid)
-                        stats = _wrk(proxied, conc, args.duration_s, stream, args.nice)
+                        stats = _wrk(proxied, conc, args.duration_s, stream, args.nice,
+                                     args.programs)
                         cpu = _cpu_s(proxy.pid) - before
                         runs.append(_run(client, stream, conc, "proxied", stats, cpu))
                         print(f"{client:8} stream={stream!s:5} c={conc:<4} "
@@ -189,10 +192,12 @@ def report(runs: list[Run], client_cpu: dict[str, float], args: argparse.Namespa
         f"Mode: `{args.mode}` ("
         + ("the real `create_app` service, default settings and policy"
            if args.mode == "service" else "router alone behind a trivial PassThroughGate")
-        + f"); {args.duration_s} s per run; load generator `wrk -t1` with `post.lua`; "
-        f"machine: {os.cpu_count()} cores, load average at start "
-        f"{os.getloadavg()[0]:.1f} (shared with other work). Latency is wrk's, request sent "
-        "to last byte; added = proxied minus direct, from runs taken back to back.",
+        + f"); {args.duration_s} s per run; load generator `wrk -t1` with `post.lua`"
+        + (f"; proxied requests tagged with `X-Thunder-Program-Id`, cycling over "
+           f"{args.programs} programs" if args.programs else "; requests untagged (no program id)")
+        + f"; machine: {os.cpu_count()} cores, 1-minute load average {args.load_start:.2f} at the "
+        f"start and {args.load_end:.2f} at the end (shared with other work). Latency is wrk's, "
+        "request sent to last byte; added = proxied minus direct, from runs taken back to back.",
         "",
         "| client | stream | conc | direct p50 ms | proxied p50 ms | added p50 ms | "
         "direct p99 ms | proxied p99 ms | added p99 ms | direct req/s | proxied req/s | "
@@ -287,17 +292,24 @@ def main() -> None:
     parser.add_argument("--clients", nargs="+", default=["aiohttp", "httpx", "raw"])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 64, 256])
     parser.add_argument("--duration-s", type=int, default=5)
+    parser.add_argument("--programs", type=int, default=0,
+                        help="proxied requests carry X-Thunder-Program-Id, cycling over this "
+                             "many programs (0: untagged, the default)")
+    parser.add_argument("--suffix", default="",
+                        help="appended to the output file names (results<suffix>.md, ...)")
     parser.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "proxy")
     args = parser.parse_args()
     command = "python bench/proxy/bench_proxy.py " + " ".join(sys.argv[1:])
+    args.load_start = os.getloadavg()[0]
     runs, client_cpu = measure(args)
+    args.load_end = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "results" if args.mode == "service" else "results_bare"
+    stem = ("results" if args.mode == "service" else "results_bare") + args.suffix
     (args.out / f"{stem}.json").write_text(json.dumps(
         {"runs": [asdict(r) for r in runs], "client_cpu_us_per_request": client_cpu}, indent=1))
     (args.out / f"{stem}.md").write_text(report(runs, client_cpu, args, command.strip()))
-    plot(runs, args.out / f"proxy_cost{'' if args.mode == 'service' else '_bare'}.png")
+    plot(runs, args.out / f"proxy_cost{'' if args.mode == 'service' else '_bare'}{args.suffix}.png")
     print((args.out / f"{stem}.md").read_text())
 
 

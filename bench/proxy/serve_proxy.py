@@ -5,7 +5,7 @@ Modes:
 * ``service``: the real service, ``thunder_scheduler.app.create_app`` with the default
   settings (default policy) and ``--backend sglang=ENGINE``; the upstream client from
   ``--client``.
-* ``bare``: only ``create_proxy_router`` in a minimal FastAPI app, with
+* ``bare``: only the proxy's endpoints in a minimal ``FastPathApp`` (as in the service), with
   :class:`PassThroughGate`, a trivial gate that places every request on the one backend and
   records nothing: it isolates the data plane's own cost from the scheduler's.
 
@@ -28,7 +28,12 @@ from thunder_scheduler.backends.base import RequestHints
 from thunder_scheduler.backends.sglang import SGLangBackend
 from thunder_scheduler.core.events import RequestOutcome
 from thunder_scheduler.gate import Placement, Usage
-from thunder_scheduler.proxy import ProxySettings, create_proxy_router, create_upstream_client
+from thunder_scheduler.proxy import (
+    FastPathApp,
+    ProxyEndpoints,
+    ProxySettings,
+    create_upstream_client,
+)
 
 
 class PassThroughGate:
@@ -56,6 +61,9 @@ class PassThroughGate:
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
         return None
 
+    def report_upstream_failure(self, backend: str, reason: str) -> None:
+        return None
+
     def models(self) -> list[dict[str, Any]]:
         return [{"id": "zero", "object": "model"}]
 
@@ -68,10 +76,10 @@ def build_app(mode: str, client: str, engine: str) -> FastAPI:
         return create_app(ServiceSettings(backends=[f"sglang={engine}"], upstream_client=client))
     settings = ProxySettings(upstream_client=client)  # type: ignore[arg-type]
     backend = SGLangBackend("zero", engine, httpx.AsyncClient())
-    app = FastAPI()
-    app.include_router(
-        create_proxy_router(PassThroughGate(backend), create_upstream_client(settings), settings)
-    )
+    proxy = ProxyEndpoints(PassThroughGate(backend), create_upstream_client(settings), settings)
+    app = FastPathApp()  # as in the service: hot POSTs served ahead of FastAPI's routing
+    app.include_router(proxy.router())
+    app.serve_proxy_first(proxy)
     return app
 
 

@@ -3,8 +3,9 @@
 * ``FakeUpstream``: a scripted ``UpstreamClient``: records every forwarded request and
   answers with a scripted status and chunks, or fails (unreachable / timeout), for fault
   injection. It records whether a response was closed before its end (an abort).
-* ``RecordingGate``: a ``RequestGate`` with one backend that records ``finish`` calls and can
-  hold ``acquire`` until released, or refuse with a ``GateError``.
+* ``RecordingGate``: a ``RequestGate`` with one backend that records ``finish`` calls and
+  upstream failure reports, and can hold ``acquire`` until released, or refuse with a
+  ``GateError``.
 * ``call_asgi``: drives the app like uvicorn does, including a client that leaves
   (``http.disconnect``) at a chosen moment.
 """
@@ -24,7 +25,12 @@ from thunder_scheduler.backends.base import Backend, RequestHints
 from thunder_scheduler.backends.sglang import SGLangBackend
 from thunder_scheduler.core.events import RequestOutcome
 from thunder_scheduler.gate import GateError, Placement, Usage
-from thunder_scheduler.proxy import ProxySettings, create_proxy_router
+from thunder_scheduler.proxy import (
+    FastPathApp,
+    ProxyEndpoints,
+    ProxySettings,
+    create_proxy_router,
+)
 from thunder_scheduler.proxy.upstream import UpstreamTimeout, UpstreamUnreachable
 
 ENGINE_URL = "http://engine.test:30000"
@@ -127,6 +133,7 @@ class RecordingGate:
         self.known_models = models
         self.finished: list[Finished] = []
         self.overheads: list[tuple[float, bool]] = []
+        self.upstream_failures: list[tuple[str, str]] = []
         self.acquired: list[tuple[str | None, str, dict[str, Any]]] = []
         self.hold: asyncio.Event | None = None
         self.holding = asyncio.Event()
@@ -166,6 +173,9 @@ class RecordingGate:
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
         self.overheads.append((seconds, streaming))
 
+    def report_upstream_failure(self, backend: str, reason: str) -> None:
+        self.upstream_failures.append((backend, reason))
+
     def models(self) -> list[dict[str, Any]]:
         return [{"id": m, "object": "model", "owned_by": "thunder"} for m in self.known_models]
 
@@ -190,8 +200,18 @@ def sglang_backend(recorder: AbortRecorder) -> SGLangBackend:
 
 
 def make_app(gate: RecordingGate, upstream: FakeUpstream, **settings: Any) -> FastAPI:
+    """The router alone in a plain FastAPI app (every request through FastAPI's routing)."""
     app = FastAPI()
     app.include_router(create_proxy_router(gate, upstream, ProxySettings(**settings)))
+    return app
+
+
+def make_fast_path_app(gate: RecordingGate, upstream: FakeUpstream, **settings: Any) -> FastAPI:
+    """The router in a ``FastPathApp``, hot POSTs served ahead of FastAPI (as the service)."""
+    proxy = ProxyEndpoints(gate, upstream, ProxySettings(**settings))
+    app = FastPathApp()
+    app.include_router(proxy.router())
+    app.serve_proxy_first(proxy)
     return app
 
 

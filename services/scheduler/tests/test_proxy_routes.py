@@ -205,6 +205,18 @@ async def test_upstream_failure_answers_json_naming_the_backend(
     assert "sglang-0" in reason and words in reason
     [fin] = gate.finished
     assert fin.outcome is RequestOutcome.ERROR and fin.request_id == "p:1"
+    # a refused connection counts against the backend's health; a slow engine does not
+    expected = [("sglang-0", "connection refused")] if status == 502 else []
+    assert gate.upstream_failures == expected
+
+
+async def test_connection_broken_while_reading_is_502_and_reported() -> None:
+    gate, upstream, _ = _setup(Script(chunks=[b"{", b"}"],
+                                      fail_mid_body=UpstreamUnreachable("reset by peer")))
+    result = await call_asgi(make_app(gate, upstream), CHAT,
+                             {"model": "smollm2", "messages": MESSAGES})
+    assert result.status == 502 and "sglang-0" in result.json()["error"]
+    assert gate.upstream_failures == [("sglang-0", "reset by peer")]
 
 
 async def test_timeout_while_reading_a_complete_response_is_504() -> None:
@@ -213,6 +225,7 @@ async def test_timeout_while_reading_a_complete_response_is_504() -> None:
                              {"model": "smollm2", "messages": MESSAGES})
     assert result.status == 504
     assert [f.outcome for f in gate.finished] == [RequestOutcome.ERROR]
+    assert gate.upstream_failures == []
 
 
 async def test_engine_dying_mid_stream_ends_the_stream_with_an_error_event() -> None:
@@ -226,6 +239,7 @@ async def test_engine_dying_mid_stream_ends_the_stream_with_an_error_event() -> 
     last = orjson.loads(result.chunks[-1].removeprefix(b"data: "))
     assert "sglang-0" in last["error"]["message"]
     assert [f.outcome for f in gate.finished] == [RequestOutcome.ERROR]
+    assert gate.upstream_failures == [("sglang-0", "reset")]
 
 
 async def test_client_leaving_mid_stream_aborts_upstream_and_finishes_disconnected() -> None:

@@ -170,3 +170,41 @@ def test_vllm_backends_are_built_with_the_operators_engine_flags(enabled: bool) 
     assert backend.capabilities.cached_tokens_in_usage
     body = backend.decorate("/v1/completions", {}, RequestHints("p", "p:1", priority=2))
     assert body.get("priority") == (-2 if enabled else None)
+
+
+def test_cli_tool_flags_merge_with_env_and_toml_field_by_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    config = _toml(tmp_path, "[tools]\nbackend = \"local\"\nmax_runtimes = 5\n")
+    monkeypatch.setenv("THUNDER_TOOLS__EXEC_TIMEOUT_S", "30")
+    assert main(["check-config", "--config", str(config), "--tools-max-runtimes", "8",
+                 "--no-tools-prepare-on-admit"]) == 0
+    tools = json.loads(capsys.readouterr().out)["tools"]
+    assert tools["max_runtimes"] == 8            # flag beats the file
+    assert tools["backend"] == "local"           # the file's other field is kept
+    assert tools["exec_timeout_s"] == 30.0       # and the env var's
+    assert tools["prepare_on_admit"] is False
+
+
+def test_cli_bad_tool_flag_names_the_flag_and_env_var(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--tools-max-runtimes", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "THUNDER_TOOLS__MAX_RUNTIMES / --tools-max-runtimes:" in err
+    assert "Traceback" not in err
+
+
+def test_every_tool_setting_has_a_flag_and_is_documented(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from thunder_scheduler.tools.settings import ToolManagerSettings
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "configuration.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    for name in ToolManagerSettings.model_fields:
+        flag = "--tools-" + name.replace("_", "-")
+        assert f"| `tools.{name}` | `{flag}` |" in doc, name
+        assert flag in help_text, name

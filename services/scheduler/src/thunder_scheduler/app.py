@@ -12,9 +12,11 @@ Parts, created here and started / stopped by the FastAPI lifespan:
   lifespan, its metrics on the app's registry, told by the driver when programs queue, are
   admitted, restore and end (``driver.ProgramHooks``).
 
-Routes: ops (``/health``, ``/ready``, ``/metrics``, open), lifecycle (admin key), the proxy's
-OpenAI / SGLang routes (client key), and the tool manager's (admin key, every one of them:
-exec runs commands) when enabled.
+Routes: the proxy's OpenAI / SGLang routes (client key; included first, and their hot
+``POST`` paths served ahead of FastAPI's middleware and route matching by
+``proxy.fast_path.FastPathApp``), ops (``/health``, ``/ready``, ``/metrics``, open), lifecycle
+(admin key), and the tool manager's (admin key, every one of them: exec runs commands) when
+enabled.
 
 Everything a test may want to reach is on ``app.state.thunder`` (a :class:`ServiceParts`).
 """
@@ -28,9 +30,11 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope
 
-from thunder_scheduler.auth import require_key
+from thunder_scheduler.auth import KeyCheck, require_key
 from thunder_scheduler.backends.base import Backend, BackendKind
 from thunder_scheduler.backends.monitor import BackendMonitor, MonitorConfig
 from thunder_scheduler.backends.registry import make_backend, parse_backend_spec
@@ -40,12 +44,13 @@ from thunder_scheduler.core.policies import POLICIES
 from thunder_scheduler.core.registry import make_scheduler
 from thunder_scheduler.core.scheduler import ProgramScheduler
 from thunder_scheduler.driver import Driver
-from thunder_scheduler.errors import install_error_handlers
+from thunder_scheduler.errors import ServiceError, error_response, install_error_handlers
 from thunder_scheduler.gate import SchedulerGate
 from thunder_scheduler.lifecycle_api import BodyLimitMiddleware, create_lifecycle_router
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduler.ops_api import create_ops_router
-from thunder_scheduler.proxy.routes import create_proxy_router
+from thunder_scheduler.proxy.fast_path import AdmitCheck, FastPathApp
+from thunder_scheduler.proxy.routes import ProxyEndpoints
 from thunder_scheduler.proxy.upstream import UpstreamClient, create_upstream_client
 from thunder_scheduler.settings import ServiceSettings, SettingsError, setting_names
 
@@ -224,7 +229,7 @@ def create_app(
             if owns_http:
                 await control_http.aclose()
 
-    app = FastAPI(
+    app = FastPathApp(
         title="Thunder scheduler",
         summary="Program-aware OpenAI / SGLang-compatible proxy and scheduler",
         lifespan=lifespan,
@@ -233,14 +238,18 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     require_admin = require_key(_secret(settings.admin_key), "admin")
+    client_key = _secret(settings.api_key)
+    proxy = ProxyEndpoints(gate, upstream, proxy_settings)
+    # the proxy's routes first: the hot paths match before the ops / lifecycle / tools ones.
+    if client_key is None:
+        app.include_router(proxy.router())
+        app.serve_proxy_first(proxy)
+    else:
+        require_client = require_key(client_key, "api")
+        app.include_router(proxy.router(), dependencies=[Depends(require_client)])
+        app.serve_proxy_first(proxy, _admit_with(require_client))
     app.include_router(create_ops_router(lambda: monitor, lambda: driver, metrics))
     app.include_router(create_lifecycle_router(lambda: driver, require_admin))
-    client_key = _secret(settings.api_key)
-    proxy_router = create_proxy_router(gate, upstream, proxy_settings)
-    if client_key is None:
-        app.include_router(proxy_router)
-    else:
-        app.include_router(proxy_router, dependencies=[Depends(require_key(client_key, "api"))])
     if tools is not None:
         from thunder_scheduler.tools.api import create_tools_router
 
@@ -250,6 +259,20 @@ def create_app(
             dependencies=[Depends(require_admin)],
         )
     return app
+
+
+def _admit_with(check: KeyCheck) -> AdmitCheck:
+    """The fast path's key check: the FastAPI dependency's check and error body, as ASGI."""
+
+    async def admit(scope: Scope, receive: Receive) -> Response | None:
+        try:
+            await check(Request(scope, receive))
+        except ServiceError as exc:
+            log.info("%s %s -> %d %s", scope["method"], scope["path"], exc.status, exc.reason)
+            return error_response(exc.status, exc.reason, exc.detail, headers=exc.headers)
+        return None
+
+    return admit
 
 
 def _secret(value: Any) -> str | None:

@@ -3,7 +3,8 @@
     thunder-scheduler serve --backend sglang=http://gpu1:30000 --backend sglang=http://gpu2:30000
     thunder-scheduler check-config [--config thunder.toml] [flags...]
 
-Every setting of ``settings.ServiceSettings`` is a flag (``--high-watermark 0.9``); flags beat
+Every setting of ``settings.ServiceSettings`` is a flag (``--high-watermark 0.9``), and every
+field of the nested tool-manager settings too (``--tools-max-runtimes 8``); flags beat
 ``THUNDER_*`` environment variables, which beat the ``--config`` TOML file, which beats the
 defaults. A bad value exits with status 2 and a message naming the flag and the env var, never
 a traceback. ``serve`` prints ``thunder-scheduler listening on http://HOST:PORT`` once the
@@ -23,14 +24,18 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
 
 from thunder_scheduler.settings import ServiceSettings, SettingsError, load_settings
+from thunder_scheduler.tools.settings import ToolManagerSettings
 
 __all__ = ["build_parser", "main"]
 
 PROG = "thunder-scheduler"
-_NESTED = {"tools"}  # nested models: TOML table or THUNDER_TOOLS__FIELD env vars only
+_NESTED: dict[str, type[BaseModel]] = {"tools": ToolManagerSettings}
+"""Nested settings models: each field is a flag ``--<setting>-<field>`` (``--tools-max-runtimes``),
+merged with the ``[tools]`` TOML table and ``THUNDER_TOOLS__<FIELD>`` env vars field by field."""
 
 
 def _is_bool(annotation: Any) -> bool:
@@ -41,27 +46,36 @@ def _is_bool(annotation: Any) -> bool:
     return False
 
 
+def _add_flag(group: argparse._ArgumentGroup, flag: str, dest: str, field: FieldInfo) -> None:
+    help_text = field.description or ""
+    if _is_bool(field.annotation):
+        group.add_argument(
+            flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
+        )
+    else:
+        metavar = dest.rsplit("__", 1)[-1].upper()
+        group.add_argument(flag, dest=dest, default=None, metavar=metavar, help=help_text)
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (also THUNDER_<NAME> env vars or --config)")
     for name, field in ServiceSettings.model_fields.items():
         if name in _NESTED:
+            nested = parser.add_argument_group(
+                f"{name} settings (also THUNDER_{name.upper()}__<FIELD> env vars or the "
+                f"[{name}] table of --config)"
+            )
+            for sub, sub_field in _NESTED[name].model_fields.items():
+                _add_flag(nested, f"--{name}-{sub}".replace("_", "-"), f"{name}__{sub}",
+                          sub_field)
             continue
-        help_text = field.description or ""
         if name == "backends":
             group.add_argument(
                 "--backend", dest="backends", action="append", metavar="[NAME@]KIND=URL",
                 help="an engine to serve from; repeat for several (KIND: sglang, vllm, llamacpp)",
             )
             continue
-        flag = "--" + name.replace("_", "-")
-        if _is_bool(field.annotation):
-            group.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                help=help_text,
-            )
-        else:
-            metavar = name.upper()
-            group.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
+        _add_flag(group, "--" + name.replace("_", "-"), name, field)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     flags: dict[str, Any] = {}
     for name in ServiceSettings.model_fields:
+        if name in _NESTED:
+            given = {
+                sub: getattr(args, f"{name}__{sub}")
+                for sub in _NESTED[name].model_fields
+                if getattr(args, f"{name}__{sub}", None) is not None
+            }
+            if given:  # merged into the env / TOML values field by field (pydantic-settings)
+                flags[name] = given
+            continue
         value = getattr(args, name, None)
         if value is not None:
             flags[name] = SecretStr(value) if name in ("api_key", "admin_key") else value

@@ -3,7 +3,9 @@
 The proxy router (``thunder_scheduler.proxy``) calls, for every LLM request:
 
 1. ``new_request_id(program_id)``: the engine request id, ``<program>:<seq>``
-   (``thunder_core.contract.engine_request_id``) or ``thunder-<uuid>`` for an untagged request;
+   (``thunder_core.contract.engine_request_id``) or ``thunder-<32 hex digits>`` (128 random
+   bits, as a UUID4 has 122, from ``os.urandom``: a sixth of ``uuid4().hex``'s cost) for an
+   untagged request;
 2. ``await acquire(...)``: feeds ``RequestArrived`` to the scheduling core and returns a
    :class:`Placement` once the core admits the request. While the core holds it (its program is
    paused, or not yet admitted) the call waits and never fails, except when the program is
@@ -58,7 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import uuid
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -127,7 +129,7 @@ class RequestGate(Protocol):
     """What the proxy data plane needs from the control plane."""
 
     def new_request_id(self, program_id: str | None) -> str:
-        """``<program>:<seq>`` for a program's request, ``thunder-<uuid>`` for an untagged one."""
+        """``<program>:<seq>`` for a program's request, ``thunder-<32 hex>`` for an untagged one."""
         ...
 
     def estimate_prompt_tokens(self, body: Mapping[str, Any]) -> int:
@@ -350,7 +352,7 @@ class SchedulerGate:
 
     def new_request_id(self, program_id: str | None) -> str:
         if program_id is None:
-            return f"thunder-{uuid.uuid4().hex}"
+            return f"thunder-{os.urandom(16).hex()}"
         return engine_request_id(program_id, self._driver.next_request_seq(program_id))
 
     def estimate_prompt_tokens(self, body: Mapping[str, Any]) -> int:
@@ -446,7 +448,7 @@ class SchedulerGate:
         usage: Usage | None,
         ends_with_tool_call: bool,
     ) -> None:
-        self._metrics.requests.labels(outcome.value).inc()
+        self._metrics.count_request(outcome.value)
         if usage is not None:
             self._metrics.observe_usage(
                 usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
@@ -469,7 +471,7 @@ class SchedulerGate:
         ))
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
-        self._metrics.proxy_overhead.labels("true" if streaming else "false").observe(seconds)
+        self._metrics.observe_proxy_overhead(seconds, streaming)
 
     def report_upstream_failure(self, backend: str, reason: str) -> None:
         """Count a failed forward against ``backend`` (the monitor may mark it unhealthy)."""

@@ -102,17 +102,33 @@ class ServiceMetrics:
         for status in ProgramStatus:
             for phase in ProgramPhase:
                 self.programs.labels(status.value, phase.value).set(0)
-        for kind in ("prompt", "completion", "cached"):
-            self.tokens.labels(kind)
-        for streaming in ("true", "false"):
-            self.proxy_overhead.labels(streaming)
+        # label children bound once: ``labels()`` costs a lock and a dict lookup per call,
+        # and these are touched on every proxied request.
+        self._prompt = self.tokens.labels("prompt")
+        self._completion = self.tokens.labels("completion")
+        self._cached = self.tokens.labels("cached")
+        self._overhead = {
+            True: self.proxy_overhead.labels("true"), False: self.proxy_overhead.labels("false")
+        }
+        self._requests_by_outcome: dict[str, Counter] = {}
+
+    def count_request(self, outcome: str) -> None:
+        """One finished LLM request with ``outcome`` (ok, error, disconnected)."""
+        child = self._requests_by_outcome.get(outcome)
+        if child is None:
+            child = self._requests_by_outcome[outcome] = self.requests.labels(outcome)
+        child.inc()
+
+    def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
+        """The latency the proxy itself added to one request."""
+        self._overhead[streaming].observe(seconds)
 
     def observe_usage(self, prompt: int, completion: int, cached: int | None) -> None:
-        self.tokens.labels("prompt").inc(prompt)
-        self.tokens.labels("completion").inc(completion)
+        self._prompt.inc(prompt)
+        self._completion.inc(completion)
         self._prompt_tokens += prompt
         if cached is not None:
-            self.tokens.labels("cached").inc(cached)
+            self._cached.inc(cached)
             self._cached_tokens += cached
         if self._prompt_tokens > 0:
             self.cache_hit_rate.set(self._cached_tokens / self._prompt_tokens)

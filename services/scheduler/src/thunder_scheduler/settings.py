@@ -74,8 +74,12 @@ _PROXY_DEFAULTS = ProxySettings()
 _MONITOR_DEFAULTS = MonitorConfig()
 
 
-def setting_names(field: str) -> str:
-    """``THUNDER_HIGH_WATERMARK / --high-watermark``: how a user spells setting ``field``."""
+def setting_names(field: str, sub: str | None = None) -> str:
+    """``THUNDER_HIGH_WATERMARK / --high-watermark``: how a user spells setting ``field``
+    (``THUNDER_TOOLS__MAX_RUNTIMES / --tools-max-runtimes`` for field ``sub`` of a nested one)."""
+    if sub is not None:
+        flag = "--" + f"{field}-{sub}".replace("_", "-")
+        return f"{ENV_PREFIX}{field.upper()}__{sub.upper()} / {flag}"
     flag = "--backend" if field == "backends" else "--" + field.replace("_", "-")
     return f"{ENV_PREFIX}{field.upper()} / {flag}"
 
@@ -247,7 +251,9 @@ def _describe(error: Mapping[str, Any], config_file: Path | None) -> str:
     suffix = "" if isinstance(got, Mapping) or got is None else f" (got {got!r:.80})"
     if "SecretStr" in repr(type(got)) or field in ("api_key", "admin_key"):
         suffix = ""
-    return f"{setting_names(field)}: {msg}{suffix}"
+    names = setting_names(field, loc[1]) if field == "tools" and len(loc) > 1 else \
+        setting_names(field)
+    return f"{names}: {msg}{suffix}"
 
 
 def load_settings(

@@ -24,6 +24,9 @@ Per request (``POST /v1/chat/completions``, ``/v1/completions``, ``/generate``):
    unreachable engine (502 naming the backend), a timeout (504) or a failure mid-stream, and
    ``DISCONNECTED`` when the client left (the upstream connection is closed, and SGLang gets
    ``POST /abort_request``). Usage is whatever the engine reported, else None.
+6. A connection to the engine that was refused or broke (sending, reading, or mid-stream;
+   not a timeout) is also reported with ``gate.report_upstream_failure(backend, reason)``, so
+   the backend monitor counts it like a failed poll.
 
 Headers. Hop-by-hop headers (RFC 9110 section 7.6.1: ``Connection`` and the headers it
 names, ``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer``, ``Transfer-Encoding``,
@@ -71,7 +74,14 @@ from thunder_scheduler.proxy.upstream import (
 )
 from thunder_scheduler.proxy.usage import response_usage
 
-__all__ = ["CHAT_PATH", "COMPLETIONS_PATH", "GENERATE_PATH", "MODELS_PATH", "create_proxy_router"]
+__all__ = [
+    "CHAT_PATH",
+    "COMPLETIONS_PATH",
+    "GENERATE_PATH",
+    "MODELS_PATH",
+    "ProxyEndpoints",
+    "create_proxy_router",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +140,7 @@ class _Endpoint:
 _CHAT: Final = _Endpoint(CHAT_PATH, False, ("messages",))
 _COMPLETIONS: Final = _Endpoint(COMPLETIONS_PATH, False, ("prompt",))
 _GENERATE: Final = _Endpoint(GENERATE_PATH, True, ("text", "input_ids"))
+_HOT_PATHS: Final = {e.path: e for e in (_CHAT, _COMPLETIONS, _GENERATE)}
 
 
 def _check_fields(endpoint: _Endpoint, body: dict[str, Any]) -> tuple[str | None, bool]:
@@ -162,7 +173,7 @@ def _check_fields(endpoint: _Endpoint, body: dict[str, Any]) -> tuple[str | None
     return (None if endpoint.native else model), stream
 
 
-async def _read_body(request: Request, declared: str | None, max_bytes: int) -> bytes:
+async def _read_body(receive: Receive, declared: str | None, max_bytes: int) -> bytes:
     """The request body, refused (413) above ``max_bytes``: by Content-Length, then by count."""
     if declared is not None:
         try:
@@ -173,7 +184,6 @@ async def _read_body(request: Request, declared: str | None, max_bytes: int) -> 
             raise _ClientError(413, f"request body of {declared_bytes} bytes exceeds the "
                                     f"limit of {max_bytes} bytes")
     # straight from ASGI receive (Request.stream() adds an async generator per request).
-    receive = request.receive
     parts: list[bytes] = []
     total = 0
     while True:
@@ -209,9 +219,9 @@ class _Headers(dict[str, str]):
         return [] if value is None else [value]
 
 
-def _request_headers(request: Request) -> _Headers:
+def _request_headers(scope: Scope) -> _Headers:
     headers = _Headers()
-    for key, value in request.scope["headers"]:
+    for key, value in scope["headers"]:
         name = key.decode("latin-1")
         if name in headers:  # repeated header: comma-join (RFC 9110 section 5.3)
             headers[name] = f"{headers[name]}, {value.decode('latin-1')}"
@@ -235,34 +245,63 @@ def _forward_headers(headers: _Headers) -> dict[str, str]:
     return forwarded
 
 
-class _Proxy:
-    """The router's endpoints; holds the injected gate, upstream client and settings."""
+class ProxyEndpoints:
+    """The proxy's endpoints; holds the injected gate, upstream client and settings.
+
+    Two ways in, same handlers: :meth:`router` (FastAPI routes, for every method and the
+    OpenAPI schema) and :meth:`serve` (pure ASGI, for the hot ``POST`` paths, used by
+    ``proxy.fast_path`` in front of the app's middleware and route matching).
+    """
 
     def __init__(self, gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings):
         self.gate = gate
         self.upstream = upstream
         self.settings = settings
 
+    def router(self) -> APIRouter:
+        router = APIRouter(tags=["proxy"])
+        router.add_api_route(CHAT_PATH, self.chat_completions, methods=["POST"])
+        router.add_api_route(COMPLETIONS_PATH, self.completions, methods=["POST"])
+        router.add_api_route(GENERATE_PATH, self.generate, methods=["POST"])
+        router.add_api_route(MODELS_PATH, self.list_models, methods=["GET"])
+        return router
+
+    @staticmethod
+    def hot_endpoint(scope: Scope) -> _Endpoint | None:
+        """The endpoint of a ``POST`` to one of the forwarded paths, else None."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        return _HOT_PATHS.get(scope["path"])
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, endpoint: _Endpoint) -> None:
+        """Serve one request to ``endpoint`` as a pure ASGI app (no FastAPI around it)."""
+        try:
+            response = await self._handle(scope, receive, endpoint)
+        except Exception:  # a bug: answer like the service's 500 handler, never a bare drop
+            log.exception("%s %s failed", scope["method"], endpoint.path)
+            response = _error_response(500, "internal proxy error")
+        await response(scope, receive, send)
+
     async def chat_completions(self, request: Request) -> Response:
-        return await self._handle(request, _CHAT)
+        return await self._handle(request.scope, request.receive, _CHAT)
 
     async def completions(self, request: Request) -> Response:
-        return await self._handle(request, _COMPLETIONS)
+        return await self._handle(request.scope, request.receive, _COMPLETIONS)
 
     async def generate(self, request: Request) -> Response:
-        return await self._handle(request, _GENERATE)
+        return await self._handle(request.scope, request.receive, _GENERATE)
 
     async def list_models(self) -> Response:
         return Response(
             orjson.dumps({"object": "list", "data": self.gate.models()}), media_type=_JSON
         )
 
-    async def _handle(self, request: Request, endpoint: _Endpoint) -> Response:
+    async def _handle(self, scope: Scope, receive: Receive, endpoint: _Endpoint) -> Response:
         received_at = time.perf_counter()
         try:
-            headers = _request_headers(request)
+            headers = _request_headers(scope)
             raw = await _read_body(
-                request, dict.get(headers, "content-length"), self.settings.max_body_bytes
+                receive, dict.get(headers, "content-length"), self.settings.max_body_bytes
             )
             try:
                 body = orjson.loads(raw)
@@ -276,7 +315,7 @@ class _Proxy:
             except InvalidProgramId as exc:
                 raise _ClientError(400, str(exc)) from None
         except _ClientError as exc:
-            log.info("%s %s: %d %s", request.method, endpoint.path, exc.status, exc.reason)
+            log.info("%s %s: %d %s", scope["method"], endpoint.path, exc.status, exc.reason)
             return _error_response(exc.status, exc.reason)
         strip_identity(body)
         return _Exchange(
@@ -290,7 +329,7 @@ class _Exchange(Response):
 
     def __init__(
         self,
-        proxy: _Proxy,
+        proxy: ProxyEndpoints,
         endpoint: _Endpoint,
         body: dict[str, Any],
         model: str | None,
@@ -439,6 +478,7 @@ class _Exchange(Response):
             return
         except UpstreamUnreachable as exc:
             self._upstream_open = False
+            self._report_unreachable(exc)
             await self._send_error(send, 502, f"backend {backend.name!r} unreachable: {exc}")
             return
         try:
@@ -459,6 +499,7 @@ class _Exchange(Response):
         try:
             payload = await response.read()
         except (UpstreamTimeout, UpstreamUnreachable) as exc:
+            self._report_unreachable(exc)
             await self._send_error(send, 502, f"backend {backend!r} failed: {exc}")
             return
         log.info("backend %r answered %d to %s", backend, response.status, self._request_id)
@@ -474,6 +515,7 @@ class _Exchange(Response):
             await self._send_error(send, 504, f"backend {backend!r} timed out: {exc}")
             return
         except UpstreamUnreachable as exc:
+            self._report_unreachable(exc)
             await self._send_error(send, 502, f"backend {backend!r} failed: {exc}")
             return
         upstream_s = time.perf_counter() - upstream_sent_at
@@ -517,6 +559,7 @@ class _Exchange(Response):
             backend = self._placement.backend.name if self._placement else "?"
             failure = f"backend {backend!r} failed mid-stream: {exc}"
             log.warning("%s (request %s)", failure, self._request_id)
+            self._report_unreachable(exc)
         finally:
             self._usage = scanner.usage
             self._tool_call = scanner.ends_with_tool_call
@@ -530,6 +573,16 @@ class _Exchange(Response):
         self._tool_call = scanner.ends_with_tool_call
         if failure is None:
             self._outcome = RequestOutcome.OK
+
+    def _report_unreachable(self, exc: Exception) -> None:
+        """A broken or refused connection counts against the backend's health (the monitor may
+        mark it unhealthy before its next poll); a timeout does not (a slow engine is alive)."""
+        if not isinstance(exc, UpstreamUnreachable) or self._placement is None:
+            return
+        try:
+            self._proxy.gate.report_upstream_failure(self._placement.backend.name, str(exc))
+        except Exception:  # reporting must never fail the request's own error answer
+            log.exception("report_upstream_failure failed for request %s", self._request_id)
 
     def _elapsed_s(self) -> float:
         return time.perf_counter() - self._received_at - self._acquire_s
@@ -560,10 +613,4 @@ def create_proxy_router(
     gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings
 ) -> APIRouter:
     """The data-plane routes, bound to an injected gate and upstream client."""
-    proxy = _Proxy(gate, upstream, settings)
-    router = APIRouter(tags=["proxy"])
-    router.add_api_route(CHAT_PATH, proxy.chat_completions, methods=["POST"])
-    router.add_api_route(COMPLETIONS_PATH, proxy.completions, methods=["POST"])
-    router.add_api_route(GENERATE_PATH, proxy.generate, methods=["POST"])
-    router.add_api_route(MODELS_PATH, proxy.list_models, methods=["GET"])
-    return router
+    return ProxyEndpoints(gate, upstream, settings).router()
