@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import select
@@ -24,8 +25,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
+from typing import IO
 
 from compare import OUT, fitting_programs
 
@@ -40,6 +44,15 @@ from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
 
 SIM_READY = re.compile(r"thunder-sim ready: (http://\S+)")
 SCHED_READY = re.compile(r"listening on (http://\S+)")
+
+
+def _drain(pipe: IO[str], log: Path) -> None:
+    """Copy the rest of a child's piped output into its log (an undrained pipe fills up and
+    blocks the child's logging, and with it its event loop)."""
+    with log.open("a") as sink:
+        for line in pipe:
+            sink.write(line)
+            sink.flush()
 
 
 def _spawn(cmd: list[str], ready: re.Pattern[str], log: Path, stream: str) -> tuple[
@@ -59,10 +72,30 @@ def _spawn(cmd: list[str], ready: re.Pattern[str], log: Path, stream: str) -> tu
         line = pipe.readline()
         if not line:
             break
+        with log.open("a") as sink:
+            sink.write(line)
         if m := ready.search(line):
+            threading.Thread(target=_drain, args=(pipe, log), daemon=True).start()
             return proc, m.group(1)
     proc.kill()
     raise RuntimeError(f"{cmd[2:4]} did not start: {log.read_text()[-2000:]}")
+
+
+def _wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    """Until ``GET url/v1/models`` lists a model: the scheduler prints its address once the
+    socket is bound, before it accepts connections and before its backends are polled."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as resp:
+                if json.loads(resp.read()).get("data"):
+                    return
+                last = "no model listed yet"
+        except (OSError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout_s:g} s: {last}")
 
 
 def _stop(procs: list[subprocess.Popen[str]]) -> None:
@@ -87,7 +120,10 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tool-gap-cap-s", type=float, default=300.0)
-    ap.add_argument("--model", default="Qwen/Qwen3-8B", help="the engines' served model name")
+    ap.add_argument("--logs", type=Path, default=None,
+                    help="keep the engines' and the scheduler's logs and the final program "
+                         "list (programs.json) in this folder (default: a temp dir, deleted)")
+    ap.add_argument("--scheduler-log-level", default="warning")
     args = ap.parse_args()
     fit = ContextFit(sessions=args.sessions, seed=args.seed).load(default_trace_dir())
     gaps = GapPolicy(tool_gap_cap_s=args.tool_gap_cap_s)
@@ -95,7 +131,9 @@ def main() -> int:
     mean_peak = sum(p.peak_context_tokens for p in fit.programs) / len(fit.programs)
     concurrency = fitting_programs(args.replicas, pool, mean_peak) * args.multiple
     procs: list[subprocess.Popen[str]] = []
-    logs = tempfile.TemporaryDirectory(prefix="live-point-")
+    tmp = tempfile.TemporaryDirectory(prefix="live-point-") if args.logs is None else None
+    log_dir = Path(tmp.name) if tmp is not None else args.logs
+    log_dir.mkdir(parents=True, exist_ok=True)
     try:
         urls = []
         for i in range(args.replicas):
@@ -103,25 +141,30 @@ def main() -> int:
                 [sys.executable, "-m", "thunder_sim", "serve", "--preset", "h100-qwen3-8b",
                  "--host", "127.0.0.1", "--port", "0", "--time-scale", str(args.time_scale),
                  "--context-length", "131072"],
-                SIM_READY, Path(logs.name) / f"sim-{i}.log", "stdout")
+                SIM_READY, log_dir / f"sim-{i}.log", "stdout")
             procs.append(proc)
             urls.append(url)
         backends = [a for i, u in enumerate(urls) for a in ("--backend", f"engine-{i}@sglang={u}")]
         proc, target = _spawn(
             [sys.executable, "-m", "thunder_scheduler", "serve", "--host", "127.0.0.1",
              "--port", "0", "--policy", args.policy, "--time-scale", str(args.time_scale),
-             "--log-level", "warning", *backends],
-            SCHED_READY, Path(logs.name) / "scheduler.log", "stderr")
+             "--log-level", args.scheduler_log_level, *backends],
+            SCHED_READY, log_dir / "scheduler.log", "stderr")
         procs.append(proc)
+        _wait_ready(target)
         t0 = time.perf_counter()
         live = asyncio.run(LiveReplay(fit.programs, LiveConfig(
             target=target, time_scale=args.time_scale, concurrency=concurrency, gaps=gaps,
             duration_s=args.duration_s, engine_urls=tuple(urls), policy=args.policy,
-            replicas=args.replicas, lifecycle="on", model=args.model), fit=fit.describe()).run())
+            replicas=args.replicas), fit=fit.describe()).run())
         live_wall = time.perf_counter() - t0
+        if tmp is None:
+            with urllib.request.urlopen(f"{target}/v1/programs", timeout=30) as resp:
+                (log_dir / "programs.json").write_bytes(resp.read())
     finally:
         _stop(procs)
-        logs.cleanup()
+        if tmp is not None:
+            tmp.cleanup()
     virtual = VirtualReplay(fit.programs, VirtualConfig(
         policy=args.policy, replicas=args.replicas, concurrency=concurrency, gaps=gaps,
         duration_s=args.duration_s), fit=fit.describe()).run()

@@ -61,7 +61,11 @@ def test_subagent_group_concurrent_and_residual_gap() -> None:
                                req(62, 128, [1, 2], think=52.0)]))
     group = p.items[1]
     assert isinstance(group, SpawnGroup) and len(group.children) == 2
-    assert [c.program_id for c in group.children] == ["s1/a1", "s1/a2"]
+    # a child's id is one URL path segment: the lifecycle API routes /v1/programs/{id}/...
+    assert [c.program_id for c in group.children] == ["s1.a1", "s1.a2"]
+    again = instantiate(p, 3, "#2").items[1]
+    assert isinstance(again, SpawnGroup)
+    assert [c.program_id for c in again.children] == ["s1#2.a1", "s1#2.a2"]
     assert p.steps[1].gap_s == pytest.approx(7.0)    # 62 - max(50, 55), not think_time
     actions = plan(p, GapPolicy())
     kinds = [type(a) for a in actions]

@@ -88,14 +88,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="base URL of an OpenAI/SGLang-compatible server (our scheduler, a "
                            "bare engine, or another proxy)")
     live.add_argument("--time-scale", type=float, default=1.0,
-                      help="the time scale the target's engines (and scheduler) run at")
+                      help="the time scale the target's engines (and scheduler) run at; "
+                           "a simulated engine's own scale (/server_info) wins and is followed "
+                           "when --auto-time-scale lowers it")
     live.add_argument("--lifecycle", choices=["auto", "on", "off"], default="auto",
                       help="use the lifecycle API (auto: when GET /v1/programs answers 200)")
     live.add_argument("--thunderagent-release", action="store_true",
                       help="also POST /programs/release at each program's end")
     live.add_argument("--engine-url", action="append", default=[],
                       help="a simulated engine behind the target, for its /metrics (repeat)")
-    live.add_argument("--model", default="default", help="model field of each request")
+    live.add_argument("--model", default=None,
+                      help="model field of each request (default: the first model the "
+                           "target's /v1/models lists)")
 
 
 def load_fit(args: argparse.Namespace) -> FitResult:

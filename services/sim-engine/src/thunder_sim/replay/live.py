@@ -13,8 +13,15 @@ prompt as the simulator's ``thunder_trace`` extension (block keys + exact prompt
 TTFT is the first chunk with content; usage (``prompt_tokens_details.cached_tokens``) comes
 from the final chunk.
 
+The model is the first one the target's ``GET /v1/models`` lists unless ``--model`` names one.
+Time scale: a simulated engine's own scale (``thunder_sim_time_scale`` on ``/server_info``,
+read from ``engine_urls`` and the target) replaces the configured one at start and is polled
+every second; when ``--auto-time-scale`` lowers it the replay's clock re-anchors (reported as
+a warning: a scheduler keeps the scale it was started with).
+
 Lifecycle: when the target has the scheduler's lifecycle API (``GET /v1/programs`` answers
-200; ``--lifecycle on|off`` forces it), programs are started (with their parent), tool calls
+200; an unreachable target or 401/403 is an error; ``--lifecycle on|off`` forces it),
+programs are started (with their parent), tool calls
 are reported around each tool gap, and programs are ended through it; with
 ``--thunderagent-release`` the replay also calls ThunderAgent's ``POST /programs/release``.
 
@@ -55,6 +62,9 @@ from thunder_sim.replay.trace import GapKind, TraceProgram, TraceStep, ideal_hit
 LAG_PROBE_S = 0.02
 MAX_REPLAY_LAG_FRACTION = 0.05
 MAX_ENGINE_LOST_FRACTION = 0.10
+SCALE_POLL_WALL_S = 1.0
+"""How often the engines' effective time scale is read back (wall seconds; the engines'
+lag monitor decides over 3 windows of 1 s, ``thunder_sim.server.lag``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +75,7 @@ class LiveConfig:
     gaps: GapPolicy = field(default_factory=GapPolicy)
     lifecycle: str = "auto"               # auto | on | off
     thunderagent_release: bool = False
-    model: str = "default"
+    model: str | None = None              # None: the first id of the target's /v1/models
     duration_s: float | None = None       # modelled seconds; recycles sessions
     request_timeout_s: float = 3600.0     # wall
     engine_urls: tuple[str, ...] = ()     # simulated engines behind the target, for /metrics
@@ -115,12 +125,54 @@ class LiveReplay:
         self._t0 = 0.0
         self._lags: list[float] = []
         self._lifecycle = False
+        self._scale = config.time_scale
+        self._anchor_wall = 0.0
+        self._anchor_model = 0.0
+        self._scale_changes: list[tuple[float, float, float]] = []
+        self._model = config.model or ""
         self._http: aiohttp.ClientSession | None = None
         self._base = config.target.rstrip("/").removesuffix("/v1")
 
     def now(self) -> float:
-        """Modelled seconds since the run started."""
-        return (time.monotonic() - self._t0) * self.config.time_scale
+        """Modelled seconds since the run started (piecewise: the scale may drop mid-run)."""
+        return self._anchor_model + (time.monotonic() - self._anchor_wall) * self._scale
+
+    def _wall(self, modelled_s: float) -> float:
+        return modelled_s / self._scale
+
+    def _set_scale(self, scale: float) -> None:
+        """Re-anchor the modelled clock at ``scale`` (as the engines' clocks do)."""
+        if scale == self._scale:
+            return
+        if self._t0:
+            now = self.now()
+            self._anchor_wall, self._anchor_model = time.monotonic(), now
+        self._scale_changes.append((self.now() if self._t0 else 0.0, self._scale, scale))
+        self._scale = scale
+
+    async def _engine_scale(self) -> float | None:
+        """The engines' effective time scale (``thunder_sim_time_scale`` on ``/server_info``),
+        the slowest when they differ; None when no engine reports one."""
+        assert self._http is not None
+        scales: list[float] = []
+        for url in (*self.config.engine_urls, self._base):
+            try:
+                async with self._http.get(f"{url.rstrip('/')}/server_info") as resp:
+                    info = orjson.loads(await resp.read()) if resp.status == 200 else {}
+            except (aiohttp.ClientError, orjson.JSONDecodeError):
+                continue
+            value = info.get("thunder_sim_time_scale") if isinstance(info, dict) else None
+            if isinstance(value, (int, float)) and value > 0:
+                scales.append(float(value))
+        return min(scales) if scales else None
+
+    async def _follow_scale(self) -> None:
+        """Poll the engines' scale (``--auto-time-scale`` lowers it under lag) and follow it."""
+        while True:
+            await asyncio.sleep(SCALE_POLL_WALL_S)
+            scale = await self._engine_scale()
+            if scale is not None and scale < self._scale:
+                self._set_scale(scale)
 
     # -- run ------------------------------------------------------------------------------
 
@@ -131,14 +183,21 @@ class LiveReplay:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             self._http = http
             self._lifecycle = await self._detect_lifecycle()
+            self._model = cfg.model or await self._detect_model()
+            engine_scale = await self._engine_scale()
+            if engine_scale is not None:
+                self._set_scale(engine_scale)
             before = await self._scrape_engines()
-            self._t0 = time.monotonic()
+            self._t0 = self._anchor_wall = time.monotonic()
             monitor = asyncio.create_task(self._monitor_lag())
+            follower = asyncio.create_task(self._follow_scale())
             try:
                 workers = [asyncio.create_task(self._worker()) for _ in range(cfg.concurrency)]
                 if cfg.duration_s is not None:
-                    _, pending = await asyncio.wait(
-                        workers, timeout=cfg.duration_s / cfg.time_scale)
+                    pending = set(workers)
+                    while pending and self.now() < cfg.duration_s:
+                        _, pending = await asyncio.wait(
+                            pending, timeout=self._wall(cfg.duration_s - self.now()))
                     for w in pending:
                         w.cancel()
                     await asyncio.gather(*pending, return_exceptions=True)
@@ -149,7 +208,8 @@ class LiveReplay:
                     finish = min(finish, cfg.duration_s)
             finally:
                 monitor.cancel()
-                await asyncio.gather(monitor, return_exceptions=True)
+                follower.cancel()
+                await asyncio.gather(monitor, follower, return_exceptions=True)
             after = await self._scrape_engines()
         self.recorder.close(finish)
         return self._report(finish, before, after)
@@ -193,7 +253,7 @@ class LiveReplay:
                 else:
                     self.recorder.capped_tool_s += capped
                 if action.duration_s > 0:
-                    await asyncio.sleep(action.duration_s / self.config.time_scale)
+                    await asyncio.sleep(self._wall(action.duration_s))
             elif isinstance(action, ToolBegin):
                 if self._lifecycle:
                     tool = ToolStart(call_id=action.call_id, tool_name=action.tool_name)
@@ -215,7 +275,7 @@ class LiveReplay:
     async def _call(self, pid: str, step: TraceStep) -> None:
         assert self._http is not None
         body: dict[str, Any] = {
-            "model": self.config.model,
+            "model": self._model,
             "messages": [{"role": "user", "content": "(trace replay)"}],
             "max_tokens": step.output_tokens,
             "stream": True,
@@ -271,24 +331,50 @@ class LiveReplay:
         if mode != "auto":
             return mode == "on"
         assert self._http is not None
+        url = f"{self._base}{Paths.PROGRAMS}"
         try:
-            async with self._http.get(f"{self._base}{Paths.PROGRAMS}") as resp:
-                return resp.status == 200
-        except aiohttp.ClientError:
-            return False
+            async with self._http.get(url) as resp:
+                status = resp.status
+        except aiohttp.ClientError as exc:
+            raise RuntimeError(f"target not reachable: GET {url}: {exc}") from exc
+        if status in (401, 403):
+            raise RuntimeError(
+                f"GET {url} answered HTTP {status}: the lifecycle API needs the admin key; "
+                "pass --lifecycle off to replay without it")
+        return status == 200
+
+    async def _detect_model(self) -> str:
+        """The first model the target serves (``GET /v1/models``), as an OpenAI client would."""
+        assert self._http is not None
+        url = f"{self._base}/v1/models"
+        try:
+            async with self._http.get(url) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"GET {url} answered HTTP {resp.status}: {body[:200]!r}")
+            models = orjson.loads(body).get("data") or []
+        except (aiohttp.ClientError, orjson.JSONDecodeError, AttributeError) as exc:
+            raise RuntimeError(f"GET {url} failed ({exc}): pass --model") from exc
+        if not models or not isinstance(models[0], dict) or not models[0].get("id"):
+            raise RuntimeError(f"{url} lists no model: pass --model")
+        return str(models[0]["id"])
 
     async def _post(self, path: str, body: dict[str, Any]) -> None:
         assert self._http is not None
         try:
             async with self._http.post(f"{self._base}{path}", json=body) as resp:
                 if resp.status >= 400:
-                    self._lifecycle_errors += 1
-                    self._last_error = f"POST {path}: HTTP {resp.status} {await resp.text()}"
+                    self._lifecycle_error(f"POST {path}: HTTP {resp.status} {await resp.text()}")
         except aiohttp.ClientError as exc:
-            self._lifecycle_errors += 1
-            self._last_error = f"POST {path}: {exc}"
+            self._lifecycle_error(f"POST {path}: {exc}")
+
+    def _lifecycle_error(self, message: str) -> None:
+        self._lifecycle_errors += 1
+        self._first_error = self._first_error or message
+        self._last_error = message
 
     _lifecycle_errors = 0
+    _first_error: str | None = None
     _last_error: str | None = None
 
     async def _scrape(self, url: str) -> dict[str, float]:
@@ -329,7 +415,7 @@ class LiveReplay:
             self.recorder, label=cfg.label or f"{cfg.policy} x{cfg.concurrency}", mode="live",
             policy=cfg.policy, replicas=cfg.replicas, concurrency=cfg.concurrency,
             duration_s=finish, recomputed_tokens=int(delta("thunder_sim:recomputed_tokens")),
-            ideal=ideal_hit_tokens(self._played), time_scale=cfg.time_scale, fit=self.fit,
+            ideal=ideal_hit_tokens(self._played), time_scale=self._scale, fit=self.fit,
             extra={
                 "replay_loop_lag_p50_ms": 1000 * percentile(self._lags, 50) if self._lags else 0,
                 "replay_loop_lag_p99_ms": 1000 * lag_p99,
@@ -337,6 +423,7 @@ class LiveReplay:
                 "engine_lag_warnings": delta("thunder_sim:lag_warnings"),
                 "lifecycle": self._lifecycle,
                 "lifecycle_errors": self._lifecycle_errors,
+                "first_error": self._first_error,
                 "last_error": self._last_error,
                 "scheduler_pauses": delta("thunder_pauses"),
                 "scheduler_migrations": delta("thunder_migrations"),
@@ -344,16 +431,21 @@ class LiveReplay:
         )
         warnings = []
         median = report.step_latency_p50_s
-        if not math.isnan(median) and lag_p99 * cfg.time_scale > MAX_REPLAY_LAG_FRACTION * median:
+        if not math.isnan(median) and lag_p99 * self._scale > MAX_REPLAY_LAG_FRACTION * median:
             warnings.append(
                 f"replay event-loop lag p99 {1000 * lag_p99:.1f} ms wall = "
-                f"{lag_p99 * cfg.time_scale:.2f} s modelled exceeds 5% of the median step "
+                f"{lag_p99 * self._scale:.2f} s modelled exceeds 5% of the median step "
                 f"latency ({median:.2f} s): lower --time-scale")
         if planned and lost / planned > MAX_ENGINE_LOST_FRACTION:
             warnings.append(
                 f"simulated engines lost {100 * lost / planned:.0f}% of their planned step time "
                 "to event-loop lag: lower --time-scale")
+        for at, old, new in self._scale_changes:
+            warnings.append(
+                f"time scale {old:g} -> {new:g} at {at:.0f} modelled s (the engines' "
+                "--auto-time-scale); a scheduler started with --time-scale keeps its own")
         report.extra["warnings"] = warnings
+        report.extra["time_scale_changes"] = self._scale_changes
         pauses, migrations = delta("thunder_pauses"), delta("thunder_migrations")
         if pauses or migrations:
             return _with(report, pauses=int(pauses), migrations=int(migrations))

@@ -164,6 +164,13 @@ class _KeyChain:
         return tuple(out)
 
 
+
+CHILD_SEP = "."
+"""Separator of a subagent's program id from its parent's (``trace_0277.agent_001``). Not
+"/": program ids are path segments of the lifecycle API (``/v1/programs/{id}/tools``), and a
+"/" there, even percent-encoded, is decoded before routing, so a child's lifecycle calls
+would miss their routes."""
+
 def _field(req: dict[str, Any], name: str, where: str) -> Any:
     try:
         return req[name]
@@ -211,7 +218,7 @@ def _parse_requests(
                 agent = str(_field(member, "agent_id", where))
                 child = _parse_requests(
                     list(_field(member, "requests", where)),
-                    f"{program_id}/{agent}", chain, f"{where} subagent {agent}", opts,
+                    f"{program_id}{CHILD_SEP}{agent}", chain, f"{where} subagent {agent}", opts,
                 )
                 if child.steps:
                     children.append(child)
@@ -391,8 +398,9 @@ def instantiate(program: TraceProgram, instance: int, suffix: str = "") -> Trace
                 items.append(replace(item, blocks=tuple(base | (b & mask) for b in item.blocks)))
             else:
                 items.append(replace(item, children=tuple(remap(c) for c in item.children)))
-        return replace(p, program_id=p.program_id.replace("/", suffix + "/", 1)
-                       if "/" in p.program_id else p.program_id + suffix, items=tuple(items))
+        pid = p.program_id
+        return replace(p, program_id=pid.replace(CHILD_SEP, suffix + CHILD_SEP, 1)
+                       if CHILD_SEP in pid else pid + suffix, items=tuple(items))
 
     return remap(program)
 
