@@ -45,7 +45,9 @@ def test_untagged_request_has_no_program() -> None:
     assert program_id_from({"content-type": "application/json"}, {"model": "m"}) is None
 
 
-@pytest.mark.parametrize("bad", ["", "has space", "x" * 257, "caf\u00e9"])
+@pytest.mark.parametrize(
+    "bad", ["", "has space", "x" * 257, "caf\u00e9", "parent/child", "a?b", "a#b", "50%"]
+)
 def test_malformed_ids_are_rejected(bad: str) -> None:
     with pytest.raises(InvalidProgramId):
         program_id_from({PROGRAM_ID_HEADER: bad}, None)

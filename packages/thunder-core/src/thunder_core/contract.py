@@ -48,7 +48,10 @@ API_KEY_HEADER: Final = "Authorization"
 
 PROGRAM_ID_MAX_LEN: Final = 256
 _PROGRAM_ID_RE: Final = re.compile(r"^[\x21-\x7e]{1,256}$")
-"""Printable ASCII without spaces: UUIDs, LangGraph thread ids, ``parent/child`` names."""
+_URL_RESERVED: Final = frozenset("/?#%\\")
+"""Printable ASCII without spaces and without ``/ ? # % \\``: the id is a path segment of the
+lifecycle API (``/v1/programs/{id}/...``), and a ``/`` is decoded before routing even when
+percent-encoded. UUIDs, LangGraph thread ids and ``parent.child`` / ``parent:child`` names fit."""
 
 
 class InvalidProgramId(ValueError):
@@ -57,10 +60,11 @@ class InvalidProgramId(ValueError):
 
 def validate_program_id(value: str) -> str:
     """Return ``value`` if it is a valid program id, else raise ``InvalidProgramId``."""
-    if not isinstance(value, str) or not _PROGRAM_ID_RE.match(value):
+    if (not isinstance(value, str) or not _PROGRAM_ID_RE.match(value)
+            or not _URL_RESERVED.isdisjoint(value)):
         raise InvalidProgramId(
             f"program id must be 1-{PROGRAM_ID_MAX_LEN} printable ASCII characters "
-            f"without spaces, got {value!r:.80}"
+            f"without spaces or / ? # % \\, got {value!r:.80}"
         )
     return value
 
