@@ -21,14 +21,15 @@ which hides throughput; a fixed window with every slot busy measures steps per m
 constant load, as the ThunderAgent paper does, and fixes the demo's wall time at
 ``duration / time scale`` per configuration plus process start-up.
 
-Defaults (timed and chosen in ``bench/results/replay/instrument.md``): 48 sessions (seed 7;
-their mean peak context is 90,700 tokens), 27 concurrent programs on 2 engines with the
-preset's 373,059-token pools, so the programs' peak contexts are 3.3x the fleet's KV (the
-ThunderAgent paper's regime: engine-only thrashes, a program-aware scheduler pauses programs
-instead); tool gaps capped at 60 s (the trace's p99 is 2,908 s: uncapped, most programs would
-sit in tools for the whole window); 900 modelled seconds per configuration at time scale 20,
-i.e. 45 s of wall time each. Within 900 s about 35 programs start, fewer than the sample, so
-no session is replayed twice by default. ``--virtual`` runs the same comparison in virtual
+Defaults (the demo timed end to end, idle and loaded, in
+``bench/results/replay/instrument.md``): 48 sessions (seed 7; mean peak context 90,700
+tokens); 27 concurrent programs on 2 engines with the preset's 373,059-token pools, so the
+programs' peak contexts are 3.3x the fleet's KV (the ThunderAgent paper's regime: engine-only
+thrashes, a program-aware scheduler pauses programs instead); tool gaps capped at 60 s (the
+trace's p99 is 2,908 s: uncapped, most programs would sit in tools for the whole window);
+900 modelled seconds per configuration at time scale 20, i.e. 45 s of wall time each. Within
+900 s about 35 programs start, fewer than the sample, so no session is replayed twice by
+default. ``--virtual`` runs the same comparison in virtual
 mode (no processes, a few seconds).
 """
 
