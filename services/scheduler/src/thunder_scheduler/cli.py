@@ -132,6 +132,8 @@ def _serve(settings: ServiceSettings) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"{PROG} listening on http://{shown}:{port}", file=sys.stderr, flush=True)
+    # loop / http "auto" pick uvloop and httptools (both come with uvicorn[standard]); the
+    # access log (a line per request) is on only at --log-level debug.
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
