@@ -113,6 +113,7 @@ def components(n: int = 20_000) -> dict[str, float]:
         handler.on_tool_start({"name": "echo"}, "x", run_id=run_id, tool_call_id="call-1")
         handler.on_tool_end("x", run_id=run_id)
     tool_us = (time.perf_counter() - started) / n * 1e6
+    emitter.flush(120)
     emitter.close()
     return {"llm_identity_injection_us": tag_us, "tool_events_us": tool_us}
 

@@ -93,8 +93,10 @@ def test_ideal_hit_rate_from_block_ids() -> None:
 
 def test_instantiate_moves_keys_and_ids() -> None:
     p = parse_session(session([req(0, 64, [1], kind="text")]), key_space=1)
-    q = instantiate(p, 9, "#1")
-    assert q.program_id == "s1#1" and not set(q.steps[0].blocks) & set(p.steps[0].blocks)
+    q = instantiate(p, 9, ".r1")
+    assert q.program_id == "s1.r1" and not set(q.steps[0].blocks) & set(p.steps[0].blocks)
+    from thunder_core.contract import validate_program_id
+    assert validate_program_id(q.program_id) == "s1.r1"  # addressable by the lifecycle API
 
 
 def test_bad_sessions_raise_clear_errors() -> None:

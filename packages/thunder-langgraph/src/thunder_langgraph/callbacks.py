@@ -59,6 +59,15 @@ class ToolEventsHandler(BaseCallbackHandler):
 
     run_inline = True
     raise_error = False
+    # Only tool runs matter here: LangChain skips this handler for every other kind of run,
+    # so chains, nodes and model calls pay nothing for it.
+    ignore_chain = True
+    ignore_llm = True
+    ignore_chat_model = True
+    ignore_retriever = True
+    ignore_agent = True
+    ignore_retry = True
+    ignore_custom_event = True
 
     def __init__(self, emitter: LifecycleEmitter, program_id: str) -> None:
         self.emitter = emitter

@@ -227,7 +227,7 @@ class LiveReplay:
             program = self._sessions[n]
         elif self.config.duration_s is not None:
             program = instantiate(self._sessions[n % len(self._sessions)], 1 + n,
-                                  f"#{n // len(self._sessions)}")
+                                  f".r{n // len(self._sessions)}")
         else:
             return None
         self._next += 1

@@ -273,7 +273,7 @@ class VirtualReplay:
             program = self._sessions[n]
         elif self.config.duration_s is not None:
             base = self._sessions[n % len(self._sessions)]
-            program = instantiate(base, 1 + n, f"#{n // len(self._sessions)}")
+            program = instantiate(base, 1 + n, f".r{n // len(self._sessions)}")
         else:
             return False
         self._next_session += 1
