@@ -177,8 +177,8 @@ def test_fresh_install_runs_the_example_and_the_zero_code_toggle(fresh_venv: Pat
             for r in rs) == 2)
         research = [r for r in rows if r["tags"].get("example") == "research"]
         assert len(research) == 2
-        assert all((r["requests"], r["tool_calls"], r["end_status"]) == (2, 1, "ok")
-                   for r in research), [(r["requests"], r["tool_calls"], r["end_status"]) for r in research]
+        seen = [(r["requests"], r["tool_calls"], r["end_status"]) for r in research]
+        assert seen == [(2, 1, "ok"), (2, 1, "ok")], seen
         # 2. an unmodified app: only the environment variable is set
         fake.script = [[FakeToolCall("lookup", {"city": "Paris"})], "sunny"]
         app = subprocess.run(
