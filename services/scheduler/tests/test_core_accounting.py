@@ -9,7 +9,14 @@ from core_harness import Harness
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thunder_scheduler.core.accounting import DecayedSum, ceil_to_page, floor_to_page
+from thunder_scheduler.core.accounting import (
+    BackendLedger,
+    Charge,
+    DecayedSum,
+    WeightMode,
+    ceil_to_page,
+    floor_to_page,
+)
 
 PAGE_SIZES = [1, 16, 64]
 
@@ -100,3 +107,50 @@ def test_decayed_sum_matches_the_naive_sum(
             decayed.remove(key)
         naive = sum(t * 2 ** (-(now - s) / h) for t, s in members.values())
         assert math.isclose(decayed.value(now), naive, rel_tol=1e-9, abs_tol=1e-6)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "remove", "mark", "unmark", "readd"]),
+            st.integers(0, 5),
+            st.integers(0, 5000),
+            st.sampled_from(list(WeightMode)),
+            st.floats(0, 5.0),
+        ),
+        max_size=60,
+    ),
+    st.sampled_from([None, 1.0, 30.0]),
+)
+def test_marked_and_committed_tokens_match_the_naive_sums(
+    ops: list[tuple[str, int, int, WeightMode, float]], h: float | None
+) -> None:
+    """The incremental marked sums equal the per-program weights summed over marked programs,
+    whatever order charges are added, re-added (the scheduler's remove-mark-add), marked and
+    unmarked; committed = used - marked."""
+    ledger = BackendLedger("a", h)
+    now = 0.0
+    for op, key_index, tokens, mode, dt in ops:
+        now += dt * 10
+        key = f"k{key_index}"
+        charge = Charge(tokens, mode, now, 0, False)
+        if op == "add" and key not in ledger.charges:
+            ledger.add(key, charge)
+        elif op == "remove" and key in ledger.charges:
+            ledger.remove(key)
+        elif op == "mark" and key in ledger.charges:
+            ledger.mark(key)
+        elif op == "unmark":
+            ledger.unmark(key)
+        elif op == "readd" and key in ledger.charges:
+            was_marked = key in ledger.marked
+            ledger.remove(key)
+            if was_marked:
+                ledger.mark(key)
+            ledger.add(key, charge)
+        weights = {pid: ledger.weight(c, now) for pid, c in ledger.charges.items()}
+        marked = sum(weights[pid] for pid in ledger.marked)
+        assert set(ledger.marked) <= set(ledger.charges)
+        assert math.isclose(ledger.marked_tokens(now), marked, rel_tol=1e-9, abs_tol=1e-6)
+        unmarked = sum(w for pid, w in weights.items() if pid not in ledger.marked)
+        assert math.isclose(ledger.committed_tokens(now), unmarked, rel_tol=1e-9, abs_tol=1e-6)

@@ -41,7 +41,10 @@ restore only up to low), ``acting_half_life_s`` (the half-life of ``WeightMode.D
 False so a program sticks to its backend), ``restore_scan_limit`` (how many consecutive
 queue entries may fail to place before a restore pass stops; 1 = strict head-of-line
 FCFS), ``promote_after_s`` (programs waiting longer are offered first, oldest first:
-anti-starvation).
+anti-starvation), ``restore_needs_fit`` (a promise: on a restore that is not forced, ``place``
+returns a backend only if the program ``fits`` it under ``low_watermark``; the scheduler
+then counts a queue entry that fits no healthy backend as a failure without calling
+``place``, which keeps a restore pass cheap with thousands waiting).
 
 ``PolicyView`` carries every input (time, backends, queue, tool estimates) so a policy can
 gain an input without any signature changing.
@@ -144,6 +147,7 @@ class Policy(Protocol):
     acting_half_life_s: float | None
     restore_scan_limit: int
     promote_after_s: float | None
+    restore_needs_fit: bool
     routes_requests: bool
     reads_prompt_blocks: bool
 
@@ -216,6 +220,8 @@ class BasePolicy:
     acting_half_life_s: float | None = None
     restore_scan_limit = 16
     promote_after_s: float | None = None
+    restore_needs_fit = False
+    """Sticky ``place`` returns the previous backend whether or not the program fits."""
     routes_requests = False
     reads_prompt_blocks = False
     """True when the policy reads ``RequestArrived.prompt_blocks`` (the driver computes the

@@ -399,14 +399,14 @@ class ProgramScheduler:
 
     def _mark(self, program: Program, now: float) -> None:
         assert program.backend is not None
-        self._ledgers[program.backend].marked[program.program_id] = None
+        self._ledgers[program.backend].mark(program.program_id)
         program.marked = True
         self._count("marks")
         self._sync(program, now)
 
     def _unmark(self, program: Program, now: float) -> None:
         assert program.backend is not None
-        self._ledgers[program.backend].marked.pop(program.program_id, None)
+        self._ledgers[program.backend].unmark(program.program_id)
         program.marked = False
         self._count("unmarks")
         self._sync(program, now)
@@ -510,7 +510,7 @@ class ProgramScheduler:
             if pid in ledger.charges:
                 ledger.remove(pid)
                 if program.marked:
-                    ledger.marked[pid] = None
+                    ledger.mark(pid)
             ledger.add(pid, self._charge(program, ledger))
         if active_on is not None and not program.marked and self.policy.pauses:
             key = self.policy.pause_key(program)

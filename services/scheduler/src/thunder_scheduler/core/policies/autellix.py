@@ -58,6 +58,7 @@ class AutellixConfig:
 class AutellixPolicy(BasePolicy):
     name = "autellix"
     pauses = False
+    restore_needs_fit = True
 
     def __init__(self, config: AutellixConfig | None = None) -> None:
         self.config = config or AutellixConfig()

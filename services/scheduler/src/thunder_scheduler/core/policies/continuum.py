@@ -54,6 +54,7 @@ class ContinuumPolicy(BasePolicy):
     name = "continuum"
     pauses = False
     restore_scan_limit = 1
+    restore_needs_fit = True
 
     def __init__(self, config: ContinuumConfig | None = None) -> None:
         self.config = config or ContinuumConfig()

@@ -105,6 +105,7 @@ class ThunderConfig:
 class ThunderPolicy(BasePolicy):
     name = "thunder"
     pauses = True
+    restore_needs_fit = True
 
     def __init__(self, config: ThunderConfig | None = None) -> None:
         self.config = config or ThunderConfig()
