@@ -1,0 +1,166 @@
+"""openhands-ai's sandbox service on the real scheduler's tool manager (local-process backend).
+
+``ThunderSandboxService`` is driven the way openhands-ai 1.11's app server drives its
+``SandboxService`` (start, get, search, pause/resume, delete) against the real scheduler service
+with the tool manager on; the runtime and program are checked through the scheduler's own API
+and on the backend (runtime directories). The agent server inside the sandbox is a stand-in:
+``python -m http.server`` on the published agent-server port (a fake agent server, named so),
+started by the spec's setup command, so the ``AGENT_SERVER`` URL is checked to answer.
+Not covered: running inside openhands-ai itself (it pins openhands-sdk 1.34, our lock has 1.58).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from thunder_core import RuntimeClient, RuntimeSpec, ThunderClient
+from thunder_core.client import AsyncThunderClient
+from thunder_core.contract import ProgramStatus
+from thunder_openhands.app_server import (
+    AGENT_SERVER,
+    SandboxError,
+    SandboxStatus,
+    ThunderSandboxService,
+)
+from thunder_scheduler.settings import load_settings
+
+ADMIN_KEY = "oh-app-admin"
+SPEC = "oh-agent"
+SESSION_KEY = "sk-test-session"
+FAKE_AGENT_SERVER = (  # a fake agent server: a static HTTP server on the published port
+    'nohup python3 -m http.server "$THUNDER_PORT_8000" --bind 127.0.0.1 >/dev/null 2>&1 &'
+)
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def sandboxes(scheduler_service: Callable[..., Any], tmp_path: Path
+                    ) -> AsyncIterator[tuple[ThunderSandboxService, ThunderClient, Any, Path]]:
+    root = tmp_path / "runtimes"
+    running = scheduler_service(load_settings({
+        "admin_key": ADMIN_KEY,
+        "tools_enabled": True,
+        "tools": {"backend": "local", "local_root_dir": str(root), "label_prefix": "oh"},
+    }))
+    admin = ThunderClient(running.url, admin_key=ADMIN_KEY, timeout_s=30.0)
+    RuntimeClient(admin).register_spec(RuntimeSpec(
+        name=SPEC, image="agent-server:local", ports=[8000], pool_size=1,
+        env={"OH_SESSION_API_KEYS_0": SESSION_KEY}, setup_commands=[FAKE_AGENT_SERVER],
+    ))
+    client = AsyncThunderClient(running.url, admin_key=ADMIN_KEY, timeout_s=30.0)
+    service = ThunderSandboxService(client=client, runtime_spec=SPEC, user_id="alice")
+    yield service, admin, running.app.state.thunder, root
+    await client.aclose()
+    admin.close()
+
+
+async def test_sandbox_is_a_program_holding_a_runtime(sandboxes: Any) -> None:
+    service, admin, parts, root = sandboxes
+    info = await service.start_sandbox(sandbox_id="conv0a1b")
+    assert (info.id, info.status, info.sandbox_spec_id) == ("conv0a1b", SandboxStatus.RUNNING,
+                                                            SPEC)
+    assert info.created_by_user_id == "alice"
+    assert info.session_api_key == SESSION_KEY
+    program = admin.get_program("conv0a1b")
+    assert program.status == ProgramStatus.ACTIVE and program.framework == "openhands"
+    assert len(program.runtime_ids) == 1
+    runtime_id = program.runtime_ids[0]
+    assert runtime_id in parts.tools.runtimes
+    assert (root / f"oh--{runtime_id}").is_dir()
+
+    # the AGENT_SERVER url is the runtime's published port, and something answers there
+    (url,) = info.exposed_urls
+    assert url.name == AGENT_SERVER
+    async with httpx.AsyncClient() as http:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert (await http.get(url.url)).status_code == 200
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    # get / search / batch list it; a fresh id is generated when none is given
+    assert (await service.get_sandbox("conv0a1b")) == info
+    second = await service.start_sandbox()
+    assert second.id != info.id and len(second.id) == 32
+    page = await service.search_sandboxes(limit=1)
+    assert [item.id for item in page.items] == [second.id]  # newest first
+    rest = await service.search_sandboxes(page_id=page.next_page_id, limit=1)
+    assert [item.id for item in rest.items] == ["conv0a1b"] and rest.next_page_id is None
+    batch = await service.batch_get_sandboxes(["conv0a1b", "nope"])
+    assert batch[0] is not None and batch[0].id == "conv0a1b" and batch[1] is None
+
+    # another user's service does not see alice's sandboxes
+    bob = ThunderSandboxService(client=service.client, runtime_spec=SPEC, user_id="bob")
+    assert (await bob.search_sandboxes()).items == []
+    assert await bob.get_sandbox("conv0a1b") is None
+    assert await bob.delete_sandbox("conv0a1b") is False
+
+    # a session key shared by two sandboxes (keys are per spec) identifies none of them
+    assert await service.get_sandbox_by_session_api_key(SESSION_KEY) is None
+
+    # resume: never paused, so already running; pause: said plainly that it cannot
+    assert await service.resume_sandbox("conv0a1b") is True
+    with pytest.raises(NotImplementedError, match="cannot pause"):
+        await service.pause_sandbox("conv0a1b")
+
+    # delete: runtime released, program ended
+    assert await service.delete_sandbox(second.id) is True
+    assert await service.delete_sandbox("conv0a1b") is True
+    ended = admin.get_program("conv0a1b")
+    assert ended.status == ProgramStatus.TERMINATED and ended.end_status == "ok"
+    await _until(lambda: runtime_id not in parts.tools.runtimes, 10, "the runtime to go")
+    await _until(lambda: not (root / f"oh--{runtime_id}").exists(), 10, "its directory to go")
+    assert await service.get_sandbox("conv0a1b") is None
+    assert (await service.search_sandboxes()).items == []
+    assert parts.tools.snapshot()["totals"]["held_runtimes"] == 0
+
+    # one sandbox left: its key identifies it
+    third = await service.start_sandbox()
+    record = await service.get_sandbox_record_by_session_api_key(SESSION_KEY)
+    assert record is not None and (record.id, record.created_by_user_id) == (third.id, "alice")
+    assert (await service.get_sandbox_by_session_api_key(SESSION_KEY)).id == third.id
+    assert await service.get_sandbox_by_session_api_key("wrong") is None
+    assert await service.delete_sandbox(third.id) is True
+
+
+async def test_unknown_sandbox_and_failed_start(sandboxes: Any) -> None:
+    service, admin, _, _ = sandboxes
+    # the interface's not-found answers: None for reads, False for actions
+    assert await service.get_sandbox("missing") is None
+    assert await service.resume_sandbox("missing") is False
+    assert await service.pause_sandbox("missing") is False
+    assert await service.delete_sandbox("missing") is False
+    assert await service.get_sandbox_record_by_session_api_key(SESSION_KEY) is None
+
+    # an unregistered spec: a clear error, and the program is ended again (nothing leaks)
+    with pytest.raises(SandboxError, match="no runtime of spec 'not-registered'"):
+        await service.start_sandbox(sandbox_spec_id="not-registered", sandbox_id="bad1")
+    assert admin.get_program("bad1").status == ProgramStatus.TERMINATED
+    assert await service.get_sandbox("bad1") is None
+
+    # a live id cannot be started twice
+    await service.start_sandbox(sandbox_id="twice")
+    with pytest.raises(SandboxError, match="already exists"):
+        await service.start_sandbox(sandbox_id="twice")
+    assert len(admin.get_program("twice").runtime_ids) == 1  # no second runtime was taken
+    assert await service.delete_sandbox("twice") is True
+    with pytest.raises(ValueError, match="limit"):
+        await service.search_sandboxes(limit=0)
