@@ -12,8 +12,10 @@ Not covered: running inside openhands-ai itself (it pins openhands-sdk 1.34, our
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,8 @@ async def test_sandbox_is_a_program_holding_a_runtime(sandboxes: Any) -> None:
 
     # the AGENT_SERVER url is the runtime's published port, and something answers there
     (url,) = info.exposed_urls
-    assert url.name == AGENT_SERVER
+    assert (url.name, url.port) == (AGENT_SERVER, 8000)
+    assert abs((datetime.now(UTC) - info.created_at).total_seconds()) < 60
     async with httpx.AsyncClient() as http:
         deadline = time.monotonic() + 10
         while True:
@@ -164,3 +167,57 @@ async def test_unknown_sandbox_and_failed_start(sandboxes: Any) -> None:
     assert await service.delete_sandbox("twice") is True
     with pytest.raises(ValueError, match="limit"):
         await service.search_sandboxes(limit=0)
+
+
+OPENHANDS_AI_PYTHON_ENV = "THUNDER_OPENHANDS_AI_PYTHON"
+INSIDE_OPENHANDS_AI = '''
+import asyncio, sys
+from openhands.app_server.config import config_from_env, get_sandbox_service
+from openhands.app_server.sandbox.sandbox_models import SandboxInfo, SandboxStatus
+from openhands.app_server.sandbox.sandbox_service import SandboxService
+from openhands.app_server.services.injector import InjectorState
+from openhands.app_server.user.specifiy_user_context import ADMIN, USER_CONTEXT_ATTR
+
+config = config_from_env()  # OH_SANDBOX_KIND -> env_parser imports our injector
+assert type(config.sandbox).__name__ == "ThunderSandboxServiceInjector", config.sandbox
+
+async def main() -> None:
+    state = InjectorState()
+    setattr(state, USER_CONTEXT_ATTR, ADMIN)  # as openhands-ai's session_auth.py does
+    async with get_sandbox_service(state) as service:
+        assert isinstance(service, SandboxService)
+        info = await service.start_sandbox()
+        assert isinstance(info, SandboxInfo) and info.status is SandboxStatus.RUNNING, info
+        running = await service.wait_for_sandbox_running(info.id, timeout=10, poll_interval=1)
+        assert running.id == info.id
+        assert [i.id for i in (await service.search_sandboxes()).items] == [info.id]
+        assert await service.delete_sandbox(info.id) is True
+        assert await service.get_sandbox(info.id) is None
+        assert await service.delete_sandbox("nope") is False
+    print("INSIDE-OK", info.id)
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.skipif(not os.environ.get(OPENHANDS_AI_PYTHON_ENV),
+                    reason=f"set {OPENHANDS_AI_PYTHON_ENV} to a python with openhands-ai 1.11 "
+                    "and thunder-core/thunder-openhands (--no-deps) installed")
+async def test_inside_openhands_ai_the_kind_selects_our_service(sandboxes: Any) -> None:
+    """openhands-ai's own config loader and injector machinery build and use the service
+    (separate interpreter: openhands-ai pins openhands-sdk 1.34, this venv has 1.58)."""
+    service, admin, parts, _ = sandboxes
+    env = {**os.environ, "THUNDER_SCHEDULER_URL": service.client.base_url,
+           "THUNDER_ADMIN_KEY": ADMIN_KEY, "THUNDER_OH_RUNTIME_SPEC": SPEC,
+           "OH_SANDBOX_KIND": "thunder_openhands.app_server.ThunderSandboxServiceInjector",
+           "OPENHANDS_SUPPRESS_BANNER": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        os.environ[OPENHANDS_AI_PYTHON_ENV], "-c", INSIDE_OPENHANDS_AI, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 240)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0 and "INSIDE-OK" in text, text[-3000:]
+    sandbox_id = text.split("INSIDE-OK", 1)[1].split()[0]
+    ended = admin.get_program(sandbox_id)  # the scheduler saw the program and its end
+    assert ended.framework == "openhands" and ended.status == ProgramStatus.TERMINATED
+    assert parts.tools.snapshot()["totals"]["held_runtimes"] == 0

@@ -41,7 +41,9 @@ Mapping (sandbox id = program id):
   ``NotImplementedError`` saying so (an unknown one is ``False``, the interface's not-found);
   ``resume_sandbox`` of a known sandbox is ``True`` (never paused, so already running);
 * ``exposed_urls``: ``AGENT_SERVER`` at ``http://<runtime host>:<host port of
-  THUNDER_OH_AGENT_SERVER_PORT>`` when the spec publishes that port (agent server default 8000);
+  THUNDER_OH_AGENT_SERVER_PORT>`` when the spec publishes that port (agent server default 8000;
+  ``port`` is the container port, as openhands-ai's Docker service reports it);
+* ``created_at``: the wall-clock start kept in the program's tag ``oh_created_at``;
 * ``session_api_key``: the spec's ``OH_SESSION_API_KEYS_0`` environment value. Runtimes come
   from a shared pool, so the key is per spec, not per sandbox: a lookup by key answers only
   when exactly one of this service's sandboxes matches.
@@ -76,6 +78,8 @@ SESSION_KEY_VARIABLE: Final = "OH_SESSION_API_KEYS_0"
 SERVICE_TAG: Final = "oh_sandbox_service"
 USER_TAG: Final = "oh_user"
 SPEC_TAG: Final = "oh_sandbox_spec"
+CREATED_TAG: Final = "oh_created_at"
+"""Wall-clock start (ISO 8601): a program's ``started_at`` is the scheduler's monotonic clock."""
 ACQUIRE_TIMEOUT_S: Final = 600.0
 """A cold acquire may build the spec's image first; the tool manager bounds builds itself."""
 
@@ -208,7 +212,8 @@ class ThunderSandboxService:
         of the Thunder spec ``sandbox_spec_id`` (default: the service's ``runtime_spec``)."""
         spec = sandbox_spec_id or self.runtime_spec
         pid = sandbox_id or uuid.uuid4().hex
-        tags = {SERVICE_TAG: self.service_name, SPEC_TAG: spec, "runtime_spec": spec}
+        tags = {SERVICE_TAG: self.service_name, SPEC_TAG: spec, "runtime_spec": spec,
+                CREATED_TAG: datetime.now(UTC).isoformat()}
         if self.user_id is not None:
             tags[USER_TAG] = self.user_id
         try:
@@ -328,7 +333,8 @@ class ThunderSandboxService:
             host_port = view.ports.get(str(self.agent_server_port))
             if host_port is not None:
                 urls.append(self.models.exposed_url(
-                    name=AGENT_SERVER, url=f"http://{view.host}:{host_port}", port=host_port))
+                    name=AGENT_SERVER, url=f"http://{view.host}:{host_port}",
+                    port=self.agent_server_port))  # the container port, as docker_sandbox_service
             session_key = await self._session_key(spec)
         return self.models.info(
             id=program.program_id,
@@ -337,7 +343,7 @@ class ThunderSandboxService:
             status=status,
             session_api_key=session_key,
             exposed_urls=urls,
-            created_at=datetime.fromtimestamp(program.started_at, UTC),
+            created_at=_created_at(program),
         )
 
     async def _end(self, program_id: str, status: ProgramEndStatus, reason: str) -> None:
@@ -346,6 +352,14 @@ class ThunderSandboxService:
         except ThunderError as exc:
             log.warning("sandbox %s: ending the program failed (%s); its lease ends it",
                         program_id, exc)
+
+
+def _created_at(program: ProgramView) -> datetime:
+    stamp = program.tags.get(CREATED_TAG)
+    try:
+        return datetime.fromisoformat(stamp) if stamp else datetime.now(UTC)
+    except ValueError:
+        return datetime.now(UTC)
 
 
 def runtime_spec_from_env() -> str:
@@ -404,7 +418,11 @@ def _build_injector() -> type:
             finally:
                 await client.aclose()
 
-    ThunderSandboxServiceInjector.__module__ = __name__
+    # openhands-sdk's DiscriminatedUnionMixin refuses classes whose qualname has "<locals>"
+    # (openhands/sdk/utils/models.py, 1.34.0); these are module attributes once built
+    for built in (BoundThunderSandboxService, ThunderSandboxServiceInjector):
+        built.__module__ = __name__
+        built.__qualname__ = built.__name__
     return ThunderSandboxServiceInjector
 
 
