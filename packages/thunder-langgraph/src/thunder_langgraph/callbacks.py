@@ -65,7 +65,6 @@ class ToolEventsHandler(BaseCallbackHandler):
     ignore_llm = True
     ignore_chat_model = True
     ignore_retriever = True
-    ignore_agent = True
     ignore_retry = True
     ignore_custom_event = True
 
