@@ -173,3 +173,13 @@ async def test_ports_and_volumes_are_published_and_freed(case: Case) -> None:
             ("127.0.0.1", runtime.ports[8000]), timeout=2
         ):
             pass
+
+
+async def test_many_short_concurrent_execs_all_return_their_output(case: Case) -> None:
+    """Docker's attach stream sometimes drops a short exec's output (moby/moby#27289); the
+    backend must still return every byte (it captures output in files)."""
+    runtime, _, _ = await _make(case)
+    results = await asyncio.gather(*(_sh(case, runtime, f"echo out-{i}") for i in range(60)))
+    await case.backend.destroy(runtime)
+    for i, result in enumerate(results):
+        assert result == (0, f"out-{i}\n", ""), i

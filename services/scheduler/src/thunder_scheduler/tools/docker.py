@@ -14,6 +14,13 @@ on ``publish_host`` with a daemon-chosen host port. Disk per runtime is the cont
 writable layer, ``SizeRw`` from ``GET /containers/json?size=1`` (``containers.list()`` objects
 do not carry it, see engines-and-frameworks.md).
 
+Exec output: the daemon sometimes drops the attached output of a short exec (moby/moby#27289,
+docker/docker-py#2042: ``echo x`` returns exit 0 and no stdout, more often under load). So the
+command runs under ``sh -c`` with stdout and stderr redirected to two files in the container's
+``/tmp``; after it exits they are read back through ``GET /containers/{id}/archive`` (a tar
+stream, not the attach stream) and deleted. This needs ``sh`` in the image (every image the
+tool manager builds has it); a read failure falls back to the attached output.
+
 Exec timeouts: ``exec_start`` cannot be cancelled, so on timeout the exec's process tree is
 SIGKILLed on the host (``exec_inspect`` gives its host pid; the daemon is local), which closes its
 output and frees the worker thread; the caller gets ``ExecTimeout`` at once.
@@ -23,10 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
+import tarfile
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -247,9 +257,11 @@ class DockerBackend:
     ) -> ExecOutput:
         started = time.monotonic()
         async with self._exec:
+            capture = f"/tmp/.thunder-exec-{uuid.uuid4().hex}"
+            wrapped = ["sh", "-c", 'exec "$@" >"$0.out" 2>"$0.err"', capture, *argv]
             try:
                 exec_id = (await self._thread(
-                    self._api.exec_create, runtime.ref, argv, workdir=workdir,
+                    self._api.exec_create, runtime.ref, wrapped, workdir=workdir,
                     environment=env or None,
                 ))["Id"]
             except docker.errors.NotFound as exc:
@@ -268,13 +280,33 @@ class DockerBackend:
                         _kill_tree(pid)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(task, 10.0)
+                with contextlib.suppress(Exception):
+                    await self._thread(self._read_capture, runtime.ref, capture)
                 raise ExecTimeout(f"exec exceeded {timeout_s} s and was killed") from None
             inspect = await self._thread(self._api.exec_inspect, exec_id)
+            try:
+                stdout, stderr = await self._thread(self._read_capture, runtime.ref, capture)
+            except (docker.errors.APIError, KeyError, tarfile.TarError):
+                pass  # keep what the attach stream gave
         code = inspect.get("ExitCode")
         return ExecOutput(
             int(code) if code is not None else -1, stdout or b"", stderr or b"",
             time.monotonic() - started,
         )
+
+    def _read_capture(self, ref: str, capture: str) -> tuple[bytes, bytes]:
+        """The captured stdout/stderr files of one exec, read via the archive API, then removed."""
+        outputs: dict[str, bytes] = {}
+        for suffix in ("out", "err"):
+            stream, _stat = self._api.get_archive(ref, f"{capture}.{suffix}")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.next()
+                extracted = tar.extractfile(member) if member is not None else None
+                outputs[suffix] = extracted.read() if extracted is not None else b""
+        with contextlib.suppress(docker.errors.APIError):
+            cleanup = self._api.exec_create(ref, ["rm", "-f", f"{capture}.out", f"{capture}.err"])
+            self._api.exec_start(cleanup["Id"])
+        return outputs["out"], outputs["err"]
 
     async def destroy(self, runtime: BackendRuntime) -> None:
         await self._call(self._destroy_blocking, runtime)
