@@ -211,7 +211,10 @@ class LiveReplay:
                 follower.cancel()
                 await asyncio.gather(monitor, follower, return_exceptions=True)
             after = await self._scrape_engines()
+            max_paused_s = await self._max_paused_s() if self._lifecycle else None
         self.recorder.close(finish)
+        if max_paused_s is not None:
+            self._service_max_paused_s = max_paused_s
         return self._report(finish, before, after)
 
     async def _worker(self) -> None:
@@ -377,6 +380,21 @@ class LiveReplay:
     _first_error: str | None = None
     _last_error: str | None = None
 
+    _service_max_paused_s: float | None = None
+
+    async def _max_paused_s(self) -> float | None:
+        """The longest time any program spent paused, from the scheduler's program table
+        (``paused_s`` in modelled seconds): the replay does not see pauses itself in live mode."""
+        assert self._http is not None
+        try:
+            async with self._http.get(f"{self._base}/v1/programs") as resp:
+                if resp.status != 200:
+                    return None
+                rows = (await resp.json()).get("programs", [])
+        except (aiohttp.ClientError, ValueError):
+            return None
+        return max((float(row.get("paused_s", 0.0)) for row in rows), default=0.0)
+
     async def _scrape(self, url: str) -> dict[str, float]:
         assert self._http is not None
         try:
@@ -447,9 +465,12 @@ class LiveReplay:
         report.extra["warnings"] = warnings
         report.extra["time_scale_changes"] = self._scale_changes
         pauses, migrations = delta("thunder_pauses"), delta("thunder_migrations")
+        changes: dict[str, Any] = {}
         if pauses or migrations:
-            return _with(report, pauses=int(pauses), migrations=int(migrations))
-        return report
+            changes.update(pauses=int(pauses), migrations=int(migrations))
+        if self._service_max_paused_s is not None:
+            changes["max_paused_s"] = self._service_max_paused_s
+        return _with(report, **changes) if changes else report
 
 
 def _with(report: RunReport, **changes: Any) -> RunReport:
