@@ -83,8 +83,7 @@ class ConversationTracker:
         self.state = ProgramState.NEW
         self.last_outcome: tuple[ProgramEndStatus, str] | None = None
         self.start_pending = False
-        """True from a program start until the caller confirmed it was sent (``run`` flushes
-        the emitter once so the start reaches the scheduler before the first LLM request)."""
+        """True from a program start until the caller confirmed it was sent."""
         self._calls: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -115,11 +114,13 @@ class ConversationTracker:
         self._calls.clear()
         self.emitter.program_ended(self.program_id, status=status, reason=reason)
 
-    def before_run(self) -> None:
-        """``run()`` starts: reopen the program if an earlier run ended it."""
+    def before_run(self) -> bool:
+        """``run()`` starts: reopen the program if an earlier run ended it (returns True then)."""
         with self._lock:
             if self.program_id is not None and self.state is ProgramState.ENDED:
                 self._open()
+                return True
+            return False
 
     def after_run(self, status: str | None, error: BaseException | None = None) -> None:
         """``run()`` returned with execution status ``status``, or raised ``error``."""

@@ -19,6 +19,10 @@ What ``enable(scheduler_url)`` changes, and nothing else:
 Ordering: the program start is queued at conversation creation and never waited for. If the
 first LLM request reaches the scheduler first, the scheduler starts the program from it and
 adopts the metadata (framework ``openhands``, priority, tags) when the start event arrives.
+One case does wait: a rerun of a conversation whose earlier run ended its program. Its first
+request must not reach the scheduler before the earlier end event (it would be counted in the
+ended program), so ``run()`` then waits for the queue once, at most
+:data:`REOPEN_FLUSH_TIMEOUT_S`.
 
 Process-wide state: the toggle patches classes, so it is one object per process
 (``_active``), created by ``enable()`` and dropped by ``disable()``.
@@ -26,10 +30,12 @@ Process-wide state: the toggle patches classes, so it is one object per process
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -39,6 +45,10 @@ from thunder_openhands import routing
 from thunder_openhands.lifecycle import ConversationTracker, Emitter
 
 log = logging.getLogger("thunder_openhands")
+
+REOPEN_FLUSH_TIMEOUT_S: Final = 0.5
+"""Longest wait in a rerun's ``run()`` for the previous end and the new start to be sent (a
+POST to a live scheduler on loopback takes about a millisecond)."""
 
 TRACKER_ATTR: Final = "_thunder_tracker"
 _PATCHED: Final = ("__init__", "run", "arun", "close")
@@ -140,6 +150,13 @@ def _route_config() -> routing.RouteConfig | None:
     return active.route if active is not None else None
 
 
+def _flush(timeout_s: float) -> None:
+    active = _active
+    flush: Callable[..., Any] | None = getattr(active.emitter, "flush", None) if active else None
+    if flush is not None:
+        flush(timeout_s)
+
+
 def _status_of(conversation: Any) -> str | None:
     try:
         status = conversation.state.execution_status
@@ -189,7 +206,8 @@ def _patch(cls: type[Any], originals: dict[str, Any]) -> None:
         tracker = tracker_of(self)
         if tracker is None:
             return run(self, *args, **kwargs)
-        tracker.before_run()
+        if tracker.before_run():
+            _flush(REOPEN_FLUSH_TIMEOUT_S)
         try:
             result = run(self, *args, **kwargs)
         except BaseException as exc:
@@ -203,7 +221,8 @@ def _patch(cls: type[Any], originals: dict[str, Any]) -> None:
         tracker = tracker_of(self)
         if tracker is None:
             return await arun(self, *args, **kwargs)
-        tracker.before_run()
+        if tracker.before_run():
+            await asyncio.to_thread(_flush, REOPEN_FLUSH_TIMEOUT_S)
         try:
             result = await arun(self, *args, **kwargs)
         except BaseException as exc:
