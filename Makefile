@@ -25,7 +25,7 @@ docker:
 
 lint: bootstrap
 	.venv/bin/ruff check .
-	.venv/bin/mypy packages/thunder-core/src services/scheduler/src
+	.venv/bin/mypy packages/thunder-core/src packages/thunder-scheduling/src services/scheduler/src
 
 test: bootstrap
 	@bash scripts/test.sh

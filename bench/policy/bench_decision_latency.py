@@ -24,9 +24,9 @@ import statistics
 import time
 from pathlib import Path
 
-from thunder_scheduler.core import make_scheduler
-from thunder_scheduler.core.commands import Admit, Release
-from thunder_scheduler.core.events import (
+from thunder_scheduling import make_scheduler
+from thunder_scheduling.commands import Admit, Release
+from thunder_scheduling.events import (
     BackendUpdated,
     RequestArrived,
     RequestFinished,

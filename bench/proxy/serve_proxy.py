@@ -26,7 +26,6 @@ from fastapi import FastAPI
 
 from thunder_scheduler.backends.base import RequestHints
 from thunder_scheduler.backends.sglang import SGLangBackend
-from thunder_scheduler.core.events import RequestOutcome
 from thunder_scheduler.gate import Placement, Usage
 from thunder_scheduler.proxy import (
     FastPathApp,
@@ -34,6 +33,7 @@ from thunder_scheduler.proxy import (
     ProxySettings,
     create_upstream_client,
 )
+from thunder_scheduling.events import RequestOutcome
 
 
 class PassThroughGate:

@@ -23,7 +23,6 @@ from fastapi import FastAPI
 
 from thunder_scheduler.backends.base import Backend, RequestHints
 from thunder_scheduler.backends.sglang import SGLangBackend
-from thunder_scheduler.core.events import RequestOutcome
 from thunder_scheduler.gate import GateError, Placement, Usage
 from thunder_scheduler.proxy import (
     FastPathApp,
@@ -32,6 +31,7 @@ from thunder_scheduler.proxy import (
     create_proxy_router,
 )
 from thunder_scheduler.proxy.upstream import UpstreamTimeout, UpstreamUnreachable
+from thunder_scheduling.events import RequestOutcome
 
 ENGINE_URL = "http://engine.test:30000"
 

@@ -32,8 +32,8 @@ from proxy_testkit import (
 
 from thunder_scheduler.app import create_app
 from thunder_scheduler.clock import ManualClock
-from thunder_scheduler.core.events import RequestOutcome
 from thunder_scheduler.settings import load_settings
+from thunder_scheduling.events import RequestOutcome
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]

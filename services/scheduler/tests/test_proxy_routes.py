@@ -31,8 +31,8 @@ from proxy_testkit import (
 )
 
 from thunder_scheduler.backends.vllm import VLLMBackend
-from thunder_scheduler.core.events import RequestOutcome
 from thunder_scheduler.gate import Usage
+from thunder_scheduling.events import RequestOutcome
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -25,7 +25,10 @@ from thunder_scheduler.backends.base import (
     SlotState,
 )
 from thunder_scheduler.clock import ManualClock
-from thunder_scheduler.core.commands import (
+from thunder_scheduler.driver import Driver
+from thunder_scheduler.gate import GateError
+from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduling.commands import (
     Admit,
     Command,
     Hold,
@@ -35,17 +38,14 @@ from thunder_scheduler.core.commands import (
     Resume,
     SetPriority,
 )
-from thunder_scheduler.core.events import (
+from thunder_scheduling.events import (
     Event,
     ProgramEnded,
     ProgramStarted,
     RequestArrived,
     ToolStarted,
 )
-from thunder_scheduler.core.snapshot import Counters, SchedulerSnapshot
-from thunder_scheduler.driver import Driver
-from thunder_scheduler.gate import GateError
-from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduling.snapshot import Counters, SchedulerSnapshot
 
 
 @dataclass

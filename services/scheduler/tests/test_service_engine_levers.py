@@ -21,9 +21,9 @@ from fastapi import FastAPI
 from thunder_scheduler.app import ServiceParts, create_app
 from thunder_scheduler.backends.fakes import FakeSGLang
 from thunder_scheduler.backends.sglang import SGLangBackend
-from thunder_scheduler.core.events import Event, RequestArrived, RequestOutcome
 from thunder_scheduler.gate import Usage, prompt_blocks
 from thunder_scheduler.settings import load_settings
+from thunder_scheduling.events import Event, RequestArrived, RequestOutcome
 
 BODY: dict[str, Any] = {"model": "Qwen/Qwen3-8B", "messages": [{"role": "user", "content": "hi"}]}
 

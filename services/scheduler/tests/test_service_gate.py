@@ -16,12 +16,12 @@ import pytest
 from thunder_scheduler.backends.base import BackendInfo
 from thunder_scheduler.backends.monitor import BackendState
 from thunder_scheduler.clock import ManualClock
-from thunder_scheduler.core.commands import Command, Hold
-from thunder_scheduler.core.events import Event, RequestArrived, RequestFinished, RequestOutcome
-from thunder_scheduler.core.snapshot import Counters, SchedulerSnapshot
 from thunder_scheduler.driver import Driver
 from thunder_scheduler.gate import SchedulerGate
 from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduling.commands import Command, Hold
+from thunder_scheduling.events import Event, RequestArrived, RequestFinished, RequestOutcome
+from thunder_scheduling.snapshot import Counters, SchedulerSnapshot
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from thunder_scheduler.core.policies import POLICIES
-from thunder_scheduler.core.policies.cache_aware import (
+from thunder_scheduling.policies import POLICIES
+from thunder_scheduling.policies.cache_aware import (
     ApproxPrefixTree,
     CacheAwareConfig,
     CacheAwareRouter,

@@ -39,10 +39,6 @@ from thunder_scheduler.backends.base import Backend, BackendKind
 from thunder_scheduler.backends.monitor import BackendMonitor, MonitorConfig
 from thunder_scheduler.backends.registry import make_backend, parse_backend_spec
 from thunder_scheduler.clock import Clock, MonotonicClock
-from thunder_scheduler.core.config import ConfigError, SchedulerConfig
-from thunder_scheduler.core.policies import POLICIES
-from thunder_scheduler.core.registry import make_scheduler
-from thunder_scheduler.core.scheduler import ProgramScheduler
 from thunder_scheduler.driver import Driver
 from thunder_scheduler.errors import ServiceError, error_response, install_error_handlers
 from thunder_scheduler.gate import SchedulerGate
@@ -53,6 +49,10 @@ from thunder_scheduler.proxy.fast_path import AdmitCheck, FastPathApp
 from thunder_scheduler.proxy.routes import ProxyEndpoints
 from thunder_scheduler.proxy.upstream import UpstreamClient, create_upstream_client
 from thunder_scheduler.settings import ServiceSettings, SettingsError, setting_names
+from thunder_scheduling.config import ConfigError, SchedulerConfig
+from thunder_scheduling.policies import POLICIES
+from thunder_scheduling.registry import make_scheduler
+from thunder_scheduling.scheduler import ProgramScheduler
 
 if TYPE_CHECKING:
     from thunder_scheduler.tools.manager import ToolManager

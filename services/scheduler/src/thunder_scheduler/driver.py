@@ -1,6 +1,6 @@
 """The async driver around the pure scheduling core: events in, commands carried out.
 
-The core (``thunder_scheduler.core``) is synchronous, fast and does no I/O. The driver owns it
+The core (``thunder_scheduling``) is synchronous, fast and does no I/O. The driver owns it
 and everything with side effects, all on one event loop:
 
 * **Time.** Every event is stamped with ``Clock.now()`` (modelled seconds, ``clock.py``). A
@@ -56,7 +56,9 @@ from thunder_core.contract import ProgramStatus, ProgramView
 from thunder_scheduler.backends.base import Backend, RequestHints, SessionLever, SlotOffload
 from thunder_scheduler.backends.monitor import BackendState
 from thunder_scheduler.clock import Clock
-from thunder_scheduler.core.commands import (
+from thunder_scheduler.gate import GateError
+from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduling.commands import (
     Admit,
     Command,
     Hold,
@@ -66,16 +68,14 @@ from thunder_scheduler.core.commands import (
     Resume,
     SetPriority,
 )
-from thunder_scheduler.core.events import (
+from thunder_scheduling.events import (
     BackendUpdated,
     Event,
     ProgramStarted,
     ToolFinished,
     ToolStarted,
 )
-from thunder_scheduler.core.snapshot import ProgramSnapshot, SchedulerSnapshot
-from thunder_scheduler.gate import GateError
-from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduling.snapshot import ProgramSnapshot, SchedulerSnapshot
 
 __all__ = ["RUNTIME_SPEC_TAG", "Driver", "ProgramHooks", "SchedulingCore"]
 

@@ -69,7 +69,7 @@ import orjson
 
 from thunder_core.contract import engine_request_id
 from thunder_scheduler.backends.base import Backend, RequestHints
-from thunder_scheduler.core.events import (
+from thunder_scheduling.events import (
     ProgramStarted,
     RequestArrived,
     RequestFinished,

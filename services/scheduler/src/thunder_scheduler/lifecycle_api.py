@@ -42,9 +42,9 @@ from thunder_core.contract import (
     ToolStart,
 )
 from thunder_scheduler.auth import KeyCheck
-from thunder_scheduler.core.events import ProgramEnded, ProgramStarted, ToolFinished, ToolStarted
 from thunder_scheduler.driver import Driver
 from thunder_scheduler.errors import ServiceError, error_response
+from thunder_scheduling.events import ProgramEnded, ProgramStarted, ToolFinished, ToolStarted
 
 __all__ = ["BodyLimitMiddleware", "create_lifecycle_router"]
 

@@ -15,9 +15,9 @@ Defaults and their sources:
 * ``policy``: the scheduling policy, by the core registry's name.
 * policy knobs (``high_watermark``, ``low_watermark``, ``decay_half_life_s``): None means the
   policy's own default, documented beside each policy's config dataclass in
-  ``thunder_scheduler.core.policies``; set here only to override it.
+  ``thunder_scheduling.policies``; set here only to override it.
 * ``lease_s`` / ``max_paused_s``: None means the core's defaults (30 min / 5 min,
-  ``thunder_scheduler.core.config``).
+  ``thunder_scheduling.config``).
 * ``tick_s`` 1.0 modelled second: the backstop tick. Admission and restore run on every event
   (issue 4), so the tick only catches time-driven changes (decay, aging, leases); ThunderAgent
   ticks every 5 s and reports throughput insensitive to ticks of 2-10 s (arXiv 2602.13692),
@@ -64,6 +64,7 @@ from thunder_scheduler.backends.monitor import MonitorConfig
 from thunder_scheduler.backends.registry import parse_backend_spec
 from thunder_scheduler.proxy.settings import ProxySettings, UpstreamClientName
 from thunder_scheduler.tools.settings import ToolManagerSettings
+from thunder_scheduling.registry import DEFAULT_POLICY
 
 __all__ = ["ENV_PREFIX", "ServiceSettings", "SettingsError", "load_settings", "setting_names"]
 
@@ -116,7 +117,7 @@ class ServiceSettings(BaseSettings):
     log_level: LogLevel = "info"
 
     # -- scheduling -------------------------------------------------------------------------
-    policy: str = Field(default="thunder", min_length=1, description="scheduling policy")
+    policy: str = Field(default=DEFAULT_POLICY, min_length=1, description="scheduling policy")
     high_watermark: float | None = Field(default=None, gt=0, le=1)
     low_watermark: float | None = Field(default=None, gt=0, le=1)
     decay_half_life_s: float | None = Field(default=None, gt=0)

@@ -75,9 +75,9 @@ STOP_TIMEOUT_S = 10.0
 
 def scheduler_default_policy() -> str:
     """The policy ``thunder-scheduler serve`` runs when none is given."""
-    from thunder_scheduler.settings import ServiceSettings
+    from thunder_scheduling.registry import DEFAULT_POLICY
 
-    return str(ServiceSettings.model_fields["policy"].default)
+    return DEFAULT_POLICY
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

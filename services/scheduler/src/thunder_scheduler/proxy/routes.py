@@ -62,7 +62,6 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from thunder_core.contract import InvalidProgramId, program_id_from, strip_identity
-from thunder_scheduler.core.events import RequestOutcome
 from thunder_scheduler.gate import GateError, Placement, RequestGate, Usage
 from thunder_scheduler.proxy.settings import ProxySettings
 from thunder_scheduler.proxy.streaming import SseScanner
@@ -73,6 +72,7 @@ from thunder_scheduler.proxy.upstream import (
     UpstreamUnreachable,
 )
 from thunder_scheduler.proxy.usage import response_usage
+from thunder_scheduling.events import RequestOutcome
 
 __all__ = [
     "CHAT_PATH",

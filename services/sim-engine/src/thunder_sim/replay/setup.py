@@ -1,6 +1,6 @@
 """Building the parts a replay runs: the scheduling core with a named policy, and engines.
 
-Policies come from the scheduler's registry (``thunder_scheduler.core.policies.POLICIES``),
+Policies come from the scheduler's registry (``thunder_scheduling.policies.POLICIES``),
 so every policy the live service can run is available here under the same name.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from thunder_scheduler.core.commands import Command
-from thunder_scheduler.core.config import SchedulerConfig
-from thunder_scheduler.core.events import Event
+from thunder_scheduling.commands import Command
+from thunder_scheduling.config import SchedulerConfig
+from thunder_scheduling.events import Event
 from thunder_sim.costmodel.presets import get_preset
 from thunder_sim.engine import Engine, EngineConfig
 
@@ -24,7 +24,7 @@ class SchedulerLike(Protocol):
 
 
 def policy_names() -> list[str]:
-    from thunder_scheduler.core.policies import POLICIES
+    from thunder_scheduling.policies import POLICIES
 
     return sorted(POLICIES)
 
@@ -33,8 +33,8 @@ def build_scheduler(
     policy: str, knobs: dict[str, Any] | None = None, config: SchedulerConfig | None = None
 ) -> SchedulerLike:
     """A ``ProgramScheduler`` running ``policy`` with its config built from ``knobs``."""
-    from thunder_scheduler.core.policies import POLICIES
-    from thunder_scheduler.core.scheduler import ProgramScheduler
+    from thunder_scheduling.policies import POLICIES
+    from thunder_scheduling.scheduler import ProgramScheduler
 
     try:
         policy_cls, config_cls = POLICIES[policy]

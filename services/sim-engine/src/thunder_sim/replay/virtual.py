@@ -1,6 +1,6 @@
 """Virtual mode: a discrete-event replay on one virtual clock, with no HTTP.
 
-The scheduler's pure core (``thunder_scheduler.core.ProgramScheduler`` with any registered
+The scheduler's pure core (``thunder_scheduling.ProgramScheduler`` with any registered
 policy) and one ``thunder_sim.engine.Engine`` per replica run in this process. The loop owns
 virtual time (modelled seconds) and applies the core's commands exactly as the live driver
 does over HTTP: ``Admit`` submits the request to that engine, ``Hold`` parks it until its
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thunder_core.contract import engine_request_id
-from thunder_scheduler.core.commands import (
+from thunder_scheduling.commands import (
     Admit,
     Command,
     Hold,
@@ -38,7 +38,7 @@ from thunder_scheduler.core.commands import (
     Resume,
     SetPriority,
 )
-from thunder_scheduler.core.events import (
+from thunder_scheduling.events import (
     BackendUpdated,
     Event,
     ProgramEnded,

@@ -57,9 +57,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from thunder_core.contract import ProgramPhase
-from thunder_scheduler.core.accounting import BackendLedger, WeightMode
-from thunder_scheduler.core.events import RequestArrived
-from thunder_scheduler.core.program_table import Program
+from thunder_scheduling.accounting import BackendLedger, WeightMode
+from thunder_scheduling.events import RequestArrived
+from thunder_scheduling.program_table import Program
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from thunder_core.contract import ProgramEndStatus, ProgramPhase, ProgramStatus
-from thunder_scheduler.core.accounting import WeightMode
+from thunder_scheduling.accounting import WeightMode
 
 
 @dataclass(slots=True, eq=False)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from thunder_core.contract import ProgramEndStatus, ProgramPhase, ProgramStatus
-from thunder_scheduler.core.accounting import BackendLedger
-from thunder_scheduler.core.program_table import Program, ProgramTable
-from thunder_scheduler.core.tool_time import ToolTimeEstimator
+from thunder_scheduling.accounting import BackendLedger
+from thunder_scheduling.program_table import Program, ProgramTable
+from thunder_scheduling.tool_time import ToolTimeEstimator
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,9 +44,9 @@ import math
 from dataclasses import dataclass
 
 from thunder_core.contract import ProgramStatus
-from thunder_scheduler.core.accounting import WeightMode
-from thunder_scheduler.core.config import ConfigError
-from thunder_scheduler.core.policy import (
+from thunder_scheduling.accounting import WeightMode
+from thunder_scheduling.config import ConfigError
+from thunder_scheduling.policy import (
     ActingWeight,
     BasePolicy,
     PolicyView,
@@ -55,7 +55,7 @@ from thunder_scheduler.core.policy import (
     free_room,
     is_reasoning,
 )
-from thunder_scheduler.core.program_table import Program
+from thunder_scheduling.program_table import Program
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,10 @@ simulator's virtual mode. A ruff banned-API rule keeps asyncio, time, random, ht
 and docker out of this package.
 """
 
-from thunder_scheduler.core.config import ConfigError, SchedulerConfig
-from thunder_scheduler.core.registry import policy_names
-from thunder_scheduler.core.scheduler import ProgramScheduler, UnknownProgram, make_scheduler
-from thunder_scheduler.core.snapshot import SchedulerSnapshot
+from thunder_scheduling.config import ConfigError, SchedulerConfig
+from thunder_scheduling.registry import policy_names
+from thunder_scheduling.scheduler import ProgramScheduler, UnknownProgram, make_scheduler
+from thunder_scheduling.snapshot import SchedulerSnapshot
 
 __all__ = [
     "ConfigError",

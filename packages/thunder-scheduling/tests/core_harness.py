@@ -11,9 +11,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from thunder_scheduler.core import make_scheduler
-from thunder_scheduler.core.commands import Admit, Command, Hold, Pause, Release, Resume
-from thunder_scheduler.core.events import (
+from thunder_scheduling import make_scheduler
+from thunder_scheduling.commands import Admit, Command, Hold, Pause, Release, Resume
+from thunder_scheduling.events import (
     BackendUpdated,
     Event,
     ProgramEnded,
@@ -24,7 +24,7 @@ from thunder_scheduler.core.events import (
     ToolFinished,
     ToolStarted,
 )
-from thunder_scheduler.core.snapshot import BackendSnapshot, ProgramSnapshot
+from thunder_scheduling.snapshot import BackendSnapshot, ProgramSnapshot
 
 
 class ContractViolation(AssertionError):

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from thunder_scheduler.core.config import ConfigError
-from thunder_scheduler.core.policy import BasePolicy, PolicyView, fits, free_room
-from thunder_scheduler.core.program_table import Program
+from thunder_scheduling.config import ConfigError
+from thunder_scheduling.policy import BasePolicy, PolicyView, fits, free_room
+from thunder_scheduling.program_table import Program
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from core_harness import Harness
 
-from thunder_scheduler.core.commands import Admit
-from thunder_scheduler.core.policies.cache_aware import CacheAwarePolicy, CacheAwareRouter
+from thunder_scheduling.commands import Admit
+from thunder_scheduling.policies.cache_aware import CacheAwarePolicy, CacheAwareRouter
 
 
 def _router(h: Harness) -> CacheAwareRouter:

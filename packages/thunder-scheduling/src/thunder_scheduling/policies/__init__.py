@@ -15,10 +15,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from thunder_scheduler.core.policies.autellix import AutellixConfig, AutellixPolicy
-from thunder_scheduler.core.policies.continuum import ContinuumConfig, ContinuumPolicy
-from thunder_scheduler.core.policies.sticky import StickyConfig, StickyPolicy
-from thunder_scheduler.core.policies.thunder import ThunderConfig, ThunderPolicy
+from thunder_scheduling.policies.autellix import AutellixConfig, AutellixPolicy
+from thunder_scheduling.policies.continuum import ContinuumConfig, ContinuumPolicy
+from thunder_scheduling.policies.sticky import StickyConfig, StickyPolicy
+from thunder_scheduling.policies.thunder import ThunderConfig, ThunderPolicy
 
 POLICIES: dict[str, tuple[type[Any], type[Any]]] = {
     "thunder": (ThunderPolicy, ThunderConfig),

@@ -29,14 +29,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from thunder_core.contract import ProgramEndStatus, ProgramPhase, ProgramStatus
-from thunder_scheduler.core.accounting import BackendLedger
-from thunder_scheduler.core.commands import Prewarm
-from thunder_scheduler.core.policy import fits
-from thunder_scheduler.core.queues import Entry
+from thunder_scheduling.accounting import BackendLedger
+from thunder_scheduling.commands import Prewarm
+from thunder_scheduling.policy import fits
+from thunder_scheduling.queues import Entry
 
 if TYPE_CHECKING:
-    from thunder_scheduler.core.program_table import Program
-    from thunder_scheduler.core.scheduler import ProgramScheduler
+    from thunder_scheduling.program_table import Program
+    from thunder_scheduling.scheduler import ProgramScheduler
 
 
 def decide(s: ProgramScheduler, now: float) -> None:

@@ -45,9 +45,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from thunder_scheduler.core.events import RequestArrived
-from thunder_scheduler.core.policy import BasePolicy, PolicyView
-from thunder_scheduler.core.program_table import Program
+from thunder_scheduling.events import RequestArrived
+from thunder_scheduling.policy import BasePolicy, PolicyView
+from thunder_scheduling.program_table import Program
 
 CHARS_PER_TOKEN = 4
 """OpenAI tokenizer rule of thumb ("one token is about 4 characters of English text")."""

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from thunder_scheduler.core.events import RequestArrived
-from thunder_scheduler.core.policy import BasePolicy, PolicyView
-from thunder_scheduler.core.program_table import Program
+from thunder_scheduling.events import RequestArrived
+from thunder_scheduling.policy import BasePolicy, PolicyView
+from thunder_scheduling.program_table import Program
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from typing import Any
 from core_harness import Harness
 
 from thunder_core.contract import ProgramStatus
-from thunder_scheduler.core.commands import Admit, Hold, Pause, Prewarm, Resume, SetPriority
+from thunder_scheduling.commands import Admit, Hold, Pause, Prewarm, Resume, SetPriority
 
 PINNED = {"high_watermark": 0.95, "low_watermark": 0.80, "acting_half_life_s": 1.0}
 """The knobs these scenarios were written for (the shipped defaults are chosen by the replay

@@ -33,14 +33,14 @@ Time never goes backwards inside: ``now = max(previous now, at)``.
 from __future__ import annotations
 
 from thunder_core.contract import ProgramEndStatus, ProgramPhase, ProgramStatus
-from thunder_scheduler.core.accounting import (
+from thunder_scheduling.accounting import (
     BackendLedger,
     Charge,
     WeightMode,
     ceil_to_page,
     decay_factor,
 )
-from thunder_scheduler.core.commands import (
+from thunder_scheduling.commands import (
     Admit,
     Command,
     Hold,
@@ -49,9 +49,9 @@ from thunder_scheduler.core.commands import (
     Resume,
     SetPriority,
 )
-from thunder_scheduler.core.config import SchedulerConfig
-from thunder_scheduler.core.decisions import decide
-from thunder_scheduler.core.events import (
+from thunder_scheduling.config import SchedulerConfig
+from thunder_scheduling.decisions import decide
+from thunder_scheduling.events import (
     BackendUpdated,
     Event,
     ProgramEnded,
@@ -61,11 +61,11 @@ from thunder_scheduler.core.events import (
     ToolFinished,
     ToolStarted,
 )
-from thunder_scheduler.core.policy import Policy, PolicyView
-from thunder_scheduler.core.program_table import Program, ProgramTable, ToolCall
-from thunder_scheduler.core.queues import KeyedHeap, WaitingQueue
-from thunder_scheduler.core.snapshot import SchedulerSnapshot, build_snapshot
-from thunder_scheduler.core.tool_time import ToolTimeEstimator
+from thunder_scheduling.policy import Policy, PolicyView
+from thunder_scheduling.program_table import Program, ProgramTable, ToolCall
+from thunder_scheduling.queues import KeyedHeap, WaitingQueue
+from thunder_scheduling.snapshot import SchedulerSnapshot, build_snapshot
+from thunder_scheduling.tool_time import ToolTimeEstimator
 
 
 class UnknownProgram(KeyError):
@@ -640,7 +640,7 @@ def make_scheduler(
     policy: str = "thunder", *, config: SchedulerConfig | None = None, **policy_knobs: object
 ) -> ProgramScheduler:
     """Build a scheduler by policy name (see ``registry.make_scheduler``)."""
-    from thunder_scheduler.core.registry import make_scheduler as _make
+    from thunder_scheduling.registry import make_scheduler as _make
 
     return _make(policy, config=config, **policy_knobs)
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from thunder_scheduler.core.config import ConfigError, SchedulerConfig
-from thunder_scheduler.core.policies import POLICIES
-from thunder_scheduler.core.scheduler import ProgramScheduler
+from thunder_scheduling.config import ConfigError, SchedulerConfig
+from thunder_scheduling.policies import POLICIES
+from thunder_scheduling.scheduler import ProgramScheduler
+
+DEFAULT_POLICY = "thunder"
+"""The policy a service or replay runs when none is named."""
 
 
 def policy_names() -> list[str]:
@@ -14,7 +17,7 @@ def policy_names() -> list[str]:
 
 
 def make_scheduler(
-    policy: str = "thunder", *, config: SchedulerConfig | None = None, **knobs: Any
+    policy: str = DEFAULT_POLICY, *, config: SchedulerConfig | None = None, **knobs: Any
 ) -> ProgramScheduler:
     """Knobs naming a ``SchedulerConfig`` field set it (unless ``config`` is given); the rest
     go to the policy's config class. Unknown policy or knob: ``ConfigError`` naming it."""
@@ -37,4 +40,4 @@ def make_scheduler(
     return ProgramScheduler(policy_cls(policy_config), config or SchedulerConfig())
 
 
-__all__ = ["make_scheduler", "policy_names"]
+__all__ = ["DEFAULT_POLICY", "make_scheduler", "policy_names"]

@@ -9,7 +9,7 @@ from core_harness import Harness
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thunder_scheduler.core.accounting import (
+from thunder_scheduling.accounting import (
     BackendLedger,
     Charge,
     DecayedSum,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from thunder_scheduler.core.policy import BasePolicy
+from thunder_scheduling.policy import BasePolicy
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thunder_core.contract import ProgramStatus
-from thunder_scheduler.core.commands import Command, Release
+from thunder_scheduling.commands import Command, Release
 
 PIDS = [f"p{i}" for i in range(6)]
 HIGH, LOW, MAX_PAUSED_S = 0.9, 0.7, 60.0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 
-from thunder_scheduler.core.program_table import Program
+from thunder_scheduling.program_table import Program
 
 Entry = tuple[tuple[float, ...], int, str, int]
 

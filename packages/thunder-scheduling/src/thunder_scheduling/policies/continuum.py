@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from thunder_scheduler.core.accounting import WeightMode
-from thunder_scheduler.core.config import ConfigError
-from thunder_scheduler.core.policy import ActingWeight, BasePolicy, PolicyView, fits, free_room
-from thunder_scheduler.core.program_table import Program
+from thunder_scheduling.accounting import WeightMode
+from thunder_scheduling.config import ConfigError
+from thunder_scheduling.policy import ActingWeight, BasePolicy, PolicyView, fits, free_room
+from thunder_scheduling.program_table import Program
 
 
 @dataclass(frozen=True, slots=True)

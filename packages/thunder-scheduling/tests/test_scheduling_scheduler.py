@@ -6,9 +6,9 @@ import pytest
 from core_harness import Harness
 
 from thunder_core.contract import ProgramEndStatus, ProgramPhase, ProgramStatus
-from thunder_scheduler.core import ConfigError, UnknownProgram, make_scheduler, policy_names
-from thunder_scheduler.core.commands import Admit, Hold, Pause, Release, Resume
-from thunder_scheduler.core.events import ProgramEnded, RequestOutcome, ToolStarted
+from thunder_scheduling import ConfigError, UnknownProgram, make_scheduler, policy_names
+from thunder_scheduling.commands import Admit, Hold, Pause, Release, Resume
+from thunder_scheduling.events import ProgramEnded, RequestOutcome, ToolStarted
 
 
 def test_registry_lists_every_policy_and_rejects_unknown_names_and_knobs() -> None:
