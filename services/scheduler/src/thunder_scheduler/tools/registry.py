@@ -12,7 +12,7 @@ from thunder_scheduler.tools.settings import BackendName, ToolManagerSettings
 
 def _docker(settings: ToolManagerSettings) -> RuntimeBackend:
     return DockerBackend(settings.docker_host, publish_host=settings.publish_host,
-                         concurrency=settings.docker_concurrency)
+                         concurrency=settings.docker_concurrency, init=settings.docker_init)
 
 
 def _local(settings: ToolManagerSettings) -> RuntimeBackend:
