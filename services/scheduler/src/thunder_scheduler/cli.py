@@ -113,34 +113,24 @@ def _serve(settings: ServiceSettings) -> int:
     import uvicorn
 
     from thunder_scheduler.app import create_app
+    from thunder_scheduler.serving import listen_socket, server_config
 
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = create_app(settings)
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((settings.host, settings.port))
+        sock = listen_socket(settings.host, settings.port)
     except OSError as exc:
-        sock.close()
         print(f"{PROG}: error: --host/--port: cannot listen on {settings.host}:"
               f"{settings.port}: {exc.strerror}", file=sys.stderr)
         return 2
+    family = sock.family
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"{PROG} listening on http://{shown}:{port}", file=sys.stderr, flush=True)
-    # loop / http "auto" pick uvloop and httptools (both come with uvicorn[standard]); the
-    # access log (a line per request) is on only at --log-level debug.
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, settings))
     asyncio.run(server.serve(sockets=[sock]))
     return 0
 

@@ -153,6 +153,21 @@ class ServiceSettings(BaseSettings):
     )
     abort_timeout_s: float = Field(default=_PROXY_DEFAULTS.abort_timeout_s, gt=0)
 
+    # -- connections and limits (serving.py, lifecycle_api.py) ---------------------------------
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600,
+                                    description="time to receive a request head (408 after)")
+    body_timeout_s: float = Field(default=60.0, gt=0, le=3600,
+                                  description="time to receive a request body (408 after)")
+    max_connections: int = Field(default=4096, ge=1, le=1_000_000,
+                                 description="open client connections (503 beyond)")
+    max_live_programs: int = Field(default=100_000, ge=1,
+                                   description="live programs in all (429 beyond)")
+    max_live_programs_per_key: int = Field(default=10_000, ge=1,
+                                           description="live programs per client key (429 beyond)")
+    max_lease_s: float = Field(default=86_400.0, gt=0, le=31_536_000,
+                               description="largest lease a program may ask for")
+    max_tags_bytes: int = Field(default=4096, ge=2, description="largest tags object, as JSON")
+
     # -- auth ---------------------------------------------------------------------------------
     api_key: SecretStr | None = Field(default=None, description="client key (OpenAI endpoints)")
     admin_key: SecretStr | None = Field(default=None, description="admin key (lifecycle API)")
