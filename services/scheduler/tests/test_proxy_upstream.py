@@ -171,7 +171,7 @@ async def test_upstream_connections_have_tcp_nodelay(
     """A request written in pieces must not wait for the engine's delayed ACK."""
     import os
 
-    state, url = engine
+    _, url = engine
     response = await client.send(f"{url}/whole", b"{}", {})
     await response.read()  # the connection stays open in the pool
     engine_port = int(url.rsplit(":", 1)[1])
