@@ -28,7 +28,9 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from thunder_scheduler.settings import ServiceSettings, SettingsError, load_settings
+from thunder_scheduler.settings_help import field_choices, flag_help, preflight, version_line
 from thunder_scheduler.tools.settings import ToolManagerSettings
+from thunder_scheduling.registry import policy_names
 
 __all__ = ["build_parser", "main"]
 
@@ -47,14 +49,19 @@ def _is_bool(annotation: Any) -> bool:
 
 
 def _add_flag(group: argparse._ArgumentGroup, flag: str, dest: str, field: FieldInfo) -> None:
-    help_text = field.description or ""
+    help_text = flag_help(field)
     if _is_bool(field.annotation):
         group.add_argument(
             flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
         )
-    else:
-        metavar = dest.rsplit("__", 1)[-1].upper()
-        group.add_argument(flag, dest=dest, default=None, metavar=metavar, help=help_text)
+        return
+    choices = field_choices(field)
+    if dest == "policy":
+        choices = policy_names()
+    # choices are shown, not enforced by argparse: the settings check them, so a bad value
+    # reads the same from a flag, an env var or the config file
+    metavar = "{" + ",".join(choices) + "}" if choices else dest.rsplit("__", 1)[-1].upper()
+    group.add_argument(flag, dest=dest, default=None, metavar=metavar, help=help_text)
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -80,13 +87,17 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version_line()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, help_text in (
         ("serve", "run the scheduler service"),
         ("check-config", "print the effective settings as JSON and exit"),
     ):
         cmd = sub.add_parser(command, help=help_text, description=help_text)
-        cmd.add_argument("--config", metavar="FILE", help="TOML file with settings")
+        cmd.add_argument(
+            "--config", metavar="FILE",
+            help="TOML file with settings (keys as the fields or the flags spell them)",
+        )
         _add_setting_flags(cmd)
     return parser
 
@@ -147,6 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
+        problems = preflight(settings)
+        if problems:
+            print(f"{PROG}: error: " + "\n  ".join(["serve would refuse:", *problems]),
+                  file=sys.stderr)
+            return 2
         print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
         return 0
     return _serve(settings)
