@@ -36,7 +36,9 @@ _LABEL_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{0,40}$")
 class ToolManagerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: BackendName = "docker"
+    backend: BackendName = Field(
+        default="docker", description="where runtimes run (docker: containers, local: processes)"
+    )
     docker_host: str | None = Field(
         default=None, description="e.g. unix:///tmp/thunder-docker/docker.sock; None: DOCKER_HOST"
     )
@@ -45,11 +47,21 @@ class ToolManagerSettings(BaseModel):
     )
     label_prefix: str = Field(default="thunder", description="namespace of labels and names")
     publish_host: str = Field(default="127.0.0.1", description="host address ports bind to")
-    max_runtimes: int = Field(default=64, ge=1, le=100_000)
-    disk_budget_bytes: int = Field(default=50 << 30, ge=0)
-    build_concurrency: int = Field(default=2, ge=1, le=64)
-    docker_concurrency: int = Field(default=8, ge=1, le=256)
-    exec_timeout_s: float = Field(default=600.0, gt=0)
+    max_runtimes: int = Field(
+        default=64, ge=1, le=100_000, description="live + warm + preparing runtimes, at most"
+    )
+    disk_budget_bytes: int = Field(
+        default=50 << 30, ge=0, description="disk the runtimes and images may use before GC"
+    )
+    build_concurrency: int = Field(
+        default=2, ge=1, le=64, description="image builds run at once"
+    )
+    docker_concurrency: int = Field(
+        default=8, ge=1, le=256, description="Docker API calls in flight at once"
+    )
+    exec_timeout_s: float = Field(
+        default=600.0, gt=0, description="longest one tool command may run, seconds"
+    )
     disk_poll_interval_s: float = Field(
         default=30.0, gt=0, description="how often disk usage is re-measured"
     )
