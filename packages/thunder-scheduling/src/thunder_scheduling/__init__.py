@@ -6,8 +6,8 @@ and docker out of this package.
 """
 
 from thunder_scheduling.config import ConfigError, SchedulerConfig
-from thunder_scheduling.registry import policy_names
-from thunder_scheduling.scheduler import ProgramScheduler, UnknownProgram, make_scheduler
+from thunder_scheduling.registry import make_scheduler, policy_names
+from thunder_scheduling.scheduler import ProgramScheduler, UnknownProgram
 from thunder_scheduling.snapshot import SchedulerSnapshot
 
 __all__ = [
