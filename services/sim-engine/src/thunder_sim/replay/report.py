@@ -11,13 +11,17 @@ per policy whose height is ``1 - hit rate`` split by cause.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from thunder_sim.engine.ledger import MissCause
 from thunder_sim.replay.metrics import RunReport
+
+log = logging.getLogger(__name__)
 
 CAUSE_TITLES: dict[str, str] = {
     MissCause.FIRST_SIGHT: "first sight",
@@ -106,6 +110,10 @@ def plot_ledger(reports: Sequence[RunReport], path: Path, title: str) -> bool:
     causes = ledger_causes(runs)
     if not runs or not causes:
         return False
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("no plot %s: matplotlib is not installed (pip install 'thunder-sim[plots]')",
+                    path)
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,6 +166,10 @@ def ratios(reports: Sequence[RunReport], baseline: str) -> str:
 def plot(reports: Sequence[RunReport], path: Path, title: str) -> bool:
     """Steps/min and hit rate vs concurrency; False (no file) if there is nothing to draw."""
     if len({r.concurrency for r in reports}) < 2:
+        return False
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("no plot %s: matplotlib is not installed (pip install 'thunder-sim[plots]')",
+                    path)
         return False
     import matplotlib
 
