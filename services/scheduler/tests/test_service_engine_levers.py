@@ -1,10 +1,10 @@
 """Engine levers through the real app: SGLang sessions and priority, upstream failure reports,
 and the prompt fingerprint the cache_aware baseline reads.
 
-The engine is ``backends.fakes.FakeSGLang`` (a fake control plane on ``httpx.MockTransport``:
-it records ``/open_session`` / ``/close_session`` and serves no completions), so the tests
-drive the service's gate the way the proxy does (``acquire`` -> decorate -> ``finish``) and
-end programs through the real lifecycle API.
+The engine is ``thunder_testkit.engines.FakeSGLang`` (a fake control plane on
+``httpx.MockTransport``: it records ``/open_session`` / ``/close_session`` and serves no
+completions), so the tests drive the service's gate the way the proxy does (``acquire`` ->
+decorate -> ``finish``) and end programs through the real lifecycle API.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import pytest
 from fastapi import FastAPI
 
 from thunder_scheduler.app import ServiceParts, create_app
-from thunder_scheduler.backends.fakes import FakeSGLang
 from thunder_scheduler.backends.sglang import SGLangBackend
 from thunder_scheduler.gate import Usage
 from thunder_scheduler.request_body import PROMPT_BLOCK_TOKENS, prompt_blocks
 from thunder_scheduler.settings import load_settings
 from thunder_scheduling.events import Event, RequestArrived, RequestOutcome
+from thunder_testkit.engines import FakeSGLang
 
 BODY: dict[str, Any] = {"model": "Qwen/Qwen3-8B", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -23,9 +23,9 @@ from thunder_scheduler.tools.base import (
     SpecNotFound,
     program_key,
 )
-from thunder_scheduler.tools.fake import FakeRuntimeBackend
 from thunder_scheduler.tools.manager import ToolManager
 from thunder_scheduler.tools.settings import ToolManagerSettings
+from thunder_testkit.runtimes import FakeRuntimeBackend
 
 SPEC = RuntimeSpec(name="repo-a", image="thunder-base:latest", ports=[8000])
 BUILT = RuntimeSpec(name="built", dockerfile="FROM thunder-base:latest\n")

@@ -3,7 +3,7 @@
 These are fakes, for fault injection and socket-free tests of the backends: each
 answers the control-plane endpoints the backends read with bodies shaped exactly like
 the real engine's (the shapes and their sources are in the docstrings of
-``sglang.py``, ``vllm.py`` and ``llamacpp.py``), holds a little mutable state the
+``thunder_scheduler.backends.sglang``, ``vllm`` and ``llamacpp``), holds a little mutable state the
 test sets (pool size, running requests, counters), records the control calls it
 received, and can be taken ``down`` (every request raises ``httpx.ConnectError``,
 as a stopped engine does). They serve no completions: real traffic in tests goes to
