@@ -34,7 +34,7 @@ from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
-from thunder_scheduler.auth import KeyCheck, require_key
+from thunder_scheduler.auth import KeyCheck, KeyFirstMiddleware, require_key
 from thunder_scheduler.backends.base import Backend, BackendKind
 from thunder_scheduler.backends.monitor import BackendMonitor, MonitorConfig
 from thunder_scheduler.backends.registry import make_backend, parse_backend_spec
@@ -42,12 +42,17 @@ from thunder_scheduler.clock import Clock, MonotonicClock
 from thunder_scheduler.driver import Driver
 from thunder_scheduler.errors import ServiceError, error_response, install_error_handlers
 from thunder_scheduler.gate import SchedulerGate
-from thunder_scheduler.lifecycle_api import BodyLimitMiddleware, create_lifecycle_router
+from thunder_scheduler.lifecycle_api import (
+    LIFECYCLE_PREFIXES,
+    BodyLimitMiddleware,
+    create_lifecycle_router,
+)
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduler.ops_api import create_ops_router
 from thunder_scheduler.proxy.fast_path import AdmitCheck, FastPathApp
-from thunder_scheduler.proxy.routes import ProxyEndpoints
+from thunder_scheduler.proxy.routes import PROXY_PREFIXES, ProxyEndpoints
 from thunder_scheduler.proxy.upstream import UpstreamClient, create_upstream_client
+from thunder_scheduler.quota import ProgramQuota
 from thunder_scheduler.settings import ServiceSettings, SettingsError, setting_names
 from thunder_scheduling.config import ConfigError, SchedulerConfig, UnknownKnob
 from thunder_scheduling.registry import make_scheduler
@@ -229,7 +234,13 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     require_admin = require_key(_secret(settings.admin_key), "admin")
     client_key = _secret(settings.api_key)
-    proxy = ProxyEndpoints(gate, upstream, proxy_settings)
+    key_rules: list[tuple[tuple[str, ...], KeyCheck]] = [(LIFECYCLE_PREFIXES, require_admin)]
+    if client_key is not None:
+        key_rules.append((PROXY_PREFIXES, require_key(client_key, "api")))
+    app.add_middleware(KeyFirstMiddleware, rules=key_rules)  # outermost: before any body read
+    quota = ProgramQuota(driver.core.has_program, settings.max_live_programs,
+                         settings.max_live_programs_per_key)
+    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota)
     # the proxy's routes first: the hot paths match before the ops / lifecycle / tools ones.
     if client_key is None:
         app.include_router(proxy.router())
@@ -239,7 +250,10 @@ def create_app(
         app.include_router(proxy.router(), dependencies=[Depends(require_client)])
         app.serve_proxy_first(proxy, _admit_with(require_client))
     app.include_router(create_ops_router(lambda: monitor, lambda: driver, metrics))
-    app.include_router(create_lifecycle_router(lambda: driver, require_admin))
+    app.include_router(create_lifecycle_router(
+        lambda: driver, require_admin, quota=quota, max_lease_s=settings.max_lease_s,
+        max_tags_bytes=settings.max_tags_bytes,
+    ))
     if tools is not None:
         from thunder_scheduler.tools.api import create_tools_router
 

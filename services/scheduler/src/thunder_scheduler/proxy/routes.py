@@ -72,6 +72,7 @@ from thunder_scheduler.proxy.upstream import (
     UpstreamUnreachable,
 )
 from thunder_scheduler.proxy.usage import response_usage
+from thunder_scheduler.quota import ProgramQuota, client_identity
 from thunder_scheduling.events import RequestOutcome
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "COMPLETIONS_PATH",
     "GENERATE_PATH",
     "MODELS_PATH",
+    "PROXY_PREFIXES",
     "ProxyEndpoints",
     "create_proxy_router",
 ]
@@ -89,6 +91,8 @@ CHAT_PATH: Final = "/v1/chat/completions"
 COMPLETIONS_PATH: Final = "/v1/completions"
 GENERATE_PATH: Final = "/generate"
 MODELS_PATH: Final = "/v1/models"
+PROXY_PREFIXES: Final = (CHAT_PATH, COMPLETIONS_PATH, GENERATE_PATH, MODELS_PATH)
+"""Paths guarded by the client key (checked before the body is read)."""
 REQUEST_ID_HEADER: Final = "X-Thunder-Request-Id"
 """Response header naming the engine request id the proxy gave the request."""
 
@@ -253,10 +257,12 @@ class ProxyEndpoints:
     ``proxy.fast_path`` in front of the app's middleware and route matching).
     """
 
-    def __init__(self, gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings):
+    def __init__(self, gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings,
+                 quota: ProgramQuota | None = None):
         self.gate = gate
         self.upstream = upstream
         self.settings = settings
+        self.quota = quota
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["proxy"])
@@ -314,6 +320,11 @@ class ProxyEndpoints:
                 program_id = program_id_from(headers, body)
             except InvalidProgramId as exc:
                 raise _ClientError(400, str(exc)) from None
+            if program_id is not None and self.quota is not None:
+                refusal = self.quota.admit(
+                    program_id, client_identity(scope["headers"], scope.get("client")))
+                if refusal is not None:
+                    raise _ClientError(429, refusal)
         except _ClientError as exc:
             log.info("%s %s: %d %s", scope["method"], endpoint.path, exc.status, exc.reason)
             return _error_response(exc.status, exc.reason)

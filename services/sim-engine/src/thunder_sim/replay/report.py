@@ -8,12 +8,16 @@ number of concurrent programs, one line per policy (and the ideal hit rate dashe
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from thunder_sim.replay.metrics import RunReport
+
+log = logging.getLogger(__name__)
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("policy", "policy"),
@@ -74,6 +78,10 @@ def ratios(reports: Sequence[RunReport], baseline: str) -> str:
 def plot(reports: Sequence[RunReport], path: Path, title: str) -> bool:
     """Steps/min and hit rate vs concurrency; False (no file) if there is nothing to draw."""
     if len({r.concurrency for r in reports}) < 2:
+        return False
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("no plot %s: matplotlib is not installed (pip install 'thunder-sim[plots]')",
+                    path)
         return False
     import matplotlib
 
