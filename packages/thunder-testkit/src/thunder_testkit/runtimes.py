@@ -4,7 +4,8 @@ It is not a sandbox: ``exec`` interprets a scripted subset of ``sh -c`` (``;``-s
 ``echo``, ``echo ... > FILE``, ``cat``, ``exit N``, ``sleep S``, ``pwd``; ``$VAR`` expands) over a
 per-runtime dict of files, which is enough for the shared conformance suite. Faults are switched
 on by attributes: ``down`` (every call raises ``BackendUnavailable``), ``fail_build`` /
-``fail_create`` / ``fail_setup`` (sets of spec names), ``create_delay_s`` / ``build_delay_s``.
+``fail_create`` / ``fail_setup`` / ``exiting_keepalive`` (sets of spec names),
+``create_delay_s`` / ``build_delay_s``.
 Counters (``builds``, ``creates``, ``destroys``) let tests check single-flight and cleanup.
 """
 
@@ -40,6 +41,7 @@ class _FakeRuntime:
     ports: dict[int, int]
     volumes: tuple[str, ...]
     files: dict[str, bytes] = field(default_factory=dict)
+    exited: bool = False
 
 
 class FakeRuntimeBackend:
@@ -50,6 +52,7 @@ class FakeRuntimeBackend:
         self.fail_build: set[str] = set()
         self.fail_create: set[str] = set()
         self.fail_setup: set[str] = set()
+        self.exiting_keepalive: set[str] = set()
         self.create_delay_s = 0.0
         self.build_delay_s = 0.0
         self.image_bytes = image_bytes
@@ -97,7 +100,8 @@ class FakeRuntimeBackend:
         ports = {port: next(self._ports) for port in spec.ports}
         volumes = tuple(f"{ref}-v{i}" for i in range(len(spec.volumes)))
         self.runtimes[ref] = _FakeRuntime(
-            labels, owner_key, spec.workdir, dict(spec.env), ports, volumes
+            labels, owner_key, spec.workdir, dict(spec.env), ports, volumes,
+            exited=spec.name in self.exiting_keepalive,
         )
         runtime = BackendRuntime(labels.runtime_id, ref, "127.0.0.1", ports, volumes)
         if spec.name in self.fail_setup:
@@ -161,6 +165,11 @@ class FakeRuntimeBackend:
                 err.append(f"sh: {verb}: not found\n".encode())
                 code = 127
         return ExecOutput(code, b"".join(out), b"".join(err), time.monotonic() - started)
+
+    async def alive(self, runtime: BackendRuntime) -> bool:
+        self._check()
+        state = self.runtimes.get(runtime.ref)
+        return state is not None and not state.exited
 
     async def destroy(self, runtime: BackendRuntime) -> None:
         self._check()

@@ -15,7 +15,7 @@ def _docker(settings: ToolManagerSettings) -> RuntimeBackend:
     from thunder_scheduler.tools.docker import DockerBackend
 
     return DockerBackend(settings.docker_host, publish_host=settings.publish_host,
-                         concurrency=settings.docker_concurrency)
+                         concurrency=settings.docker_concurrency, init=settings.docker_init)
 
 
 def _local(settings: ToolManagerSettings) -> RuntimeBackend:

@@ -11,6 +11,11 @@ Defaults and where they come from:
 - ``docker_concurrency`` 8: blocking docker SDK calls run in threads; dockerd serialises much
   of its work, 8 in flight saturated it in our create/remove measurements (bench/tools).
 - ``exec_timeout_s`` 600: the longest tool call in the shared traces is under 10 minutes.
+- ``pool_check_interval_s`` 2.0: the backstop period at which pools below their target are
+  refilled (refills also start at once whenever a hand-over happens or slots come free).
+- ``docker_init`` True: run an init (``docker run --init``, tini as ``docker-init``) as PID 1
+  of every container so the children that execs leave behind are reaped, not zombies of a
+  keep-alive that never waits. Debian's ``docker.io`` ships it (it depends on ``tini``).
 - ``queue_pool_max`` 16: the most warm runtimes per spec that queued programs may ask for;
   16 is twice the 8 creates ``docker_concurrency`` runs at once, so a burst of admissions
   drains at most half of it before refills land; the global ``max_runtimes`` still applies.
@@ -63,6 +68,12 @@ class ToolManagerSettings(BaseModel):
     queue_pool_max: int = Field(
         default=16, ge=0, le=100_000,
         description="cap on the warm runtimes per spec raised by queued programs (0: off)",
+    )
+    pool_check_interval_s: float = Field(
+        default=2.0, gt=0, description="backstop period of warm-pool refills"
+    )
+    docker_init: bool = Field(
+        default=True, description="docker: run an init as PID 1 that reaps exec children"
     )
     prepare_on_admit: bool = Field(
         default=True, description="start a program's runtime when it is admitted or restoring"
