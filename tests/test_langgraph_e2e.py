@@ -3,7 +3,7 @@
 Every test runs twice: with streaming tool dispatch on (the default: model calls stream and
 tools start when their arguments close) and off; the results must not differ.
 
-The model is the scripted tool-calling fake (tests/fixtures/fake_openai.py, a real loopback
+The model is the scripted tool-calling fake (``thunder_testkit.openai_server``, a real loopback
 HTTP server named as a fake) registered with the scheduler as an SGLang backend, so tool flows
 are deterministic. Assertions are on what the scheduler saw (GET /v1/programs).
 """
@@ -21,7 +21,6 @@ from typing import Annotated, Any, TypedDict
 
 import httpx
 import pytest
-from fixtures.fake_openai import FakeToolCall, ScriptedOpenAI
 from fixtures.scheduler_service import RunningService, start_service_thread
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
@@ -35,6 +34,7 @@ from langgraph.types import Send, interrupt
 from thunder_langgraph import ThunderMiddleware, wrap
 from thunder_langgraph.dispatch import STREAMING_DISPATCH_ENV
 from thunder_scheduler.settings import load_settings
+from thunder_testkit.openai_server import FakeToolCall, ScriptedOpenAI
 
 SYSTEM = "You are a careful assistant that checks every step twice. " * 12
 

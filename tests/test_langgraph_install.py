@@ -25,7 +25,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fixtures.fake_openai import FakeToolCall, ScriptedOpenAI
 from fixtures.llama_engines import LlamaEngine
 from fixtures.scheduler_service import RunningService, start_service_thread
 from langchain_openai import ChatOpenAI
@@ -34,6 +33,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 
 from thunder_langgraph import wrap
 from thunder_scheduler.settings import load_settings
+from thunder_testkit.openai_server import FakeToolCall, ScriptedOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 

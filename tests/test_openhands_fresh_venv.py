@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fixtures.fake_openai import FakeToolCall, ScriptedOpenAI
 from fixtures.scheduler_service import start_service_thread
 
 from thunder_scheduler.settings import load_settings
+from thunder_testkit.openai_server import FakeToolCall, ScriptedOpenAI
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fixtures.fake_openai import FakeToolCall, ScriptedOpenAI
 from fixtures.scheduler_service import RunningService, start_service_thread
 from openhands.sdk import LLM, Agent, Conversation, Tool
 from openhands.sdk.event import ObservationEvent
@@ -34,6 +33,7 @@ from thunder_core.client import ThunderClient
 from thunder_core.runtimes import RuntimeClient, RuntimeSpec
 from thunder_openhands import ThunderWorkspace
 from thunder_scheduler.settings import load_settings
+from thunder_testkit.openai_server import FakeToolCall, ScriptedOpenAI
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

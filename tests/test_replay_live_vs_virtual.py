@@ -18,10 +18,7 @@ from thunder_sim.replay.player import GapPolicy
 from thunder_sim.replay.trace import default_trace_dir
 from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not default_trace_dir().is_dir(), reason="shared traces not present"),
-]
+pytestmark = pytest.mark.slow
 
 TIME_SCALE = 20.0
 

@@ -16,7 +16,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from proxy_testkit import (
+
+from thunder_scheduler.app import create_app
+from thunder_scheduler.clock import ManualClock
+from thunder_scheduler.settings import load_settings
+from thunder_scheduling.events import RequestOutcome
+from thunder_testkit.proxy import (
     AbortRecorder,
     FakeUpstream,
     RecordingGate,
@@ -29,11 +34,6 @@ from proxy_testkit import (
     sse,
     usage_chunk,
 )
-
-from thunder_scheduler.app import create_app
-from thunder_scheduler.clock import ManualClock
-from thunder_scheduler.settings import load_settings
-from thunder_scheduling.events import RequestOutcome
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -14,7 +14,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from proxy_testkit import (
+
+from thunder_scheduler.backends.vllm import VLLMBackend
+from thunder_scheduler.gate import Usage
+from thunder_scheduling.events import RequestOutcome
+from thunder_testkit.proxy import (
     ENGINE_URL,
     AbortRecorder,
     FakeUpstream,
@@ -29,10 +33,6 @@ from proxy_testkit import (
     sse,
     usage_chunk,
 )
-
-from thunder_scheduler.backends.vllm import VLLMBackend
-from thunder_scheduler.gate import Usage
-from thunder_scheduling.events import RequestOutcome
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from thunder_core.runtimes import ExecRequest, RuntimeSpec
 from thunder_scheduler.tools.base import (
+    BackendRuntime,
     BackendUnavailable,
     BudgetExhausted,
     BuildFailed,
@@ -23,9 +25,10 @@ from thunder_scheduler.tools.base import (
     SpecNotFound,
     program_key,
 )
-from thunder_scheduler.tools.fake import FakeRuntimeBackend
+from thunder_scheduler.tools.local_process import LocalProcessBackend
 from thunder_scheduler.tools.manager import ToolManager
 from thunder_scheduler.tools.settings import ToolManagerSettings
+from thunder_testkit.runtimes import FakeRuntimeBackend
 
 SPEC = RuntimeSpec(name="repo-a", image="thunder-base:latest", ports=[8000])
 BUILT = RuntimeSpec(name="built", dockerfile="FROM thunder-base:latest\n")
@@ -298,3 +301,117 @@ async def test_pool_target_follows_the_queue_within_its_cap() -> None:
         manager.on_queue_demand("unknown-spec", 5)  # a spec not registered: ignored
     finally:
         await manager.close()
+
+
+# -- the runtime cap, pool refills, keep-alive liveness (local-process backend) ---------------
+
+
+class CountingLocalBackend(LocalProcessBackend):
+    """The real local-process backend, counting runtimes that exist (created, not destroyed)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.live: set[str] = set()
+        self.peak = 0
+
+    async def create(self, spec: RuntimeSpec, image: ImageInfo, labels: RuntimeLabels,
+                     owner_key: str) -> BackendRuntime:
+        runtime = await super().create(spec, image, labels, owner_key)
+        self.live.add(runtime.ref)
+        self.peak = max(self.peak, len(self.live))
+        return runtime
+
+    async def destroy(self, runtime: BackendRuntime) -> None:
+        await super().destroy(runtime)
+        self.live.discard(runtime.ref)
+
+
+LOCAL = RuntimeSpec(name="local-a", image="unused")
+
+
+@pytest.fixture
+async def local(tmp_path: Path) -> AsyncIterator[tuple[ToolManager, CountingLocalBackend,
+                                                        Programs]]:
+    backend, programs = CountingLocalBackend(str(tmp_path / "rt")), Programs()
+    settings = ToolManagerSettings(backend="local", label_prefix="tm", max_runtimes=20,
+                                   pool_check_interval_s=0.2)
+    manager = ToolManager(settings, backend, known_programs=programs)
+    await manager.start()
+    yield manager, backend, programs
+    await manager.close()
+    assert backend.live == set()
+
+
+async def test_cap_holds_for_200_concurrent_acquires_with_a_refilling_pool(
+    local: tuple[ToolManager, CountingLocalBackend, Programs],
+) -> None:
+    manager, backend, programs = local
+    programs.ids.update(f"p{i}" for i in range(200))
+    manager.register_spec(LOCAL.model_copy(update={"pool_size": 4}))
+    await _until(lambda: manager.pools.ready_count("local-a") == 4)
+    results = await asyncio.gather(
+        *(manager.acquire(f"p{i}", "local-a") for i in range(200)), return_exceptions=True
+    )
+    granted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert all(isinstance(r, BudgetExhausted) for r in refused)
+    assert len(granted) == 20
+    await asyncio.sleep(0.5)  # refills that could have overshot would have landed by now
+    assert backend.peak <= 20
+    assert len(backend.live) <= 20
+
+
+async def test_pool_refills_when_budget_evictions_are_given_back(
+    local: tuple[ToolManager, CountingLocalBackend, Programs],
+) -> None:
+    manager, backend, programs = local
+    manager.settings.max_runtimes = 4
+    manager.settings.pool_check_interval_s = 3600.0  # no backstop: frees must trigger refills
+    programs.ids.update({"p1", "p2", "p3", "p4"})
+    manager.register_spec(LOCAL.model_copy(update={"pool_size": 4}))
+    manager.register_spec(RuntimeSpec(name="local-b", image="unused"))
+    await _until(lambda: manager.pools.ready_count("local-a") == 4)
+    for pid in ("p1", "p2", "p3", "p4"):  # each evicts one warm runtime of local-a
+        assert (await manager.acquire(pid, "local-b")).source == "cold"
+    assert manager.pools.ready_count("local-a") == 0
+    for pid in ("p1", "p2", "p3", "p4"):
+        await manager.on_program_ended(pid, "ok")
+    await _until(lambda: manager.pools.ready_count("local-a") == 4)
+    assert len(backend.live) == 4
+
+
+async def test_a_runtime_whose_keepalive_exited_is_never_handed_out(
+    local: tuple[ToolManager, CountingLocalBackend, Programs], tmp_path: Path,
+) -> None:
+    manager, backend, programs = local
+    programs.ids.add("p1")
+    flag = tmp_path / "stop"
+    keepalive = ["sh", "-c", f"while [ ! -e {flag} ]; do sleep 0.05; done"]
+    manager.register_spec(LOCAL.model_copy(update={"pool_size": 1, "command": keepalive}))
+    await _until(lambda: manager.pools.ready_count("local-a") == 1)
+    dead = manager.pools.all_ready()[0]
+    flag.touch()
+    for _ in range(200):
+        if not await backend.alive(dead.backend_runtime):
+            break
+        await asyncio.sleep(0.02)
+    assert not await backend.alive(dead.backend_runtime)
+    flag.unlink()
+    view = await manager.acquire("p1", "local-a")
+    assert view.runtime_id != dead.runtime_id
+    assert dead.backend_runtime.ref not in backend.live
+    result = await manager.exec("p1", view.runtime_id, ExecRequest(command="echo ok"))
+    assert result.stdout == "ok\n"
+
+
+async def test_a_spec_whose_keepalive_exits_fails_at_acquire_and_leaves_nothing(
+    env: tuple[ToolManager, FakeRuntimeBackend, Programs],
+) -> None:
+    manager, backend, programs = env
+    programs.ids.add("p1")
+    backend.exiting_keepalive.add("repo-a")
+    manager.register_spec(SPEC)
+    with pytest.raises(CreateFailed, match="keep-alive process of spec 'repo-a' exited"):
+        await manager.acquire("p1", "repo-a")
+    assert backend.runtimes == {} and manager.list_runtimes("p1") == []
+    assert manager.snapshot()["totals"]["creating_runtimes"] == 0

@@ -28,7 +28,9 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from thunder_scheduler.settings import ServiceSettings, SettingsError, load_settings
+from thunder_scheduler.settings_help import field_choices, flag_help, preflight, version_line
 from thunder_scheduler.tools.settings import ToolManagerSettings
+from thunder_scheduling.registry import policy_names
 
 __all__ = ["build_parser", "main"]
 
@@ -47,14 +49,19 @@ def _is_bool(annotation: Any) -> bool:
 
 
 def _add_flag(group: argparse._ArgumentGroup, flag: str, dest: str, field: FieldInfo) -> None:
-    help_text = field.description or ""
+    help_text = flag_help(field)
     if _is_bool(field.annotation):
         group.add_argument(
             flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
         )
-    else:
-        metavar = dest.rsplit("__", 1)[-1].upper()
-        group.add_argument(flag, dest=dest, default=None, metavar=metavar, help=help_text)
+        return
+    choices = field_choices(field)
+    if dest == "policy":
+        choices = policy_names()
+    # choices are shown, not enforced by argparse: the settings check them, so a bad value
+    # reads the same from a flag, an env var or the config file
+    metavar = "{" + ",".join(choices) + "}" if choices else dest.rsplit("__", 1)[-1].upper()
+    group.add_argument(flag, dest=dest, default=None, metavar=metavar, help=help_text)
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -80,13 +87,17 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version_line()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, help_text in (
         ("serve", "run the scheduler service"),
         ("check-config", "print the effective settings as JSON and exit"),
     ):
         cmd = sub.add_parser(command, help=help_text, description=help_text)
-        cmd.add_argument("--config", metavar="FILE", help="TOML file with settings")
+        cmd.add_argument(
+            "--config", metavar="FILE",
+            help="TOML file with settings (keys as the fields or the flags spell them)",
+        )
         _add_setting_flags(cmd)
     return parser
 
@@ -113,34 +124,24 @@ def _serve(settings: ServiceSettings) -> int:
     import uvicorn
 
     from thunder_scheduler.app import create_app
+    from thunder_scheduler.serving import listen_socket, server_config
 
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = create_app(settings)
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((settings.host, settings.port))
+        sock = listen_socket(settings.host, settings.port)
     except OSError as exc:
-        sock.close()
         print(f"{PROG}: error: --host/--port: cannot listen on {settings.host}:"
               f"{settings.port}: {exc.strerror}", file=sys.stderr)
         return 2
+    family = sock.family
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"{PROG} listening on http://{shown}:{port}", file=sys.stderr, flush=True)
-    # loop / http "auto" pick uvloop and httptools (both come with uvicorn[standard]); the
-    # access log (a line per request) is on only at --log-level debug.
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, settings))
     asyncio.run(server.serve(sockets=[sock]))
     return 0
 
@@ -157,6 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
+        problems = preflight(settings)
+        if problems:
+            print(f"{PROG}: error: " + "\n  ".join(["serve would refuse:", *problems]),
+                  file=sys.stderr)
+            return 2
         print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
         return 0
     return _serve(settings)
