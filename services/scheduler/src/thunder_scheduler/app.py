@@ -240,7 +240,12 @@ def create_app(
     app.add_middleware(KeyFirstMiddleware, rules=key_rules)  # outermost: before any body read
     quota = ProgramQuota(driver.core.has_program, settings.max_live_programs,
                          settings.max_live_programs_per_key)
-    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota)
+
+    def alternates(failed: str) -> list[Backend]:
+        return [by_name[name] for name in monitor.healthy_names()
+                if name != failed and name in by_name]
+
+    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota, alternates)
     # the proxy's routes first: the hot paths match before the ops / lifecycle / tools ones.
     if client_key is None:
         app.include_router(proxy.router())
