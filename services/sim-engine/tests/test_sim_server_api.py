@@ -155,7 +155,7 @@ async def test_loads_metrics_info_models(sim: Start) -> None:
             assert f"sglang:{name}{{" in text, name
         assert 'sglang:generation_tokens_total{engine_type="unified",is_streaming="false",' \
                'model_name="Qwen/Qwen3-8B"} 8.0' in text
-        assert "thunder_sim:event_loop_lag_seconds_total{" in text
+        assert "thunder_sim_event_loop_lag_seconds_total{" in text
         info = (await c.get("/server_info")).json()
         assert info["page_size"] == 64 and info["max_total_num_tokens"] == load[
             "max_total_num_tokens"] and info["model_path"] == "Qwen/Qwen3-8B"
