@@ -10,7 +10,8 @@ sessions, policy, fleet and run length on the virtual clock. Writes
     .venv/bin/python bench/replay/live_point.py [--multiple 3] [--time-scale 10] \\
         [--duration-s 1200] [--replicas 2] [--policy thunder]
 
-Every process is started here and terminated here (SIGTERM, then SIGKILL after 10 s).
+Every process is started and stopped by ``thunder_core.launcher`` (SIGTERM, then SIGKILL
+after 10 s).
 """
 
 from __future__ import annotations
@@ -18,21 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
-import select
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO
 
 from compare import OUT, fitting_programs
 
+from thunder_core.launcher import ChildProcess, stop_all
 from thunder_sim.costmodel.presets import get_preset
 from thunder_sim.replay.cli import describe_run
 from thunder_sim.replay.fit import ContextFit
@@ -44,70 +40,13 @@ from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
 
 SIM_READY = re.compile(r"thunder-sim ready: (http://\S+)")
 SCHED_READY = re.compile(r"listening on (http://\S+)")
+START_TIMEOUT_S = 60.0
 
 
-def _drain(pipe: IO[str], log: Path) -> None:
-    """Copy the rest of a child's piped output into its log (an undrained pipe fills up and
-    blocks the child's logging, and with it its event loop)."""
-    with log.open("a") as sink:
-        for line in pipe:
-            sink.write(line)
-            sink.flush()
-
-
-def _spawn(cmd: list[str], ready: re.Pattern[str], log: Path, stream: str) -> tuple[
-        subprocess.Popen[str], str]:
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            cmd, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE if stream == "stdout" else sink,
-            stderr=subprocess.PIPE if stream == "stderr" else sink)
-    pipe = proc.stdout if stream == "stdout" else proc.stderr
-    assert pipe is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([pipe], [], [], 1.0)
-        if not r:
-            continue
-        line = pipe.readline()
-        if not line:
-            break
-        with log.open("a") as sink:
-            sink.write(line)
-        if m := ready.search(line):
-            threading.Thread(target=_drain, args=(pipe, log), daemon=True).start()
-            return proc, m.group(1)
-    proc.kill()
-    raise RuntimeError(f"{cmd[2:4]} did not start: {log.read_text()[-2000:]}")
-
-
-def _wait_ready(url: str, timeout_s: float = 60.0) -> None:
-    """Until ``GET url/v1/models`` lists a model: the scheduler prints its address once the
-    socket is bound, before it accepts connections and before its backends are polled."""
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as resp:
-                if json.loads(resp.read()).get("data"):
-                    return
-                last = "no model listed yet"
-        except (OSError, ValueError) as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {timeout_s:g} s: {last}")
-
-
-def _stop(procs: list[subprocess.Popen[str]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+def _has_model(body: bytes) -> bool:
+    """``/v1/models`` lists a model: the scheduler prints its address once the socket is bound,
+    before it accepts connections and before its backends are polled."""
+    return bool(json.loads(body).get("data"))
 
 
 def main() -> int:
@@ -130,28 +69,28 @@ def main() -> int:
     pool = get_preset("h100-qwen3-8b").kv_pool_tokens
     mean_peak = sum(p.peak_context_tokens for p in fit.programs) / len(fit.programs)
     concurrency = fitting_programs(args.replicas, pool, mean_peak) * args.multiple
-    procs: list[subprocess.Popen[str]] = []
+    procs: list[ChildProcess] = []
     tmp = tempfile.TemporaryDirectory(prefix="live-point-") if args.logs is None else None
     log_dir = Path(tmp.name) if tmp is not None else args.logs
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
         urls = []
         for i in range(args.replicas):
-            proc, url = _spawn(
+            proc = ChildProcess(
                 [sys.executable, "-m", "thunder_sim", "serve", "--preset", "h100-qwen3-8b",
                  "--host", "127.0.0.1", "--port", "0", "--time-scale", str(args.time_scale),
                  "--context-length", "131072"],
-                SIM_READY, log_dir / f"sim-{i}.log", "stdout")
+                name=f"sim-{i}", ready=SIM_READY, log=log_dir / f"sim-{i}.log")
             procs.append(proc)
-            urls.append(url)
+            urls.append(proc.wait_ready(START_TIMEOUT_S))
         backends = [a for i, u in enumerate(urls) for a in ("--backend", f"engine-{i}@sglang={u}")]
-        proc, target = _spawn(
+        proc = ChildProcess(
             [sys.executable, "-m", "thunder_scheduler", "serve", "--host", "127.0.0.1",
              "--port", "0", "--policy", args.policy, "--time-scale", str(args.time_scale),
              "--log-level", args.scheduler_log_level, *backends],
-            SCHED_READY, log_dir / "scheduler.log", "stderr")
+            name="scheduler", ready=SCHED_READY, log=log_dir / "scheduler.log")
         procs.append(proc)
-        _wait_ready(target)
+        target = proc.wait_ready(START_TIMEOUT_S, health="/v1/models", accept=_has_model)
         t0 = time.perf_counter()
         live = asyncio.run(LiveReplay(fit.programs, LiveConfig(
             target=target, time_scale=args.time_scale, concurrency=concurrency, gaps=gaps,
@@ -162,7 +101,7 @@ def main() -> int:
             with urllib.request.urlopen(f"{target}/v1/programs", timeout=30) as resp:
                 (log_dir / "programs.json").write_bytes(resp.read())
     finally:
-        _stop(procs)
+        stop_all(procs)
         if tmp is not None:
             tmp.cleanup()
     virtual = VirtualReplay(fit.programs, VirtualConfig(

@@ -47,6 +47,8 @@ from pathlib import Path
 
 import orjson
 
+from thunder_core.launcher import ChildProcess, launch
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 READY_RE = re.compile(r"thunder-sim ready: (http://\S+)")
@@ -135,27 +137,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(args: argparse.Namespace, scale: float, log: Path) -> tuple[
-        subprocess.Popen[str], str]:
+def start_server(args: argparse.Namespace, scale: float, log: Path) -> ChildProcess:
     cmd = [sys.executable, "-m", "thunder_sim", "serve", "--port", "0", "--time-scale",
            str(scale), "--log-level", "info", *shlex.split(args.server_args)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if m := READY_RE.search(line):
-            return proc, m.group(1)
-    proc.kill()
-    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+    return launch(cmd, name="thunder-sim serve", ready=READY_RE, log=log, timeout_s=120)
 
 
 def run_one(args: argparse.Namespace, prompt: str, programs: int, scale: float,
             tmp: Path) -> Row:
     log = tmp / f"serve-{prompt}-{programs}-{scale:g}.log"
-    server, url = start_server(args, scale, log)
+    server = start_server(args, scale, log)
+    url = server.url
     try:
         total_s = args.warmup_s + args.duration_s
         client = subprocess.Popen(
@@ -176,8 +168,7 @@ def run_one(args: argparse.Namespace, prompt: str, programs: int, scale: float,
         out, _ = client.communicate(timeout=total_s + 120)
         probe_out, _ = probe.communicate(timeout=60)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop(30)
     summary = orjson.loads(out.strip().splitlines()[-1])
 
     def d(name: str) -> float:

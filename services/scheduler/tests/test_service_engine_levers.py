@@ -20,7 +20,8 @@ from fastapi import FastAPI
 
 from thunder_scheduler.app import ServiceParts, create_app
 from thunder_scheduler.backends.sglang import SGLangBackend
-from thunder_scheduler.gate import Usage, prompt_blocks
+from thunder_scheduler.gate import Usage
+from thunder_scheduler.request_body import PROMPT_BLOCK_TOKENS, prompt_blocks
 from thunder_scheduler.settings import load_settings
 from thunder_scheduling.events import Event, RequestArrived, RequestOutcome
 from thunder_testkit.engines import FakeSGLang
@@ -142,9 +143,9 @@ async def test_cache_aware_policy_gets_the_prompt_fingerprint() -> None:
         await turn(parts, "p1", trace_body)
         await turn(parts, "p2", BODY)
     arrived = [e for e in seen if isinstance(e, RequestArrived)]
-    assert arrived[0].prompt_blocks == prompt_blocks(trace_body)
+    assert arrived[0].prompt_blocks == prompt_blocks(trace_body, PROMPT_BLOCK_TOKENS)
     assert len(arrived[0].prompt_blocks) == 3
-    assert arrived[1].prompt_blocks == prompt_blocks(BODY)
+    assert arrived[1].prompt_blocks == prompt_blocks(BODY, PROMPT_BLOCK_TOKENS)
     assert len(arrived[1].prompt_blocks) == 1
 
 
@@ -156,19 +157,3 @@ async def test_other_policies_do_not_pay_for_the_fingerprint() -> None:
         parts.driver.feed = lambda e: (seen.append(e), feed(e))[1]  # type: ignore[method-assign]
         await turn(parts, "p1")
     assert [e.prompt_blocks for e in seen if isinstance(e, RequestArrived)] == [()]
-
-
-def test_prompt_blocks_share_keys_exactly_as_far_as_prompts_share_blocks() -> None:
-    system = "x" * 600  # 2 full 256-byte blocks and a partial one, at 64-token blocks
-    a = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "a"}]}
-    b = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "b"}]}
-    ka, kb = prompt_blocks(a), prompt_blocks(b)
-    assert ka[:2] == kb[:2] and ka[2:] != kb[2:]
-    assert prompt_blocks(a) == ka  # deterministic
-    # trace ids: namespaced by session, chained so a key names its prefix
-    t1 = prompt_blocks({"thunder_trace": {"hash_ids": [5, 6], "session": "s1"}})
-    t2 = prompt_blocks({"thunder_trace": {"hash_ids": [5, 7], "session": "s1"}})
-    t3 = prompt_blocks({"thunder_trace": {"hash_ids": [5, 6], "session": "s2"}})
-    assert t1[0] == t2[0] and t1[1] != t2[1] and t1[0] != t3[0]
-    assert len(prompt_blocks({"input_ids": list(range(130))}, block_tokens=64)) == 3
-    assert prompt_blocks({"prompt": ""}) == ()

@@ -51,6 +51,10 @@ from thunder_scheduling.queues import KeyedHeap
 from thunder_scheduling.snapshot import SchedulerSnapshot, build_snapshot
 from thunder_scheduling.state import SchedulerState, UnknownProgram
 
+DEFAULT_PROMPT_BLOCK_TOKENS = 64
+"""Fingerprint block size for a policy that reads prompt blocks but names no size (the shared
+traces' 64-token blocks)."""
+
 
 class ProgramScheduler(SchedulerState):
     """The scheduling core: ``handle(event)`` and ``tick(now)`` return commands (state and
@@ -116,6 +120,15 @@ class ProgramScheduler(SchedulerState):
             waiting=len(self._waiting),
             tools=self._tools,
         )
+
+    @property
+    def prompt_block_tokens(self) -> int | None:
+        """Block size of the prompt fingerprint (``RequestArrived.prompt_blocks``) the policy
+        reads; None when it reads none (callers then send ``()`` and skip the hashing)."""
+        if not self.policy.reads_prompt_blocks:
+            return None
+        size = getattr(getattr(self.policy, "config", None), "block_tokens", None)
+        return size if isinstance(size, int) and size > 0 else DEFAULT_PROMPT_BLOCK_TOKENS
 
     def has_program(self, program_id: str) -> bool:
         return self._table.get(program_id) is not None

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -54,8 +54,7 @@ from thunder_scheduler.proxy.routes import PROXY_PREFIXES, ProxyEndpoints
 from thunder_scheduler.proxy.upstream import UpstreamClient, create_upstream_client
 from thunder_scheduler.quota import ProgramQuota
 from thunder_scheduler.settings import ServiceSettings, SettingsError, setting_names
-from thunder_scheduling.config import ConfigError, SchedulerConfig
-from thunder_scheduling.policies import POLICIES
+from thunder_scheduling.config import ConfigError, SchedulerConfig, UnknownKnob
 from thunder_scheduling.registry import make_scheduler
 from thunder_scheduling.scheduler import ProgramScheduler
 
@@ -121,33 +120,24 @@ def _scheduler_config(settings: ServiceSettings) -> SchedulerConfig:
 
 
 def make_core(settings: ServiceSettings) -> ProgramScheduler:
-    """The pure scheduler for ``settings.policy`` with the operator's knobs.
+    """The pure scheduler for ``settings.policy`` with the operator's knobs, built by
+    ``thunder_scheduling.make_scheduler``.
 
-    Raises :class:`SettingsError` naming the setting for an unknown policy or a knob the
-    policy does not have.
+    Raises :class:`SettingsError` naming the setting (flag and variable) for an unknown policy,
+    a knob the policy does not have or a value it refuses.
     """
+    setting_of = {POLICY_KNOB_NAMES.get(name, name): name for name in settings.policy_knobs()}
+    knobs = {core_name: getattr(settings, name) for core_name, name in setting_of.items()}
     try:
-        _, config_cls = POLICIES[settings.policy]
-    except KeyError:
+        return make_scheduler(settings.policy, config=_scheduler_config(settings), **knobs)
+    except UnknownKnob as exc:
+        setting = setting_of.get(exc.knob or "", exc.knob or "policy")
         raise SettingsError([
-            f"{setting_names('policy')}: unknown policy {settings.policy!r}; "
-            f"available: {', '.join(sorted(POLICIES))}"
+            f"{setting_names(setting)}: the {settings.policy} policy has no such knob"
         ]) from None
-    accepted = {f.name for f in fields(config_cls)}
-    knobs = settings.policy_knobs()
-    unsupported = sorted(
-        name for name in knobs if POLICY_KNOB_NAMES.get(name, name) not in accepted
-    )
-    if unsupported:
-        raise SettingsError([
-            f"{setting_names(name)}: the {settings.policy} policy has no such knob" for name in
-            unsupported
-        ])
-    renamed = {POLICY_KNOB_NAMES.get(name, name): value for name, value in knobs.items()}
-    try:
-        return make_scheduler(settings.policy, config=_scheduler_config(settings), **renamed)
     except ConfigError as exc:
-        raise SettingsError([str(exc)]) from None
+        named = "policy" if exc.knob == "policy" else setting_of.get(exc.knob or "")
+        raise SettingsError([f"{setting_names(named)}: {exc}" if named else str(exc)]) from None
 
 
 def create_app(
@@ -203,7 +193,7 @@ def create_app(
         on_change=driver.on_backend_change,
     )
     monitor_ref.append(monitor)
-    gate = SchedulerGate(driver, monitor, metrics)
+    gate = SchedulerGate(driver, monitor, metrics, prompt_block_tokens=core.prompt_block_tokens)
     proxy_settings = settings.proxy_settings()
     upstream = create_upstream_client(proxy_settings)
     parts = ServiceParts(settings, by_name, monitor, driver, gate, metrics, upstream, tools)
@@ -250,7 +240,12 @@ def create_app(
     app.add_middleware(KeyFirstMiddleware, rules=key_rules)  # outermost: before any body read
     quota = ProgramQuota(driver.core.has_program, settings.max_live_programs,
                          settings.max_live_programs_per_key)
-    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota)
+
+    def alternates(failed: str) -> list[Backend]:
+        return [by_name[name] for name in monitor.healthy_names()
+                if name != failed and name in by_name]
+
+    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota, alternates)
     # the proxy's routes first: the hot paths match before the ops / lifecycle / tools ones.
     if client_key is None:
         app.include_router(proxy.router())

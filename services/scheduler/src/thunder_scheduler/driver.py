@@ -52,7 +52,13 @@ from typing import Any, Final, Protocol
 
 import httpx
 
-from thunder_core.contract import Framework, ProgramEndStatus, ProgramStatus, ProgramView
+from thunder_core.contract import (
+    RUNTIME_SPEC_TAG,
+    Framework,
+    ProgramEndStatus,
+    ProgramStatus,
+    ProgramView,
+)
 from thunder_scheduler.backends.base import Backend, RequestHints, SessionLever, SlotOffload
 from thunder_scheduler.backends.monitor import BackendState
 from thunder_scheduler.clock import Clock
@@ -76,36 +82,19 @@ from thunder_scheduling.events import (
     ToolFinished,
     ToolStarted,
 )
-from thunder_scheduling.snapshot import ProgramSnapshot, SchedulerSnapshot
+from thunder_scheduling.interface import SchedulingCore
+from thunder_scheduling.snapshot import ProgramSnapshot
 
-__all__ = ["RUNTIME_SPEC_TAG", "Driver", "ProgramHooks", "SchedulingCore"]
+__all__ = ["Driver", "ProgramHooks"]
 
 log = logging.getLogger(__name__)
 
 PREWARM_PATHS: Final = ("/v1/chat/completions", "/v1/completions", "/generate")
 LEVER_TIMEOUT_S: Final = 30.0
 """Upper bound on one engine lever call (prefill warm-up, slot save/restore, release)."""
-RUNTIME_SPEC_TAG: Final = "runtime_spec"
-"""Program start tag naming the runtime spec the program will acquire (adapters set it)."""
 ENDED_RUNTIME_IDS_MAX: Final = 10_000
 """Ended programs whose runtime ids stay listed (the tool manager remembers as many ended
 programs, ``ToolManagerSettings.ended_programs_memory``)."""
-
-
-class SchedulingCore(Protocol):
-    """The part of ``core.ProgramScheduler`` the driver uses."""
-
-    def handle(self, event: Event) -> list[Command]: ...
-
-    def tick(self, now: float) -> list[Command]: ...
-
-    def next_deadline(self) -> float | None: ...
-
-    def has_program(self, program_id: str) -> bool: ...
-
-    def route_untagged(self, at: float) -> str | None: ...
-
-    def snapshot(self) -> SchedulerSnapshot: ...
 
 
 class ProgramHooks(Protocol):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thunder_core.contract import engine_request_id
+from thunder_scheduling import SchedulingCore, make_scheduler
 from thunder_scheduling.commands import (
     Admit,
     Command,
@@ -51,7 +52,7 @@ from thunder_scheduling.events import (
 from thunder_sim.engine import Engine, EngineRequest, FinishReason, StepResult
 from thunder_sim.replay.metrics import RunRecorder, RunReport, StepRecord, summarise
 from thunder_sim.replay.player import Action, Call, GapPolicy, Spawn, ToolBegin, ToolEnd, Wait, plan
-from thunder_sim.replay.setup import SchedulerLike, build_engines, build_scheduler
+from thunder_sim.replay.setup import build_engines
 from thunder_sim.replay.trace import GapKind, TraceProgram, TraceStep, ideal_hit_tokens, instantiate
 
 PROGRAM_LEASE_S = 86_400.0
@@ -107,13 +108,13 @@ class VirtualReplay:
     def __init__(
         self, programs: Sequence[TraceProgram], config: VirtualConfig, *, fit: str = "",
         on_step: Callable[[], None] | None = None,
-        scheduler: SchedulerLike | None = None, engines: dict[str, Engine] | None = None,
+        scheduler: SchedulingCore | None = None, engines: dict[str, Engine] | None = None,
     ) -> None:
         if not programs:
             raise ValueError("no sessions to replay (check the context filter)")
         self.config = config
         self.fit = fit
-        self.scheduler = scheduler or build_scheduler(config.policy, config.policy_knobs)
+        self.scheduler = scheduler or make_scheduler(config.policy, **config.policy_knobs)
         self.engines = engines or build_engines(
             config.preset, config.replicas, config.engine_overrides)
         self.recorder = RunRecorder()
