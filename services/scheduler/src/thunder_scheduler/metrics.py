@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -44,7 +45,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from thunder_core.contract import CONTRACT_VERSION, Framework, ProgramPhase, ProgramStatus
 from thunder_scheduler import __version__
 
-__all__ = ["CONTENT_TYPE_LATEST", "ServiceMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "SeriesDoc", "ServiceMetrics", "describe_series"]
 
 PROXY_BUCKETS_S: Final = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -217,3 +218,50 @@ class ServiceMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesDoc:
+    """One series family as ``/metrics`` serves it (for the docs and the dashboard test)."""
+
+    exposed_name: str
+    """``thunder_pauses_total`` for a counter, the family name otherwise."""
+    kind: str
+    labels: tuple[str, ...]
+    help: str
+
+    def sample_names(self) -> frozenset[str]:
+        """The sample names a scrape can hold for this family."""
+        if self.kind == "histogram":
+            base = self.exposed_name
+            return frozenset({f"{base}_bucket", f"{base}_sum", f"{base}_count"})
+        return frozenset({self.exposed_name})
+
+
+def _declared_labels(registry: Any) -> dict[str, tuple[str, ...]]:
+    # prometheus_client keeps label names on each metric object, also before any child exists
+    # (a scrape shows labels only once a child was used); nested registries are walked too.
+    names: dict[str, tuple[str, ...]] = {}
+    for collector in list(getattr(registry, "_collector_to_names", {})):
+        labels = getattr(collector, "_labelnames", None)
+        if labels is not None:
+            names[collector._name] = tuple(labels)
+        nested = getattr(collector, "_own", None)
+        if isinstance(nested, CollectorRegistry):
+            names.update(_declared_labels(nested))
+    return names
+
+
+def describe_series(registry: CollectorRegistry) -> list[SeriesDoc]:
+    """Every family ``registry`` serves, sorted by name, with its labels and help text."""
+    declared = _declared_labels(registry)
+    rows = []
+    for family in registry.collect():
+        labels = declared.get(family.name) or tuple(getattr(family, "_labelnames", ()))
+        if not labels:
+            labels = tuple(sorted(
+                {k for sample in family.samples for k in sample.labels if k != "le"}
+            ))
+        exposed = family.name + "_total" if family.type == "counter" else family.name
+        rows.append(SeriesDoc(exposed, family.type, tuple(labels), family.documentation))
+    return sorted(rows, key=lambda row: row.exposed_name)
