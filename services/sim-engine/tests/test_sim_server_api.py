@@ -252,3 +252,24 @@ async def test_wrong_content_type_and_duplicate_rid(sim: Start) -> None:
         assert dup.status_code == 400 and "Duplicate" in dup.json()["message"]
         await c.post("/abort_request", json={"abort_all": True})
         assert (await first).json()["choices"][0]["finish_reason"] == "abort"
+
+
+async def test_metrics_expose_the_recompute_ledger(sim: Start) -> None:
+    url = await sim()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        for _ in range(2):
+            r = await c.post("/v1/completions", json={"prompt": "warm " * 100, "max_tokens": 4,
+                                                      "rid": "prog-1:0"})
+            assert r.status_code == 200
+        usage = r.json()["usage"]
+        text = (await c.get("/metrics")).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("thunder_sim_prompt_miss_tokens_total{"):
+            cause = line.split('cause="')[1].split('"')[0]
+            values[cause] = float(line.rsplit(" ", 1)[1])
+    assert set(values) >= {"first_sight", "evicted_away", "over_admission", "retraction"}
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
+    # the first request misses everything, the second only its partial last block
+    assert values["first_sight"] == 2 * usage["prompt_tokens"] - cached > 0
+    assert sum(values.values()) == values["first_sight"]

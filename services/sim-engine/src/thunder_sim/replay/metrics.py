@@ -12,6 +12,10 @@ Definitions (the ThunderAgent paper's metric is agent steps per minute):
 - ``step latency`` = from the moment the program sends the request (including any time held
   at the scheduler) to its last output token; ``ttft`` = to its first output token;
 - ``recomputed_tokens``: tokens the engines prefilled again after a retraction;
+- ``miss_tokens`` (the recompute ledger): the ``prompt_tokens - cached_tokens`` of the
+  completed steps split by cause (``thunder_sim.engine.ledger.MissCause``); the causes sum to
+  exactly that difference, so ``sum / prompt_tokens == 1 - hit_rate`` (empty when the runner
+  cannot attribute: live mode reports the engines' own ledger in ``extra``);
 - ``pauses``, ``migrations``, ``max_paused_s``: from the scheduler's Pause / Resume decisions.
 """
 
@@ -21,6 +25,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from thunder_sim.engine.ledger import MissCause
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +39,19 @@ class StepRecord:
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    miss_tokens: dict[str, int] = field(default_factory=dict)
+
+
+def add_misses(total: dict[str, int], part: dict[str, int]) -> None:
+    for cause, n in part.items():
+        total[cause] = total.get(cause, 0) + n
+
+
+def ordered_misses(misses: dict[str, int]) -> dict[str, int]:
+    """Every cause in ``MissCause`` order (zeros included), then any unknown ones."""
+    out = {c.value: misses.get(c.value, 0) for c in MissCause}
+    out.update({k: v for k, v in misses.items() if k not in out})
+    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -112,6 +131,7 @@ class RunReport:
     time_scale: float = 1.0
     fit: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    miss_tokens: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +149,9 @@ def summarise(
     minutes = duration_s / 60 if duration_s > 0 else math.nan
     latencies = [s.finished_s - s.sent_s for s in steps]
     ttfts = [s.first_token_s - s.sent_s for s in steps if s.first_token_s is not None]
+    misses: dict[str, int] = {}
+    for s in steps:
+        add_misses(misses, s.miss_tokens)
     return RunReport(
         label=label, mode=mode, policy=policy, replicas=replicas, concurrency=concurrency,
         programs_done=rec.programs_done, steps=len(steps), duration_s=duration_s,
@@ -144,4 +167,5 @@ def summarise(
         max_paused_s=max(rec.paused_s, default=0.0),
         capped_human_s=rec.capped_human_s, capped_tool_s=rec.capped_tool_s,
         failed_steps=rec.failed_steps, time_scale=time_scale, fit=fit, extra=extra or {},
+        miss_tokens=ordered_misses(misses) if misses else {},
     )

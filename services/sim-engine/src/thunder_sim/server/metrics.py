@@ -13,7 +13,11 @@ Names, label sets and buckets are those of ``sglang/srt/observability/metrics_co
   ("device", the only tier simulated) on ``cached_tokens_total``; ``num_aborted_requests_total``.
 Latencies are modelled seconds (what the GPU would show), not wall seconds.
 
-Simulator health is exported under ``thunder_sim_`` (event-loop lag, time scale, steps).
+Simulator health is exported under ``thunder_sim_`` (event-loop lag, time scale, steps), and
+the engine's recompute ledger as ``thunder_sim_prompt_miss_tokens_total{cause=...}``: every
+admission's missed prompt tokens by cause, with what one engine knows alone (the owner is the
+program in the request id; ``evicted_away`` = its program had no request here, acting or
+paused; see ``thunder_sim.engine.ledger``).
 """
 
 from __future__ import annotations
@@ -123,6 +127,12 @@ class _SchedulerCollector(Collector):
         yield c("thunder_sim_engine_steps", "Engine step calls.", self.runner.steps_total)
         yield c("thunder_sim_recomputed_tokens", "Tokens prefilled again after retraction.",
                 counters.recomputed_tokens)
+        miss = CounterMetricFamily("thunder_sim_prompt_miss_tokens", "Prompt tokens prefilled "
+                                   "(not cache hits) by cause, every admission.",
+                                   labels=["model_name", "cause"])
+        for cause, n in counters.miss_tokens.items():
+            miss.add_metric([self.labels["model_name"], str(cause)], n)
+        yield miss
 
 
 class SimMetrics:
