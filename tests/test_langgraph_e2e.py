@@ -18,7 +18,6 @@ from typing import Annotated, Any, TypedDict
 
 import httpx
 import pytest
-from fixtures.scheduler_service import RunningService, start_service_thread
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
@@ -28,9 +27,12 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Send, interrupt
 
+from thunder_core.launcher import wait_http
 from thunder_langgraph import ThunderMiddleware, wrap
 from thunder_scheduler.settings import load_settings
+from thunder_testkit import until
 from thunder_testkit.openai_server import FakeToolCall, ScriptedOpenAI
+from thunder_testkit.service import RunningService, start_service_thread
 
 SYSTEM = "You are a careful assistant that checks every step twice. " * 12
 
@@ -84,12 +86,11 @@ class Stack:
         return [row for row in rows if row["framework"] == framework]
 
     def wait_terminated(self, program_id: str, timeout_s: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        def terminated() -> dict[str, Any] | None:
             row = self.program(program_id)
-            if row["status"] == "terminated" or time.monotonic() > deadline:
-                return row
-            time.sleep(0.05)
+            return row if row["status"] == "terminated" else None
+
+        return until(terminated, timeout_s=timeout_s, what=f"{program_id} to terminate")
 
 
 @pytest.fixture
@@ -97,10 +98,7 @@ def stack() -> Iterator[Stack]:
     fake = ScriptedOpenAI()
     fake.start()
     service = start_service_thread(load_settings({"backends": [f"sglang={fake.url}"]}))
-    deadline = time.monotonic() + 20
-    while httpx.get(f"{service.url}/ready").status_code != 200:
-        assert time.monotonic() < deadline, "scheduler never became ready"
-        time.sleep(0.1)
+    wait_http(f"{service.url}/ready", timeout_s=20)
     try:
         yield Stack(fake, service)
     finally:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from thunder_scheduling.config import SchedulerConfig
+from thunder_scheduling.registry import make_scheduler, policy_names
 from thunder_sim.engine.ledger import MissCause
 from thunder_sim.replay.metrics import RunReport
-from thunder_sim.replay.setup import build_scheduler, policy_names
 from thunder_sim.replay.trace import TraceProgram, parse_session
 from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
 
@@ -66,7 +66,7 @@ def test_engine_only_round_robin_loses_to_moves_and_evictions_while_acting() -> 
 
 
 def test_pausing_policy_loses_to_pauses_and_forced_restores() -> None:
-    scheduler = build_scheduler("thunder", config=SchedulerConfig(max_paused_s=20.0))
+    scheduler = make_scheduler("thunder", config=SchedulerConfig(max_paused_s=20.0))
     r = crowded("thunder", scheduler=scheduler)
     assert r.pauses > 0 and r.extra["scheduler_forced_restores"] > 0
     assert r.miss_tokens[MissCause.EVICTED_PAUSED] > 0
