@@ -8,7 +8,7 @@ import pytest
 from thunder_scheduling.config import SchedulerConfig
 from thunder_scheduling.registry import make_scheduler, policy_names
 from thunder_sim.engine.ledger import MissCause
-from thunder_sim.replay.metrics import RunReport
+from thunder_sim.replay.metrics import RunRecorder, RunReport
 from thunder_sim.replay.trace import TraceProgram, parse_session
 from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
 
@@ -71,4 +71,20 @@ def test_pausing_policy_loses_to_pauses_and_forced_restores() -> None:
     assert r.pauses > 0 and r.extra["scheduler_forced_restores"] > 0
     assert r.miss_tokens[MissCause.EVICTED_PAUSED] > 0
     assert r.miss_tokens[MissCause.FORCED_RESTORE] > 0
+    assert 0 < r.max_paused_share <= 1
     assert sum(r.miss_tokens.values()) == r.prompt_tokens - r.cached_tokens
+
+
+def test_paused_share_of_life_per_program() -> None:
+    rec = RunRecorder()
+    rec.started("a", 0.0)
+    rec.started("b", 0.0)
+    rec.paused("a", 2.0)
+    rec.resumed("a", 6.0, migrated=False)
+    rec.paused("a", 8.0)
+    rec.released("a", 9.0)
+    rec.ended("a", 10.0)                   # paused 4 + 1 of 10 s
+    rec.paused("b", 15.0)
+    rec.close(20.0)                         # b: still paused at the end, 5 of 20 s
+    assert sorted(rec.paused_shares) == [0.25, 0.5]
+    assert rec.programs_done == 1 and rec.programs_started == 2

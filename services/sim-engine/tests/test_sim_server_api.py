@@ -17,6 +17,7 @@ from thunder_sim import tokenizer as tok
 from thunder_sim.clock import ScaledClock
 from thunder_sim.server.app import create_app
 from thunder_sim.server.command import add_arguments, build
+from thunder_testkit import until_async
 
 Start = Callable[..., Any]
 
@@ -247,7 +248,12 @@ async def test_wrong_content_type_and_duplicate_rid(sim: Start) -> None:
         assert r.status_code == 400 and "application/json" in r.json()["message"]
         body = {"prompt": "x", "rid": "same", "max_tokens": 5000}
         first = asyncio.create_task(c.post("/v1/completions", json=body))
-        await asyncio.sleep(0.2)
+
+        async def first_is_in() -> bool:
+            [load] = (await c.get("/v1/loads")).json()["loads"]
+            return bool(load["num_running_reqs"] + load["num_waiting_reqs"])
+
+        await until_async(first_is_in, what="the first request to reach the engine")
         dup = await c.post("/v1/completions", json=body)
         assert dup.status_code == 400 and "Duplicate" in dup.json()["message"]
         await c.post("/abort_request", json={"abort_all": True})

@@ -52,6 +52,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("pauses", "pauses"),
     ("migrations", "migrations"),
     ("max_paused_s", "max paused s"),
+    ("max_paused_share", "max paused share"),
 )
 
 

@@ -327,7 +327,7 @@ class VirtualReplay:
     def _start(self, program: TraceProgram, parent: _Run | None) -> None:
         run = _Run(program, plan(program, self.config.gaps), parent)
         self._runs[program.program_id] = run
-        self.recorder.programs_started += 1
+        self.recorder.started(program.program_id, self._now)
         self._feed(ProgramStarted(
             self._now, program.program_id, framework="replay",
             parent_program_id=parent.program.program_id if parent else None,
@@ -365,7 +365,7 @@ class VirtualReplay:
         self.phases.ended_now(pid)
         self._feed(ProgramEnded(self._now, pid))
         self._runs.pop(pid, None)
-        self.recorder.programs_done += 1
+        self.recorder.ended(pid, self._now)
         parent = run.parent
         if parent is not None:
             parent.children_left -= 1
