@@ -9,7 +9,8 @@ The proxy router (``thunder_scheduler.proxy``) calls, for every LLM request:
 2. ``await acquire(...)``: feeds ``RequestArrived`` to the scheduling core and returns a
    :class:`Placement` once the core admits the request. While the core holds it (its program is
    paused, or not yet admitted) the call waits and never fails, except when the program is
-   released meanwhile (409). An unknown model is 404, no healthy backend 503;
+   released meanwhile (409); no healthy backend is 503. The model name is the engine's to judge
+   (the proxy passes it on; see ``proxy/routes.py``);
 3. ``finish(...)``: feeds ``RequestFinished`` with the engine's usage, exactly once per acquired
    request, also when the client left while the request was held (``placement`` is then None);
 4. ``report_upstream_failure(backend, reason)`` when forwarding to the placed backend failed
@@ -177,15 +178,6 @@ class SchedulerGate:
             raise GateError(503, f"no healthy backend ({reasons or 'none configured'})")
         return healthy
 
-    def _check_model(self, model: str | None, healthy: list[str]) -> None:
-        if model is None:
-            return
-        served = self._served_models(healthy)
-        if served and model not in served:
-            raise GateError(
-                404, f"model {model!r} is not served; available: {', '.join(sorted(served))}"
-            )
-
     def _served_models(self, names: list[str]) -> dict[str, list[str]]:
         served: dict[str, list[str]] = {}
         for name in names:
@@ -201,8 +193,7 @@ class SchedulerGate:
         body: Mapping[str, Any],
         model: str | None,
     ) -> Placement:
-        healthy = self._healthy()
-        self._check_model(model, healthy)
+        self._healthy()
         driver = self._driver
         if program_id is None:
             name = driver.core.route_untagged(driver.now())
