@@ -1,5 +1,8 @@
 """thunder-langgraph end to end: real LangGraph graphs, through the real scheduler service.
 
+Every test runs twice: with streaming tool dispatch on (the default: model calls stream and
+tools start when their arguments close) and off; the results must not differ.
+
 The model is the scripted tool-calling fake (``thunder_testkit.openai_server``, a real loopback
 HTTP server named as a fake) registered with the scheduler as an SGLang backend, so tool flows
 are deterministic. Assertions are on what the scheduler saw (GET /v1/programs).
@@ -29,6 +32,7 @@ from langgraph.types import Send, interrupt
 
 from thunder_core.launcher import wait_http
 from thunder_langgraph import ThunderMiddleware, wrap
+from thunder_langgraph.dispatch import STREAMING_DISPATCH_ENV
 from thunder_scheduler.settings import load_settings
 from thunder_testkit import until
 from thunder_testkit.openai_server import FakeToolCall, ScriptedOpenAI
@@ -93,6 +97,13 @@ class Stack:
         return until(terminated, timeout_s=timeout_s, what=f"{program_id} to terminate")
 
 
+@pytest.fixture(autouse=True, params=[True, False], ids=["dispatch-on", "dispatch-off"])
+def streaming_dispatch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test runs with streaming tool dispatch on (the default) and off."""
+    monkeypatch.setenv(STREAMING_DISPATCH_ENV, "1" if request.param else "0")
+    return bool(request.param)
+
+
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     fake = ScriptedOpenAI()
@@ -154,7 +165,9 @@ def _tool_graph(stack: Stack) -> Any:
     return graph.compile()
 
 
-def test_state_graph_with_tool_node_parallel_calls_and_every_stream_mode(stack: Stack) -> None:
+def test_state_graph_with_tool_node_parallel_calls_and_every_stream_mode(
+    stack: Stack, streaming_dispatch: bool,
+) -> None:
     stack.fake.script = [
         [FakeToolCall("add", {"a": 1, "b": 2}), FakeToolCall("multiply", {"a": 3, "b": 4})],
         "done",
@@ -168,6 +181,12 @@ def test_state_graph_with_tool_node_parallel_calls_and_every_stream_mode(stack: 
     for mode in ("values", "updates", "messages", "debug", "custom"):
         row = stack.wait_terminated(f"sg-{mode}")
         assert (row["requests"], row["tool_calls"], row["end_status"]) == (2, 2, "ok"), mode
+    # with dispatch on every model call streamed (the tools were started from the stream);
+    # off, only stream_mode="messages" streams, as LangGraph does by itself
+    streamed = [bool(r["body"].get("stream")) for r in stack.fake.requests]
+    assert streamed == [streaming_dispatch or mode == "messages"
+                        for mode in ("values", "updates", "messages", "debug", "custom")
+                        for _ in range(2)]
 
 
 async def test_async_stream_and_astream_events(stack: Stack) -> None:

@@ -245,7 +245,15 @@ def create_app(
         return [by_name[name] for name in monitor.healthy_names()
                 if name != failed and name in by_name]
 
-    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota, alternates)
+    def model_backends(model: str) -> list[Backend]:
+        serving = []
+        for name in monitor.healthy_names():
+            info = monitor.state(name).info
+            if info is not None and model in info.models and name in by_name:
+                serving.append(by_name[name])
+        return serving
+
+    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota, alternates, model_backends)
     # the proxy's routes first: the hot paths match before the ops / lifecycle / tools ones.
     if client_key is None:
         app.include_router(proxy.router())

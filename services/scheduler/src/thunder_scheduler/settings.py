@@ -159,7 +159,8 @@ class ServiceSettings(BaseSettings):
 
     backends: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="engines to serve from, each [NAME@]KIND=URL (KIND: sglang, vllm, llamacpp)",
+        description="engines to serve from, each [NAME@]KIND=URL (KIND: sglang, vllm, llamacpp; "
+        "NAME defaults to KIND-HOST-PORT)",
     )
     host: str = Field(default="127.0.0.1", min_length=1, description="address to listen on")
     port: int = Field(default=8300, ge=0, le=65535, description="port to listen on (0: any free)")

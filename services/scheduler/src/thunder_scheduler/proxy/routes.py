@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -260,7 +260,8 @@ class ProxyEndpoints:
 
     def __init__(self, gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings,
                  quota: ProgramQuota | None = None,
-                 alternates: Callable[[str], Iterable[Backend]] | None = None):
+                 alternates: Callable[[str], Iterable[Backend]] | None = None,
+                 model_backends: Callable[[str], Sequence[Backend]] | None = None):
         self.gate = gate
         self.upstream = upstream
         self.settings = settings
@@ -268,6 +269,8 @@ class ProxyEndpoints:
         self.alternates = alternates
         """Healthy backends other than the named one (a request whose engine refused or
         dropped the connection before answering is retried once on the first of them)."""
+        self.model_backends = model_backends
+        """Healthy backends whose engines list the named model (``/v1/models``)."""
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["proxy"])
@@ -467,6 +470,8 @@ class _Exchange(Response):
             await self._send_error(send, exc.status, exc.reason)
             return
         self._acquire_s = time.perf_counter() - started
+        if self._model is not None and proxy.model_backends is not None:
+            placement = self._serving_model(placement, proxy.model_backends(self._model))
         self._placement = placement
 
         body = self._body
@@ -604,6 +609,15 @@ class _Exchange(Response):
         self._tool_call = scanner.ends_with_tool_call
         if failure is None:
             self._outcome = RequestOutcome.OK
+
+    @staticmethod
+    def _serving_model(placement: Placement, serving: Sequence[Backend]) -> Placement:
+        """Route by model only where backends serve different models: a request placed on a
+        backend whose engine does not list its model goes to one that does. Where none lists
+        it, or the placed one does, the placement stands and the engine judges the name."""
+        if not serving or any(b.name == placement.backend.name for b in serving):
+            return placement
+        return Placement(serving[0], replace(placement.hints, session_id=None, slot_id=None))
 
     def _alternate(self, failed: str) -> Backend | None:
         """Another healthy backend to retry a request whose engine could not be reached."""

@@ -27,7 +27,7 @@ are reported around each tool gap, and programs are ended through it; with
 
 Instrument health: a monitor task measures this process's event-loop lag (how late a 20 ms
 sleep wakes); the engines' own lag is read from their ``/metrics``
-(``thunder_sim:event_loop_lag_fraction``, ``thunder_sim:lost_step_wall_seconds``). The report
+(``thunder_sim_event_loop_lag_fraction``, ``thunder_sim_lost_step_wall_seconds``). The report
 warns when either would distort results: replay lag p99 above 5% of the median modelled step
 latency, or engines that lost more than 10% of their planned step time.
 
@@ -442,18 +442,18 @@ class LiveReplay:
             return sum(after.get(n, 0.0) - before.get(n, 0.0) for n in (name, f"{name}_total"))
 
         lag_p99 = percentile(self._lags, 99) if self._lags else 0.0
-        lost = delta("thunder_sim:lost_step_wall_seconds")
-        planned = delta("thunder_sim:planned_step_wall_seconds")
+        lost = delta("thunder_sim_lost_step_wall_seconds")
+        planned = delta("thunder_sim_planned_step_wall_seconds")
         report = summarise(
             self.recorder, label=cfg.label or f"{cfg.policy} x{cfg.concurrency}", mode="live",
             policy=cfg.policy, replicas=cfg.replicas, concurrency=cfg.concurrency,
-            duration_s=finish, recomputed_tokens=int(delta("thunder_sim:recomputed_tokens")),
+            duration_s=finish, recomputed_tokens=int(delta("thunder_sim_recomputed_tokens")),
             ideal=ideal_hit_tokens(self._played), time_scale=self._scale, fit=self.fit,
             extra={
                 "replay_loop_lag_p50_ms": 1000 * percentile(self._lags, 50) if self._lags else 0,
                 "replay_loop_lag_p99_ms": 1000 * lag_p99,
                 "engine_lost_fraction": lost / planned if planned else 0.0,
-                "engine_lag_warnings": delta("thunder_sim:lag_warnings"),
+                "engine_lag_warnings": delta("thunder_sim_lag_warnings"),
                 "lifecycle": self._lifecycle,
                 "lifecycle_errors": self._lifecycle_errors,
                 "first_error": self._first_error,
