@@ -50,8 +50,7 @@ async def service(sglang: FakeSGLang, llama: FakeLlamaServer) -> AsyncIterator[S
 
 async def two_programs(parts: ServiceParts, i: int) -> None:
     """Programs ``i`` and ``i + 1`` side by side (so each engine gets one), each through
-    start, a request, a tool call and end; every tenth pair also sends a request the gate
-    refuses before the core has seen its program."""
+    start, a request, a tool call and end."""
     driver, gate = parts.driver, parts.gate
     pids = [f"p{i}", f"p{i + 1}"]
     for pid in pids:
@@ -66,10 +65,6 @@ async def two_programs(parts: ServiceParts, i: int) -> None:
         driver.feed(ToolStarted(at=driver.now(), program_id=pid, call_id="c1", tool_name="sh"))
     if i % 100 == 0:
         driver.note_runtime(pids[0], f"rt-{i}")
-    if i % 10 == 0:
-        stray = f"stray{i}"
-        with pytest.raises(GateError):
-            await gate.acquire(stray, gate.new_request_id(stray), BODY, "no-such-model")
     for pid in pids:
         driver.feed(ToolFinished(at=driver.now(), program_id=pid, call_id="c1"))
         driver.feed(ProgramEnded(at=driver.now(), program_id=pid, status=ProgramEndStatus.OK))
@@ -97,3 +92,20 @@ async def test_ten_thousand_programs_leave_every_map_empty() -> None:
         snapshot = driver.core.snapshot()
         assert all(row.status == "terminated" for row in snapshot.programs)
         assert len(snapshot.programs) <= 1000  # the core keeps a bounded ring of ended ones
+
+
+async def test_a_request_refused_before_its_program_started_leaves_nothing() -> None:
+    down = FakeSGLang(down=True)
+    http = httpx.AsyncClient(transport=down.transport())
+    app = create_app(load_settings({}), backends=[SGLangBackend("gpu1", "http://gpu1:1", http)],
+                     http=http)
+    parts: ServiceParts = app.state.thunder
+    async with app.router.lifespan_context(app):
+        gate = parts.gate
+        for _ in range(3):
+            with pytest.raises(GateError) as refused:
+                await gate.acquire("p", gate.new_request_id("p"), BODY, None)
+            assert refused.value.status == 503
+        assert parts.driver.tracked()["programs"] == 0  # the request ids' record is gone
+        assert gate.new_request_id("p") == "p:1"
+    await http.aclose()

@@ -10,7 +10,7 @@ decorate -> ``finish``) and end programs through the real lifecycle API.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ from thunder_scheduler.gate import Usage
 from thunder_scheduler.request_body import PROMPT_BLOCK_TOKENS, prompt_blocks
 from thunder_scheduler.settings import load_settings
 from thunder_scheduling.events import Event, RequestArrived, RequestOutcome
+from thunder_testkit import until_async
 from thunder_testkit.engines import FakeSGLang
 
 BODY: dict[str, Any] = {"model": "Qwen/Qwen3-8B", "messages": [{"role": "user", "content": "hi"}]}
@@ -40,16 +41,9 @@ async def service(
     async with app.router.lifespan_context(app), httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
     ) as client:
-        await until(lambda: parts.monitor.healthy_names() == ["gpu1"])
+        await until_async(lambda: parts.monitor.healthy_names() == ["gpu1"])
         yield parts, client
     await http.aclose()
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def turn(parts: ServiceParts, program_id: str, body: dict[str, Any] = BODY) -> Any:
@@ -77,7 +71,7 @@ async def test_one_sglang_session_per_program_closed_at_program_end() -> None:
 
         ended = await client.post("/v1/programs/p1/end", json={"status": "ok"})
         assert ended.status_code == 200
-        await until(lambda: session not in fake.open_sessions)
+        await until_async(lambda: session not in fake.open_sessions)
         assert fake.open_sessions == {other["session_id"]}
 
 
@@ -118,7 +112,7 @@ async def test_upstream_failures_mark_the_backend_unhealthy() -> None:
     async with service(fake, monitor_interval_s=3600.0) as (parts, client):
         for _ in range(3):  # monitor_unhealthy_after_failures defaults to 3
             parts.gate.report_upstream_failure("gpu1", "connection refused")
-        await until(lambda: parts.monitor.healthy_names() == [])
+        await until_async(lambda: parts.monitor.healthy_names() == [])
         assert parts.monitor.state("gpu1").last_error == "connection refused"
         assert (await client.get("/ready")).status_code == 503
         count = parts.metrics.registry.get_sample_value(

@@ -205,9 +205,10 @@ class ScriptedOpenAI:
         await send([{"index": 0, "delta": {"role": "assistant", "content": ""},
                      "finish_reason": None}])
         if message.get("content"):
-            for word in str(message["content"]).split(" "):
-                await send([{"index": 0, "delta": {"content": word + " "},
-                             "finish_reason": None}])
+            words = str(message["content"]).split(" ")
+            for i, word in enumerate(words):  # the pieces add up to the content exactly
+                piece = word if i == len(words) - 1 else word + " "
+                await send([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
         for i, call in enumerate(message.get("tool_calls") or []):
             await send([{"index": 0, "delta": {"tool_calls": [
                 {"index": i, "id": call["id"], "type": "function",

@@ -31,7 +31,13 @@ from typing import Any
 
 import httpx
 
-from thunder_core.contract import RUNTIME_SPEC_TAG, ProgramStatus, ProgramView
+from thunder_core.contract import (
+    RUNTIME_SPEC_TAG,
+    Framework,
+    ProgramEndStatus,
+    ProgramStatus,
+    ProgramView,
+)
 from thunder_scheduler.backends.base import Backend
 from thunder_scheduler.backends.monitor import BackendState
 from thunder_scheduler.background import BackgroundTasks
@@ -62,6 +68,7 @@ from thunder_scheduling.commands import (
 from thunder_scheduling.events import (
     BackendUpdated,
     Event,
+    ProgramEnded,
     ProgramStarted,
     ToolFinished,
     ToolStarted,
@@ -157,6 +164,7 @@ class Driver:
 
     def feed(self, event: Event) -> list[Command]:
         """Feed one event and carry out the commands; raises what the core raises."""
+        is_new = isinstance(event, ProgramStarted) and not self.core.has_program(event.program_id)
         started = time.perf_counter()
         try:
             commands = self.core.handle(event)
@@ -164,8 +172,16 @@ class Driver:
             self.metrics.decision.observe(time.perf_counter() - started)
         match event:
             case ProgramStarted():
+                if self.core.has_program(event.program_id):  # started, or adopted anew
+                    self.programs.ensure(event.program_id).framework = event.framework
+                    if is_new:
+                        self.metrics.program_started(event.framework)
                 self._tools.started(event.program_id, self.programs.ensure(event.program_id),
                                     event.tags.get(RUNTIME_SPEC_TAG))
+            case ProgramEnded():
+                record = self.programs.get(event.program_id)
+                if record is not None and record.framework is not None:
+                    record.end_status = event.status.value
             case ToolStarted():
                 self.programs.ensure(event.program_id).tool_calls.add(event.call_id)
                 for runtime_id in event.runtime_ids:
@@ -377,9 +393,12 @@ class Driver:
 
     def _release(self, command: Release) -> None:
         pid = command.program_id
+        record = self.programs.remove(pid)
+        status = record.end_status or ProgramEndStatus.OK.value
         if "lease" in command.reason:
             self.metrics.lease_expiries.inc()
-        record = self.programs.remove(pid)
+            status = "lease_expired"
+        self.metrics.program_ended(record.framework or Framework.OTHER.value, status)
         self._held.fail_program(pid, GateError(409, f"program {pid!r} was released "
                                                     f"({command.reason})"))
         self._update_held()

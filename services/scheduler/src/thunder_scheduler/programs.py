@@ -42,6 +42,10 @@ class ProgramRecord:
     """Tool calls started and not ended."""
     runtime_ids: list[str] = field(default_factory=list)
     """Runtimes it acquired or named in tool starts."""
+    framework: str | None = None
+    """From its start event, once the core took it (labels the programs-ended counter)."""
+    end_status: str | None = None
+    """From its ``ProgramEnded``, until the core's ``Release`` (labels the same counter)."""
 
 
 class ProgramRecords:

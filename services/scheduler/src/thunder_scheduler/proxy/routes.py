@@ -51,8 +51,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import orjson
@@ -62,6 +62,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from thunder_core.contract import InvalidProgramId, program_id_from, strip_identity
+from thunder_scheduler.backends.base import Backend
 from thunder_scheduler.gate import GateError, Placement, RequestGate, Usage
 from thunder_scheduler.proxy.settings import ProxySettings
 from thunder_scheduler.proxy.streaming import SseScanner
@@ -258,11 +259,18 @@ class ProxyEndpoints:
     """
 
     def __init__(self, gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings,
-                 quota: ProgramQuota | None = None):
+                 quota: ProgramQuota | None = None,
+                 alternates: Callable[[str], Iterable[Backend]] | None = None,
+                 model_backends: Callable[[str], Sequence[Backend]] | None = None):
         self.gate = gate
         self.upstream = upstream
         self.settings = settings
         self.quota = quota
+        self.alternates = alternates
+        """Healthy backends other than the named one (a request whose engine refused or
+        dropped the connection before answering is retried once on the first of them)."""
+        self.model_backends = model_backends
+        """Healthy backends whose engines list the named model (``/v1/models``)."""
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["proxy"])
@@ -462,8 +470,9 @@ class _Exchange(Response):
             await self._send_error(send, exc.status, exc.reason)
             return
         self._acquire_s = time.perf_counter() - started
+        if self._model is not None and proxy.model_backends is not None:
+            placement = self._serving_model(placement, proxy.model_backends(self._model))
         self._placement = placement
-        backend = placement.backend
 
         body = self._body
         wants_usage = True
@@ -472,26 +481,42 @@ class _Exchange(Response):
             wants_usage = options.get("include_usage") is True
             if not wants_usage:
                 body["stream_options"] = {**options, "include_usage": True}
-        body = backend.decorate(endpoint.path, body, placement.hints)
-        headers = self._fwd_headers
-        extra = backend.request_headers(placement.hints)
-        if extra:
-            headers = {**headers, **extra}
-        url = backend.base_url + endpoint.path
+        plain = dict(body) if proxy.alternates is not None else body  # before decorate
 
-        self._upstream_open = True
-        upstream_sent_at = time.perf_counter()
-        try:
-            response = await proxy.upstream.send(url, orjson.dumps(body), headers)
-        except UpstreamTimeout as exc:
-            self._upstream_open = False
-            await self._send_error(send, 504, f"backend {backend.name!r} timed out: {exc}")
-            return
-        except UpstreamUnreachable as exc:
-            self._upstream_open = False
-            self._report_unreachable(exc)
-            await self._send_error(send, 502, f"backend {backend.name!r} unreachable: {exc}")
-            return
+        retried = False
+        while True:
+            backend = placement.backend
+            body = backend.decorate(endpoint.path, plain if retried else body, placement.hints)
+            headers = self._fwd_headers
+            extra = backend.request_headers(placement.hints)
+            if extra:
+                headers = {**headers, **extra}
+            url = backend.base_url + endpoint.path
+
+            self._upstream_open = True
+            upstream_sent_at = time.perf_counter()
+            try:
+                response = await proxy.upstream.send(url, orjson.dumps(body), headers)
+                break
+            except UpstreamTimeout as exc:
+                self._upstream_open = False
+                await self._send_error(send, 504, f"backend {backend.name!r} timed out: {exc}")
+                return
+            except UpstreamUnreachable as exc:
+                self._upstream_open = False
+                self._report_unreachable(exc)
+                # nothing reached the client yet: once, on another healthy backend
+                alternate = None if retried else self._alternate(backend.name)
+                if alternate is None:
+                    await self._send_error(
+                        send, 502, f"backend {backend.name!r} unreachable: {exc}")
+                    return
+                log.warning("backend %r unreachable (%s): request %s retried on %r",
+                            backend.name, exc, self._request_id, alternate.name)
+                retried = True
+                placement = Placement(alternate, replace(
+                    placement.hints, session_id=None, slot_id=None))
+                self._placement = placement
         try:
             if response.status >= 400:
                 await self._pass_error(send, response)
@@ -584,6 +609,24 @@ class _Exchange(Response):
         self._tool_call = scanner.ends_with_tool_call
         if failure is None:
             self._outcome = RequestOutcome.OK
+
+    @staticmethod
+    def _serving_model(placement: Placement, serving: Sequence[Backend]) -> Placement:
+        """Route by model only where backends serve different models: a request placed on a
+        backend whose engine does not list its model goes to one that does. Where none lists
+        it, or the placed one does, the placement stands and the engine judges the name."""
+        if not serving or any(b.name == placement.backend.name for b in serving):
+            return placement
+        return Placement(serving[0], replace(placement.hints, session_id=None, slot_id=None))
+
+    def _alternate(self, failed: str) -> Backend | None:
+        """Another healthy backend to retry a request whose engine could not be reached."""
+        alternates = self._proxy.alternates
+        if alternates is None:
+            return None
+        for backend in alternates(failed):
+            return backend
+        return None
 
     def _report_unreachable(self, exc: Exception) -> None:
         """A broken or refused connection counts against the backend's health (the monitor may
