@@ -1,4 +1,4 @@
-"""One live-mode point next to the same point in virtual mode (issue 4: live and virtual agree).
+"""One live-mode point next to the same point in virtual mode (live and virtual must agree).
 
 Live: ``--replicas`` real ``thunder-sim serve`` processes (h100-qwen3-8b) and one real
 ``thunder-scheduler serve`` process in front of them (SGLang backends, ``--policy``), all on
