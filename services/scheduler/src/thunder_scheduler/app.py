@@ -87,6 +87,8 @@ class ServiceParts:
     metrics: ServiceMetrics
     upstream: UpstreamClient
     tools: ToolManager | None
+    startup_failure: BaseException | None = None
+    """Why the lifespan's start-up failed (``thunder-scheduler serve`` prints it as one line)."""
 
 
 def backend_options(settings: ServiceSettings, kind: str) -> dict[str, Any]:
@@ -200,10 +202,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        driver.start()
-        monitor.start()
-        if tools is not None:
-            await tools.start()
+        try:
+            driver.start()
+            monitor.start()
+            if tools is not None:
+                await tools.start()
+        except Exception as exc:
+            parts.startup_failure = exc
+            await monitor.aclose()
+            await driver.aclose()
+            raise
         log.info(
             "thunder-scheduler: policy %s, backends %s",
             settings.policy, ", ".join(by_name) or "none",
