@@ -156,7 +156,7 @@ async def test_loads_metrics_info_models(sim: Start) -> None:
             assert f"sglang:{name}{{" in text, name
         assert 'sglang:generation_tokens_total{engine_type="unified",is_streaming="false",' \
                'model_name="Qwen/Qwen3-8B"} 8.0' in text
-        assert "thunder_sim:event_loop_lag_seconds_total{" in text
+        assert "thunder_sim_event_loop_lag_seconds_total{" in text
         info = (await c.get("/server_info")).json()
         assert info["page_size"] == 64 and info["max_total_num_tokens"] == load[
             "max_total_num_tokens"] and info["model_path"] == "Qwen/Qwen3-8B"
@@ -271,7 +271,7 @@ async def test_metrics_expose_the_recompute_ledger(sim: Start) -> None:
         text = (await c.get("/metrics")).text
     values = {}
     for line in text.splitlines():
-        if line.startswith("thunder_sim:prompt_miss_tokens_total{"):
+        if line.startswith("thunder_sim_prompt_miss_tokens_total{"):
             cause = line.split('cause="')[1].split('"')[0]
             values[cause] = float(line.rsplit(" ", 1)[1])
     assert set(values) >= {"first_sight", "evicted_away", "over_admission", "retraction"}

@@ -153,6 +153,11 @@ class ProgramTable:
         self._live[program_id] = program
         return program
 
+    def set_incarnation(self, program: Program, incarnation: int) -> None:
+        """Give a just-created program its incarnation from a checkpoint."""
+        program.incarnation = incarnation
+        self._incarnations[program.program_id] = incarnation
+
     def end(self, program: Program) -> None:
         del self._live[program.program_id]
         if self._keep == 0:

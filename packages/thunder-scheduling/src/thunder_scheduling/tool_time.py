@@ -38,6 +38,11 @@ class ToolTimeEstimator:
     def estimate_s(self, tool_name: str) -> float | None:
         return self._mean_s.get(tool_name)
 
+    def restore(self, tool_name: str, mean_s: float, samples: int) -> None:
+        """Set an estimate back from a checkpoint (``checkpoint.restore``)."""
+        self._mean_s[tool_name] = max(0.0, float(mean_s))
+        self._samples[tool_name] = max(1, int(samples))
+
     def snapshot(self) -> dict[str, tuple[float, int]]:
         """Tool name -> (estimate in seconds, number of samples), sorted by name."""
         return {name: (self._mean_s[name], self._samples[name]) for name in sorted(self._mean_s)}

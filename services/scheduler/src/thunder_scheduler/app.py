@@ -6,7 +6,9 @@ Parts, created here and started / stopped by the FastAPI lifespan:
   control-plane ``httpx.AsyncClient`` (injected or owned);
 * the ``BackendMonitor`` (probe with backoff, load polling), whose health changes the driver
   feeds to the core as ``BackendUpdated``;
-* the pure ``ProgramScheduler`` (policy from the settings) inside the async ``Driver``;
+* the pure ``ProgramScheduler`` (policy from the settings) inside the async ``Driver``; with
+  ``state_file``, wrapped in ``persistence.RecordingCore`` and restored from the file before
+  anything else starts, its changes written behind by ``persistence.StatePersister``;
 * the ``SchedulerGate`` the proxy calls, and the proxy's upstream client;
 * the tool manager, when ``tools_enabled``: started (reconcile) and closed (teardown) by the
   lifespan, its metrics on the app's registry, told by the driver when programs queue, are
@@ -49,6 +51,12 @@ from thunder_scheduler.lifecycle_api import (
 )
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduler.ops_api import create_ops_router
+from thunder_scheduler.persistence import (
+    RecordingCore,
+    StatePersister,
+    StateStore,
+    StateStoreError,
+)
 from thunder_scheduler.proxy.fast_path import AdmitCheck, FastPathApp
 from thunder_scheduler.proxy.routes import PROXY_PREFIXES, ProxyEndpoints
 from thunder_scheduler.proxy.upstream import UpstreamClient, create_upstream_client
@@ -87,6 +95,7 @@ class ServiceParts:
     metrics: ServiceMetrics
     upstream: UpstreamClient
     tools: ToolManager | None
+    state: StatePersister | None = None
     startup_failure: BaseException | None = None
     """Why the lifespan's start-up failed (``thunder-scheduler serve`` prints it as one line)."""
 
@@ -162,7 +171,9 @@ def create_app(
     by_name = {backend.name: backend for backend in backend_list}
     if len(by_name) != len(backend_list):
         raise ValueError("backend names must be unique (use NAME@KIND=URL)")
-    core = make_core(settings)
+    plain_core = make_core(settings)
+    state = _make_persister(settings, plain_core) if settings.state_file else None
+    core: ProgramScheduler | RecordingCore = state.core if state is not None else plain_core
     monitor_ref: list[BackendMonitor] = []
 
     def total_slots(name: str) -> int | None:
@@ -198,11 +209,15 @@ def create_app(
     gate = SchedulerGate(driver, monitor, metrics, prompt_block_tokens=core.prompt_block_tokens)
     proxy_settings = settings.proxy_settings()
     upstream = create_upstream_client(proxy_settings)
-    parts = ServiceParts(settings, by_name, monitor, driver, gate, metrics, upstream, tools)
+    parts = ServiceParts(settings, by_name, monitor, driver, gate, metrics, upstream, tools,
+                         state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
+            if state is not None:  # before the driver, the monitor and the tools' reconcile
+                state.restore(clock.now())
+                state.start()
             driver.start()
             monitor.start()
             if tools is not None:
@@ -221,6 +236,8 @@ def create_app(
         finally:
             await monitor.aclose()
             await driver.aclose()
+            if state is not None:
+                await state.aclose()
             if tools is not None:
                 await tools.close()
             await upstream.aclose()
@@ -284,6 +301,17 @@ def create_app(
             dependencies=[Depends(require_admin)],
         )
     return app
+
+
+def _make_persister(settings: ServiceSettings, core: ProgramScheduler) -> StatePersister:
+    """The program table's store (``--state-file``); a file it cannot use is a settings error."""
+    assert settings.state_file is not None
+    try:
+        store = StateStore(settings.state_file)
+    except StateStoreError as exc:
+        raise SettingsError([f"{setting_names('state_file')}: {exc}"]) from None
+    return StatePersister(store, RecordingCore(core),
+                          flush_interval_s=settings.state_flush_interval_s)
 
 
 def _admit_with(check: KeyCheck) -> AdmitCheck:

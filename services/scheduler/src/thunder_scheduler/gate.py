@@ -32,8 +32,9 @@ Untagged requests (no program id) never join a program: they are routed by the c
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from thunder_core.contract import engine_request_id
@@ -74,6 +75,8 @@ class Placement:
 
     backend: Backend
     hints: RequestHints
+    placed_at: float = field(default_factory=time.perf_counter)
+    """Wall time of the placement (``perf_counter``): the start of the backend latency."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +217,12 @@ class SchedulerGate:
         )
         future = driver.arrive(program_id, request_id, event)
         self._arrived.add(request_id)
+        held_since = time.perf_counter()
         try:
             admit = await future
         finally:
             driver.forget(request_id)
+        self._metrics.observe_hold(time.perf_counter() - held_since)
         backend = driver.backends.get(admit.backend)
         if backend is None:  # the core named a backend we do not have: a bug, not the client's
             raise GateError(503, f"scheduler placed the request on unknown backend {admit.backend}")
@@ -245,6 +250,10 @@ class SchedulerGate:
         ends_with_tool_call: bool,
     ) -> None:
         self._metrics.count_request(outcome.value)
+        if placement is not None:
+            self._metrics.observe_backend_latency(
+                placement.backend.name, time.perf_counter() - placement.placed_at
+            )
         if usage is not None:
             self._metrics.observe_usage(
                 usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens

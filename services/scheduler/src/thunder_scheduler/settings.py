@@ -33,6 +33,10 @@ Defaults and their sources:
   and reasons in ``thunder_scheduler.backends.monitor.MonitorConfig``.
 * ``prewarm_bodies_max`` 4096: programs whose last request body is kept for pre-restore warm-up
   (a bounded LRU; at about 64 KB per 16k-token body that is at most ~256 MB, usually far less).
+* ``state_file`` None: where the program table is persisted (SQLite, WAL) so that a restart
+  keeps placements, paused queue, leases and tool-time estimates; off unless given, because two
+  services must never share one file and a default path would make them. ``state_flush_interval_s``
+  0.1: changed programs are written in one batch per interval (``thunder_scheduler.persistence``).
 * ``tools_enabled`` False: the tool manager (Docker runtimes) is opt-in; its own settings are
   the ``[tools]`` TOML table or ``THUNDER_TOOLS__<FIELD>`` env vars, defaults and reasons in
   ``thunder_scheduler.tools.settings``.
@@ -159,7 +163,8 @@ class ServiceSettings(BaseSettings):
 
     backends: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="engines to serve from, each [NAME@]KIND=URL (KIND: sglang, vllm, llamacpp)",
+        description="engines to serve from, each [NAME@]KIND=URL (KIND: sglang, vllm, llamacpp; "
+        "NAME defaults to KIND-HOST-PORT)",
     )
     host: str = Field(default="127.0.0.1", min_length=1, description="address to listen on")
     port: int = Field(default=8300, ge=0, le=65535, description="port to listen on (0: any free)")
@@ -254,6 +259,28 @@ class ServiceSettings(BaseSettings):
     admin_key: SecretStr | None = Field(
         default=None, description="key agents must send on the lifecycle and tool API"
     )
+
+    # -- persistence --------------------------------------------------------------------------
+    state_file: str | None = Field(
+        default=None,
+        description="SQLite file the program table is kept in across restarts "
+                    "(empty: not persisted)",
+    )
+    state_flush_interval_s: float = Field(
+        default=0.1, gt=0, le=60, description="how often changed programs are written to it"
+    )
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_file_dir(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        path = Path(value)
+        if path.is_dir():
+            raise ValueError(f"{value!r} is a directory; give a file path")
+        if not path.parent.is_dir():
+            raise ValueError(f"directory {str(path.parent)!r} does not exist")
+        return value
 
     # -- tool manager -------------------------------------------------------------------------
     tools_enabled: bool = Field(
