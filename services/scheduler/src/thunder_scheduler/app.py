@@ -97,6 +97,8 @@ class ServiceParts:
     upstream: UpstreamClient
     tools: ToolManager | None
     state: StatePersister | None = None
+    startup_failure: BaseException | None = None
+    """Why the lifespan's start-up failed (``thunder-scheduler serve`` prints it as one line)."""
 
 
 def backend_options(settings: ServiceSettings, kind: str) -> dict[str, Any]:
@@ -213,13 +215,19 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if state is not None:  # before the driver, the monitor and the tools' reconcile
-            state.restore(clock.now())
-            state.start()
-        driver.start()
-        monitor.start()
-        if tools is not None:
-            await tools.start()
+        try:
+            if state is not None:  # before the driver, the monitor and the tools' reconcile
+                state.restore(clock.now())
+                state.start()
+            driver.start()
+            monitor.start()
+            if tools is not None:
+                await tools.start()
+        except Exception as exc:
+            parts.startup_failure = exc
+            await monitor.aclose()
+            await driver.aclose()
+            raise
         log.info(
             "thunder-scheduler: policy %s, backends %s",
             settings.policy, ", ".join(by_name) or "none",
