@@ -9,11 +9,11 @@ which the server suffers too. After ``--warmup-s`` (the start-up burst: every pr
 first prompt at once) it scrapes the server's ``/metrics``, again ``--duration-s`` later, and
 reports over that window:
 
-- lost step time: ``thunder_sim:lost_step_wall_seconds`` / ``planned_step_wall_seconds`` (the
+- lost step time: ``thunder_sim_lost_step_wall_seconds`` / ``planned_step_wall_seconds`` (the
   share of modelled GPU time that idled because the engine loop fell more than 20 ms behind);
   the instrument is faithful below 10% (the server's own warning threshold);
 - engine-loop lag p50 / p99: lateness of the loop's wake-ups against plan, from the
-  ``thunder_sim:engine_wakeup_lateness_seconds`` histogram (linear inside a bucket, as
+  ``thunder_sim_engine_wakeup_lateness_seconds`` histogram (linear inside a bucket, as
   Prometheus' ``histogram_quantile``);
 - requests/s and output tokens/s (wall), from ``sglang:num_requests_total`` and
   ``sglang:generation_tokens_total``;
@@ -174,12 +174,12 @@ def run_one(args: argparse.Namespace, prompt: str, programs: int, scale: float,
     def d(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    planned = d("thunder_sim:planned_step_wall_seconds_total")
-    lat = "thunder_sim:engine_wakeup_lateness_seconds"
+    planned = d("thunder_sim_planned_step_wall_seconds_total")
+    lat = "thunder_sim_engine_wakeup_lateness_seconds"
     row = Row(
         prompt=prompt, programs=programs, time_scale=scale,
-        end_time_scale=after.get("thunder_sim:time_scale", scale),
-        lost_share=d("thunder_sim:lost_step_wall_seconds_total") / planned if planned else 0.0,
+        end_time_scale=after.get("thunder_sim_time_scale", scale),
+        lost_share=d("thunder_sim_lost_step_wall_seconds_total") / planned if planned else 0.0,
         lag_p50_ms=1000 * hist_quantile(before, after, lat, 0.50),
         lag_p99_ms=1000 * hist_quantile(before, after, lat, 0.99),
         requests_per_s=d("sglang:num_requests_total") / window_s,

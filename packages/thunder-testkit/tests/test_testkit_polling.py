@@ -44,3 +44,14 @@ async def test_until_async_lets_the_awaited_task_run() -> None:
 async def test_until_async_times_out_with_a_message() -> None:
     with pytest.raises(AssertionError, match="timed out after 0 s waiting for nothing"):
         await until_async(lambda: False, timeout_s=0.0, what="nothing")
+
+
+async def test_until_async_awaits_a_coroutine_predicate() -> None:
+    calls = itertools.count(1)
+
+    async def third_call() -> int:
+        await asyncio.sleep(0)
+        n = next(calls)
+        return n if n >= 3 else 0
+
+    assert await until_async(third_call) == 3

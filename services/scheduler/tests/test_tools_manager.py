@@ -176,14 +176,15 @@ async def test_end_during_preparation_cancels_and_cleans_up(
     env: tuple[ToolManager, FakeRuntimeBackend, Programs],
 ) -> None:
     manager, backend, programs = env
-    backend.create_delay_s = 0.2
+    backend.create_delay_s = 60.0  # the preparation is still creating when the program ends
     programs.ids.add("p1")
     manager.register_spec(SPEC)
     await manager.on_program_admitted("p1", "repo-a")
-    await asyncio.sleep(0.05)
+    await until_async(lambda: backend.creates == 1, what="the preparation to start creating")
     await manager.on_program_ended("p1", "cancelled")
-    await asyncio.sleep(0.3)
+    assert backend.creates_cancelled == 1
     assert backend.runtimes == {}
+    assert manager.snapshot()["programs"] == {}
 
 
 async def test_budget_evicts_pool_before_refusing() -> None:
@@ -276,7 +277,7 @@ async def test_pool_target_follows_the_queue_within_its_cap() -> None:
         assert manager.pool_target(entry) == 3
         assert manager.spec_view(entry).pool_target == 3
         await until_async(lambda: manager.pools.ready_count("repo-a") == 3)
-        await asyncio.sleep(0.05)
+        await until_async(lambda: manager.pools.filling("repo-a") == 0, what="refills to land")
         assert manager.pools.ready_count("repo-a") == 3  # not beyond the cap
         # admitted programs take pooled runtimes as their prepared ones
         # (the driver reports the shorter queue before each admission, as here)
@@ -288,7 +289,7 @@ async def test_pool_target_follows_the_queue_within_its_cap() -> None:
         assert manager.pool_target(entry) == 1
         view = await manager.acquire("p1", "repo-a")
         assert view.source == "prepared"
-        await asyncio.sleep(0.05)
+        await until_async(lambda: manager.pools.filling("repo-a") == 0, what="refills to land")
         assert backend.creates == 3  # both were served from the pool; no refill above target
         assert manager.pools.ready_count("repo-a") == 1
         manager.on_queue_demand("unknown-spec", 5)  # a spec not registered: ignored
@@ -349,7 +350,8 @@ async def test_cap_holds_for_200_concurrent_acquires_with_a_refilling_pool(
     refused = [r for r in results if isinstance(r, BaseException)]
     assert all(isinstance(r, BudgetExhausted) for r in refused)
     assert len(granted) == 20
-    await asyncio.sleep(0.5)  # refills that could have overshot would have landed by now
+    # refills that could overshoot are the ones in flight: let them land
+    await until_async(lambda: manager.pools.filling("local-a") == 0, what="refills to land")
     assert backend.peak <= 20
     assert len(backend.live) <= 20
 
@@ -384,11 +386,10 @@ async def test_a_runtime_whose_keepalive_exited_is_never_handed_out(
     await until_async(lambda: manager.pools.ready_count("local-a") == 1)
     dead = manager.pools.all_ready()[0]
     flag.touch()
-    for _ in range(200):
-        if not await backend.alive(dead.backend_runtime):
-            break
-        await asyncio.sleep(0.02)
-    assert not await backend.alive(dead.backend_runtime)
+    async def exited() -> bool:
+        return not await backend.alive(dead.backend_runtime)
+
+    await until_async(exited, what="the keep-alive to exit")
     flag.unlink()
     view = await manager.acquire("p1", "local-a")
     assert view.runtime_id != dead.runtime_id

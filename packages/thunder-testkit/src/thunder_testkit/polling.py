@@ -4,8 +4,9 @@ what was awaited and what was last seen (instead of sleeping and hoping)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -37,14 +38,15 @@ def until(predicate: Callable[[], T], *, timeout_s: float = 5.0, interval_s: flo
         time.sleep(interval_s)
 
 
-async def until_async(predicate: Callable[[], T], *, timeout_s: float = 5.0,
+async def until_async(predicate: Callable[[], T | Awaitable[T]], *, timeout_s: float = 5.0,
                       interval_s: float = 0.01, what: str = "the condition") -> T:
     """``until`` for code on an event loop: sleeps with ``asyncio.sleep`` between calls, so the
-    tasks being waited for run."""
+    tasks being waited for run. The predicate may be a coroutine function."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        value = predicate()
+        result = predicate()
+        value: T = await result if inspect.isawaitable(result) else result
         if value:
             return value
         if loop.time() >= deadline:

@@ -6,7 +6,8 @@ per-runtime dict of files, which is enough for the shared conformance suite. Fau
 on by attributes: ``down`` (every call raises ``BackendUnavailable``), ``fail_build`` /
 ``fail_create`` / ``fail_setup`` / ``exiting_keepalive`` (sets of spec names),
 ``create_delay_s`` / ``build_delay_s``.
-Counters (``builds``, ``creates``, ``destroys``) let tests check single-flight and cleanup.
+Counters (``builds``, ``creates``, ``creates_cancelled``, ``destroys``) let tests check
+single-flight, cancellation and cleanup.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class FakeRuntimeBackend:
         self.image_bytes = image_bytes
         self.builds = 0
         self.creates = 0
+        self.creates_cancelled = 0
         self.destroys = 0
         self.images: dict[str, ImageInfo] = {}
         self.runtimes: dict[str, _FakeRuntime] = {}
@@ -93,7 +95,11 @@ class FakeRuntimeBackend:
         self._check()
         self.creates += 1
         if self.create_delay_s:
-            await asyncio.sleep(self.create_delay_s)
+            try:
+                await asyncio.sleep(self.create_delay_s)
+            except asyncio.CancelledError:
+                self.creates_cancelled += 1
+                raise
         if spec.name in self.fail_create:
             raise CreateFailed(f"create of {spec.name} failed (fault injected)")
         ref = f"fake-{next(self._ids)}"

@@ -6,7 +6,9 @@ Parts, created here and started / stopped by the FastAPI lifespan:
   control-plane ``httpx.AsyncClient`` (injected or owned);
 * the ``BackendMonitor`` (probe with backoff, load polling), whose health changes the driver
   feeds to the core as ``BackendUpdated``;
-* the pure ``ProgramScheduler`` (policy from the settings) inside the async ``Driver``;
+* the pure ``ProgramScheduler`` (policy from the settings) inside the async ``Driver``; with
+  ``state_file``, wrapped in ``persistence.RecordingCore`` and restored from the file before
+  anything else starts, its changes written behind by ``persistence.StatePersister``;
 * the ``SchedulerGate`` the proxy calls, and the proxy's upstream client;
 * the tool manager, when ``tools_enabled``: started (reconcile) and closed (teardown) by the
   lifespan, its metrics on the app's registry, told by the driver when programs queue, are
@@ -47,8 +49,15 @@ from thunder_scheduler.lifecycle_api import (
     BodyLimitMiddleware,
     create_lifecycle_router,
 )
+from thunder_scheduler.live import create_live_router
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduler.ops_api import create_ops_router
+from thunder_scheduler.persistence import (
+    RecordingCore,
+    StatePersister,
+    StateStore,
+    StateStoreError,
+)
 from thunder_scheduler.proxy.fast_path import AdmitCheck, FastPathApp
 from thunder_scheduler.proxy.routes import PROXY_PREFIXES, ProxyEndpoints
 from thunder_scheduler.proxy.upstream import UpstreamClient, create_upstream_client
@@ -87,6 +96,9 @@ class ServiceParts:
     metrics: ServiceMetrics
     upstream: UpstreamClient
     tools: ToolManager | None
+    state: StatePersister | None = None
+    startup_failure: BaseException | None = None
+    """Why the lifespan's start-up failed (``thunder-scheduler serve`` prints it as one line)."""
 
 
 def backend_options(settings: ServiceSettings, kind: str) -> dict[str, Any]:
@@ -160,7 +172,9 @@ def create_app(
     by_name = {backend.name: backend for backend in backend_list}
     if len(by_name) != len(backend_list):
         raise ValueError("backend names must be unique (use NAME@KIND=URL)")
-    core = make_core(settings)
+    plain_core = make_core(settings)
+    state = _make_persister(settings, plain_core) if settings.state_file else None
+    core: ProgramScheduler | RecordingCore = state.core if state is not None else plain_core
     monitor_ref: list[BackendMonitor] = []
 
     def total_slots(name: str) -> int | None:
@@ -196,14 +210,24 @@ def create_app(
     gate = SchedulerGate(driver, monitor, metrics, prompt_block_tokens=core.prompt_block_tokens)
     proxy_settings = settings.proxy_settings()
     upstream = create_upstream_client(proxy_settings)
-    parts = ServiceParts(settings, by_name, monitor, driver, gate, metrics, upstream, tools)
+    parts = ServiceParts(settings, by_name, monitor, driver, gate, metrics, upstream, tools,
+                         state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        driver.start()
-        monitor.start()
-        if tools is not None:
-            await tools.start()
+        try:
+            if state is not None:  # before the driver, the monitor and the tools' reconcile
+                state.restore(clock.now())
+                state.start()
+            driver.start()
+            monitor.start()
+            if tools is not None:
+                await tools.start()
+        except Exception as exc:
+            parts.startup_failure = exc
+            await monitor.aclose()
+            await driver.aclose()
+            raise
         log.info(
             "thunder-scheduler: policy %s, backends %s",
             settings.policy, ", ".join(by_name) or "none",
@@ -213,6 +237,8 @@ def create_app(
         finally:
             await monitor.aclose()
             await driver.aclose()
+            if state is not None:
+                await state.aclose()
             if tools is not None:
                 await tools.close()
             await upstream.aclose()
@@ -245,7 +271,15 @@ def create_app(
         return [by_name[name] for name in monitor.healthy_names()
                 if name != failed and name in by_name]
 
-    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota, alternates)
+    def model_backends(model: str) -> list[Backend]:
+        serving = []
+        for name in monitor.healthy_names():
+            info = monitor.state(name).info
+            if info is not None and model in info.models and name in by_name:
+                serving.append(by_name[name])
+        return serving
+
+    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota, alternates, model_backends)
     # the proxy's routes first: the hot paths match before the ops / lifecycle / tools ones.
     if client_key is None:
         app.include_router(proxy.router())
@@ -255,6 +289,7 @@ def create_app(
         app.include_router(proxy.router(), dependencies=[Depends(require_client)])
         app.serve_proxy_first(proxy, _admit_with(require_client))
     app.include_router(create_ops_router(lambda: monitor, lambda: driver, metrics))
+    app.include_router(create_live_router(lambda: driver, lambda: monitor, require_admin))
     app.include_router(create_lifecycle_router(
         lambda: driver, require_admin, quota=quota, max_lease_s=settings.max_lease_s,
         max_tags_bytes=settings.max_tags_bytes,
@@ -268,6 +303,17 @@ def create_app(
             dependencies=[Depends(require_admin)],
         )
     return app
+
+
+def _make_persister(settings: ServiceSettings, core: ProgramScheduler) -> StatePersister:
+    """The program table's store (``--state-file``); a file it cannot use is a settings error."""
+    assert settings.state_file is not None
+    try:
+        store = StateStore(settings.state_file)
+    except StateStoreError as exc:
+        raise SettingsError([f"{setting_names('state_file')}: {exc}"]) from None
+    return StatePersister(store, RecordingCore(core),
+                          flush_interval_s=settings.state_flush_interval_s)
 
 
 def _admit_with(check: KeyCheck) -> AdmitCheck:

@@ -9,7 +9,8 @@ The proxy router (``thunder_scheduler.proxy``) calls, for every LLM request:
 2. ``await acquire(...)``: feeds ``RequestArrived`` to the scheduling core and returns a
    :class:`Placement` once the core admits the request. While the core holds it (its program is
    paused, or not yet admitted) the call waits and never fails, except when the program is
-   released meanwhile (409). An unknown model is 404, no healthy backend 503;
+   released meanwhile (409); no healthy backend is 503. The model name is the engine's to judge
+   (the proxy passes it on; see ``proxy/routes.py``);
 3. ``finish(...)``: feeds ``RequestFinished`` with the engine's usage, exactly once per acquired
    request, also when the client left while the request was held (``placement`` is then None);
 4. ``report_upstream_failure(backend, reason)`` when forwarding to the placed backend failed
@@ -31,8 +32,9 @@ Untagged requests (no program id) never join a program: they are routed by the c
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from thunder_core.contract import engine_request_id
@@ -73,6 +75,8 @@ class Placement:
 
     backend: Backend
     hints: RequestHints
+    placed_at: float = field(default_factory=time.perf_counter)
+    """Wall time of the placement (``perf_counter``): the start of the backend latency."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,15 +178,6 @@ class SchedulerGate:
             raise GateError(503, f"no healthy backend ({reasons or 'none configured'})")
         return healthy
 
-    def _check_model(self, model: str | None, healthy: list[str]) -> None:
-        if model is None:
-            return
-        served = self._served_models(healthy)
-        if served and model not in served:
-            raise GateError(
-                404, f"model {model!r} is not served; available: {', '.join(sorted(served))}"
-            )
-
     def _served_models(self, names: list[str]) -> dict[str, list[str]]:
         served: dict[str, list[str]] = {}
         for name in names:
@@ -198,8 +193,7 @@ class SchedulerGate:
         body: Mapping[str, Any],
         model: str | None,
     ) -> Placement:
-        healthy = self._healthy()
-        self._check_model(model, healthy)
+        self._healthy()
         driver = self._driver
         if program_id is None:
             name = driver.core.route_untagged(driver.now())
@@ -223,10 +217,12 @@ class SchedulerGate:
         )
         future = driver.arrive(program_id, request_id, event)
         self._arrived.add(request_id)
+        held_since = time.perf_counter()
         try:
             admit = await future
         finally:
             driver.forget(request_id)
+        self._metrics.observe_hold(time.perf_counter() - held_since)
         backend = driver.backends.get(admit.backend)
         if backend is None:  # the core named a backend we do not have: a bug, not the client's
             raise GateError(503, f"scheduler placed the request on unknown backend {admit.backend}")
@@ -254,6 +250,10 @@ class SchedulerGate:
         ends_with_tool_call: bool,
     ) -> None:
         self._metrics.count_request(outcome.value)
+        if placement is not None:
+            self._metrics.observe_backend_latency(
+                placement.backend.name, time.perf_counter() - placement.placed_at
+            )
         if usage is not None:
             self._metrics.observe_usage(
                 usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens

@@ -21,8 +21,8 @@ Defaults and their sources:
   ``thunder_scheduling.policies``; set here only to override it.
 * ``lease_s`` / ``max_paused_s``: None means the core's defaults (30 min / 5 min,
   ``thunder_scheduling.config``).
-* ``tick_s`` 1.0 modelled second: the backstop tick. Admission and restore run on every event
-  (issue 4), so the tick only catches time-driven changes (decay, aging, leases); ThunderAgent
+* ``tick_s`` 1.0 modelled second: the backstop tick. Admission and restore run on every event,
+  so the tick only catches time-driven changes (decay, aging, leases); ThunderAgent
   ticks every 5 s and reports throughput insensitive to ticks of 2-10 s (arXiv 2602.13692),
   so 1 s is well inside the flat region.
 * ``time_scale`` 1.0: modelled seconds per wall second, the simulator's knob (``clock.py``).
@@ -33,6 +33,10 @@ Defaults and their sources:
   and reasons in ``thunder_scheduler.backends.monitor.MonitorConfig``.
 * ``prewarm_bodies_max`` 4096: programs whose last request body is kept for pre-restore warm-up
   (a bounded LRU; at about 64 KB per 16k-token body that is at most ~256 MB, usually far less).
+* ``state_file`` None: where the program table is persisted (SQLite, WAL) so that a restart
+  keeps placements, paused queue, leases and tool-time estimates; off unless given, because two
+  services must never share one file and a default path would make them. ``state_flush_interval_s``
+  0.1: changed programs are written in one batch per interval (``thunder_scheduler.persistence``).
 * ``tools_enabled`` False: the tool manager (Docker runtimes) is opt-in; its own settings are
   the ``[tools]`` TOML table or ``THUNDER_TOOLS__<FIELD>`` env vars, defaults and reasons in
   ``thunder_scheduler.tools.settings``.
@@ -159,7 +163,8 @@ class ServiceSettings(BaseSettings):
 
     backends: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="engines to serve from, each [NAME@]KIND=URL (KIND: sglang, vllm, llamacpp)",
+        description="engines to serve from, each [NAME@]KIND=URL (KIND: sglang, vllm, llamacpp; "
+        "NAME defaults to KIND-HOST-PORT)",
     )
     host: str = Field(default="127.0.0.1", min_length=1, description="address to listen on")
     port: int = Field(default=8300, ge=0, le=65535, description="port to listen on (0: any free)")
@@ -255,6 +260,28 @@ class ServiceSettings(BaseSettings):
         default=None, description="key agents must send on the lifecycle and tool API"
     )
 
+    # -- persistence --------------------------------------------------------------------------
+    state_file: str | None = Field(
+        default=None,
+        description="SQLite file the program table is kept in across restarts "
+                    "(empty: not persisted)",
+    )
+    state_flush_interval_s: float = Field(
+        default=0.1, gt=0, le=60, description="how often changed programs are written to it"
+    )
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_file_dir(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        path = Path(value)
+        if path.is_dir():
+            raise ValueError(f"{value!r} is a directory; give a file path")
+        if not path.parent.is_dir():
+            raise ValueError(f"directory {str(path.parent)!r} does not exist")
+        return value
+
     # -- tool manager -------------------------------------------------------------------------
     tools_enabled: bool = Field(
         default=False, description="run the tool manager (sandboxes for agents' tool calls)"
@@ -282,6 +309,18 @@ class ServiceSettings(BaseSettings):
                 "(name them: NAME@KIND=URL)"
             )
         return specs
+
+    @model_validator(mode="after")
+    def _https_needs_a_tls_client(self) -> ServiceSettings:
+        # the default forwarding client (upstream_raw) speaks plain HTTP only
+        https = [spec for spec in self.backends if "=https://" in spec]
+        if https and self.upstream_client == "raw":
+            raise ValueError(
+                f"{setting_names('backends')}: https:// engines ({', '.join(https)}) need "
+                f"{setting_names('upstream_client')} aiohttp or httpx; the default client "
+                "'raw' speaks plain http only"
+            )
+        return self
 
     @model_validator(mode="after")
     def _watermarks_ordered(self) -> ServiceSettings:

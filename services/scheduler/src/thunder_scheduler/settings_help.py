@@ -23,7 +23,9 @@ from thunder_core.contract import CONTRACT_VERSION
 from thunder_scheduler import __version__
 from thunder_scheduler.settings import ServiceSettings, SettingsError
 
-__all__ = ["field_choices", "field_default", "flag_help", "preflight", "version_line"]
+__all__ = [
+    "field_choices", "field_default", "flag_help", "preflight", "shown_default", "version_line",
+]
 
 DOCKER_PING_TIMEOUT_S = 5
 """A local daemon answers a ping in milliseconds; 5 s separates "down" from "busy"."""
@@ -36,7 +38,8 @@ def field_default(field: FieldInfo) -> Any:
     return None if field.default is PydanticUndefined else field.default
 
 
-def _shown(value: Any) -> str:
+def shown_default(value: Any) -> str:
+    """A default as help and docs print it (``unset``, ``on`` / ``off``, ``none``)."""
     if value is None or isinstance(value, SecretStr):
         return "unset"
     if isinstance(value, bool):
@@ -60,7 +63,7 @@ def flag_help(field: FieldInfo) -> str:
     """``description (default: X)``, escaped for argparse's %-formatting."""
     text = (field.description or "").strip()
     if "(default:" not in text:  # a description may say what "unset" means itself
-        text = f"{text} (default: {_shown(field_default(field))})".strip()
+        text = f"{text} (default: {shown_default(field_default(field))})".strip()
     return text.replace("%", "%%")
 
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -64,6 +64,7 @@ from starlette.types import Message, Receive, Scope, Send
 from thunder_core.contract import InvalidProgramId, program_id_from, strip_identity
 from thunder_scheduler.backends.base import Backend
 from thunder_scheduler.gate import GateError, Placement, RequestGate, Usage
+from thunder_scheduler.json_limits import depth_error
 from thunder_scheduler.proxy.settings import ProxySettings
 from thunder_scheduler.proxy.streaming import SseScanner
 from thunder_scheduler.proxy.upstream import (
@@ -260,7 +261,8 @@ class ProxyEndpoints:
 
     def __init__(self, gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings,
                  quota: ProgramQuota | None = None,
-                 alternates: Callable[[str], Iterable[Backend]] | None = None):
+                 alternates: Callable[[str], Iterable[Backend]] | None = None,
+                 model_backends: Callable[[str], Sequence[Backend]] | None = None):
         self.gate = gate
         self.upstream = upstream
         self.settings = settings
@@ -268,6 +270,8 @@ class ProxyEndpoints:
         self.alternates = alternates
         """Healthy backends other than the named one (a request whose engine refused or
         dropped the connection before answering is retried once on the first of them)."""
+        self.model_backends = model_backends
+        """Healthy backends whose engines list the named model (``/v1/models``)."""
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["proxy"])
@@ -317,6 +321,8 @@ class ProxyEndpoints:
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
+                if str(exc).startswith("depth limit"):
+                    raise _ClientError(400, depth_error()) from None
                 raise _ClientError(400, f"malformed JSON body: {exc}") from None
             if not isinstance(body, dict):
                 raise _ClientError(400, "request body must be a JSON object")
@@ -467,6 +473,8 @@ class _Exchange(Response):
             await self._send_error(send, exc.status, exc.reason)
             return
         self._acquire_s = time.perf_counter() - started
+        if self._model is not None and proxy.model_backends is not None:
+            placement = self._serving_model(placement, proxy.model_backends(self._model))
         self._placement = placement
 
         body = self._body
@@ -491,7 +499,13 @@ class _Exchange(Response):
             self._upstream_open = True
             upstream_sent_at = time.perf_counter()
             try:
-                response = await proxy.upstream.send(url, orjson.dumps(body), headers)
+                payload = orjson.dumps(body)
+            except TypeError:  # orjson writes 254 levels, reads 1,024 (json_limits.py)
+                self._upstream_open = False
+                await self._send_error(send, 400, depth_error())
+                return
+            try:
+                response = await proxy.upstream.send(url, payload, headers)
                 break
             except UpstreamTimeout as exc:
                 self._upstream_open = False
@@ -604,6 +618,15 @@ class _Exchange(Response):
         self._tool_call = scanner.ends_with_tool_call
         if failure is None:
             self._outcome = RequestOutcome.OK
+
+    @staticmethod
+    def _serving_model(placement: Placement, serving: Sequence[Backend]) -> Placement:
+        """Route by model only where backends serve different models: a request placed on a
+        backend whose engine does not list its model goes to one that does. Where none lists
+        it, or the placed one does, the placement stands and the engine judges the name."""
+        if not serving or any(b.name == placement.backend.name for b in serving):
+            return placement
+        return Placement(serving[0], replace(placement.hints, session_id=None, slot_id=None))
 
     def _alternate(self, failed: str) -> Backend | None:
         """Another healthy backend to retry a request whose engine could not be reached."""
