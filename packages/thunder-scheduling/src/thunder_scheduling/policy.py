@@ -33,6 +33,13 @@ A policy answers these questions (all have defaults in :class:`BasePolicy`):
 ``request_finished(program_id, request_id)`` (only when ``routes_requests``)
     Called on every ``RequestFinished`` (even for a program already ended), so a router can
     release the load it counted for the request.
+``decide(control, now)``
+    The decision passes run after every event and tick. The default runs ``decisions.py``
+    (overflow relief, aging, restores, all driven by the hooks above); a policy whose
+    algorithm does not fit them (a fixed tick, a bin-packing restore) brings its own, working
+    through ``SchedulerControl`` (``control.py``: the only things a pass may read and do).
+``next_decision_at(now) -> float | None``
+    When the policy next needs a ``tick`` even if nothing happens (a fixed tick); ``None``.
 
 Attributes: ``pauses`` (overflow pausing on), ``high_watermark`` / ``low_watermark``
 (fractions of capacity: pause when committed use exceeds high, pause down to low, admit and
@@ -54,12 +61,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from thunder_core.contract import ProgramPhase
 from thunder_scheduling.accounting import BackendLedger, WeightMode
 from thunder_scheduling.events import RequestArrived
 from thunder_scheduling.program_table import Program
+
+if TYPE_CHECKING:
+    from thunder_scheduling.control import SchedulerControl
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +177,10 @@ class Policy(Protocol):
 
     def request_finished(self, program_id: str, request_id: str) -> None: ...
 
+    def decide(self, control: SchedulerControl, now: float) -> None: ...
+
+    def next_decision_at(self, now: float) -> float | None: ...
+
 
 # -- helpers shared by policies ---------------------------------------------------------------
 
@@ -253,6 +267,14 @@ class BasePolicy:
         return None
 
     def request_finished(self, program_id: str, request_id: str) -> None:
+        return None
+
+    def decide(self, control: SchedulerControl, now: float) -> None:
+        from thunder_scheduling.decisions import decide
+
+        decide(control, now)
+
+    def next_decision_at(self, now: float) -> float | None:
         return None
 
 

@@ -50,7 +50,7 @@ from thunder_scheduling.commands import (
     SetPriority,
 )
 from thunder_scheduling.config import SchedulerConfig
-from thunder_scheduling.decisions import decide
+from thunder_scheduling.control import SchedulerControl
 from thunder_scheduling.events import (
     BackendUpdated,
     Event,
@@ -99,6 +99,7 @@ class ProgramScheduler:
         self._next_scan_at = float("-inf")
         self._views: dict[tuple[float, bool, bool], PolicyView] = {}
         self.counters: dict[str, float] = {}
+        self._control = SchedulerControl(self)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -147,6 +148,9 @@ class ProgramScheduler:
         if oldest is not None:
             candidates.append(oldest[1] + self.config.max_paused_s)
             candidates.append(self._now + self.config.tick_s)
+        policy_at = self.policy.next_decision_at(self._now)
+        if policy_at is not None:
+            candidates.append(policy_at)
         return min(candidates) if candidates else None
 
     def snapshot(self) -> SchedulerSnapshot:
@@ -631,7 +635,16 @@ class ProgramScheduler:
     # -- decisions --------------------------------------------------------------------------------
 
     def _decide(self, now: float) -> None:
-        decide(self, now)
+        self.policy.decide(self._control, now)
+
+    def _apply_weight_switch(self, program: Program, now: float) -> bool | None:
+        if program.phase is not ProgramPhase.ACTING or program.weight_switch_at is None:
+            return None
+        program.weight_mode = program.weight_then
+        program.weight_switch_at = None
+        prewarm = program.prewarm_at_switch and program.paused_in_spell
+        self._sync(program, now)
+        return prewarm
 
 
 
