@@ -51,6 +51,15 @@ def decide(ctl: SchedulerControl, now: float) -> None:
     ctl.pass_done()
 
 
+def next_decision_at(ctl: SchedulerControl, now: float) -> float | None:
+    """When these passes need a tick: the oldest waiter's aging bound, and ``tick_s`` from
+    now while anything waits (restores as time passes); ``None`` if nothing waits."""
+    oldest = ctl.oldest_waiting()
+    if oldest is None:
+        return None
+    return min(oldest[1] + ctl.config.max_paused_s, now + ctl.config.tick_s)
+
+
 def fire_deadlines(ctl: SchedulerControl, now: float) -> None:
     for program in ctl.due_weight_switches(now):
         prewarm = ctl.apply_weight_switch(program, now)
@@ -217,4 +226,4 @@ def restore(ctl: SchedulerControl, now: float) -> None:
             ctl.resume(program, backend, now)
 
 
-__all__ = ["decide", "expire_leases", "fire_deadlines", "restore"]
+__all__ = ["decide", "expire_leases", "fire_deadlines", "next_decision_at", "restore"]

@@ -38,8 +38,9 @@ A policy answers these questions (all have defaults in :class:`BasePolicy`):
     (overflow relief, aging, restores, all driven by the hooks above); a policy whose
     algorithm does not fit them (a fixed tick, a bin-packing restore) brings its own, working
     through ``SchedulerControl`` (``control.py``: the only things a pass may read and do).
-``next_decision_at(now) -> float | None``
-    When the policy next needs a ``tick`` even if nothing happens (a fixed tick); ``None``.
+``next_decision_at(control, now) -> float | None``
+    When the passes next need a ``tick`` even if nothing happens (``None``: never). The
+    default: the aging bound of the oldest waiter, and ``tick_s`` from now while any wait.
 
 Attributes: ``pauses`` (overflow pausing on), ``high_watermark`` / ``low_watermark``
 (fractions of capacity: pause when committed use exceeds high, pause down to low, admit and
@@ -92,6 +93,7 @@ class PolicyView:
         "_estimate",
         "_head",
         "_ledgers",
+        "_programs_on",
         "forced",
         "now",
         "prewarm_lead_s",
@@ -109,8 +111,10 @@ class PolicyView:
         restoring: bool = False,
         forced: bool = False,
         prewarm_lead_s: float = 0.0,
+        programs_on: Callable[[str], list[Program]] | None = None,
     ) -> None:
         self.now = now
+        self._programs_on = programs_on
         self.prewarm_lead_s = prewarm_lead_s
         self._ledgers = ledgers
         self._charge = charge
@@ -148,6 +152,11 @@ class PolicyView:
     def tool_estimate_s(self, tool_name: str) -> float | None:
         return self._estimate(tool_name)
 
+    def programs_on(self, backend: str) -> list[Program]:
+        """Active programs on ``backend`` (marked ones included): O(n), for policies whose
+        estimate is a sum over programs rather than the ledger's weights."""
+        return [] if self._programs_on is None else self._programs_on(backend)
+
 
 class Policy(Protocol):
     name: str
@@ -179,7 +188,7 @@ class Policy(Protocol):
 
     def decide(self, control: SchedulerControl, now: float) -> None: ...
 
-    def next_decision_at(self, now: float) -> float | None: ...
+    def next_decision_at(self, control: SchedulerControl, now: float) -> float | None: ...
 
 
 # -- helpers shared by policies ---------------------------------------------------------------
@@ -274,8 +283,10 @@ class BasePolicy:
 
         decide(control, now)
 
-    def next_decision_at(self, now: float) -> float | None:
-        return None
+    def next_decision_at(self, control: SchedulerControl, now: float) -> float | None:
+        from thunder_scheduling.decisions import next_decision_at
+
+        return next_decision_at(control, now)
 
 
 def is_reasoning(program: Program) -> bool:

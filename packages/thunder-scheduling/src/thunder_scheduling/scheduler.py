@@ -144,11 +144,7 @@ class ProgramScheduler:
             for last in group.values():
                 candidates.append(last + lease_s)
                 break
-        oldest = self._waiting.oldest()
-        if oldest is not None:
-            candidates.append(oldest[1] + self.config.max_paused_s)
-            candidates.append(self._now + self.config.tick_s)
-        policy_at = self.policy.next_decision_at(self._now)
+        policy_at = self.policy.next_decision_at(self._control, self._now)
         if policy_at is not None:
             candidates.append(policy_at)
         return min(candidates) if candidates else None
@@ -586,6 +582,7 @@ class ProgramScheduler:
                 restoring=restoring,
                 forced=forced,
                 prewarm_lead_s=self.config.prewarm_lead_s,
+                programs_on=self._control.programs_on,
             )
             self._views[key] = view
         return view
