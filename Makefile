@@ -25,7 +25,9 @@ docker:
 
 lint: bootstrap
 	.venv/bin/ruff check .
-	.venv/bin/mypy packages/thunder-core/src packages/thunder-scheduling/src services/scheduler/src
+	.venv/bin/mypy packages/thunder-core/src packages/thunder-scheduling/src services/scheduler/src \
+		services/sim-engine/src packages/thunder-langgraph/src packages/thunder-openhands/src \
+		packages/thunder-testkit/src
 
 test: bootstrap
 	@bash scripts/test.sh

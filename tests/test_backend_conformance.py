@@ -5,7 +5,7 @@ test class provides three fixtures: ``backend`` (up and answering), ``down_backe
 (the same kind, whose engine refuses connections) and ``expected_decoration`` (the
 fields ``decorate`` must add for ``HINTS``). The SGLang and vLLM engines cannot run on
 these machines, so their classes below use ``httpx.MockTransport`` fakes shaped from
-the engines' source (``thunder_scheduler.backends.fakes``); the llama.cpp class in
+the engines' source (``thunder_testkit.engines``); the llama.cpp class in
 ``test_backend_conformance_llama.py`` runs the same suite against a real
 ``llama-server``.
 """
@@ -26,7 +26,7 @@ from thunder_scheduler.backends import (
     SlotOffload,
     make_backend,
 )
-from thunder_scheduler.backends.fakes import FakeSGLang, FakeVLLM
+from thunder_testkit.engines import FakeSGLang, FakeVLLM
 
 HINTS = RequestHints(program_id="prog-1", request_id="prog-1:4", slot_id=0)
 

@@ -1,6 +1,9 @@
 """thunder-langgraph end to end: real LangGraph graphs, through the real scheduler service.
 
-The model is the scripted tool-calling fake (tests/fixtures/fake_openai.py, a real loopback
+Every test runs twice: with streaming tool dispatch on (the default: model calls stream and
+tools start when their arguments close) and off; the results must not differ.
+
+The model is the scripted tool-calling fake (``thunder_testkit.openai_server``, a real loopback
 HTTP server named as a fake) registered with the scheduler as an SGLang backend, so tool flows
 are deterministic. Assertions are on what the scheduler saw (GET /v1/programs).
 """
@@ -18,8 +21,6 @@ from typing import Annotated, Any, TypedDict
 
 import httpx
 import pytest
-from fixtures.fake_openai import FakeToolCall, ScriptedOpenAI
-from fixtures.scheduler_service import RunningService, start_service_thread
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
@@ -29,8 +30,13 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Send, interrupt
 
+from thunder_core.launcher import wait_http
 from thunder_langgraph import ThunderMiddleware, wrap
+from thunder_langgraph.dispatch import STREAMING_DISPATCH_ENV
 from thunder_scheduler.settings import load_settings
+from thunder_testkit import until
+from thunder_testkit.openai_server import FakeToolCall, ScriptedOpenAI
+from thunder_testkit.service import RunningService, start_service_thread
 
 SYSTEM = "You are a careful assistant that checks every step twice. " * 12
 
@@ -84,12 +90,18 @@ class Stack:
         return [row for row in rows if row["framework"] == framework]
 
     def wait_terminated(self, program_id: str, timeout_s: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        def terminated() -> dict[str, Any] | None:
             row = self.program(program_id)
-            if row["status"] == "terminated" or time.monotonic() > deadline:
-                return row
-            time.sleep(0.05)
+            return row if row["status"] == "terminated" else None
+
+        return until(terminated, timeout_s=timeout_s, what=f"{program_id} to terminate")
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["dispatch-on", "dispatch-off"])
+def streaming_dispatch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test runs with streaming tool dispatch on (the default) and off."""
+    monkeypatch.setenv(STREAMING_DISPATCH_ENV, "1" if request.param else "0")
+    return bool(request.param)
 
 
 @pytest.fixture
@@ -97,10 +109,7 @@ def stack() -> Iterator[Stack]:
     fake = ScriptedOpenAI()
     fake.start()
     service = start_service_thread(load_settings({"backends": [f"sglang={fake.url}"]}))
-    deadline = time.monotonic() + 20
-    while httpx.get(f"{service.url}/ready").status_code != 200:
-        assert time.monotonic() < deadline, "scheduler never became ready"
-        time.sleep(0.1)
+    wait_http(f"{service.url}/ready", timeout_s=20)
     try:
         yield Stack(fake, service)
     finally:
@@ -156,7 +165,9 @@ def _tool_graph(stack: Stack) -> Any:
     return graph.compile()
 
 
-def test_state_graph_with_tool_node_parallel_calls_and_every_stream_mode(stack: Stack) -> None:
+def test_state_graph_with_tool_node_parallel_calls_and_every_stream_mode(
+    stack: Stack, streaming_dispatch: bool,
+) -> None:
     stack.fake.script = [
         [FakeToolCall("add", {"a": 1, "b": 2}), FakeToolCall("multiply", {"a": 3, "b": 4})],
         "done",
@@ -170,6 +181,12 @@ def test_state_graph_with_tool_node_parallel_calls_and_every_stream_mode(stack: 
     for mode in ("values", "updates", "messages", "debug", "custom"):
         row = stack.wait_terminated(f"sg-{mode}")
         assert (row["requests"], row["tool_calls"], row["end_status"]) == (2, 2, "ok"), mode
+    # with dispatch on every model call streamed (the tools were started from the stream);
+    # off, only stream_mode="messages" streams, as LangGraph does by itself
+    streamed = [bool(r["body"].get("stream")) for r in stack.fake.requests]
+    assert streamed == [streaming_dispatch or mode == "messages"
+                        for mode in ("values", "updates", "messages", "debug", "custom")
+                        for _ in range(2)]
 
 
 async def test_async_stream_and_astream_events(stack: Stack) -> None:

@@ -18,31 +18,29 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fixtures.fake_openai import FakeToolCall, ScriptedOpenAI
 from fixtures.llama_engines import LlamaEngine
-from fixtures.scheduler_service import RunningService, start_service_thread
 from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 
+from thunder_core.launcher import wait_http
 from thunder_langgraph import wrap
 from thunder_scheduler.settings import load_settings
+from thunder_testkit import until
+from thunder_testkit.openai_server import FakeToolCall, ScriptedOpenAI
+from thunder_testkit.service import RunningService, start_service_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ready(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while httpx.get(f"{url}/ready").status_code != 200:
-        assert time.monotonic() < deadline, "scheduler never became ready"
-        time.sleep(0.1)
+    wait_http(f"{url}/ready", timeout_s=30)
 
 
 def _programs(url: str) -> list[dict[str, Any]]:
@@ -50,12 +48,11 @@ def _programs(url: str) -> list[dict[str, Any]]:
 
 
 def _wait_for(url: str, predicate: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 15
-    while True:
+    def rows_when_true() -> list[dict[str, Any]] | None:
         rows = _programs(url)
-        if predicate(rows) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
+        return rows if predicate(rows) else None
+
+    return until(rows_when_true, timeout_s=15, interval_s=0.1, what="the programs' rows")
 
 
 def readme_snippet() -> str:

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from thunder_core import RuntimeClient, RuntimeSpec, ThunderClient
 from thunder_core.client import AsyncThunderClient
 from thunder_core.contract import ProgramStatus
+from thunder_core.launcher import wait_http
 from thunder_openhands.app_server import (
     AGENT_SERVER,
     SandboxError,
@@ -32,6 +31,7 @@ from thunder_openhands.app_server import (
     ThunderSandboxService,
 )
 from thunder_scheduler.settings import load_settings
+from thunder_testkit import until_async
 
 ADMIN_KEY = "oh-app-admin"
 SPEC = "oh-agent"
@@ -39,14 +39,6 @@ SESSION_KEY = "sk-test-session"
 FAKE_AGENT_SERVER = (  # a fake agent server: a static HTTP server on the published port
     'nohup python3 -m http.server "$THUNDER_PORT_8000" --bind 127.0.0.1 >/dev/null 2>&1 &'
 )
-
-
-async def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -88,16 +80,7 @@ async def test_sandbox_is_a_program_holding_a_runtime(sandboxes: Any) -> None:
     (url,) = info.exposed_urls
     assert (url.name, url.port) == (AGENT_SERVER, 8000)
     assert abs((datetime.now(UTC) - info.created_at).total_seconds()) < 60
-    async with httpx.AsyncClient() as http:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                assert (await http.get(url.url)).status_code == 200
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+    wait_http(url.url, timeout_s=10)  # the agent server is a child process of the runtime
 
     # get / search / batch list it; a fresh id is generated when none is given
     assert (await service.get_sandbox("conv0a1b")) == info
@@ -129,8 +112,10 @@ async def test_sandbox_is_a_program_holding_a_runtime(sandboxes: Any) -> None:
     assert await service.delete_sandbox("conv0a1b") is True
     ended = admin.get_program("conv0a1b")
     assert ended.status == ProgramStatus.TERMINATED and ended.end_status == "ok"
-    await _until(lambda: runtime_id not in parts.tools.runtimes, 10, "the runtime to go")
-    await _until(lambda: not (root / f"oh--{runtime_id}").exists(), 10, "its directory to go")
+    await until_async(lambda: runtime_id not in parts.tools.runtimes,
+                      timeout_s=10, what="the runtime to go")
+    await until_async(lambda: not (root / f"oh--{runtime_id}").exists(),
+                      timeout_s=10, what="its directory to go")
     assert await service.get_sandbox("conv0a1b") is None
     assert (await service.search_sandboxes()).items == []
     assert parts.tools.snapshot()["totals"]["held_runtimes"] == 0

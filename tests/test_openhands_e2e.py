@@ -1,6 +1,6 @@
 """thunder-openhands end to end: real OpenHands SDK conversations through the real scheduler.
 
-The model is the scripted tool-calling fake (tests/fixtures/fake_openai.py, a real loopback
+The model is the scripted tool-calling fake (``thunder_testkit.openai_server``, a real loopback
 HTTP server named as a fake) registered with the scheduler as an SGLang backend; the agent's
 ``LLM`` points at the fake itself, so every request the scheduler sees went there because the
 toggle re-pointed it. The terminal tool runs for real (subprocess mode). Assertions are on what
@@ -25,8 +25,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fixtures.fake_openai import FakeToolCall, ScriptedOpenAI
-from fixtures.scheduler_service import RunningService, start_service_thread
 from openhands.sdk import LLM, Agent, Conversation, Tool
 from openhands.sdk.event import ObservationEvent
 from openhands.tools.terminal import TerminalTool  # noqa: F401  (registers "terminal")
@@ -34,7 +32,10 @@ from openhands.tools.terminal import TerminalTool  # noqa: F401  (registers "ter
 import thunder_openhands
 from thunder_core.client import ThunderClient
 from thunder_core.emitter import LifecycleEmitter
+from thunder_core.launcher import wait_http
 from thunder_scheduler.settings import load_settings
+from thunder_testkit.openai_server import FakeToolCall, ScriptedOpenAI
+from thunder_testkit.service import RunningService, start_service_thread
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -74,10 +75,7 @@ class Stack:
 
 
 def _ready(url: str) -> None:
-    deadline = time.monotonic() + 20
-    while httpx.get(f"{url}/ready").status_code != 200:
-        assert time.monotonic() < deadline, "scheduler never became ready"
-        time.sleep(0.1)
+    wait_http(f"{url}/ready", timeout_s=20)
 
 
 @pytest.fixture

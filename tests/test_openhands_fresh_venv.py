@@ -1,4 +1,4 @@
-"""Done-when of issue 7: a fresh virtual environment with thunder-openhands, openhands-sdk and
+"""A fresh virtual environment with thunder-openhands, openhands-sdk and
 openhands-tools runs the unmodified example through a running scheduler, toggled by
 ``THUNDER_SCHEDULER_URL`` alone (the wheel's ``.pth`` hook; the example never calls enable).
 
@@ -13,16 +13,16 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 
 import httpx
 import pytest
-from fixtures.fake_openai import FakeToolCall, ScriptedOpenAI
-from fixtures.scheduler_service import start_service_thread
 
+from thunder_core.launcher import wait_http
 from thunder_scheduler.settings import load_settings
+from thunder_testkit.openai_server import FakeToolCall, ScriptedOpenAI
+from thunder_testkit.service import start_service_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -51,10 +51,7 @@ def test_fresh_venv_runs_the_example_through_the_scheduler(
     )
     service = start_service_thread(load_settings({"backends": [f"sglang={scripted_openai.url}"]}))
     try:
-        deadline = time.monotonic() + 20
-        while httpx.get(f"{service.url}/ready").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_http(f"{service.url}/ready", timeout_s=20)
         scripted_openai.script = [[FakeToolCall("terminal", {"command": "ls /"})], "done"]
         run_env = {**env, "THUNDER_SCHEDULER_URL": service.url, "MODEL": "scripted",
                    "LLM_BASE_URL": f"{scripted_openai.url}/v1"}

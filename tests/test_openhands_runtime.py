@@ -15,15 +15,12 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("OPENHANDS_SUPPRESS_BANNER", "1")
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from fixtures.fake_openai import FakeToolCall, ScriptedOpenAI
-from fixtures.scheduler_service import RunningService, start_service_thread
 from openhands.sdk import LLM, Agent, Conversation, Tool
 from openhands.sdk.event import ObservationEvent
 from openhands.tools.terminal import TerminalTool  # noqa: F401  (registers "terminal")
@@ -31,16 +28,13 @@ from openhands.tools.terminal import TerminalTool  # noqa: F401  (registers "ter
 import thunder_openhands
 import thunder_openhands.runtime_terminal
 from thunder_core.client import ThunderClient
+from thunder_core.launcher import wait_http
 from thunder_core.runtimes import RuntimeClient, RuntimeSpec
 from thunder_openhands import ThunderWorkspace
 from thunder_scheduler.settings import load_settings
-
-
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+from thunder_testkit import until
+from thunder_testkit.openai_server import FakeToolCall, ScriptedOpenAI
+from thunder_testkit.service import RunningService, start_service_thread
 
 
 @pytest.fixture
@@ -52,7 +46,7 @@ def start_stack(scripted_openai: ScriptedOpenAI) -> Iterator[Callable[..., Runni
                                   "tools_enabled": True, "tools": tools})
         service = start_service_thread(settings)
         services.append(service)
-        _wait(lambda: httpx.get(f"{service.url}/ready").status_code == 200, 20, "ready")
+        wait_http(f"{service.url}/ready", timeout_s=20)
         thunder_openhands.enable(service.url)
         return service
 
@@ -67,7 +61,8 @@ def start_stack(scripted_openai: ScriptedOpenAI) -> Iterator[Callable[..., Runni
 def _register(url: str, spec: RuntimeSpec) -> RuntimeClient:
     runtimes = RuntimeClient(ThunderClient(url, timeout_s=30))
     runtimes.register_spec(spec)
-    _wait(lambda: runtimes.get_spec(spec.name).pool_ready >= spec.pool_size, 60, "warm pool")
+    until(lambda: runtimes.get_spec(spec.name).pool_ready >= spec.pool_size,
+          timeout_s=60, what="warm pool")
     return runtimes
 
 
@@ -110,12 +105,13 @@ def test_local_runtime_serves_the_sdk_terminal_and_is_given_back(
     conversation.close()
     assert workspace.released
     row = httpx.get(f"{service.url}/v1/programs/{workspace.program_id}").json()
-    _wait(lambda: httpx.get(f"{service.url}/v1/programs/{workspace.program_id}").json()
-          ["status"] == "terminated", 10, "program end")
+    until(lambda: httpx.get(f"{service.url}/v1/programs/{workspace.program_id}").json()
+          ["status"] == "terminated", timeout_s=10, what="program end")
     row = httpx.get(f"{service.url}/v1/programs/{workspace.program_id}").json()
     assert row["end_status"] == "ok" and row["framework"] == "openhands"
     assert row["tool_calls"] == 1 and row["requests"] == 2
-    _wait(lambda: not Path(workspace.working_dir).exists(), 10, "runtime directory removal")
+    until(lambda: not Path(workspace.working_dir).exists(),
+          timeout_s=10, what="runtime directory removal")
     assert runtimes.get_spec("oh-local").live_runtimes == 0
 
 
@@ -152,8 +148,8 @@ def test_docker_runtime_from_the_warm_pool_runs_the_terminal_via_exec(
     conversation.close()
     client = docker.DockerClient(base_url=docker_host)
     try:
-        _wait(lambda: not client.containers.list(all=True, filters={"id": container_id}),
-              30, "the conversation's container to be removed")
+        until(lambda: not client.containers.list(all=True, filters={"id": container_id}),
+              timeout_s=30, what="the conversation's container to be removed")
     finally:
         client.close()
     row = httpx.get(f"{service.url}/v1/programs/{workspace.program_id}").json()

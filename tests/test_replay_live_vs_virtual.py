@@ -1,4 +1,4 @@
-"""Live and virtual replays of the same small workload agree (issue 3's validity check).
+"""Live and virtual replays of the same small workload agree (the instrument's validity check).
 
 Live: real ``thunder-sim serve`` processes (the ``sim_fleet`` fixture) at time scale 20, the
 replay's aiohttp client over loopback. Virtual: the same engine model behind the scheduling
@@ -18,10 +18,7 @@ from thunder_sim.replay.player import GapPolicy
 from thunder_sim.replay.trace import default_trace_dir
 from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not default_trace_dir().is_dir(), reason="shared traces not present"),
-]
+pytestmark = pytest.mark.slow
 
 TIME_SCALE = 20.0
 

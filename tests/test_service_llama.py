@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,17 +17,11 @@ import pytest
 from fixtures.llama_engines import LlamaEngine
 from fixtures.scheduler_service import RunningService
 
+from thunder_testkit import until
+
 pytestmark = [pytest.mark.llama, pytest.mark.slow]
 
 HEADER = "X-Thunder-Program-Id"
-
-
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _chat(http: httpx.Client, program_id: str, text: str) -> dict[str, Any]:
@@ -69,7 +62,7 @@ def test_placement_by_free_kv_and_stickiness(
 ) -> None:
     _, service = _start(llama_engines, scheduler_service)
     with httpx.Client(base_url=service.url, timeout=120.0) as http:
-        _wait(lambda: http.get("/ready").status_code == 200, 30, "/ready")
+        until(lambda: http.get("/ready").status_code == 200, timeout_s=30, what="/ready")
         report = http.get("/ready").json()["backends"]
         assert {name: entry["capacity_tokens"] for name, entry in report.items()} == {
             "e0": 4096, "e1": 4096,
@@ -98,7 +91,7 @@ def test_dead_backend_is_marked_unhealthy_and_its_program_moves(
 ) -> None:
     engines, service = _start(llama_engines, scheduler_service)
     with httpx.Client(base_url=service.url, timeout=120.0) as http:
-        _wait(lambda: http.get("/ready").status_code == 200, 30, "/ready")
+        until(lambda: http.get("/ready").status_code == 200, timeout_s=30, what="/ready")
         _chat(http, "mover", "Say one word.")
         before = _backend_of(http, "mover")
         victim = engines[int(before.removeprefix("e"))]
@@ -109,7 +102,7 @@ def test_dead_backend_is_marked_unhealthy_and_its_program_moves(
             backends = http.get("/ready").json()["backends"]
             return backends[before]["healthy"] is False
 
-        _wait(marked_down, 30, f"{before} to be marked unhealthy")
+        until(marked_down, timeout_s=30, what=f"{before} to be marked unhealthy")
         assert f'thunder_backend_healthy{{backend="{before}"}} 0.0' in http.get("/metrics").text
         _chat(http, "mover", "Still there?")
         after = _backend_of(http, "mover")

@@ -36,7 +36,7 @@ def test_serve_without_engines_is_alive_but_not_ready(
     service.stop()
     # uvicorn finishes the lifespan shutdown, then re-raises the SIGTERM it caught
     assert service.process.returncode in (0, -15)
-    log = "".join(service.output)
+    log = service.output
     assert "Application shutdown complete" in log
     assert "Traceback" not in log
 

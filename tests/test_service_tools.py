@@ -9,7 +9,6 @@ runtime directories and processes), not only in the API's answers.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,9 @@ from thunder_core import RuntimeClient, RuntimeSpec, ThunderAPIError, ThunderCli
 from thunder_core.contract import ProgramStatus
 from thunder_scheduler.clock import ManualClock
 from thunder_scheduler.settings import load_settings
+from thunder_testkit import until
 
 ADMIN_KEY = "tools-admin"
-
-
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _runtime_dirs(root: Path) -> list[Path]:
@@ -77,7 +69,8 @@ def test_runtime_lives_with_its_program_and_goes_with_every_end(service: Any) ->
 
     # 1. explicit end
     client.end_program("ends", status="error", reason="agent crashed")
-    _wait(lambda: held["ends"] not in parts.tools.runtimes, 10, "end to tear down the runtime")
+    until(lambda: held["ends"] not in parts.tools.runtimes,
+          timeout_s=10, what="end to tear down the runtime")
     with pytest.raises(ThunderAPIError) as caught:
         runtimes.exec("ends", held["ends"], "true")
     assert caught.value.status_code == 404
@@ -88,23 +81,28 @@ def test_runtime_lives_with_its_program_and_goes_with_every_end(service: Any) ->
 
     # 2. ThunderAgent's release
     client.release("released")
-    _wait(lambda: held["released"] not in parts.tools.runtimes, 10, "release to tear down")
+    until(lambda: held["released"] not in parts.tools.runtimes,
+          timeout_s=10, what="release to tear down")
 
-    # 3. lease expiry: nothing happens until the (modelled) lease has passed
-    time.sleep(0.3)
+    # 3. lease expiry: nothing happens until the (modelled) lease has passed; the test runs the
+    # driver's tick itself, on the service's loop, at each modelled time
+    clock.advance(1799.0)  # the core's default lease is 30 minutes
+    running.call(parts.driver.tick)
+    assert client.get_program("expires").status != ProgramStatus.TERMINATED
     assert held["expires"] in parts.tools.runtimes
-    clock.advance(1801.0)  # the core's default lease is 30 minutes
-    _wait(lambda: client.get_program("expires").status == ProgramStatus.TERMINATED, 10,
-          "the backstop tick to expire the lease")
-    _wait(lambda: held["expires"] not in parts.tools.runtimes, 10, "lease expiry teardown")
+    clock.advance(2.0)
+    running.call(parts.driver.tick)
+    assert client.get_program("expires").status == ProgramStatus.TERMINATED
+    until(lambda: held["expires"] not in parts.tools.runtimes,
+          timeout_s=10, what="lease expiry teardown")
     assert client.get_program("expires").end_status is not None
 
     # nothing of the programs is left on the backend: only warm pool runtimes (the three
     # queued programs raised the pool target to 3; it is not shrunk actively)
     names = {f"svc--{runtime_id}" for runtime_id in held.values()}
-    _wait(lambda: not names & {p.name for p in _runtime_dirs(root)}, 10,
-          "the programs' runtime directories to be removed")
-    _wait(lambda: parts.tools.pools.filling("repo") == 0, 20, "pool refills to land")
+    until(lambda: not names & {p.name for p in _runtime_dirs(root)}, timeout_s=10,
+          what="the programs' runtime directories to be removed")
+    until(lambda: parts.tools.pools.filling("repo") == 0, timeout_s=20, what="pool refills to land")
     pooled = {f"svc--{r.runtime_id}" for r in parts.tools.pools.all_ready()}
     assert {p.name for p in _runtime_dirs(root)} == pooled
     assert parts.tools.snapshot()["totals"]["held_runtimes"] == 0
@@ -135,12 +133,14 @@ def test_queued_programs_raise_the_pool_and_admission_prepares(
         backends=[f"llm@sglang={scripted_openai.url}"],
     )
     parts = running.app.state.thunder
-    _wait(lambda: parts.monitor.healthy_names() == ["llm"], 10, "the engine to be probed")
+    until(lambda: parts.monitor.healthy_names() == ["llm"],
+          timeout_s=10, what="the engine to be probed")
     for i in range(3):
         client.start_program(f"q{i}", tags={"runtime_spec": "repo"})
     assert parts.driver.queued_programs("repo") == 3
     assert runtimes.get_spec("repo").pool_target == 3  # raised from pool_size 1 to the queue
-    _wait(lambda: runtimes.get_spec("repo").pool_ready == 3, 20, "the pool to follow the queue")
+    until(lambda: runtimes.get_spec("repo").pool_ready == 3,
+          timeout_s=20, what="the pool to follow the queue")
 
     # q0's first LLM request is admitted: its runtime is prepared before its first tool call
     answer = httpx.post(
@@ -151,7 +151,8 @@ def test_queued_programs_raise_the_pool_and_admission_prepares(
     )
     assert answer.status_code == 200, answer.text
     assert parts.driver.queued_programs("repo") == 2
-    _wait(lambda: "q0" in parts.tools.snapshot()["programs"], 10, "preparation at admission")
+    until(lambda: "q0" in parts.tools.snapshot()["programs"],
+          timeout_s=10, what="preparation at admission")
     view = runtimes.acquire("q0", "repo")
     assert view.source == "prepared"
     assert client.get_program("q0").runtime_ids == [view.runtime_id]

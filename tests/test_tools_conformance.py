@@ -27,8 +27,8 @@ from thunder_scheduler.tools.base import (
     program_key,
 )
 from thunder_scheduler.tools.docker import DockerBackend
-from thunder_scheduler.tools.fake import FakeRuntimeBackend
 from thunder_scheduler.tools.local_process import LocalProcessBackend
+from thunder_testkit.runtimes import FakeRuntimeBackend
 
 
 @dataclass

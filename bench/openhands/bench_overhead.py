@@ -5,7 +5,7 @@ Two measurements, toggle off vs on, interleaved rounds, medians:
 * direct: the added code path itself, ``LLM._prepare_transport_kwargs`` (the SDK method the
   toggle wraps; it runs once per LLM call) with a conversation's session header, off vs on;
 * end to end: ``LLM.completion(...)`` inside a conversation's call context against a zero-work
-  OpenAI-compatible server on loopback (tests/fixtures/fake_openai.py, a fake), off vs on with
+  OpenAI-compatible server on loopback (``thunder_testkit.openai_server``, a fake), off vs on with
   ``route=False`` so both go to the same server: the difference is the toggle's cost on the
   full SDK -> litellm -> HTTP path (the scheduler's own proxy hop is measured in bench/proxy).
 
@@ -22,7 +22,6 @@ os.environ.setdefault("OPENHANDS_SUPPRESS_BANNER", "1")
 import json
 import platform
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -30,14 +29,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench" / "results" / "openhands"
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fixtures.fake_openai import ScriptedOpenAI  # noqa: E402
 from openhands.sdk import LLM, Message, TextContent  # noqa: E402
 from openhands.sdk.llm.call_context import LLMCallContext  # noqa: E402
 
 import thunder_openhands  # noqa: E402
 from thunder_core.contract import LITELLM_SESSION_HEADER  # noqa: E402
+from thunder_testkit.openai_server import ScriptedOpenAI  # noqa: E402
 
 
 class NullEmitter:

@@ -25,20 +25,18 @@ import json
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench" / "results" / "openhands"
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fixtures.scheduler_service import start_service_thread  # noqa: E402
 
 from thunder_core.client import ThunderClient  # noqa: E402
 from thunder_core.runtimes import RuntimeClient, RuntimeSpec  # noqa: E402
 from thunder_openhands import ThunderWorkspace  # noqa: E402
 from thunder_scheduler.settings import load_settings  # noqa: E402
+from thunder_testkit import until  # noqa: E402
+from thunder_testkit.service import start_service_thread  # noqa: E402
 
 SAMPLES = 8
 
@@ -76,10 +74,8 @@ def main() -> None:
                                            pool_size=1, env={"SANDBOX": "warm"}))
         results: dict[str, list[dict[str, float | str]]] = {"warm": [], "cold": []}
         for i in range(SAMPLES):
-            deadline = time.monotonic() + 60
-            while runtimes.get_spec("warm").pool_ready < 1:
-                assert time.monotonic() < deadline, "pool did not refill"
-                time.sleep(0.05)
+            until(lambda: runtimes.get_spec("warm").pool_ready >= 1, timeout_s=60,
+                  what="the warm pool to refill")
             results["warm"].append(sample(service.url, "warm"))
             cold = f"cold-{i}"
             runtimes.register_spec(RuntimeSpec(name=cold, image="thunder-base:latest",

@@ -43,14 +43,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+
+from thunder_core.launcher import ChildProcess, launch, wait_http
+from thunder_testkit import until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -74,26 +75,10 @@ class Run:
     proxy_cpu_us_per_request: float | None
 
 
-def _start(cmd: list[str], nice: int) -> tuple[subprocess.Popen[str], int]:
+def _start(cmd: list[str], nice: int) -> ChildProcess:
     prefix = ["nice", "-n", str(nice)] if nice else []
-    proc = subprocess.Popen(prefix + cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=ROOT)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.match(r"PORT=(\d+)", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"{cmd[1]} did not start: {line}{proc.stdout.read()}")
-    return proc, int(match.group(1))
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:  # uvicorn waits for open connections; don't
-        proc.kill()
-        proc.wait(10)
+    return launch(prefix + cmd, name=Path(cmd[1]).name, ready=r"listening on (http://\S+)",
+                  cwd=ROOT, timeout_s=60)
 
 
 def _cpu_s(pid: int) -> float:
@@ -117,18 +102,17 @@ def _wrk(url: str, concurrency: int, duration_s: int, stream: bool, nice: int,
 
 
 def _wait_ready(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """Until the proxy lists a model and answers a completion (its backend has been polled)."""
+    wait_http(f"{url}/v1/models", timeout_s=timeout_s,
+              accept=lambda body: bool(json.loads(body).get("data")))
+
+    def answers() -> bool:
         try:
-            models = httpx.get(f"{url}/v1/models", timeout=2).json().get("data", [])
-            if models:
-                probe = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=5)
-                if probe.status_code == 200:
-                    return
+            return httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=5).is_success
         except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"proxy at {url} not ready after {timeout_s} s")
+            return False
+
+    until(answers, timeout_s=timeout_s, interval_s=0.5, what=f"a completion from {url}")
 
 
 def _run(client: str, stream: bool, conc: int, target: str, stats: dict[str, float],
@@ -142,8 +126,8 @@ def _run(client: str, stream: bool, conc: int, target: str, stats: dict[str, flo
 
 def measure(args: argparse.Namespace) -> tuple[list[Run], dict[str, float]]:
     runs: list[Run] = []
-    engine, engine_port = _start([sys.executable, str(HERE / "zero_engine.py")], args.nice)
-    direct = f"http://127.0.0.1:{engine_port}"
+    engine = _start([sys.executable, str(HERE / "zero_engine.py")], args.nice)
+    direct = engine.url
     try:
         prefix = ["nice", "-n", str(args.nice)] if args.nice else []
         client_cpu = json.loads(subprocess.run(
@@ -152,9 +136,9 @@ def measure(args: argparse.Namespace) -> tuple[list[Run], dict[str, float]]:
         ).stdout)
         print(f"client CPU us/request alone: {client_cpu}", flush=True)
         for client in args.clients:
-            proxy, port = _start([sys.executable, str(HERE / "serve_proxy.py"), "--mode",
-                                  args.mode, "--client", client, "--engine", direct], args.nice)
-            proxied = f"http://127.0.0.1:{port}"
+            proxy = _start([sys.executable, str(HERE / "serve_proxy.py"), "--mode",
+                            args.mode, "--client", client, "--engine", direct], args.nice)
+            proxied = proxy.url
             try:
                 _wait_ready(proxied)
                 _wrk(proxied, 64, 1, False, args.nice)  # warm-up: connections, caches
@@ -172,9 +156,9 @@ def measure(args: argparse.Namespace) -> tuple[list[Run], dict[str, float]]:
                               f"proxied {runs[-1].rps:7.0f}/s p50 {runs[-1].p50_ms:7.2f} ms "
                               f"cpu/req {runs[-1].proxy_cpu_us_per_request:6.0f} us", flush=True)
             finally:
-                _stop(proxy)
+                proxy.stop()
     finally:
-        _stop(engine)
+        engine.stop()
     return runs, client_cpu
 
 

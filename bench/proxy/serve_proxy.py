@@ -9,14 +9,13 @@ Modes:
   :class:`PassThroughGate`, a trivial gate that places every request on the one backend and
   records nothing: it isolates the data plane's own cost from the scheduler's.
 
-Prints ``PORT=<n>`` once listening on 127.0.0.1 (port 0).
+Prints ``listening on http://127.0.0.1:<port>`` once listening (port 0: a free one).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +32,7 @@ from thunder_scheduler.proxy import (
     ProxySettings,
     create_upstream_client,
 )
+from thunder_scheduler.serving import listen_socket
 from thunder_scheduling.events import RequestOutcome
 
 
@@ -90,10 +90,8 @@ def main() -> None:
     parser.add_argument("--engine", required=True, help="zero-work engine base URL")
     args = parser.parse_args()
     app = build_app(args.mode, args.client, args.engine)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    print(f"PORT={sock.getsockname()[1]}", flush=True)
+    sock = listen_socket("127.0.0.1", 0)  # as `thunder-scheduler serve` listens (TCP_NODELAY)
+    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(app, loop="uvloop", http="httptools", workers=1,
                             log_level="warning", access_log=False, backlog=4096)
     uvicorn.Server(config).run(sockets=[sock])

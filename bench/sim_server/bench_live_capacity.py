@@ -9,11 +9,11 @@ which the server suffers too. After ``--warmup-s`` (the start-up burst: every pr
 first prompt at once) it scrapes the server's ``/metrics``, again ``--duration-s`` later, and
 reports over that window:
 
-- lost step time: ``thunder_sim:lost_step_wall_seconds`` / ``planned_step_wall_seconds`` (the
+- lost step time: ``thunder_sim_lost_step_wall_seconds`` / ``planned_step_wall_seconds`` (the
   share of modelled GPU time that idled because the engine loop fell more than 20 ms behind);
   the instrument is faithful below 10% (the server's own warning threshold);
 - engine-loop lag p50 / p99: lateness of the loop's wake-ups against plan, from the
-  ``thunder_sim:engine_wakeup_lateness_seconds`` histogram (linear inside a bucket, as
+  ``thunder_sim_engine_wakeup_lateness_seconds`` histogram (linear inside a bucket, as
   Prometheus' ``histogram_quantile``);
 - requests/s and output tokens/s (wall), from ``sglang:num_requests_total`` and
   ``sglang:generation_tokens_total``;
@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+
+from thunder_core.launcher import ChildProcess, launch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -135,27 +137,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(args: argparse.Namespace, scale: float, log: Path) -> tuple[
-        subprocess.Popen[str], str]:
+def start_server(args: argparse.Namespace, scale: float, log: Path) -> ChildProcess:
     cmd = [sys.executable, "-m", "thunder_sim", "serve", "--port", "0", "--time-scale",
            str(scale), "--log-level", "info", *shlex.split(args.server_args)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if m := READY_RE.search(line):
-            return proc, m.group(1)
-    proc.kill()
-    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+    return launch(cmd, name="thunder-sim serve", ready=READY_RE, log=log, timeout_s=120)
 
 
 def run_one(args: argparse.Namespace, prompt: str, programs: int, scale: float,
             tmp: Path) -> Row:
     log = tmp / f"serve-{prompt}-{programs}-{scale:g}.log"
-    server, url = start_server(args, scale, log)
+    server = start_server(args, scale, log)
+    url = server.url
     try:
         total_s = args.warmup_s + args.duration_s
         client = subprocess.Popen(
@@ -176,19 +168,18 @@ def run_one(args: argparse.Namespace, prompt: str, programs: int, scale: float,
         out, _ = client.communicate(timeout=total_s + 120)
         probe_out, _ = probe.communicate(timeout=60)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop(30)
     summary = orjson.loads(out.strip().splitlines()[-1])
 
     def d(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
-    planned = d("thunder_sim:planned_step_wall_seconds_total")
-    lat = "thunder_sim:engine_wakeup_lateness_seconds"
+    planned = d("thunder_sim_planned_step_wall_seconds_total")
+    lat = "thunder_sim_engine_wakeup_lateness_seconds"
     row = Row(
         prompt=prompt, programs=programs, time_scale=scale,
-        end_time_scale=after.get("thunder_sim:time_scale", scale),
-        lost_share=d("thunder_sim:lost_step_wall_seconds_total") / planned if planned else 0.0,
+        end_time_scale=after.get("thunder_sim_time_scale", scale),
+        lost_share=d("thunder_sim_lost_step_wall_seconds_total") / planned if planned else 0.0,
         lag_p50_ms=1000 * hist_quantile(before, after, lat, 0.50),
         lag_p99_ms=1000 * hist_quantile(before, after, lat, 0.99),
         requests_per_s=d("sglang:num_requests_total") / window_s,

@@ -6,7 +6,6 @@ import json
 import logging
 import socket
 import threading
-import time
 
 import httpx
 import pytest
@@ -30,14 +29,13 @@ def test_events_are_delivered_in_order_off_the_calling_thread() -> None:
 
     client = ThunderClient("http://s.test", transport=httpx.MockTransport(handler))
     emitter = LifecycleEmitter(client=client)
-    started = time.perf_counter()
     emitter.program_started("p", framework="langgraph")
     emitter.tool_started("p", "c1", "bash")
     emitter.tool_ended("p", "c1")
     emitter.program_ended("p")
-    emit_s = time.perf_counter() - started
-    assert paths == []          # nothing was sent on the caller's thread
-    assert emit_s < 0.05
+    # every call returned while the scheduler still held the first request: nothing was sent
+    # on the caller's thread (the calls' cost is measured in bench/core/bench_emitter.py)
+    assert paths == []
     gate.set()
     assert emitter.flush(5)
     assert paths == ["/v1/programs", "/v1/programs/p/tools", "/v1/programs/p/tools/c1/end",

@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from thunder_scheduler.backends import BackendUnavailable, RequestHints, SlotOffload
-from thunder_scheduler.backends.fakes import FakeLlamaServer
 from thunder_scheduler.backends.llamacpp import LlamaCppBackend, SlotOperationError
+from thunder_testkit.engines import FakeLlamaServer
 
 
 def make(fake: FakeLlamaServer, **kwargs: int) -> LlamaCppBackend:

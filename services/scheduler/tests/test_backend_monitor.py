@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from thunder_scheduler.backends.base import Backend
-from thunder_scheduler.backends.fakes import FakeEngine, FakeSGLang, FakeVLLM
 from thunder_scheduler.backends.monitor import BackendMonitor, BackendState, MonitorConfig
 from thunder_scheduler.backends.sglang import SGLangBackend
 from thunder_scheduler.backends.vllm import VLLMBackend
+from thunder_testkit.engines import FakeEngine, FakeSGLang, FakeVLLM
 
 
 class ManualClock:

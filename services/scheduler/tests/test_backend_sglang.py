@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from thunder_scheduler.backends import BackendUnavailable, RequestHints
-from thunder_scheduler.backends.fakes import FakeSGLang
 from thunder_scheduler.backends.sglang import SGLangBackend
+from thunder_testkit.engines import FakeSGLang
 
 
 def make(fake: FakeSGLang) -> SGLangBackend:

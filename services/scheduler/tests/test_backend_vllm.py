@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from thunder_scheduler.backends import BackendUnavailable, RequestHints
-from thunder_scheduler.backends.fakes import FakeVLLM
 from thunder_scheduler.backends.vllm import VLLMBackend
+from thunder_testkit.engines import FakeVLLM
 
 
 def make(fake: FakeVLLM, **kwargs: bool) -> VLLMBackend:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from thunder_scheduler.gate import estimate_prompt_tokens
+from thunder_scheduler.request_body import estimate_prompt_tokens
 
 
 def _replay_body(prompt_tokens: Any) -> dict[str, Any]:

@@ -16,7 +16,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from proxy_testkit import (
+
+from thunder_scheduler.app import create_app
+from thunder_scheduler.clock import ManualClock
+from thunder_scheduler.settings import load_settings
+from thunder_scheduling.events import RequestOutcome
+from thunder_testkit.proxy import (
     AbortRecorder,
     FakeUpstream,
     RecordingGate,
@@ -29,11 +34,6 @@ from proxy_testkit import (
     sse,
     usage_chunk,
 )
-
-from thunder_scheduler.app import create_app
-from thunder_scheduler.clock import ManualClock
-from thunder_scheduler.settings import load_settings
-from thunder_scheduling.events import RequestOutcome
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -83,7 +83,7 @@ async def test_fast_path_answers_exactly_like_the_router(
     fast = await _through(make_fast_path_app, script, path, body, headers)
     assert fast == routed
     assert fast[0] == {"complete": 200, "stream": 200, "generate": 200, "engine error": 400,
-                       "malformed json": 400, "missing messages": 400, "unknown model": 404,
+                       "malformed json": 400, "missing messages": 400, "unknown model": 200,
                        "bad program id": 400, "too large": 413}[name]
 
 

@@ -14,7 +14,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from proxy_testkit import (
+
+from thunder_scheduler.backends.vllm import VLLMBackend
+from thunder_scheduler.gate import Usage
+from thunder_scheduling.events import RequestOutcome
+from thunder_testkit.proxy import (
     ENGINE_URL,
     AbortRecorder,
     FakeUpstream,
@@ -29,10 +33,6 @@ from proxy_testkit import (
     sse,
     usage_chunk,
 )
-
-from thunder_scheduler.backends.vllm import VLLMBackend
-from thunder_scheduler.gate import Usage
-from thunder_scheduling.events import RequestOutcome
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -333,7 +333,6 @@ async def test_models_lists_what_the_gate_serves() -> None:
         ("/v1/completions", {"model": "smollm2", "prompt": 5}, 400, "'prompt'"),
         ("/generate", {"sampling_params": {}}, 400, "'text' or 'input_ids'"),
         ("/generate", {"input_ids": "abc"}, 400, "'input_ids'"),
-        (CHAT, {"model": "gpt-9", "messages": MESSAGES}, 404, "unknown model"),
     ],
 )
 async def test_bad_input_gets_a_json_reason_and_reaches_no_engine(
@@ -396,3 +395,14 @@ async def test_non_integer_content_length_is_400() -> None:
                              send_content_length=False, headers={"Content-Length": "ten"})
     assert result.status == 400
     assert "Content-Length" in result.json()["error"]
+
+
+@pytest.mark.parametrize("depth", [255, 1000, 1025, 5000])
+async def test_json_nested_too_deep_is_400_at_every_depth(depth: int) -> None:
+    gate, upstream, _ = _setup(Script(chunks=[b"{}"]))
+    deep = b"[" * depth + b"]" * depth
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "x": ' + deep + b"}"
+    result = await call_asgi(make_app(gate, upstream), CHAT, body)
+    assert result.status == 400
+    assert "nested deeper than 254 levels" in str(result.json())
+    assert upstream.requests == []

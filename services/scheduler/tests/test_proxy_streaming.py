@@ -8,10 +8,10 @@ import itertools
 import orjson
 from hypothesis import given
 from hypothesis import strategies as st
-from proxy_testkit import chat_chunk, sse, usage_chunk
 
 from thunder_scheduler.gate import Usage
 from thunder_scheduler.proxy.streaming import SseScanner
+from thunder_testkit.proxy import chat_chunk, sse, usage_chunk
 
 EVENTS = sse(chat_chunk("Hel"), chat_chunk("lo"), chat_chunk(finish="stop"),
              usage_chunk(40, 3, 32), "[DONE]")

@@ -163,3 +163,33 @@ async def test_raw_client_does_not_reuse_a_connection_idle_too_long(
         await client.aclose()
     assert state.peers[0] == state.peers[1]   # reused while fresh
     assert state.peers[2] != state.peers[1]   # a new connection after 0.2 s idle
+
+
+async def test_upstream_connections_have_tcp_nodelay(
+    engine: tuple[Engine, str], client: UpstreamClient
+) -> None:
+    """A request written in pieces must not wait for the engine's delayed ACK."""
+    import os
+
+    _, url = engine
+    response = await client.send(f"{url}/whole", b"{}", {})
+    await response.read()  # the connection stays open in the pool
+    engine_port = int(url.rsplit(":", 1)[1])
+    checked = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue
+        with sock:
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                continue
+            if sock.family == socket.AF_INET and peer[1] == engine_port:
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                checked += 1
+    await response.aclose()
+    assert checked >= 1

@@ -1,16 +1,16 @@
 """Engine levers through the real app: SGLang sessions and priority, upstream failure reports,
 and the prompt fingerprint the cache_aware baseline reads.
 
-The engine is ``backends.fakes.FakeSGLang`` (a fake control plane on ``httpx.MockTransport``:
-it records ``/open_session`` / ``/close_session`` and serves no completions), so the tests
-drive the service's gate the way the proxy does (``acquire`` -> decorate -> ``finish``) and
-end programs through the real lifecycle API.
+The engine is ``thunder_testkit.engines.FakeSGLang`` (a fake control plane on
+``httpx.MockTransport``: it records ``/open_session`` / ``/close_session`` and serves no
+completions), so the tests drive the service's gate the way the proxy does (``acquire`` ->
+decorate -> ``finish``) and end programs through the real lifecycle API.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,11 +19,13 @@ import pytest
 from fastapi import FastAPI
 
 from thunder_scheduler.app import ServiceParts, create_app
-from thunder_scheduler.backends.fakes import FakeSGLang
 from thunder_scheduler.backends.sglang import SGLangBackend
-from thunder_scheduler.gate import Usage, prompt_blocks
+from thunder_scheduler.gate import Usage
+from thunder_scheduler.request_body import PROMPT_BLOCK_TOKENS, prompt_blocks
 from thunder_scheduler.settings import load_settings
 from thunder_scheduling.events import Event, RequestArrived, RequestOutcome
+from thunder_testkit import until_async
+from thunder_testkit.engines import FakeSGLang
 
 BODY: dict[str, Any] = {"model": "Qwen/Qwen3-8B", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -39,16 +41,9 @@ async def service(
     async with app.router.lifespan_context(app), httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
     ) as client:
-        await until(lambda: parts.monitor.healthy_names() == ["gpu1"])
+        await until_async(lambda: parts.monitor.healthy_names() == ["gpu1"])
         yield parts, client
     await http.aclose()
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def turn(parts: ServiceParts, program_id: str, body: dict[str, Any] = BODY) -> Any:
@@ -76,7 +71,7 @@ async def test_one_sglang_session_per_program_closed_at_program_end() -> None:
 
         ended = await client.post("/v1/programs/p1/end", json={"status": "ok"})
         assert ended.status_code == 200
-        await until(lambda: session not in fake.open_sessions)
+        await until_async(lambda: session not in fake.open_sessions)
         assert fake.open_sessions == {other["session_id"]}
 
 
@@ -117,7 +112,7 @@ async def test_upstream_failures_mark_the_backend_unhealthy() -> None:
     async with service(fake, monitor_interval_s=3600.0) as (parts, client):
         for _ in range(3):  # monitor_unhealthy_after_failures defaults to 3
             parts.gate.report_upstream_failure("gpu1", "connection refused")
-        await until(lambda: parts.monitor.healthy_names() == [])
+        await until_async(lambda: parts.monitor.healthy_names() == [])
         assert parts.monitor.state("gpu1").last_error == "connection refused"
         assert (await client.get("/ready")).status_code == 503
         count = parts.metrics.registry.get_sample_value(
@@ -142,9 +137,9 @@ async def test_cache_aware_policy_gets_the_prompt_fingerprint() -> None:
         await turn(parts, "p1", trace_body)
         await turn(parts, "p2", BODY)
     arrived = [e for e in seen if isinstance(e, RequestArrived)]
-    assert arrived[0].prompt_blocks == prompt_blocks(trace_body)
+    assert arrived[0].prompt_blocks == prompt_blocks(trace_body, PROMPT_BLOCK_TOKENS)
     assert len(arrived[0].prompt_blocks) == 3
-    assert arrived[1].prompt_blocks == prompt_blocks(BODY)
+    assert arrived[1].prompt_blocks == prompt_blocks(BODY, PROMPT_BLOCK_TOKENS)
     assert len(arrived[1].prompt_blocks) == 1
 
 
@@ -156,19 +151,3 @@ async def test_other_policies_do_not_pay_for_the_fingerprint() -> None:
         parts.driver.feed = lambda e: (seen.append(e), feed(e))[1]  # type: ignore[method-assign]
         await turn(parts, "p1")
     assert [e.prompt_blocks for e in seen if isinstance(e, RequestArrived)] == [()]
-
-
-def test_prompt_blocks_share_keys_exactly_as_far_as_prompts_share_blocks() -> None:
-    system = "x" * 600  # 2 full 256-byte blocks and a partial one, at 64-token blocks
-    a = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "a"}]}
-    b = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "b"}]}
-    ka, kb = prompt_blocks(a), prompt_blocks(b)
-    assert ka[:2] == kb[:2] and ka[2:] != kb[2:]
-    assert prompt_blocks(a) == ka  # deterministic
-    # trace ids: namespaced by session, chained so a key names its prefix
-    t1 = prompt_blocks({"thunder_trace": {"hash_ids": [5, 6], "session": "s1"}})
-    t2 = prompt_blocks({"thunder_trace": {"hash_ids": [5, 7], "session": "s1"}})
-    t3 = prompt_blocks({"thunder_trace": {"hash_ids": [5, 6], "session": "s2"}})
-    assert t1[0] == t2[0] and t1[1] != t2[1] and t1[0] != t3[0]
-    assert len(prompt_blocks({"input_ids": list(range(130))}, block_tokens=64)) == 3
-    assert prompt_blocks({"prompt": ""}) == ()

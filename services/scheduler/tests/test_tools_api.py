@@ -12,9 +12,9 @@ from thunder_core.client import AsyncThunderClient, ThunderAPIError
 from thunder_core.contract import Paths
 from thunder_core.runtimes import AsyncRuntimeClient, RuntimeSpec
 from thunder_scheduler.tools.api import create_tools_router
-from thunder_scheduler.tools.fake import FakeRuntimeBackend
 from thunder_scheduler.tools.manager import ToolManager
 from thunder_scheduler.tools.settings import ToolManagerSettings
+from thunder_testkit.runtimes import FakeRuntimeBackend
 
 ADMIN = "Bearer admin-key"
 

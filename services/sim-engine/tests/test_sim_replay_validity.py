@@ -1,4 +1,4 @@
-"""Validity checks of the instrument (issue 3), in virtual mode.
+"""Validity checks of the replay instrument, in virtual mode.
 
 Each test builds its workload from the schema (synthetic sessions) or the shared traces when
 present, runs the real scheduling core and real engine models, and compares against a value
@@ -78,7 +78,6 @@ def _ideal_from_raw(path: Path, max_steps: int) -> tuple[int, int]:
     return cached, prompt
 
 
-@pytest.mark.skipif(not default_trace_dir().is_dir(), reason="shared traces not present")
 def test_unlimited_kv_hit_rate_equals_ideal_prefix_reuse() -> None:
     files = []
     for f in trace_files(default_trace_dir())[:40]:

@@ -17,6 +17,7 @@ from thunder_sim import tokenizer as tok
 from thunder_sim.clock import ScaledClock
 from thunder_sim.server.app import create_app
 from thunder_sim.server.command import add_arguments, build
+from thunder_testkit import until_async
 
 Start = Callable[..., Any]
 
@@ -155,7 +156,7 @@ async def test_loads_metrics_info_models(sim: Start) -> None:
             assert f"sglang:{name}{{" in text, name
         assert 'sglang:generation_tokens_total{engine_type="unified",is_streaming="false",' \
                'model_name="Qwen/Qwen3-8B"} 8.0' in text
-        assert "thunder_sim:event_loop_lag_seconds_total{" in text
+        assert "thunder_sim_event_loop_lag_seconds_total{" in text
         info = (await c.get("/server_info")).json()
         assert info["page_size"] == 64 and info["max_total_num_tokens"] == load[
             "max_total_num_tokens"] and info["model_path"] == "Qwen/Qwen3-8B"
@@ -247,8 +248,34 @@ async def test_wrong_content_type_and_duplicate_rid(sim: Start) -> None:
         assert r.status_code == 400 and "application/json" in r.json()["message"]
         body = {"prompt": "x", "rid": "same", "max_tokens": 5000}
         first = asyncio.create_task(c.post("/v1/completions", json=body))
-        await asyncio.sleep(0.2)
+
+        async def first_is_in() -> bool:
+            [load] = (await c.get("/v1/loads")).json()["loads"]
+            return bool(load["num_running_reqs"] + load["num_waiting_reqs"])
+
+        await until_async(first_is_in, what="the first request to reach the engine")
         dup = await c.post("/v1/completions", json=body)
         assert dup.status_code == 400 and "Duplicate" in dup.json()["message"]
         await c.post("/abort_request", json={"abort_all": True})
         assert (await first).json()["choices"][0]["finish_reason"] == "abort"
+
+
+async def test_metrics_expose_the_recompute_ledger(sim: Start) -> None:
+    url = await sim()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        for _ in range(2):
+            r = await c.post("/v1/completions", json={"prompt": "warm " * 100, "max_tokens": 4,
+                                                      "rid": "prog-1:0"})
+            assert r.status_code == 200
+        usage = r.json()["usage"]
+        text = (await c.get("/metrics")).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("thunder_sim_prompt_miss_tokens_total{"):
+            cause = line.split('cause="')[1].split('"')[0]
+            values[cause] = float(line.rsplit(" ", 1)[1])
+    assert set(values) >= {"first_sight", "evicted_away", "over_admission", "retraction"}
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
+    # the first request misses everything, the second only its partial last block
+    assert values["first_sight"] == 2 * usage["prompt_tokens"] - cached > 0
+    assert sum(values.values()) == values["first_sight"]

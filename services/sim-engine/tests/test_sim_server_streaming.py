@@ -153,7 +153,7 @@ async def test_effective_time_scale_is_exposed(serve: Start) -> None:
         info = (await c.get("/server_info")).json()
         metrics = (await c.get("/metrics")).text
     assert info["thunder_sim_time_scale"] == 7.5
-    assert 'thunder_sim:time_scale{model_name="Qwen/Qwen3-8B"} 7.5' in metrics
+    assert 'thunder_sim_time_scale{model_name="Qwen/Qwen3-8B"} 7.5' in metrics
     for name in ("event_loop_lag_p99_seconds{", "engine_wakeup_lateness_seconds_bucket{",
                  "lost_step_wall_seconds_total{", "planned_step_wall_seconds_total{"):
-        assert f"thunder_sim:{name}" in metrics
+        assert f"thunder_sim_{name}" in metrics

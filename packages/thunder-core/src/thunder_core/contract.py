@@ -46,6 +46,38 @@ CONTRACT_VERSION_HEADER: Final = "X-Thunder-Contract"
 API_KEY_HEADER: Final = "Authorization"
 """Client and admin keys travel as ``Authorization: Bearer <key>``."""
 
+REQUEST_ID_HEADER: Final = "X-Thunder-Request-Id"
+"""Response header: the engine request id the proxy gave a forwarded request."""
+
+THUNDER_HEADER_PREFIX: Final = "x-thunder-"
+"""Headers starting with this (lower case) are ours: the proxy does not forward them."""
+
+# -- program tags -----------------------------------------------------------------------------
+
+RUNTIME_SPEC_TAG: Final = "runtime_spec"
+"""Program start tag naming the runtime spec the program will acquire: the scheduler queues
+the program for that spec's warm pool until its first request is admitted."""
+
+# -- the simulator's trace extension ----------------------------------------------------------
+
+TRACE_FIELD: Final = "thunder_trace"
+"""Request body field of a trace replay (``services/sim-engine/README.md``): the simulated
+engine prefills the trace's blocks instead of the prompt; the scheduler reads the exact prompt
+length and block ids from it."""
+
+
+class TraceFields:
+    """Keys inside the ``thunder_trace`` body field."""
+
+    HASH_IDS: Final = "hash_ids"
+    """The trace's block ids of the prompt, in order."""
+    PROMPT_TOKENS: Final = "prompt_tokens"
+    """The exact prompt length the simulated engine will prefill."""
+    SESSION: Final = "session"
+    """The trace session the ids belong to (block ids are namespaced by it)."""
+    BLOCK_TOKENS: Final = "block_tokens"
+    """Tokens per trace block (64 in the shared traces)."""
+
 PROGRAM_ID_MAX_LEN: Final = 256
 _PROGRAM_ID_RE: Final = re.compile(r"^[\x21-\x7e]{1,256}$")
 _URL_RESERVED: Final = frozenset("/?#%\\")
@@ -126,6 +158,16 @@ def engine_request_id(program_id: str, seq: int) -> str:
 
 
 # -- lifecycle API paths ----------------------------------------------------------------------
+
+
+class EnginePaths:
+    """The engine API paths the scheduler serves (proxied) and engines answer."""
+
+    CHAT_COMPLETIONS: Final = "/v1/chat/completions"
+    COMPLETIONS: Final = "/v1/completions"
+    GENERATE: Final = "/generate"
+    """SGLang's native endpoint."""
+    MODELS: Final = "/v1/models"
 
 
 class Paths:
@@ -286,6 +328,11 @@ __all__ = [
     "PROGRAM_ID_FIELD",
     "PROGRAM_ID_HEADER",
     "PROGRAM_ID_MAX_LEN",
+    "REQUEST_ID_HEADER",
+    "RUNTIME_SPEC_TAG",
+    "THUNDER_HEADER_PREFIX",
+    "TRACE_FIELD",
+    "EnginePaths",
     "ErrorBody",
     "Framework",
     "InvalidProgramId",
@@ -301,6 +348,7 @@ __all__ = [
     "ToolEnd",
     "ToolEndStatus",
     "ToolStart",
+    "TraceFields",
     "engine_request_id",
     "program_id_from",
     "strip_identity",

@@ -14,19 +14,52 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NotRequired
 
 from langchain.agents.middleware import AgentMiddleware, AgentState
+from langchain_core.callbacks import BaseCallbackManager, CallbackManager
+from langchain_core.runnables.config import var_child_runnable_config
 
 from thunder_core import LifecycleEmitter, ProgramEndStatus, ToolEndStatus
 from thunder_core.contract import PROGRAM_ID_HEADER
+from thunder_langgraph import tool_step
 from thunder_langgraph.callbacks import _end_status
+from thunder_langgraph.dispatch import (
+    StreamingToolDispatcher,
+    eligible,
+    find_dispatcher,
+    prestarted,
+    streaming_dispatch_enabled,
+)
 from thunder_langgraph.emitters import emitter_for
 from thunder_langgraph.wrap import Identity, _thread_program_id
 
 STATE_KEY = "thunder_program_id"
+
+
+@contextmanager
+def _attached(dispatcher: StreamingToolDispatcher | None) -> Iterator[None]:
+    """Add ``dispatcher`` to the callbacks of the model call made inside (``create_agent``'s
+    model node invokes its model with the current child config)."""
+    if dispatcher is None:
+        yield
+        return
+    config = var_child_runnable_config.get() or {}
+    callbacks = config.get("callbacks")
+    if isinstance(callbacks, BaseCallbackManager):
+        manager = callbacks.copy()
+        manager.add_handler(dispatcher, inherit=False)
+    else:
+        manager = CallbackManager.configure(callbacks, [dispatcher])
+    token = var_child_runnable_config.set({**config, "callbacks": manager})
+    try:
+        yield
+    finally:
+        var_child_runnable_config.reset(token)
 
 
 class ThunderState(AgentState[Any]):
@@ -53,13 +86,18 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         *,
         identity: Identity | str = Identity.INVOCATION,
         emitter: LifecycleEmitter | None = None,
+        streaming_dispatch: bool | None = None,
         **program_metadata: Any,
     ) -> None:
         super().__init__()
         self.emitter = emitter or emitter_for(scheduler_url)
         self.identity = Identity(identity)
+        self.streaming_dispatch = streaming_dispatch_enabled(streaming_dispatch)
         self.program_metadata = {"framework": "langgraph", **program_metadata}
         self._started: set[str] = set()
+        self._dispatchers: dict[str, StreamingToolDispatcher] = {}
+        self._early_tools: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
 
     # -- program ------------------------------------------------------------------------------
 
@@ -77,13 +115,22 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         self.emitter.program_started(program_id, **self.program_metadata)
         return {STATE_KEY: program_id}
 
+    def _close_dispatcher(self, program_id: str | None) -> None:
+        with self._lock:
+            dispatcher = self._dispatchers.pop(program_id, None) if program_id else None
+            self._early_tools = {k for k in self._early_tools if k[0] != program_id}
+        if dispatcher is not None:
+            dispatcher.close()
+
     def _finish(self, state: Any) -> None:
         program_id = state.get(STATE_KEY) if isinstance(state, dict) else None
+        self._close_dispatcher(program_id)
         if program_id and self.identity is Identity.INVOCATION:
             self._started.discard(program_id)
             self.emitter.program_ended(program_id, ProgramEndStatus.OK)
 
     def _fail(self, program_id: str | None, error: BaseException) -> None:
+        self._close_dispatcher(program_id)
         if program_id and program_id in self._started and self.identity is Identity.INVOCATION:
             self._started.discard(program_id)
             self.emitter.program_ended(program_id, _end_status(error), repr(error)[:500])
@@ -115,10 +162,35 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         settings["extra_headers"] = headers
         return request.override(model_settings=settings), program_id
 
+    def _dispatcher(self, program_id: str | None, request: Any) -> StreamingToolDispatcher | None:
+        """This program's dispatcher, with the tools of this model call (``request.tools``)."""
+        if not (self.streaming_dispatch and program_id and tool_step.install()):
+            return None
+        if find_dispatcher(var_child_runnable_config.get()) is not None:
+            return None  # wrap() already dispatches this run
+        tools = {t.name: t for t in request.tools or () if eligible(t)}
+        if not tools:
+            return None
+
+        def started(call_id: str, name: str) -> None:
+            with self._lock:
+                self._early_tools.add((program_id, call_id))
+            self.emitter.tool_started(program_id, call_id, name)
+
+        with self._lock:
+            dispatcher = self._dispatchers.get(program_id)
+            if dispatcher is None:
+                dispatcher = StreamingToolDispatcher({None: tools}, on_start=started)
+                self._dispatchers[program_id] = dispatcher
+            else:
+                dispatcher.tools_by_node = {None: tools}
+        return dispatcher
+
     def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         tagged, program_id = self._tagged(request)
         try:
-            return handler(tagged)
+            with _attached(self._dispatcher(program_id, request)):
+                return handler(tagged)
         except BaseException as exc:
             self._fail(program_id, exc)
             raise
@@ -128,7 +200,8 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
     ) -> Any:
         tagged, program_id = self._tagged(request)
         try:
-            return await handler(tagged)
+            with _attached(self._dispatcher(program_id, request)):
+                return await handler(tagged)
         except BaseException as exc:
             self._fail(program_id, exc)
             raise
@@ -140,9 +213,19 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
             else None
         call = request.tool_call
         call_id = str(call.get("id") or uuid.uuid4())
-        if program_id:
+        with self._lock:
+            early = (program_id, call_id) in self._early_tools
+            self._early_tools.discard((program_id, call_id))
+        if program_id and not early:
             self.emitter.tool_started(program_id, call_id, str(call.get("name") or "tool"))
         return program_id, call_id
+
+    def _prestarted(self, request: Any) -> Any:
+        program_id = (request.state or {}).get(STATE_KEY) if isinstance(request.state, dict) \
+            else None
+        with self._lock:
+            dispatcher = self._dispatchers.get(program_id) if program_id else None
+        return prestarted(request, dispatcher)
 
     def _tool_end(self, program_id: str | None, call_id: str, result: Any) -> None:
         if not program_id:
@@ -155,7 +238,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         program_id, call_id = self._tool_start(request)
         try:
-            result = handler(request)
+            result = handler(self._prestarted(request))
         except BaseException as exc:
             if program_id:
                 self.emitter.tool_ended(program_id, call_id, ToolEndStatus.ERROR, repr(exc)[:500])
@@ -169,7 +252,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
     ) -> Any:
         program_id, call_id = self._tool_start(request)
         try:
-            result = await handler(request)
+            result = await handler(self._prestarted(request))
         except BaseException as exc:
             if program_id:
                 self.emitter.tool_ended(program_id, call_id, ToolEndStatus.ERROR, repr(exc)[:500])

@@ -33,8 +33,9 @@ from langchain_core.callbacks import BaseCallbackManager
 
 from thunder_core import InvalidProgramId, LifecycleEmitter, ProgramEndStatus
 from thunder_core.contract import validate_program_id
-from thunder_langgraph import resolver
+from thunder_langgraph import resolver, tool_step
 from thunder_langgraph.callbacks import ToolEventsHandler, _end_status
+from thunder_langgraph.dispatch import StreamingToolDispatcher, streaming_dispatch_enabled
 from thunder_langgraph.emitters import emitter_for
 
 CONFIGURABLE_PROGRAM_KEY = "thunder_program_id"
@@ -58,6 +59,11 @@ class Identity(StrEnum):
     invocations, ended by ``end_thread()`` or by the scheduler's lease."""
 
 
+def _ungated(kwargs: dict[str, Any]) -> bool:
+    """A run that stops before or after nodes may stop between the model and its tools."""
+    return not (kwargs.get("interrupt_before") or kwargs.get("interrupt_after"))
+
+
 def _interrupted(value: Any) -> bool:
     if isinstance(value, dict):
         return "__interrupt__" in value
@@ -69,7 +75,9 @@ def _interrupted(value: Any) -> bool:
 class _Invocation:
     """One program run of the wrapped graph: its id, config and end bookkeeping."""
 
-    def __init__(self, owner: ThunderGraph, config: dict[str, Any] | None) -> None:
+    def __init__(
+        self, owner: ThunderGraph, config: dict[str, Any] | None, *, dispatch: bool = True
+    ) -> None:
         self.owner = owner
         config = dict(config or {})
         configurable = dict(config.get("configurable") or {})
@@ -90,16 +98,21 @@ class _Invocation:
         metadata = dict(config.get("metadata") or {})
         metadata[resolver.PROGRAM_METADATA_KEY] = self.program_id
         config["metadata"] = metadata
-        handler = ToolEventsHandler(owner.emitter, self.program_id)
+        handlers: list[Any] = [ToolEventsHandler(owner.emitter, self.program_id)]
+        self.dispatcher: StreamingToolDispatcher | None = None
+        if dispatch and owner.dispatch_plan:
+            self.dispatcher = StreamingToolDispatcher(owner.dispatch_plan)
+            handlers.append(self.dispatcher)
         callbacks = config.get("callbacks")
         if callbacks is None:
-            config["callbacks"] = [handler]
+            config["callbacks"] = handlers
         elif isinstance(callbacks, BaseCallbackManager):
             manager = callbacks.copy()
-            manager.add_handler(handler, inherit=True)
+            for handler in handlers:
+                manager.add_handler(handler, inherit=True)
             config["callbacks"] = manager
         else:
-            config["callbacks"] = [*callbacks, handler]
+            config["callbacks"] = [*callbacks, *handlers]
         self.config = config
         self.interrupted = False
         self._ended = False
@@ -110,7 +123,12 @@ class _Invocation:
             self.interrupted = True
         return value
 
+    def _close(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+
     def end_ok(self) -> None:
+        self._close()
         if self._ended or not self.ends_program:
             return
         self._ended = True
@@ -118,6 +136,7 @@ class _Invocation:
         self.owner.emitter.program_ended(self.program_id, ProgramEndStatus.OK, reason)
 
     def end_error(self, error: BaseException) -> None:
+        self._close()
         if self._ended or not self.ends_program:
             return
         self._ended = True
@@ -126,6 +145,7 @@ class _Invocation:
         )
 
     def end_closed(self) -> None:
+        self._close()
         if self._ended or not self.ends_program:
             return
         self._ended = True
@@ -146,8 +166,14 @@ class ThunderGraph:
         program_id: str | None = None,
         thread_prefix: str = "",
         program_metadata: dict[str, Any] | None = None,
+        streaming_dispatch: bool | None = None,
+        dispatch_plan: dict[str | None, dict[str, Any]] | None = None,
     ) -> None:
         self._graph = graph
+        self.streaming_dispatch = streaming_dispatch_enabled(streaming_dispatch)
+        self.dispatch_plan: dict[str | None, dict[str, Any]] = {}
+        if self.streaming_dispatch and tool_step.install():
+            self.dispatch_plan = tool_step.plan(graph) if dispatch_plan is None else dispatch_plan
         self.emitter = emitter
         self.identity = identity
         self.program_id = program_id
@@ -182,7 +208,7 @@ class ThunderGraph:
     # -- runs -------------------------------------------------------------------------------
 
     def invoke(self, input: Any, config: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        run = _Invocation(self, config)
+        run = _Invocation(self, config, dispatch=_ungated(kwargs))
         try:
             result = run.saw(self._graph.invoke(input, run.config, **kwargs))
         except BaseException as exc:
@@ -194,7 +220,7 @@ class ThunderGraph:
     async def ainvoke(
         self, input: Any, config: dict[str, Any] | None = None, **kwargs: Any
     ) -> Any:
-        run = _Invocation(self, config)
+        run = _Invocation(self, config, dispatch=_ungated(kwargs))
         try:
             result = run.saw(await self._graph.ainvoke(input, run.config, **kwargs))
         except BaseException as exc:
@@ -206,7 +232,7 @@ class ThunderGraph:
     def stream(
         self, input: Any, config: dict[str, Any] | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        run = _Invocation(self, config)
+        run = _Invocation(self, config, dispatch=_ungated(kwargs))
         finished = False
         try:
             for chunk in self._graph.stream(input, run.config, **kwargs):
@@ -225,7 +251,7 @@ class ThunderGraph:
     async def astream(
         self, input: Any, config: dict[str, Any] | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        run = _Invocation(self, config)
+        run = _Invocation(self, config, dispatch=_ungated(kwargs))
         finished = False
         try:
             async for chunk in self._graph.astream(input, run.config, **kwargs):
@@ -244,7 +270,7 @@ class ThunderGraph:
     async def astream_events(
         self, input: Any, config: dict[str, Any] | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        run = _Invocation(self, config)
+        run = _Invocation(self, config, dispatch=_ungated(kwargs))
         finished = False
         try:
             async for event in self._graph.astream_events(input, run.config, **kwargs):
@@ -267,7 +293,7 @@ class ThunderGraph:
         = None, *, return_exceptions: bool = False, **kwargs: Any,
     ) -> list[Any]:
         configs = self._configs(config, len(inputs))
-        runs = [_Invocation(self, c) for c in configs]
+        runs = [_Invocation(self, c, dispatch=_ungated(kwargs)) for c in configs]
         results = self._graph.batch(
             list(inputs), [r.config for r in runs], return_exceptions=True, **kwargs
         )
@@ -278,7 +304,7 @@ class ThunderGraph:
         = None, *, return_exceptions: bool = False, **kwargs: Any,
     ) -> list[Any]:
         configs = self._configs(config, len(inputs))
-        runs = [_Invocation(self, c) for c in configs]
+        runs = [_Invocation(self, c, dispatch=_ungated(kwargs)) for c in configs]
         try:
             results = await self._graph.abatch(
                 list(inputs), [r.config for r in runs], return_exceptions=True, **kwargs
@@ -317,7 +343,8 @@ class ThunderGraph:
         return ThunderGraph(
             self._graph.with_config(config, **kwargs), self.emitter, identity=self.identity,
             program_id=self.program_id, thread_prefix=self.thread_prefix,
-            program_metadata=self.program_metadata,
+            program_metadata=self.program_metadata, streaming_dispatch=self.streaming_dispatch,
+            dispatch_plan=self.dispatch_plan,
         )
 
     @property
@@ -340,6 +367,7 @@ def wrap(
     program_id: str | None = None,
     thread_prefix: str = "",
     emitter: LifecycleEmitter | None = None,
+    streaming_dispatch: bool | None = None,
     **program_metadata: Any,
 ) -> ThunderGraph:
     """Make every top-level run of ``graph`` a Thunder program.
@@ -349,10 +377,13 @@ def wrap(
     ``program_id`` fixes the id for every run; a run can also pass its own with
     ``config={"configurable": {"thunder_program_id": "..."}}``. ``program_metadata`` goes into
     program start: ``priority=``, ``tags=``, ``framework=``, ``lease_s=``.
+    ``streaming_dispatch`` (default on, or ``THUNDER_STREAMING_DISPATCH``): start each tool call
+    of a ``ToolNode`` as soon as the model has streamed its arguments (``dispatch``).
     """
     if program_id is not None:
         validate_program_id(program_id)
     return ThunderGraph(
         graph, emitter or emitter_for(scheduler_url), identity=Identity(identity),
         program_id=program_id, thread_prefix=thread_prefix, program_metadata=program_metadata,
+        streaming_dispatch=streaming_dispatch,
     )

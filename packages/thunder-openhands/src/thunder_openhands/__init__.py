@@ -9,13 +9,23 @@ takes the conversation's sandbox from the scheduler's tool manager (warm pool) i
 container. The app-server sandbox service is ``thunder_openhands.app_server`` (needs openhands-ai).
 """
 
+from thunder_core.contract import CONTRACT_VERSION as _CORE_CONTRACT_VERSION
 from thunder_openhands.lifecycle import ConversationTracker
 from thunder_openhands.routing import HookUnavailable
 from thunder_openhands.toggle import disable, enable, is_enabled, scheduler_url, tracker_of
 from thunder_openhands.workspace import ThunderWorkspace
 
 __version__ = "0.1.0"
+CONTRACT_VERSION = "1"
+"""The wire contract (``thunder_core.contract``) this adapter was written against."""
+if _CORE_CONTRACT_VERSION != CONTRACT_VERSION:
+    raise ImportError(
+        f"thunder-openhands {__version__} speaks Thunder contract {CONTRACT_VERSION} but the "
+        f"installed thunder-core speaks {_CORE_CONTRACT_VERSION}: install matching versions"
+    )
+
 __all__ = [
+    "CONTRACT_VERSION",
     "ConversationTracker",
     "HookUnavailable",
     "ThunderWorkspace",

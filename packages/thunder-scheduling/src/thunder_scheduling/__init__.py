@@ -6,15 +6,18 @@ and docker out of this package.
 """
 
 from thunder_scheduling.config import ConfigError, SchedulerConfig
-from thunder_scheduling.registry import policy_names
-from thunder_scheduling.scheduler import ProgramScheduler, UnknownProgram, make_scheduler
+from thunder_scheduling.interface import SchedulingCore
+from thunder_scheduling.registry import DEFAULT_POLICY, make_scheduler, policy_names
+from thunder_scheduling.scheduler import ProgramScheduler, UnknownProgram
 from thunder_scheduling.snapshot import SchedulerSnapshot
 
 __all__ = [
+    "DEFAULT_POLICY",
     "ConfigError",
     "ProgramScheduler",
     "SchedulerConfig",
     "SchedulerSnapshot",
+    "SchedulingCore",
     "UnknownProgram",
     "make_scheduler",
     "policy_names",

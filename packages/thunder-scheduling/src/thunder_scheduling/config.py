@@ -2,10 +2,10 @@
 
 Every constant has its source:
 
-* ``lease_s = 1800``: issue 4 point 4 ("default 30 minutes"); ThunderAgent and Dynamo force
+* ``lease_s = 1800``: the required default of 30 minutes; ThunderAgent and Dynamo force
   resume / release after 1,800 s as well.
-* ``max_paused_s = 300``: issue 4 point 3 ("no program waits paused longer than a configurable
-  bound (default 5 minutes)").
+* ``max_paused_s = 300``: the required bound ("no program waits paused longer than a
+  configurable bound, default 5 minutes").
 * ``tick_s = 1.0``: the backstop period. Decisions run on every event; the tick only covers
   time passing (decay, leases, aging, predicted tool ends). ThunderAgent's monitor runs every
   5 s and the paper reports throughput insensitive to ticks of 2-10 s; a 1 s backstop keeps
@@ -26,7 +26,20 @@ from dataclasses import dataclass, fields
 
 
 class ConfigError(ValueError):
-    """A setting is out of range; the message names the field."""
+    """A setting is out of range or unknown; the message names the field.
+
+    ``knob`` is the name of the offending knob as it was passed to ``make_scheduler``
+    (``"policy"`` for an unknown policy; None when the error names no single knob), so a
+    caller can say it in its own terms (the service: its setting's flag and variable).
+    """
+
+    def __init__(self, message: str, *, knob: str | None = None) -> None:
+        super().__init__(message)
+        self.knob = knob
+
+
+class UnknownKnob(ConfigError):
+    """``make_scheduler`` was given a knob that neither the policy nor the scheduler has."""
 
 
 def _check_positive(obj: object, *names: str) -> None:
@@ -73,4 +86,4 @@ class SchedulerConfig:
         return frozenset(f.name for f in fields(cls))
 
 
-__all__ = ["ConfigError", "SchedulerConfig"]
+__all__ = ["ConfigError", "SchedulerConfig", "UnknownKnob"]

@@ -2,7 +2,7 @@
 
 The decision passes (``decisions.py``) and any policy that brings its own passes (a policy's
 ``decide`` hook, e.g. ``policies/thunderagent.py``) work through this object only. It is the
-narrow face of ``ProgramScheduler``: reading (backends, programs, the ordered candidate
+narrow face of the scheduler: reading (backends, programs, the ordered candidate
 structures, the policy's placement) and acting (pause, mark, resume, prewarm, release). Every
 action keeps the scheduler's invariants (accounting, held requests, the queue, commands out),
 so a pass cannot leave the state half-changed. A new policy author reads this file to know
@@ -26,7 +26,7 @@ from thunder_scheduling.program_table import Program
 from thunder_scheduling.queues import Entry, KeyedHeap
 
 if TYPE_CHECKING:
-    from thunder_scheduling.scheduler import ProgramScheduler
+    from thunder_scheduling.state import SchedulerState
 
 
 class OrderedScan:
@@ -34,7 +34,7 @@ class OrderedScan:
 
     __slots__ = ("_heap", "_lookup", "_taken")
 
-    def __init__(self, heap: KeyedHeap, lookup: ProgramScheduler) -> None:
+    def __init__(self, heap: KeyedHeap, lookup: SchedulerState) -> None:
         self._heap = heap
         self._lookup = lookup
         self._taken: list[Entry] = []
@@ -67,7 +67,7 @@ class SchedulerControl:
 
     __slots__ = ("_s",)
 
-    def __init__(self, scheduler: ProgramScheduler) -> None:
+    def __init__(self, scheduler: SchedulerState) -> None:
         self._s = scheduler
 
     # -- reading ----------------------------------------------------------------------------

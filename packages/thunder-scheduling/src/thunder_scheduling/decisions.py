@@ -1,29 +1,11 @@
 """The decision passes ``ProgramScheduler`` runs after every event and tick, in this order:
-
-1. **Deadlines**: acting weights that switch now (anticipated tool return, pin expiry); a
-   paused acting program whose tool is about to end is restored and prewarmed if it fits.
-2. **Leases**: programs idle past their lease (nothing in flight or held) are released.
-3. **Overflow relief** on each backend an event touched (policies with ``pauses``): if
-   committed tokens > high x capacity and more than one unmarked program is active there,
-   take candidates in ``pause_key`` order until the freed weight covers
-   ``committed - low x capacity``, then drop every chosen program the rest still covers
-   without (the set is irredundant: no program is paused that the overflow did not need,
-   e.g. a long-idle acting program whose decayed weight frees nothing when a larger one
-   already covers the need). Programs with a request in flight are marked, others paused.
-4. **Aging**: programs paused for ``max_paused_s`` are forced back on the backend the policy
-   prefers (room made by pausing others, sparing programs forced back in this pass).
-5. **Restores** (when the event may have freed room, at most every ``tick_s / 10`` of time
-   otherwise, and only if some backend has room at all): marks cancelled where the program
-   fits again; then waiters older than
-   ``promote_after_s``, oldest first, stopping at the first that does not fit (its room is
-   reserved); then the queue in ``restore_key`` order until ``restore_scan_limit``
-   consecutive candidates do not fit. For policies with ``restore_needs_fit`` a candidate
-   that ``fits`` no healthy backend is counted as not fitting without calling ``place``
-   (same answer, a fraction of the cost: with thousands waiting most candidates fail).
-
-Each pass touches only candidates from ordered structures (heaps, FIFO), never every program.
-The passes see the scheduler only through ``SchedulerControl`` (``control.py``). A policy may
-replace them with its own (its ``decide`` hook); ``decide`` here is the default.
+deadlines (acting weights that switch now, prewarm of programs about to return), leases,
+overflow relief on the backends the event touched (an irredundant set of pauses), aging
+(programs paused too long forced back) and restores (cancelled marks, promoted waiters, then
+the queue). docs/scheduling.md states each rule; every pass takes candidates from ordered
+structures (heaps, FIFO), never every program.
+The passes see the scheduler only through ``SchedulerControl`` (``control.py``); a policy may
+replace them with its own (its ``decide`` hook), ``decide`` here is the default.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The scheduler (``scheduler.py``) owns the state machine, accounting, held requests, leases,
 aging and every invariant. A policy only *chooses*; it never mutates anything and never
-returns commands. One policy per module in ``core/policies/``; the module name, the policy's
+returns commands. One policy per module in ``policies/``; the module name, the policy's
 ``name`` and the configuration value are the same string; its config dataclass sits beside
 it and validates itself in ``__post_init__``.
 

@@ -1,25 +1,10 @@
 """The program table: one mutable record per live program, plus recently ended ones.
 
-State machine (issue 4 point 1): ``phase`` (reasoning, acting) x ``status`` (active, paused,
-terminated). Only the scheduler mutates records, and only in response to an event:
-
-==========================  ===============================================================
-event                       effect on the program
-==========================  ===============================================================
-ProgramStarted              created (or metadata updated if live: no duplicate)
-RequestArrived              created if unknown (framework "other"); phase -> reasoning
-RequestFinished (any)       request leaves ``in_flight``/``held``; with none left in flight
-                            phase -> acting (the program is outside the LLM), and a program
-                            marked for pause becomes paused
-ToolStarted / ToolFinished  phase -> acting / -> reasoning (when no other tool runs)
-ProgramEnded, lease expiry  status -> terminated, record moved to the ended ring
-==========================  ===============================================================
-
-A paused program with ``backend is None`` has never been placed (a new program waiting for
-room); otherwise ``backend`` is where it last ran (its KV may still be there).
-
-Ids are unique among live programs. An id used again after its program ended starts a new
-*incarnation* (``incarnation`` counts up): the ended record stays in the ring for observation.
+A record holds a program's ``phase`` (reasoning, acting) and ``status`` (active, paused,
+terminated); only the scheduler mutates records, in response to events (the state machine is
+in docs/scheduling.md). ``backend is None`` on a paused program means it was never placed.
+An id used again after its program ended starts a new *incarnation*; the ended record stays
+in the ring for observation.
 """
 
 from __future__ import annotations
@@ -152,6 +137,11 @@ class ProgramTable:
         )
         self._live[program_id] = program
         return program
+
+    def set_incarnation(self, program: Program, incarnation: int) -> None:
+        """Give a just-created program its incarnation from a checkpoint."""
+        program.incarnation = incarnation
+        self._incarnations[program.program_id] = incarnation
 
     def end(self, program: Program) -> None:
         del self._live[program.program_id]

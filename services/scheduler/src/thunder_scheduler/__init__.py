@@ -1,1 +1,3 @@
 """Thunder scheduler service."""
+
+__version__ = "0.1.0"

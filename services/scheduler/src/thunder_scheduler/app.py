@@ -6,7 +6,9 @@ Parts, created here and started / stopped by the FastAPI lifespan:
   control-plane ``httpx.AsyncClient`` (injected or owned);
 * the ``BackendMonitor`` (probe with backoff, load polling), whose health changes the driver
   feeds to the core as ``BackendUpdated``;
-* the pure ``ProgramScheduler`` (policy from the settings) inside the async ``Driver``;
+* the pure ``ProgramScheduler`` (policy from the settings) inside the async ``Driver``; with
+  ``state_file``, wrapped in ``persistence.RecordingCore`` and restored from the file before
+  anything else starts, its changes written behind by ``persistence.StatePersister``;
 * the ``SchedulerGate`` the proxy calls, and the proxy's upstream client;
 * the tool manager, when ``tools_enabled``: started (reconcile) and closed (teardown) by the
   lifespan, its metrics on the app's registry, told by the driver when programs queue, are
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -34,7 +36,7 @@ from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
-from thunder_scheduler.auth import KeyCheck, require_key
+from thunder_scheduler.auth import KeyCheck, KeyFirstMiddleware, require_key
 from thunder_scheduler.backends.base import Backend, BackendKind
 from thunder_scheduler.backends.monitor import BackendMonitor, MonitorConfig
 from thunder_scheduler.backends.registry import make_backend, parse_backend_spec
@@ -42,15 +44,25 @@ from thunder_scheduler.clock import Clock, MonotonicClock
 from thunder_scheduler.driver import Driver
 from thunder_scheduler.errors import ServiceError, error_response, install_error_handlers
 from thunder_scheduler.gate import SchedulerGate
-from thunder_scheduler.lifecycle_api import BodyLimitMiddleware, create_lifecycle_router
+from thunder_scheduler.lifecycle_api import (
+    LIFECYCLE_PREFIXES,
+    BodyLimitMiddleware,
+    create_lifecycle_router,
+)
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduler.ops_api import create_ops_router
+from thunder_scheduler.persistence import (
+    RecordingCore,
+    StatePersister,
+    StateStore,
+    StateStoreError,
+)
 from thunder_scheduler.proxy.fast_path import AdmitCheck, FastPathApp
-from thunder_scheduler.proxy.routes import ProxyEndpoints
+from thunder_scheduler.proxy.routes import PROXY_PREFIXES, ProxyEndpoints
 from thunder_scheduler.proxy.upstream import UpstreamClient, create_upstream_client
+from thunder_scheduler.quota import ProgramQuota
 from thunder_scheduler.settings import ServiceSettings, SettingsError, setting_names
-from thunder_scheduling.config import ConfigError, SchedulerConfig
-from thunder_scheduling.policies import POLICIES
+from thunder_scheduling.config import ConfigError, SchedulerConfig, UnknownKnob
 from thunder_scheduling.registry import make_scheduler
 from thunder_scheduling.scheduler import ProgramScheduler
 
@@ -83,6 +95,9 @@ class ServiceParts:
     metrics: ServiceMetrics
     upstream: UpstreamClient
     tools: ToolManager | None
+    state: StatePersister | None = None
+    startup_failure: BaseException | None = None
+    """Why the lifespan's start-up failed (``thunder-scheduler serve`` prints it as one line)."""
 
 
 def backend_options(settings: ServiceSettings, kind: str) -> dict[str, Any]:
@@ -116,33 +131,24 @@ def _scheduler_config(settings: ServiceSettings) -> SchedulerConfig:
 
 
 def make_core(settings: ServiceSettings) -> ProgramScheduler:
-    """The pure scheduler for ``settings.policy`` with the operator's knobs.
+    """The pure scheduler for ``settings.policy`` with the operator's knobs, built by
+    ``thunder_scheduling.make_scheduler``.
 
-    Raises :class:`SettingsError` naming the setting for an unknown policy or a knob the
-    policy does not have.
+    Raises :class:`SettingsError` naming the setting (flag and variable) for an unknown policy,
+    a knob the policy does not have or a value it refuses.
     """
+    setting_of = {POLICY_KNOB_NAMES.get(name, name): name for name in settings.policy_knobs()}
+    knobs = {core_name: getattr(settings, name) for core_name, name in setting_of.items()}
     try:
-        _, config_cls = POLICIES[settings.policy]
-    except KeyError:
+        return make_scheduler(settings.policy, config=_scheduler_config(settings), **knobs)
+    except UnknownKnob as exc:
+        setting = setting_of.get(exc.knob or "", exc.knob or "policy")
         raise SettingsError([
-            f"{setting_names('policy')}: unknown policy {settings.policy!r}; "
-            f"available: {', '.join(sorted(POLICIES))}"
+            f"{setting_names(setting)}: the {settings.policy} policy has no such knob"
         ]) from None
-    accepted = {f.name for f in fields(config_cls)}
-    knobs = settings.policy_knobs()
-    unsupported = sorted(
-        name for name in knobs if POLICY_KNOB_NAMES.get(name, name) not in accepted
-    )
-    if unsupported:
-        raise SettingsError([
-            f"{setting_names(name)}: the {settings.policy} policy has no such knob" for name in
-            unsupported
-        ])
-    renamed = {POLICY_KNOB_NAMES.get(name, name): value for name, value in knobs.items()}
-    try:
-        return make_scheduler(settings.policy, config=_scheduler_config(settings), **renamed)
     except ConfigError as exc:
-        raise SettingsError([str(exc)]) from None
+        named = "policy" if exc.knob == "policy" else setting_of.get(exc.knob or "")
+        raise SettingsError([f"{setting_names(named)}: {exc}" if named else str(exc)]) from None
 
 
 def create_app(
@@ -165,7 +171,9 @@ def create_app(
     by_name = {backend.name: backend for backend in backend_list}
     if len(by_name) != len(backend_list):
         raise ValueError("backend names must be unique (use NAME@KIND=URL)")
-    core = make_core(settings)
+    plain_core = make_core(settings)
+    state = _make_persister(settings, plain_core) if settings.state_file else None
+    core: ProgramScheduler | RecordingCore = state.core if state is not None else plain_core
     monitor_ref: list[BackendMonitor] = []
 
     def total_slots(name: str) -> int | None:
@@ -198,17 +206,27 @@ def create_app(
         on_change=driver.on_backend_change,
     )
     monitor_ref.append(monitor)
-    gate = SchedulerGate(driver, monitor, metrics)
+    gate = SchedulerGate(driver, monitor, metrics, prompt_block_tokens=core.prompt_block_tokens)
     proxy_settings = settings.proxy_settings()
     upstream = create_upstream_client(proxy_settings)
-    parts = ServiceParts(settings, by_name, monitor, driver, gate, metrics, upstream, tools)
+    parts = ServiceParts(settings, by_name, monitor, driver, gate, metrics, upstream, tools,
+                         state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        driver.start()
-        monitor.start()
-        if tools is not None:
-            await tools.start()
+        try:
+            if state is not None:  # before the driver, the monitor and the tools' reconcile
+                state.restore(clock.now())
+                state.start()
+            driver.start()
+            monitor.start()
+            if tools is not None:
+                await tools.start()
+        except Exception as exc:
+            parts.startup_failure = exc
+            await monitor.aclose()
+            await driver.aclose()
+            raise
         log.info(
             "thunder-scheduler: policy %s, backends %s",
             settings.policy, ", ".join(by_name) or "none",
@@ -218,6 +236,8 @@ def create_app(
         finally:
             await monitor.aclose()
             await driver.aclose()
+            if state is not None:
+                await state.aclose()
             if tools is not None:
                 await tools.close()
             await upstream.aclose()
@@ -239,7 +259,26 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     require_admin = require_key(_secret(settings.admin_key), "admin")
     client_key = _secret(settings.api_key)
-    proxy = ProxyEndpoints(gate, upstream, proxy_settings)
+    key_rules: list[tuple[tuple[str, ...], KeyCheck]] = [(LIFECYCLE_PREFIXES, require_admin)]
+    if client_key is not None:
+        key_rules.append((PROXY_PREFIXES, require_key(client_key, "api")))
+    app.add_middleware(KeyFirstMiddleware, rules=key_rules)  # outermost: before any body read
+    quota = ProgramQuota(driver.core.has_program, settings.max_live_programs,
+                         settings.max_live_programs_per_key)
+
+    def alternates(failed: str) -> list[Backend]:
+        return [by_name[name] for name in monitor.healthy_names()
+                if name != failed and name in by_name]
+
+    def model_backends(model: str) -> list[Backend]:
+        serving = []
+        for name in monitor.healthy_names():
+            info = monitor.state(name).info
+            if info is not None and model in info.models and name in by_name:
+                serving.append(by_name[name])
+        return serving
+
+    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota, alternates, model_backends)
     # the proxy's routes first: the hot paths match before the ops / lifecycle / tools ones.
     if client_key is None:
         app.include_router(proxy.router())
@@ -249,7 +288,10 @@ def create_app(
         app.include_router(proxy.router(), dependencies=[Depends(require_client)])
         app.serve_proxy_first(proxy, _admit_with(require_client))
     app.include_router(create_ops_router(lambda: monitor, lambda: driver, metrics))
-    app.include_router(create_lifecycle_router(lambda: driver, require_admin))
+    app.include_router(create_lifecycle_router(
+        lambda: driver, require_admin, quota=quota, max_lease_s=settings.max_lease_s,
+        max_tags_bytes=settings.max_tags_bytes,
+    ))
     if tools is not None:
         from thunder_scheduler.tools.api import create_tools_router
 
@@ -259,6 +301,17 @@ def create_app(
             dependencies=[Depends(require_admin)],
         )
     return app
+
+
+def _make_persister(settings: ServiceSettings, core: ProgramScheduler) -> StatePersister:
+    """The program table's store (``--state-file``); a file it cannot use is a settings error."""
+    assert settings.state_file is not None
+    try:
+        store = StateStore(settings.state_file)
+    except StateStoreError as exc:
+        raise SettingsError([f"{setting_names('state_file')}: {exc}"]) from None
+    return StatePersister(store, RecordingCore(core),
+                          flush_interval_s=settings.state_flush_interval_s)
 
 
 def _admit_with(check: KeyCheck) -> AdmitCheck:

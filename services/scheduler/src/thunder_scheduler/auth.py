@@ -16,10 +16,11 @@ import hmac
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from thunder_scheduler.errors import ServiceError
+from thunder_scheduler.errors import ServiceError, error_response
 
-__all__ = ["KeyCheck", "bearer_token", "require_key"]
+__all__ = ["KeyCheck", "KeyFirstMiddleware", "bearer_token", "require_key"]
 
 KeyCheck = Callable[[Request], Awaitable[None]]
 
@@ -63,3 +64,31 @@ def require_key(key: str | None, role: str) -> KeyCheck:
             raise ServiceError(401, f"invalid {role} key", headers=_challenge("invalid_token"))
 
     return check
+
+
+class KeyFirstMiddleware:
+    """Checks the key of every keyed route before anything reads the request body (pure ASGI).
+
+    FastAPI parses a route's body before it runs the route's dependencies, so with the key
+    check only as a dependency an unauthenticated client with a malformed body would learn
+    400 (and make the service parse its body) instead of getting 401. ``rules`` maps path
+    prefixes to the check that guards them; the first matching prefix wins.
+    """
+
+    def __init__(self, app: ASGIApp, rules: list[tuple[tuple[str, ...], KeyCheck]]) -> None:
+        self.app = app
+        self.rules = rules
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            for prefixes, check in self.rules:
+                if path.startswith(prefixes):
+                    try:
+                        await check(Request(scope))
+                    except ServiceError as exc:
+                        response = error_response(exc.status, exc.reason, headers=exc.headers)
+                        await response(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)

@@ -28,7 +28,9 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from thunder_scheduler.settings import ServiceSettings, SettingsError, load_settings
+from thunder_scheduler.settings_help import field_choices, flag_help, preflight, version_line
 from thunder_scheduler.tools.settings import ToolManagerSettings
+from thunder_scheduling.registry import policy_names
 
 __all__ = ["build_parser", "main"]
 
@@ -47,14 +49,19 @@ def _is_bool(annotation: Any) -> bool:
 
 
 def _add_flag(group: argparse._ArgumentGroup, flag: str, dest: str, field: FieldInfo) -> None:
-    help_text = field.description or ""
+    help_text = flag_help(field)
     if _is_bool(field.annotation):
         group.add_argument(
             flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text
         )
-    else:
-        metavar = dest.rsplit("__", 1)[-1].upper()
-        group.add_argument(flag, dest=dest, default=None, metavar=metavar, help=help_text)
+        return
+    choices = field_choices(field)
+    if dest == "policy":
+        choices = policy_names()
+    # choices are shown, not enforced by argparse: the settings check them, so a bad value
+    # reads the same from a flag, an env var or the config file
+    metavar = "{" + ",".join(choices) + "}" if choices else dest.rsplit("__", 1)[-1].upper()
+    group.add_argument(flag, dest=dest, default=None, metavar=metavar, help=help_text)
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -80,13 +87,17 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version_line()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command, help_text in (
         ("serve", "run the scheduler service"),
         ("check-config", "print the effective settings as JSON and exit"),
     ):
         cmd = sub.add_parser(command, help=help_text, description=help_text)
-        cmd.add_argument("--config", metavar="FILE", help="TOML file with settings")
+        cmd.add_argument(
+            "--config", metavar="FILE",
+            help="TOML file with settings (keys as the fields or the flags spell them)",
+        )
         _add_setting_flags(cmd)
     return parser
 
@@ -113,36 +124,61 @@ def _serve(settings: ServiceSettings) -> int:
     import uvicorn
 
     from thunder_scheduler.app import create_app
+    from thunder_scheduler.serving import listen_socket, server_config
 
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = create_app(settings)
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((settings.host, settings.port))
+        sock = listen_socket(settings.host, settings.port)
     except OSError as exc:
-        sock.close()
         print(f"{PROG}: error: --host/--port: cannot listen on {settings.host}:"
               f"{settings.port}: {exc.strerror}", file=sys.stderr)
         return 2
+    family = sock.family
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"{PROG} listening on http://{shown}:{port}", file=sys.stderr, flush=True)
-    # loop / http "auto" pick uvloop and httptools (both come with uvicorn[standard]); the
-    # access log (a line per request) is on only at --log-level debug.
-    config = uvicorn.Config(
-        app,
-        log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    asyncio.run(server.serve(sockets=[sock]))
+    server = uvicorn.Server(server_config(app, settings))
+    quiet = _QuietStartupFailure(app.state.thunder)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    except SystemExit:  # uvicorn exits (status 3) when the lifespan start-up failed
+        if server.started:
+            raise
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
+    failure = app.state.thunder.startup_failure
+    if not server.started:
+        reason = startup_reason(failure) if failure is not None else "start-up failed"
+        print(f"{PROG}: error: {reason}", file=sys.stderr)
+        return 1
     return 0
+
+
+def startup_reason(exc: BaseException) -> str:
+    """One line for a failed start-up: what failed and a hint what to do."""
+    from thunder_scheduler.tools.base import BackendUnavailable
+
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, BackendUnavailable):
+        return (f"tool manager: {text} (hint: start the Docker daemon, point --tools-docker-host "
+                f"at its socket, choose --tools-backend local, or run without --tools-enabled)")
+    return f"start-up failed: {type(exc).__name__}: {text}"
+
+
+class _QuietStartupFailure(logging.Filter):
+    """Drops uvicorn's traceback of a failed lifespan start-up: ``serve`` prints one line."""
+
+    def __init__(self, parts: Any) -> None:
+        super().__init__()
+        self._parts = parts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self._parts.startup_failure is None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,6 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
+        problems = preflight(settings)
+        if problems:
+            print(f"{PROG}: error: " + "\n  ".join(["serve would refuse:", *problems]),
+                  file=sys.stderr)
+            return 2
         print(json.dumps(settings.redacted(), indent=2, sort_keys=True))
         return 0
     return _serve(settings)

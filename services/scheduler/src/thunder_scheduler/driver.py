@@ -52,7 +52,13 @@ from typing import Any, Final, Protocol
 
 import httpx
 
-from thunder_core.contract import ProgramStatus, ProgramView
+from thunder_core.contract import (
+    RUNTIME_SPEC_TAG,
+    Framework,
+    ProgramEndStatus,
+    ProgramStatus,
+    ProgramView,
+)
 from thunder_scheduler.backends.base import Backend, RequestHints, SessionLever, SlotOffload
 from thunder_scheduler.backends.monitor import BackendState
 from thunder_scheduler.clock import Clock
@@ -71,40 +77,24 @@ from thunder_scheduling.commands import (
 from thunder_scheduling.events import (
     BackendUpdated,
     Event,
+    ProgramEnded,
     ProgramStarted,
     ToolFinished,
     ToolStarted,
 )
-from thunder_scheduling.snapshot import ProgramSnapshot, SchedulerSnapshot
+from thunder_scheduling.interface import SchedulingCore
+from thunder_scheduling.snapshot import ProgramSnapshot
 
-__all__ = ["RUNTIME_SPEC_TAG", "Driver", "ProgramHooks", "SchedulingCore"]
+__all__ = ["Driver", "ProgramHooks"]
 
 log = logging.getLogger(__name__)
 
 PREWARM_PATHS: Final = ("/v1/chat/completions", "/v1/completions", "/generate")
 LEVER_TIMEOUT_S: Final = 30.0
 """Upper bound on one engine lever call (prefill warm-up, slot save/restore, release)."""
-RUNTIME_SPEC_TAG: Final = "runtime_spec"
-"""Program start tag naming the runtime spec the program will acquire (adapters set it)."""
 ENDED_RUNTIME_IDS_MAX: Final = 10_000
 """Ended programs whose runtime ids stay listed (the tool manager remembers as many ended
 programs, ``ToolManagerSettings.ended_programs_memory``)."""
-
-
-class SchedulingCore(Protocol):
-    """The part of ``core.ProgramScheduler`` the driver uses."""
-
-    def handle(self, event: Event) -> list[Command]: ...
-
-    def tick(self, now: float) -> list[Command]: ...
-
-    def next_deadline(self) -> float | None: ...
-
-    def has_program(self, program_id: str) -> bool: ...
-
-    def route_untagged(self, at: float) -> str | None: ...
-
-    def snapshot(self) -> SchedulerSnapshot: ...
 
 
 class ProgramHooks(Protocol):
@@ -180,6 +170,8 @@ class Driver:
         self._slots: dict[str, _SlotFile] = {}
         self._seq: dict[str, int] = {}
         self._tool_calls: dict[str, set[str]] = {}
+        self._framework_of: dict[str, str] = {}  # live programs, for the ended counter
+        self._end_status: dict[str, str] = {}  # ProgramEnded seen, Release not yet
         self._sessions: dict[str, tuple[str, str]] = {}  # program -> (backend, session id)
         self._session_opening: dict[tuple[str, str], asyncio.Task[str | None]] = {}
         self._session_refused: set[tuple[str, str]] = set()
@@ -222,6 +214,7 @@ class Driver:
 
     def feed(self, event: Event) -> list[Command]:
         """Feed one event and carry out the commands; raises what the core raises."""
+        is_new = isinstance(event, ProgramStarted) and not self.core.has_program(event.program_id)
         started = time.perf_counter()
         try:
             commands = self.core.handle(event)
@@ -229,7 +222,13 @@ class Driver:
             self.metrics.decision.observe(time.perf_counter() - started)
         match event:
             case ProgramStarted():
+                if self.core.has_program(event.program_id):  # started, or adopted anew
+                    self._framework_of[event.program_id] = event.framework
+                    if is_new:
+                        self.metrics.program_started(event.framework)
                 self._on_started(event)
+            case ProgramEnded() if event.program_id in self._framework_of:
+                self._end_status[event.program_id] = event.status.value
             case ToolStarted():
                 self._tool_calls.setdefault(event.program_id, set()).add(event.call_id)
                 for runtime_id in event.runtime_ids:
@@ -410,8 +409,11 @@ class Driver:
 
     def _release(self, command: Release) -> None:
         pid = command.program_id
+        status = self._end_status.pop(pid, ProgramEndStatus.OK.value)
         if "lease" in command.reason:
             self.metrics.lease_expiries.inc()
+            status = "lease_expired"
+        self.metrics.program_ended(self._framework_of.pop(pid, Framework.OTHER.value), status)
         for rid, waiter in list(self._waiters.items()):
             if waiter.program_id == pid and not waiter.future.done():
                 waiter.future.set_exception(

@@ -25,7 +25,8 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thunder_core.contract import (
@@ -44,9 +45,11 @@ from thunder_core.contract import (
 from thunder_scheduler.auth import KeyCheck
 from thunder_scheduler.driver import Driver
 from thunder_scheduler.errors import ServiceError, error_response
+from thunder_scheduler.json_limits import depth_error, exceeds_depth
+from thunder_scheduler.quota import ProgramQuota, client_identity
 from thunder_scheduling.events import ProgramEnded, ProgramStarted, ToolFinished, ToolStarted
 
-__all__ = ["BodyLimitMiddleware", "create_lifecycle_router"]
+__all__ = ["LIFECYCLE_PREFIXES", "BodyLimitMiddleware", "create_lifecycle_router"]
 
 LIFECYCLE_PREFIXES = ("/v1/programs", "/programs/", "/v1/runtime-specs", "/admin")
 
@@ -60,6 +63,9 @@ def create_lifecycle_router(
     require_admin: KeyCheck,
     *,
     on_program_started: Callable[[str, ProgramStart], None] | None = None,
+    quota: ProgramQuota | None = None,
+    max_lease_s: float = float("inf"),
+    max_tags_bytes: int | None = None,
 ) -> APIRouter:
     """The lifecycle API on the driver ``get_driver()`` returns (read per request)."""
     router = APIRouter(dependencies=[Depends(require_admin)], tags=["lifecycle"])
@@ -75,7 +81,9 @@ def create_lifecycle_router(
             raise _unknown(program_id)
 
     @router.post(Paths.PROGRAMS, status_code=201, response_model=ProgramView)
-    async def start_program(body: ProgramStart, response: Response) -> ProgramView:
+    async def start_program(
+        body: ProgramStart, response: Response, request: Request
+    ) -> ProgramView:
         """Start a program (201), or adopt one that already runs (200).
 
         Adapters send lifecycle events off the agent's hot path, so a program's first LLM
@@ -84,9 +92,23 @@ def create_lifecycle_router(
         priority, tags, parent, lease) and answers 200 instead of refusing it.
         """
         driver = get_driver()
+        if body.lease_s is not None and not body.lease_s <= max_lease_s:
+            raise ServiceError(422, f"invalid request: lease_s: must be at most {max_lease_s:g} "
+                                    f"s (setting max_lease_s), got {body.lease_s:g}")
+        if max_tags_bytes is not None:
+            size = len(orjson.dumps(body.tags))
+            if size > max_tags_bytes:
+                raise ServiceError(413, f"tags of {size} bytes as JSON exceed the limit of "
+                                        f"{max_tags_bytes} bytes (setting max_tags_bytes)")
         program_id = body.program_id or f"prog-{uuid.uuid4().hex}"
         if driver.core.has_program(program_id):
             response.status_code = 200
+        elif quota is not None:
+            client = request.client
+            refusal = quota.admit(program_id, client_identity(
+                request.scope["headers"], (client.host, client.port) if client else None))
+            if refusal is not None:
+                raise ServiceError(429, refusal)
         driver.feed(ProgramStarted(
             at=driver.now(),
             program_id=program_id,
@@ -209,6 +231,9 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
         body = b"".join(chunks)
+        if exceeds_depth(body):
+            await error_response(400, depth_error())(scope, receive, send)
+            return
         delivered = False
 
         async def replay() -> Message:

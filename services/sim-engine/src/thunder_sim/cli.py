@@ -10,6 +10,8 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
+from thunder_sim import __version__
+
 COMMANDS: dict[str, str] = {
     "serve": "thunder_sim.server.command",
     "replay": "thunder_sim.replay.cli",
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="thunder-sim",
         description="Simulated SGLang GPU engine and real-trace replay for Thunder.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)

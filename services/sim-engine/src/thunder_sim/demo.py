@@ -38,20 +38,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
 from tqdm import tqdm
 
+from thunder_core.launcher import ChildProcess, environ_without
 from thunder_sim.costmodel import get_preset
 from thunder_sim.engine import EngineConfig
 from thunder_sim.replay.cli import add_fit_arguments, describe_run, load_fit
@@ -70,7 +67,6 @@ MODEL = "Qwen/Qwen3-8B"
 _SIM_READY = re.compile(r"thunder-sim ready: (http://\S+)")
 _SCHED_READY = re.compile(r"listening on (http://\S+)")
 START_TIMEOUT_S = 90.0          # a loaded 2-core machine imports slowly
-STOP_TIMEOUT_S = 10.0
 
 
 def scheduler_default_policy() -> str:
@@ -165,63 +161,10 @@ class _Progress:
         self.bar.close()
 
 
-class _Proc:
-    def __init__(self, argv: list[str], ready: re.Pattern[str], log_dir: Path, name: str,
-                 stream: str) -> None:
-        self.name = name
-        self.log = log_dir / f"{name}.log"
-        out = self.log.open("w")
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE if stream == "stdout" else out,
-            stderr=subprocess.PIPE if stream == "stderr" else out, text=True,
-            env={**{k: v for k, v in os.environ.items() if not k.startswith("THUNDER_")},
-                 "PYTHONUNBUFFERED": "1"})
-        out.close()
-        self._pipe = self.proc.stdout if stream == "stdout" else self.proc.stderr
-        self._ready = ready
-        self.url = ""
-
-    def wait_ready(self, deadline: float) -> str:
-        assert self._pipe is not None
-        lines = []
-        while time.monotonic() < deadline:
-            line = self._pipe.readline()
-            if not line:
-                break
-            lines.append(line)
-            if m := self._ready.search(line):
-                self.url = m.group(1)
-                return self.url
-        self.stop()
-        raise RuntimeError(f"{self.name} did not start:\n{''.join(lines)[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._pipe is not None:
-            self._pipe.close()
-
-
-def _wait_health(url: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1.0) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer /health")
-
-
 def _fleet(args: argparse.Namespace, policy: str, logs: Path, stack: ExitStack
            ) -> tuple[str, list[str]]:
     deadline = time.monotonic() + START_TIMEOUT_S
+    env = environ_without("THUNDER_")
     sims = []
     for i in range(args.replicas):
         argv = [sys.executable, "-m", "thunder_sim", "serve", "--host", "127.0.0.1",
@@ -231,18 +174,19 @@ def _fleet(args: argparse.Namespace, policy: str, logs: Path, stack: ExitStack
             argv += ["--context-length", str(args.context_tokens)]
         if args.kv_pool_tokens is not None:
             argv += ["--max-total-tokens", str(args.kv_pool_tokens)]
-        sim = _Proc(argv, _SIM_READY, logs, f"sim-{policy}-{i}", "stdout")
+        name = f"sim-{policy}-{i}"
+        sim = ChildProcess(argv, name=name, ready=_SIM_READY, log=logs / f"{name}.log", env=env)
         stack.callback(sim.stop)
         sims.append(sim)
-    urls = [s.wait_ready(deadline) for s in sims]
+    urls = [s.wait_ready(deadline - time.monotonic()) for s in sims]
     argv = [sys.executable, "-m", "thunder_scheduler", "serve", "--host", "127.0.0.1",
             "--port", "0", "--time-scale", str(args.time_scale), "--policy", policy]
     for i, url in enumerate(urls):
         argv += ["--backend", f"engine-{i}@sglang={url}"]
-    sched = _Proc(argv, _SCHED_READY, logs, f"scheduler-{policy}", "stderr")
+    name = f"scheduler-{policy}"
+    sched = ChildProcess(argv, name=name, ready=_SCHED_READY, log=logs / f"{name}.log", env=env)
     stack.callback(sched.stop)
-    url = sched.wait_ready(deadline)
-    _wait_health(url, deadline)
+    url = sched.wait_ready(deadline - time.monotonic(), health="/health")
     return url, urls
 
 

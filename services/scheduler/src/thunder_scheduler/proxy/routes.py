@@ -51,8 +51,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import orjson
@@ -62,7 +62,9 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from thunder_core.contract import InvalidProgramId, program_id_from, strip_identity
+from thunder_scheduler.backends.base import Backend
 from thunder_scheduler.gate import GateError, Placement, RequestGate, Usage
+from thunder_scheduler.json_limits import depth_error
 from thunder_scheduler.proxy.settings import ProxySettings
 from thunder_scheduler.proxy.streaming import SseScanner
 from thunder_scheduler.proxy.upstream import (
@@ -72,6 +74,7 @@ from thunder_scheduler.proxy.upstream import (
     UpstreamUnreachable,
 )
 from thunder_scheduler.proxy.usage import response_usage
+from thunder_scheduler.quota import ProgramQuota, client_identity
 from thunder_scheduling.events import RequestOutcome
 
 __all__ = [
@@ -79,6 +82,7 @@ __all__ = [
     "COMPLETIONS_PATH",
     "GENERATE_PATH",
     "MODELS_PATH",
+    "PROXY_PREFIXES",
     "ProxyEndpoints",
     "create_proxy_router",
 ]
@@ -89,6 +93,8 @@ CHAT_PATH: Final = "/v1/chat/completions"
 COMPLETIONS_PATH: Final = "/v1/completions"
 GENERATE_PATH: Final = "/generate"
 MODELS_PATH: Final = "/v1/models"
+PROXY_PREFIXES: Final = (CHAT_PATH, COMPLETIONS_PATH, GENERATE_PATH, MODELS_PATH)
+"""Paths guarded by the client key (checked before the body is read)."""
 REQUEST_ID_HEADER: Final = "X-Thunder-Request-Id"
 """Response header naming the engine request id the proxy gave the request."""
 
@@ -253,10 +259,19 @@ class ProxyEndpoints:
     ``proxy.fast_path`` in front of the app's middleware and route matching).
     """
 
-    def __init__(self, gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings):
+    def __init__(self, gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings,
+                 quota: ProgramQuota | None = None,
+                 alternates: Callable[[str], Iterable[Backend]] | None = None,
+                 model_backends: Callable[[str], Sequence[Backend]] | None = None):
         self.gate = gate
         self.upstream = upstream
         self.settings = settings
+        self.quota = quota
+        self.alternates = alternates
+        """Healthy backends other than the named one (a request whose engine refused or
+        dropped the connection before answering is retried once on the first of them)."""
+        self.model_backends = model_backends
+        """Healthy backends whose engines list the named model (``/v1/models``)."""
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["proxy"])
@@ -306,6 +321,8 @@ class ProxyEndpoints:
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
+                if str(exc).startswith("depth limit"):
+                    raise _ClientError(400, depth_error()) from None
                 raise _ClientError(400, f"malformed JSON body: {exc}") from None
             if not isinstance(body, dict):
                 raise _ClientError(400, "request body must be a JSON object")
@@ -314,6 +331,11 @@ class ProxyEndpoints:
                 program_id = program_id_from(headers, body)
             except InvalidProgramId as exc:
                 raise _ClientError(400, str(exc)) from None
+            if program_id is not None and self.quota is not None:
+                refusal = self.quota.admit(
+                    program_id, client_identity(scope["headers"], scope.get("client")))
+                if refusal is not None:
+                    raise _ClientError(429, refusal)
         except _ClientError as exc:
             log.info("%s %s: %d %s", scope["method"], endpoint.path, exc.status, exc.reason)
             return _error_response(exc.status, exc.reason)
@@ -451,8 +473,9 @@ class _Exchange(Response):
             await self._send_error(send, exc.status, exc.reason)
             return
         self._acquire_s = time.perf_counter() - started
+        if self._model is not None and proxy.model_backends is not None:
+            placement = self._serving_model(placement, proxy.model_backends(self._model))
         self._placement = placement
-        backend = placement.backend
 
         body = self._body
         wants_usage = True
@@ -461,26 +484,48 @@ class _Exchange(Response):
             wants_usage = options.get("include_usage") is True
             if not wants_usage:
                 body["stream_options"] = {**options, "include_usage": True}
-        body = backend.decorate(endpoint.path, body, placement.hints)
-        headers = self._fwd_headers
-        extra = backend.request_headers(placement.hints)
-        if extra:
-            headers = {**headers, **extra}
-        url = backend.base_url + endpoint.path
+        plain = dict(body) if proxy.alternates is not None else body  # before decorate
 
-        self._upstream_open = True
-        upstream_sent_at = time.perf_counter()
-        try:
-            response = await proxy.upstream.send(url, orjson.dumps(body), headers)
-        except UpstreamTimeout as exc:
-            self._upstream_open = False
-            await self._send_error(send, 504, f"backend {backend.name!r} timed out: {exc}")
-            return
-        except UpstreamUnreachable as exc:
-            self._upstream_open = False
-            self._report_unreachable(exc)
-            await self._send_error(send, 502, f"backend {backend.name!r} unreachable: {exc}")
-            return
+        retried = False
+        while True:
+            backend = placement.backend
+            body = backend.decorate(endpoint.path, plain if retried else body, placement.hints)
+            headers = self._fwd_headers
+            extra = backend.request_headers(placement.hints)
+            if extra:
+                headers = {**headers, **extra}
+            url = backend.base_url + endpoint.path
+
+            self._upstream_open = True
+            upstream_sent_at = time.perf_counter()
+            try:
+                payload = orjson.dumps(body)
+            except TypeError:  # orjson writes 254 levels, reads 1,024 (json_limits.py)
+                self._upstream_open = False
+                await self._send_error(send, 400, depth_error())
+                return
+            try:
+                response = await proxy.upstream.send(url, payload, headers)
+                break
+            except UpstreamTimeout as exc:
+                self._upstream_open = False
+                await self._send_error(send, 504, f"backend {backend.name!r} timed out: {exc}")
+                return
+            except UpstreamUnreachable as exc:
+                self._upstream_open = False
+                self._report_unreachable(exc)
+                # nothing reached the client yet: once, on another healthy backend
+                alternate = None if retried else self._alternate(backend.name)
+                if alternate is None:
+                    await self._send_error(
+                        send, 502, f"backend {backend.name!r} unreachable: {exc}")
+                    return
+                log.warning("backend %r unreachable (%s): request %s retried on %r",
+                            backend.name, exc, self._request_id, alternate.name)
+                retried = True
+                placement = Placement(alternate, replace(
+                    placement.hints, session_id=None, slot_id=None))
+                self._placement = placement
         try:
             if response.status >= 400:
                 await self._pass_error(send, response)
@@ -573,6 +618,24 @@ class _Exchange(Response):
         self._tool_call = scanner.ends_with_tool_call
         if failure is None:
             self._outcome = RequestOutcome.OK
+
+    @staticmethod
+    def _serving_model(placement: Placement, serving: Sequence[Backend]) -> Placement:
+        """Route by model only where backends serve different models: a request placed on a
+        backend whose engine does not list its model goes to one that does. Where none lists
+        it, or the placed one does, the placement stands and the engine judges the name."""
+        if not serving or any(b.name == placement.backend.name for b in serving):
+            return placement
+        return Placement(serving[0], replace(placement.hints, session_id=None, slot_id=None))
+
+    def _alternate(self, failed: str) -> Backend | None:
+        """Another healthy backend to retry a request whose engine could not be reached."""
+        alternates = self._proxy.alternates
+        if alternates is None:
+            return None
+        for backend in alternates(failed):
+            return backend
+        return None
 
     def _report_unreachable(self, exc: Exception) -> None:
         """A broken or refused connection counts against the backend's health (the monitor may

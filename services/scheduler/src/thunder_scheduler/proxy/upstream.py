@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
+from thunder_scheduler.extras import require_extra
 from thunder_scheduler.proxy.settings import ProxySettings, UpstreamClientName
 
 __all__ = [
@@ -88,6 +89,7 @@ class UpstreamClient(Protocol):
 
 
 def _aiohttp(settings: ProxySettings) -> UpstreamClient:
+    require_extra("aiohttp", "upstream_client 'aiohttp'")
     from thunder_scheduler.proxy.upstream_aiohttp import AiohttpUpstream
 
     return AiohttpUpstream(settings)

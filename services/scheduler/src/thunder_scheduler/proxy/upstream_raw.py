@@ -26,6 +26,7 @@ Plain ``http://`` only: engines sit on a trusted network next to the scheduler.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Final, cast
@@ -46,6 +47,15 @@ one just as the engine closes it would fail a POST that cannot be safely retried
 _HIGH_WATER_BYTES: Final = 256 * 1024
 """Pause reading from the engine above this much unconsumed body (our choice: a few hundred
 SSE chunks; flow control only matters for clients slower than the engine)."""
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """``TCP_NODELAY`` on a transport's TCP socket: a request written in pieces (head, body)
+    must not wait for the engine's delayed ACK. asyncio sets it only on sockets created with
+    protocol ``IPPROTO_TCP``; setting it here does not depend on the event loop."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _Connection(asyncio.Protocol):
@@ -72,6 +82,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         try:

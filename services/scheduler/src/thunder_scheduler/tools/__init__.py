@@ -1,7 +1,7 @@
 """The tool resource manager: runtime specs, warm pools, lifecycle GC and accounting.
 
 ``ToolManager`` (manager.py) is built from ``ToolManagerSettings`` (settings.py) and a
-``RuntimeBackend`` (base.py; docker.py, local_process.py, fake.py), made by
+``RuntimeBackend`` (base.py; docker.py, local_process.py), made by
 ``registry.make_backend``; ``api.create_tools_router`` serves it over HTTP.
 """
 

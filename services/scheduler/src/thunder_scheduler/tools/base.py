@@ -13,8 +13,9 @@ so ``assign`` records the owner in a mutable place (the container name for Docke
 file for the local backend); ``list_runtimes`` reads it back.
 
 Implementations, one per module: ``docker.py`` (docker SDK), ``local_process.py`` (a working
-directory and subprocesses), ``fake.py`` (in memory, for fault injection only). A Kubernetes pod
-backend maps onto the same seven methods (see docs/tool-manager.md).
+directory and subprocesses); the test kit's ``thunder_testkit.runtimes`` is an in-memory one
+for fault injection. A Kubernetes pod backend maps onto the same eight methods (see
+docs/tool-manager.md).
 """
 
 from __future__ import annotations
@@ -197,6 +198,9 @@ class RuntimeBackend(Protocol):
         workdir: str | None, env: dict[str, str],
     ) -> ExecOutput:
         """Run ``argv`` to completion; on timeout kill it and raise ``ExecTimeout``."""
+
+    async def alive(self, runtime: BackendRuntime) -> bool:
+        """Whether the runtime's keep-alive process (the spec's ``command``) still runs."""
 
     async def destroy(self, runtime: BackendRuntime) -> None:
         """Remove the runtime, its volumes and ports, and every process in it. Idempotent."""

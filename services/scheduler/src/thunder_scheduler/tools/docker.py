@@ -21,6 +21,13 @@ command runs under ``sh -c`` with stdout and stderr redirected to two files in t
 stream, not the attach stream) and deleted. This needs ``sh`` in the image (every image the
 tool manager builds has it); a read failure falls back to the attached output.
 
+Init: with ``init`` (the default, ``ToolManagerSettings.docker_init``) every container runs the
+daemon's init (``docker run --init``: tini, installed as ``docker-init``) as PID 1 with the
+spec's ``command`` under it, so processes orphaned by an exec (a background child, or the
+children of a killed, timed-out exec) are reaped instead of piling up as zombies under a
+keep-alive such as ``sleep`` that never waits. ``alive`` is ``State.Running`` of the container:
+the container stops when its keep-alive command exits.
+
 Exec timeouts: ``exec_start`` cannot be cancelled, so on timeout the exec's process tree is
 SIGKILLed on the host (``exec_inspect`` gives its host pid; the daemon is local), which closes its
 output and frees the worker thread; the caller gets ``ExecTimeout`` at once.
@@ -92,11 +99,12 @@ class DockerBackend:
 
     def __init__(
         self, docker_host: str | None = None, *, publish_host: str = "127.0.0.1",
-        concurrency: int = 8,
+        concurrency: int = 8, init: bool = True,
     ) -> None:
         base_url = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.docker_host = base_url
         self.publish_host = publish_host
+        self.init = init
         self._client = docker.DockerClient(
             base_url=base_url, version=DOCKER_API_VERSION, timeout=int(REQUEST_TIMEOUT_S),
             max_pool_size=2 * concurrency + 2,
@@ -223,7 +231,7 @@ class DockerBackend:
             port_bindings={port: (self.publish_host, None) for port in spec.ports},
             nano_cpus=int(spec.cpu_limit * 1e9) if spec.cpu_limit else None,
             mem_limit=spec.memory_limit_bytes,
-            init=False,
+            init=self.init,
         )
         created = self._api.create_container(
             image.ref, command=spec.command,
@@ -307,6 +315,14 @@ class DockerBackend:
             cleanup = self._api.exec_create(ref, ["rm", "-f", f"{capture}.out", f"{capture}.err"])
             self._api.exec_start(cleanup["Id"])
         return outputs["out"], outputs["err"]
+
+    async def alive(self, runtime: BackendRuntime) -> bool:
+        try:
+            attrs = await self._call(self._api.inspect_container, runtime.ref)
+        except docker.errors.NotFound:
+            return False
+        state = attrs.get("State") or {}
+        return bool(state.get("Running")) and not state.get("Restarting")
 
     async def destroy(self, runtime: BackendRuntime) -> None:
         await self._call(self._destroy_blocking, runtime)

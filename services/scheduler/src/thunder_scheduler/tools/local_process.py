@@ -8,6 +8,11 @@ runtime directory's name: prefix and runtime id) and ``THUNDER_PORT_<port>`` for
 published port. It is *not* an isolation boundary; it gives the same lifecycle (create,
 exec, destroy, reconcile) where Docker is absent.
 
+Keep-alive: like a container, a runtime runs the spec's ``command`` (default ``sleep``) for its
+whole life, started in the runtime's workdir with the runtime's mark, detached (a shell starts
+it in the background and exits, so the host's init adopts and reaps it); its pid is in
+``meta.json``. ``alive`` checks that this process still exists and is not a zombie.
+
 Cleanup: ``destroy`` SIGKILLs every process whose environment carries the runtime's mark (read
 from ``/proc/<pid>/environ``, so processes that escaped the session or outlived a SIGKILLed
 manager are found too), then removes the directory. Ports are reserved by binding port 0 and
@@ -78,6 +83,18 @@ def _kill_marked(mark: str) -> None:
         time.sleep(0.01)
 
 
+def _running(pid: int, mark: str) -> bool:
+    """Whether ``pid`` exists, is not a zombie, and carries the runtime mark ``mark``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read()
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X") and f"{MARK_ENV}={mark}".encode() in environ.split(b"\0")
+
+
 def _disk_bytes(path: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(path):
@@ -132,6 +149,7 @@ class LocalProcessBackend:
         runtime = BackendRuntime(labels.runtime_id, str(path), self.publish_host, ports, volumes)
         try:
             await asyncio.to_thread(make)
+            await self._start_keepalive(runtime, spec.command)
             for command in spec.setup_commands:
                 await self._setup(runtime, command)
         except OSError as exc:
@@ -141,6 +159,36 @@ class LocalProcessBackend:
             await asyncio.shield(self.destroy(runtime))
             raise
         return runtime
+
+    async def _start_keepalive(self, runtime: BackendRuntime, command: list[str]) -> None:
+        launcher = ["sh", "-c", '"$@" </dev/null >/dev/null 2>&1 & echo $!', "keepalive",
+                    *command]
+        result = await self.exec(runtime, launcher, timeout_s=30.0, workdir=None, env={})
+        try:
+            pid = int(result.stdout.decode().strip())
+        except ValueError as exc:
+            raise CreateFailed(f"cannot start the keep-alive process {command!r}") from exc
+        meta_path = Path(runtime.ref) / META_FILE
+
+        def write() -> None:
+            meta = json.loads(meta_path.read_text())
+            meta["keepalive_pid"] = pid
+            meta_path.write_text(json.dumps(meta))
+
+        await asyncio.to_thread(write)
+
+    async def alive(self, runtime: BackendRuntime) -> bool:
+        path = Path(runtime.ref)
+
+        def check() -> bool:
+            try:
+                meta = json.loads((path / META_FILE).read_text())
+            except (OSError, ValueError):
+                return False
+            pid = meta.get("keepalive_pid")
+            return isinstance(pid, int) and _running(pid, path.name)
+
+        return await asyncio.to_thread(check)
 
     async def _setup(self, runtime: BackendRuntime, command: str) -> None:
         try:

@@ -17,8 +17,20 @@ Algorithm:
   pool actively: surplus runtimes are handed out, or evicted first when a program needs a
   budget slot or the disk budget is exceeded.
 - *Acquire* order: the program's prepared runtime, then the warm pool (a rename, ~10 ms), then
-  a cold create. Budget: held + pooled + creating runtimes never exceed ``max_runtimes``; a
-  program that needs a slot evicts a pooled runtime first, else gets ``BudgetExhausted``.
+  a cold create. Budget: held + pooled + *reserved* runtimes never exceed ``max_runtimes``. A
+  slot is reserved synchronously, before the first ``await``, by every path that will make or
+  hand over a runtime (a cold create, a pool refill batch, a pool runtime being assigned), and
+  released only once the runtime is counted as held or pooled, or destroyed; so concurrent
+  acquires and refills can never overshoot the cap. A program that needs a slot evicts a
+  pooled runtime first, else gets ``BudgetExhausted``.
+- *Liveness*: before a runtime is handed out, the backend is asked whether its keep-alive
+  process still runs (``alive``). A dead pool or prepared runtime is destroyed and replaced by a
+  cold one; a dead fresh runtime means the spec's ``command`` exits, and the acquire fails with
+  ``CreateFailed`` (409) naming it, leaving nothing behind.
+- *Pool refills* run whenever a pool is below its target and room allows: after each
+  hand-over, whenever slots are freed (release, program end, a failed create), and every
+  ``pool_check_interval_s`` as a backstop, so a pool drained by budget evictions comes back
+  as soon as the programs holding the budget let go.
 - *Lifecycle GC*: ``on_program_ended`` (any reason) tears down every runtime the program holds
   or is being prepared for; later acquires for it get 409. Disk is re-measured every
   ``disk_poll_interval_s``; above ``disk_budget_bytes`` pools of unneeded specs are drained and
@@ -61,6 +73,7 @@ from thunder_scheduler.tools.base import (
     BackendRuntime,
     BackendUnavailable,
     BudgetExhausted,
+    CreateFailed,
     ExecTimeout,
     ProgramNotFound,
     RuntimeBackend,
@@ -126,6 +139,7 @@ class ToolManager:
         self._refills: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._poller: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self.reconciled: dict[str, int] = {"adopted": 0, "reclaimed": 0}
 
     # -- lifecycle of the manager ---------------------------------------------------------
@@ -165,12 +179,15 @@ class ToolManager:
             log.info("tool manager reconcile: adopted %d, reclaimed %d runtimes",
                      len(plan.adopt), len(plan.reclaim))
         self._poller = asyncio.create_task(self._poll_disk(), name="tools:disk-poll")
+        self._keeper = asyncio.create_task(self._keep_pools(), name="tools:pool-keeper")
 
     async def close(self) -> None:
         """Stop background work and tear down every runtime this manager made."""
         tasks = [*self._refills.values(), *self._preparing.values()]
         if self._poller is not None:
             tasks.append(self._poller)
+        if self._keeper is not None:
+            tasks.append(self._keeper)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -287,6 +304,19 @@ class ToolManager:
             runtime = self._take_prepared(program_id, entry)
         if runtime is None:
             runtime = await self._obtain(program_id, entry, prepared=False)
+        if not await self._alive(runtime):
+            fresh = runtime.source == "cold"
+            self._forget(runtime)
+            await asyncio.shield(self._destroy_quietly(runtime.backend_runtime, "dead"))
+            self._slots_freed()
+            if fresh:
+                raise self._keepalive_exited(entry)
+            runtime = await self._obtain(program_id, entry, prepared=False)
+            if not await self._alive(runtime):
+                self._forget(runtime)
+                await asyncio.shield(self._destroy_quietly(runtime.backend_runtime, "dead"))
+                self._slots_freed()
+                raise self._keepalive_exited(entry)
         runtime.handed_out = True
         runtime.acquire_s = time.monotonic() - started
         self.metrics.acquire_seconds.labels(runtime.source).observe(runtime.acquire_s)
@@ -294,6 +324,19 @@ class ToolManager:
         if self._on_acquired is not None:
             self._on_acquired(program_id, view)
         return view
+
+    async def _alive(self, runtime: Runtime) -> bool:
+        try:
+            return await self._backend().alive(runtime.backend_runtime)
+        except ToolError:
+            return False
+
+    def _keepalive_exited(self, entry: SpecEntry) -> CreateFailed:
+        return CreateFailed(
+            f"the keep-alive process of spec {entry.name!r} exited: its command "
+            f"{entry.spec.command!r} must keep running for the runtime's life",
+            detail={"spec": entry.name, "command": list(entry.spec.command)},
+        )
 
     def _take_prepared(self, program_id: str, entry: SpecEntry) -> Runtime | None:
         for rid in self._by_program.get(program_id, ()):
@@ -306,29 +349,51 @@ class ToolManager:
         backend = self._backend()
         owner_key = program_key(program_id)
         runtime = self.pools.take(entry.name, entry.spec_hash)
-        if runtime is not None:
-            self._schedule_refill(entry.name)
-            assert runtime.labels is not None
-            try:
-                await backend.assign(runtime.backend_runtime, runtime.labels, owner_key)
-            except BaseException:
-                await asyncio.shield(self._destroy_quietly(runtime.backend_runtime, "failed"))
-                raise
-            runtime.source = "prepared" if prepared else "pool"
-        else:
+        if runtime is None:
             self._make_room()
-            runtime = await self._create(entry, owner_key, "prepare" if prepared else "acquire")
-            runtime.source = "prepared" if prepared else "cold"
-        runtime.owner = program_id
-        if program_id in self._ended:
-            await asyncio.shield(self._destroy_quietly(runtime.backend_runtime, "program_ended"))
-            raise RuntimeConflict(f"program {program_id!r} ended while its runtime was made")
-        self._add(runtime)
+        self._creating += 1  # the slot stays reserved until the runtime is held or destroyed
+        try:
+            if runtime is not None:
+                self._schedule_refill(entry.name)
+                assert runtime.labels is not None
+                try:
+                    await backend.assign(runtime.backend_runtime, runtime.labels, owner_key)
+                except BaseException:
+                    await asyncio.shield(self._destroy_quietly(runtime.backend_runtime, "failed"))
+                    raise
+                runtime.source = "prepared" if prepared else "pool"
+            else:
+                runtime = await self._create(entry, owner_key,
+                                             "prepare" if prepared else "acquire")
+                runtime.source = "prepared" if prepared else "cold"
+            runtime.owner = program_id
+            if program_id in self._ended:
+                await asyncio.shield(
+                    self._destroy_quietly(runtime.backend_runtime, "program_ended")
+                )
+                raise RuntimeConflict(f"program {program_id!r} ended while its runtime was made")
+            self._add(runtime)
+        finally:
+            self._creating -= 1
+            if runtime is None or runtime.runtime_id not in self.runtimes:
+                self._slots_freed()
         return runtime
 
-    def _has_slot(self) -> bool:
+    def _free_slots(self) -> int:
         used = len(self.runtimes) + self.pools.ready_count() + self._creating
-        return used < self.settings.max_runtimes
+        return self.settings.max_runtimes - used
+
+    def _has_slot(self) -> bool:
+        return self._free_slots() > 0
+
+    def _slots_freed(self) -> None:
+        """Slots came free: refill every pool below its target (each refill checks room)."""
+        if self.backend is None or self._free_slots() <= 0:
+            return
+        for entry in self.specs.all():
+            if self.pools.ready_count(entry.name) + self.pools.filling(entry.name) \
+                    < self.pool_target(entry):
+                self._schedule_refill(entry.name)
 
     def _make_room(self) -> None:
         if self._has_slot():
@@ -342,20 +407,17 @@ class ToolManager:
         self._spawn(self._destroy_quietly(victim.backend_runtime, "budget"))
 
     async def _create(self, entry: SpecEntry, owner_key: str, purpose: str) -> Runtime:
+        """Make a runtime; the caller has reserved its slot (``_creating``)."""
         backend = self._backend()
-        self._creating += 1
         try:
-            try:
-                image = await self._builder_().get(entry)
-            except ToolError:
-                self.metrics.builds.labels("failed").inc()
-                raise
-            runtime_id = uuid.uuid4().hex[:16]
-            labels = RuntimeLabels(self.settings.label_prefix, runtime_id, entry.name,
-                                   entry.spec_hash)
-            made = await backend.create(entry.spec, image, labels, owner_key)
-        finally:
-            self._creating -= 1
+            image = await self._builder_().get(entry)
+        except ToolError:
+            self.metrics.builds.labels("failed").inc()
+            raise
+        runtime_id = uuid.uuid4().hex[:16]
+        labels = RuntimeLabels(self.settings.label_prefix, runtime_id, entry.name,
+                               entry.spec_hash)
+        made = await backend.create(entry.spec, image, labels, owner_key)
         self.metrics.runtimes_created.labels(purpose).inc()
         return Runtime(runtime_id, entry.name, entry.spec_hash, made, None, time.time(),
                        labels=labels)
@@ -381,7 +443,10 @@ class ToolManager:
     async def release(self, program_id: str, runtime_id: str) -> None:
         runtime = self._owned(program_id, runtime_id)
         self._forget(runtime)
-        await self._destroy(runtime.backend_runtime, "released")
+        try:
+            await self._destroy(runtime.backend_runtime, "released")
+        finally:
+            self._slots_freed()
 
     async def exec(self, program_id: str, runtime_id: str, request: ExecRequest) -> ExecResult:
         runtime = self._owned(program_id, runtime_id)
@@ -424,6 +489,8 @@ class ToolManager:
         await asyncio.gather(*(
             self._destroy_quietly(r.backend_runtime, f"program_{reason}") for r in doomed
         ))
+        if doomed:
+            self._slots_freed()
 
     def _forget(self, runtime: Runtime) -> None:
         self.runtimes.pop(runtime.runtime_id, None)
@@ -470,12 +537,11 @@ class ToolManager:
                 - self.pools.filling(spec_name)
             if deficit <= 0 or not self._has_slot() or self._over_disk_budget():
                 return
-            batch = min(deficit, self.settings.docker_concurrency,
-                        self.settings.max_runtimes - len(self.runtimes)
-                        - self.pools.ready_count() - self._creating)
+            batch = min(deficit, self.settings.docker_concurrency, self._free_slots())
             if batch <= 0:
                 return
             self.pools.add_filling(spec_name, batch)
+            self._creating += batch  # reserved now, before any create yields
             try:
                 results = await asyncio.gather(
                     *(self._create(entry, POOL_OWNER, "pool") for _ in range(batch)),
@@ -483,6 +549,7 @@ class ToolManager:
                 )
             finally:
                 self.pools.add_filling(spec_name, -batch)
+                self._creating -= batch
             for result in results:
                 if isinstance(result, Runtime):
                     self.pools.put(result)
@@ -546,6 +613,12 @@ class ToolManager:
                 await self.measure_disk()
             except ToolError as exc:
                 log.warning("tool disk poll failed: %s", exc)
+
+    async def _keep_pools(self) -> None:
+        """Backstop: refill pools below target every ``pool_check_interval_s``."""
+        while True:
+            await asyncio.sleep(self.settings.pool_check_interval_s)
+            self._slots_freed()
 
     # -- observation ----------------------------------------------------------------------
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from thunder_scheduler.extras import require_extra
 from thunder_scheduler.tools.base import RuntimeBackend
-from thunder_scheduler.tools.docker import DockerBackend
 from thunder_scheduler.tools.local_process import LocalProcessBackend
 from thunder_scheduler.tools.settings import BackendName, ToolManagerSettings
 
 
 def _docker(settings: ToolManagerSettings) -> RuntimeBackend:
+    require_extra("docker", "the docker tool backend")
+    from thunder_scheduler.tools.docker import DockerBackend
+
     return DockerBackend(settings.docker_host, publish_host=settings.publish_host,
-                         concurrency=settings.docker_concurrency)
+                         concurrency=settings.docker_concurrency, init=settings.docker_init)
 
 
 def _local(settings: ToolManagerSettings) -> RuntimeBackend:

@@ -29,6 +29,11 @@ It follows SGLang 0.5.23's scheduler (``sglang/srt/managers/scheduler.py``,
    own pages (partial last block, output) are freed. Outputs are never inserted: their keys
    never match a later prompt.
 
+Every admission's missed prompt tokens are attributed to a cause by the recompute ledger
+(``ledger.py``; instrumentation, no decision depends on it): ``attribute_with`` plugs in what
+the caller knows about programs; ``counters.miss_tokens`` holds the totals and each
+``FinishedRequest.miss_tokens`` its last admission's.
+
 Deviation, to never deadlock: when nothing runs and the head request's prompt fits the pool
 but the output reservation does not, it is admitted anyway (decode retracts or aborts later,
 as SGLang aborts a lone request that outgrows the pool); if even its prompt cannot fit
@@ -50,6 +55,7 @@ from collections import deque
 from thunder_sim.costmodel.base import CostModel, PrefillChunk
 from thunder_sim.engine.config import EngineConfig
 from thunder_sim.engine.kv_pool import KVPool
+from thunder_sim.engine.ledger import RETRACTION_EVICTOR, Attribution
 from thunder_sim.engine.memory import KVMemory
 from thunder_sim.engine.radix_cache import RadixCache, RadixNode
 from thunder_sim.engine.request_state import ReqState
@@ -72,6 +78,7 @@ class Engine:
         self.memory = KVMemory(KVPool(config.kv_pool_tokens, config.page_tokens),
                                RadixCache(config.eviction_policy))
         self.counters = EngineCounters()
+        self.counters.miss_tokens = self.memory.ledger.totals
         self._waiting: list[ReqState] = []
         self._running: list[ReqState] = []
         self._chunked: ReqState | None = None
@@ -94,6 +101,10 @@ class Engine:
     @property
     def capacity_tokens(self) -> int:
         return self.memory.pool.capacity_tokens
+
+    def attribute_with(self, attribution: Attribution) -> None:
+        """Let the recompute ledger ask ``attribution`` about programs and other engines."""
+        self.memory.ledger.attribution = attribution
 
     def submit(self, req: EngineRequest, now: float) -> None:
         """Queue a request. Raises ValueError on a malformed request, a duplicate rid, an
@@ -119,6 +130,7 @@ class Engine:
         self._seq += 1
         self._live[req.rid] = st
         self._waiting.append(st)
+        self.memory.ledger.request_entered(req.owner)
         self.counters.num_requests += 1
 
     def abort(self, rid: str, now: float) -> FinishedRequest | None:
@@ -303,6 +315,9 @@ class Engine:
             if st.admissions:
                 st.recomputed_tokens += extend
                 self.counters.recomputed_tokens += extend
+            st.miss_tokens = mem.ledger.admitted(
+                st.req.prompt_blocks, st.req.prompt_tokens, st.tree_blocks, st.whole_blocks,
+                readmission=st.admissions > 0)
             st.admissions += 1
             admitted += 1
             slots -= 1
@@ -337,6 +352,7 @@ class Engine:
         mem = self.memory
         chunks: list[PrefillChunk] = []
         for st, e in plan:
+            mem.ledger.evictor = st.req.owner
             ok = mem.ensure_free(mem.pages_to_grow(st, e))
             assert ok, "prefill plan exceeded memory"
             chunks.append(PrefillChunk(st.kv_tokens, e))
@@ -491,8 +507,11 @@ class Engine:
                 need += 1
         retracted: list[str] = []
         finished: list[FinishedRequest] = []
+        mem.ledger.evictor = None       # the whole batch's growth
         if not mem.ensure_free(need):
+            mem.ledger.evictor = RETRACTION_EVICTOR
             need = self._retract(now, retracted, finished)
+            mem.ledger.evictor = None
         else:
             self._ratio = max(self._ratio - self._ratio_decay, self._ratio_min)
         running = self._running
@@ -571,6 +590,7 @@ class Engine:
                 self.memory.cache.unlock(old)
             self._sessions[sid] = st.node
         self.memory.release(st)
+        self.memory.ledger.request_left(st.req.owner)
         del self._live[st.rid]
         c = self.counters
         if st.admissions:
@@ -582,7 +602,7 @@ class Engine:
             rid=st.rid, prompt_tokens=st.req.prompt_tokens, completion_tokens=st.output_tokens,
             cached_tokens=st.cached_tokens, recomputed_tokens=st.recomputed_tokens,
             finish_reason=reason, arrival_s=st.req.arrival_s, first_token_s=st.first_token_s,
-            finished_s=end, retractions=st.retractions)
+            finished_s=end, retractions=st.retractions, miss_tokens=st.miss_tokens)
 
     def _record_generation(self, end: float, tokens: int) -> None:
         self.counters.generation_tokens += tokens

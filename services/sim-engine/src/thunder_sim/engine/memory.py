@@ -5,6 +5,9 @@ request (its uncached tail and output). ``used_pages == cache.total_blocks + sum
 at all times (checked by ``check``). Allocation first takes free pages, then evicts unlocked
 cache leaves (SGLang's allocator does the same through ``evict_from_tree_cache``); it never
 exceeds the pool (``KVPool.allocate`` raises if a caller skips the check).
+
+``ledger`` (``ledger.py``) hears every block cached and evicted; the engine sets
+``ledger.evictor`` to the program an allocation is for before it may evict.
 """
 
 from __future__ import annotations
@@ -12,18 +15,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from thunder_sim.engine.kv_pool import KVPool
+from thunder_sim.engine.ledger import MissLedger
 from thunder_sim.engine.radix_cache import RadixCache
 from thunder_sim.engine.request_state import ReqState
 
 
 class KVMemory:
-    __slots__ = ("cache", "evicted_tokens", "page_tokens", "pool")
+    __slots__ = ("cache", "evicted_tokens", "ledger", "page_tokens", "pool")
 
     def __init__(self, pool: KVPool, cache: RadixCache) -> None:
         self.pool = pool
         self.cache = cache
         self.page_tokens = pool.page_tokens
         self.evicted_tokens = 0
+        self.ledger = MissLedger(pool.page_tokens)
+        cache.on_evict = self.ledger.evicting
 
     def available_tokens(self) -> int:
         """Free plus evictable tokens (SGLang's ``available_size() + evictable_size()``)."""
@@ -47,7 +53,7 @@ class KVMemory:
         """Match the request's whole prompt blocks, lock the path; returns cached tokens."""
         assert st.node is None and st.own_pages == 0
         blocks = st.req.prompt_blocks[: st.whole_blocks]
-        node, matched = self.cache.match(blocks, st.req.priority)
+        node, matched = self.cache.match(blocks, st.req.priority, st.req.owner)
         self.cache.lock(node)
         st.node = node
         st.tree_blocks = matched
@@ -73,7 +79,10 @@ class KVMemory:
         n = min(st.kv_tokens // self.page_tokens, st.whole_blocks)
         if n <= st.tree_blocks:
             return
-        node, new_blocks = self.cache.insert(st.req.prompt_blocks[:n], st.req.priority)
+        node, new_blocks = self.cache.insert(st.req.prompt_blocks[:n], st.req.priority,
+                                             st.req.owner)
+        if new_blocks:
+            self.ledger.cached(st.req.prompt_blocks[n - new_blocks:n])
         moved = n - st.tree_blocks
         duplicates = moved - new_blocks
         st.own_pages -= moved

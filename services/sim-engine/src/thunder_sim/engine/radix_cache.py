@@ -16,6 +16,10 @@ What it ports (``sglang/srt/mem_cache/radix_cache.py`` and ``evict_policy.py``, 
   (``PriorityStrategy``: ``(priority, last_access)``, lower first; a node's priority is the
   maximum priority of the requests that matched or inserted through it, so it only rises).
 
+For the recompute ledger (``ledger.py``) each node also remembers its *owner* (the program of
+the last request that matched or inserted through it) and an optional ``on_evict`` listener
+hears every evicted node's blocks and owner; neither changes what is evicted.
+
 Differences: SGLang stamps ``last_access_time`` with the wall clock; here an access counter
 gives the same order without reading a clock. SGLang heapifies all evictable leaves on every
 ``evict`` call; here a lazy heap (stale entries skipped) keeps eviction O(log n) per node.
@@ -26,6 +30,7 @@ runs, never per token.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from typing import Literal
 
 EvictionPolicy = Literal["lru", "priority"]
@@ -33,7 +38,8 @@ EvictionPolicy = Literal["lru", "priority"]
 
 class RadixNode:
     __slots__ = (
-        "alive", "children", "keys", "last_access", "lock_ref", "node_id", "parent", "priority",
+        "alive", "children", "keys", "last_access", "lock_ref", "node_id", "owner", "parent",
+        "priority",
     )
 
     def __init__(self, keys: tuple[int, ...], parent: RadixNode | None, node_id: int,
@@ -46,6 +52,7 @@ class RadixNode:
         self.priority = priority
         self.alive = True
         self.node_id = node_id
+        self.owner: str | None = None
 
     @property
     def num_blocks(self) -> int:
@@ -66,6 +73,7 @@ class RadixCache:
         self.evictable_blocks = 0
         self._heap: list[tuple[int, int, int, RadixNode]] = []
         self.version = 0                  # bumped whenever the set of cached blocks changes
+        self.on_evict: Callable[[tuple[int, ...], str | None], None] | None = None
 
     # ---------------------------------------------------------------- queries
 
@@ -80,24 +88,27 @@ class RadixCache:
 
     # ---------------------------------------------------------------- mutation
 
-    def match(self, blocks: tuple[int, ...], priority: int = 0) -> tuple[RadixNode, int]:
+    def match(self, blocks: tuple[int, ...], priority: int = 0,
+              owner: str | None = None) -> tuple[RadixNode, int]:
         """Longest cached prefix: ``(deepest node, matched blocks)``; splits a partially
-        matched node and refreshes access time and priority along the path."""
+        matched node and refreshes access time, priority and owner along the path."""
         node, i, child, j = self._walk(blocks)
         if child is not None:
             node = self._split(child, j)
             i += j
-        self._touch(node, priority)
+        self._touch(node, priority, owner)
         return node, i
 
-    def insert(self, blocks: tuple[int, ...], priority: int = 0) -> tuple[RadixNode, int]:
+    def insert(self, blocks: tuple[int, ...], priority: int = 0,
+               owner: str | None = None) -> tuple[RadixNode, int]:
         """Insert ``blocks`` (whole blocks only); returns ``(deepest node, new blocks)``."""
-        node, matched = self.match(blocks, priority)
+        node, matched = self.match(blocks, priority, owner)
         if matched == len(blocks):
             return node, 0
         keys = blocks[matched:]
         self._access += 1
         child = RadixNode(keys, node, self._next_id, self._access, priority)
+        child.owner = owner
         self._next_id += 1
         node.children[keys[0]] = child
         self.version += 1
@@ -187,18 +198,21 @@ class RadixCache:
         upper = RadixNode(child.keys[:j], parent, self._next_id, child.last_access, child.priority)
         self._next_id += 1
         upper.lock_ref = child.lock_ref
+        upper.owner = child.owner
         child.keys = child.keys[j:]
         child.parent = upper
         upper.children[child.keys[0]] = child
         parent.children[upper.keys[0]] = upper
         return upper
 
-    def _touch(self, node: RadixNode, priority: int) -> None:
+    def _touch(self, node: RadixNode, priority: int, owner: str | None = None) -> None:
         self._access += 1
         n: RadixNode | None = node
         while n is not None and n is not self.root:
             n.last_access = self._access
             n.priority = max(n.priority, priority)
+            if owner is not None:
+                n.owner = owner
             if n.lock_ref == 0 and not n.children:
                 self._push(n)
             n = n.parent
@@ -216,6 +230,8 @@ class RadixCache:
         del parent.children[node.keys[0]]
         node.alive = False
         self.version += 1
+        if self.on_evict is not None:
+            self.on_evict(node.keys, node.owner)
         size = len(node.keys)
         self.total_blocks -= size
         self.evictable_blocks -= size

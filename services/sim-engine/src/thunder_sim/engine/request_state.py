@@ -22,6 +22,7 @@ class ReqState:
         "cached_tokens",
         "first_token_s",
         "kv_tokens",
+        "miss_tokens",
         "node",
         "output_tokens",
         "own_pages",
@@ -51,6 +52,7 @@ class ReqState:
         self.first_token_s: float | None = None
         self.seq = seq                  # arrival order (SGLang's wait_queue_entry_time)
         self.admissions = 0
+        self.miss_tokens: dict[str, int] = {}   # recompute ledger of the last admission
 
     @property
     def remaining_new_tokens(self) -> int:

@@ -31,6 +31,7 @@ class EngineRequest:
     priority: int = 0               # SGLang semantics: with priority scheduling, higher first
     session_id: str | None = None   # SGLang session: marks the prefix as referenced
     arrival_s: float = 0.0
+    owner: str | None = None        # the program it belongs to (recompute ledger only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,9 @@ class FinishedRequest:
     first_token_s: float | None
     finished_s: float
     retractions: int = 0
+    miss_tokens: dict[str, int] = field(default_factory=dict)
+    """Why the ``prompt_tokens - cached_tokens`` missed tokens of the last admission were not
+    hits: cause (``ledger.MissCause``) -> tokens, summing to exactly that difference."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,5 +97,7 @@ class EngineCounters:
     num_retracted_reqs: int = 0
     num_requests: int = 0
     num_aborted_reqs: int = 0
+    miss_tokens: dict[str, int] = field(default_factory=dict)
+    """Missed prompt tokens of every admission (retracted and aborted ones too) by cause."""
     ttft_s: list[float] = field(default_factory=list)
     e2e_latency_s: list[float] = field(default_factory=list)

@@ -46,7 +46,7 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sessions (printed with every result)")
     g.add_argument("--traces", type=Path, default=None,
                    help=f"trace folder or file (default ${TRACE_DIR_ENV} or "
-                        "../shared/traces/claude-code-sessions beside the repo)")
+                        "data/traces/claude-code-sessions in the repo)")
     g.add_argument("--context-tokens", type=int, default=QWEN3_8B_YARN_CONTEXT_TOKENS,
                    help="drop sessions whose peak prompt+output exceeds this (default 131072: "
                         "Qwen3-8B with YaRN; 0 disables the filter)")

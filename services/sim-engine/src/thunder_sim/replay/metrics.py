@@ -12,7 +12,13 @@ Definitions (the ThunderAgent paper's metric is agent steps per minute):
 - ``step latency`` = from the moment the program sends the request (including any time held
   at the scheduler) to its last output token; ``ttft`` = to its first output token;
 - ``recomputed_tokens``: tokens the engines prefilled again after a retraction;
-- ``pauses``, ``migrations``, ``max_paused_s``: from the scheduler's Pause / Resume decisions.
+- ``miss_tokens`` (the recompute ledger): the ``prompt_tokens - cached_tokens`` of the
+  completed steps split by cause (``thunder_sim.engine.ledger.MissCause``); the causes sum to
+  exactly that difference, so ``sum / prompt_tokens == 1 - hit_rate`` (empty when the runner
+  cannot attribute: live mode reports the engines' own ledger in ``extra``);
+- ``pauses``, ``migrations``, ``max_paused_s``: from the scheduler's Pause / Resume decisions;
+  ``max_paused_share``: the largest share of a program's life (start to end, or to the end of
+  the run) spent paused, over every program (fairness; 0 where the runner sees no pauses);
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from thunder_sim.engine.ledger import MissCause
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +41,19 @@ class StepRecord:
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int
+    miss_tokens: dict[str, int] = field(default_factory=dict)
+
+
+def add_misses(total: dict[str, int], part: dict[str, int]) -> None:
+    for cause, n in part.items():
+        total[cause] = total.get(cause, 0) + n
+
+
+def ordered_misses(misses: dict[str, int]) -> dict[str, int]:
+    """Every cause in ``MissCause`` order (zeros included), then any unknown ones."""
+    out = {c.value: misses.get(c.value, 0) for c in MissCause}
+    out.update({k: v for k, v in misses.items() if k not in out})
+    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -58,28 +79,51 @@ class RunRecorder:
     capped_human_s: float = 0.0
     capped_tool_s: float = 0.0
     failed_steps: int = 0
+    born_s: dict[str, float] = field(default_factory=dict)
+    paused_total_s: dict[str, float] = field(default_factory=dict)
+    paused_shares: list[float] = field(default_factory=list)
+
+    def started(self, program_id: str, at: float) -> None:
+        self.programs_started += 1
+        self.born_s[program_id] = at
+
+    def ended(self, program_id: str, at: float) -> None:
+        """A program ended: its share of life spent paused is final."""
+        self.programs_done += 1
+        born = self.born_s.pop(program_id, None)
+        total = self.paused_total_s.pop(program_id, 0.0)
+        if born is not None and at > born:
+            self.paused_shares.append(total / (at - born))
 
     def paused(self, program_id: str, at: float) -> None:
         self.pauses += 1
         self.paused_since.setdefault(program_id, at)
 
-    def resumed(self, program_id: str, at: float, migrated: bool) -> None:
-        self.migrations += int(migrated)
+    def _unpause(self, program_id: str, at: float) -> None:
         since = self.paused_since.pop(program_id, None)
         if since is not None:
             self.paused_s.append(at - since)
+            self.paused_total_s[program_id] = self.paused_total_s.get(program_id, 0.0) + (
+                at - since)
+
+    def resumed(self, program_id: str, at: float, migrated: bool) -> None:
+        self.migrations += int(migrated)
+        self._unpause(program_id, at)
 
     def released(self, program_id: str, at: float) -> None:
         """A program ended (or its lease expired) while paused: its wait ends here."""
-        since = self.paused_since.pop(program_id, None)
-        if since is not None:
-            self.paused_s.append(at - since)
+        self._unpause(program_id, at)
 
     def close(self, at: float) -> None:
-        """Count programs still paused at the end of the run as paused until ``at``."""
-        for since in self.paused_since.values():
-            self.paused_s.append(at - since)
-        self.paused_since.clear()
+        """Count programs still paused at the end of the run as paused until ``at``, and the
+        paused share of programs still alive up to ``at``."""
+        for program_id in list(self.paused_since):
+            self._unpause(program_id, at)
+        for program_id, born in self.born_s.items():
+            if at > born:
+                self.paused_shares.append(self.paused_total_s.get(program_id, 0.0) / (at - born))
+        self.born_s.clear()
+        self.paused_total_s.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +156,8 @@ class RunReport:
     time_scale: float = 1.0
     fit: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    miss_tokens: dict[str, int] = field(default_factory=dict)
+    max_paused_share: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +175,9 @@ def summarise(
     minutes = duration_s / 60 if duration_s > 0 else math.nan
     latencies = [s.finished_s - s.sent_s for s in steps]
     ttfts = [s.first_token_s - s.sent_s for s in steps if s.first_token_s is not None]
+    misses: dict[str, int] = {}
+    for s in steps:
+        add_misses(misses, s.miss_tokens)
     return RunReport(
         label=label, mode=mode, policy=policy, replicas=replicas, concurrency=concurrency,
         programs_done=rec.programs_done, steps=len(steps), duration_s=duration_s,
@@ -144,4 +193,6 @@ def summarise(
         max_paused_s=max(rec.paused_s, default=0.0),
         capped_human_s=rec.capped_human_s, capped_tool_s=rec.capped_tool_s,
         failed_steps=rec.failed_steps, time_scale=time_scale, fit=fit, extra=extra or {},
+        miss_tokens=ordered_misses(misses) if misses else {},
+        max_paused_share=max(rec.paused_shares, default=0.0),
     )

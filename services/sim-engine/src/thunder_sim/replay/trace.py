@@ -1,7 +1,7 @@
 """Loading agent-session traces (the kv-cache-tester schema) into replayable programs.
 
-Schema: ``../shared/traces/claude-code-sessions/README.md``. One file is one session; its
-``requests`` list holds LLM requests and subagent markers. We turn it into a ``TraceProgram``:
+Schema: ``data/traces/claude-code-sessions/README.md`` (in the repository). One file is one session;
+its ``requests`` list holds LLM requests and subagent markers. We turn it into a ``TraceProgram``:
 an ordered tuple of ``TraceStep`` (one LLM request) and ``SpawnGroup`` (subagents the parent
 waits for) items.
 
@@ -44,8 +44,8 @@ from typing import Any
 import orjson
 
 TRACE_DIR_ENV = "THUNDER_TRACE_DIR"
-DEFAULT_TRACE_DIR = Path("..") / "shared" / "traces" / "claude-code-sessions"
-"""Relative to the repository root (the shared folder sits beside the checkout)."""
+DEFAULT_TRACE_DIR = Path("data") / "traces" / "claude-code-sessions"
+"""Relative to the repository root: the sessions ship inside the repository."""
 
 BLOCK_TOKENS = 64
 """The schema's ``block_size`` (README: "ids of the prompt's 64-token blocks")."""
@@ -340,7 +340,7 @@ def load_file(
 
 
 def default_trace_dir(repo_root: Path | None = None) -> Path:
-    """``$THUNDER_TRACE_DIR``, else ``<repo root>/../shared/traces/claude-code-sessions``."""
+    """``$THUNDER_TRACE_DIR``, else ``<repo root>/data/traces/claude-code-sessions``."""
     env = os.environ.get(TRACE_DIR_ENV)
     if env:
         return Path(env)

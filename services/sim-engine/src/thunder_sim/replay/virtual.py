@@ -16,6 +16,13 @@ fast-forwarded (``Engine.step(max_decode_steps, until_s)``) up to the next heap 
 ``fast_forward_s`` modelled seconds: a request submitted to a busy engine waits for the end
 of its current (possibly fast-forwarded) iteration, so arrival error is bounded by that
 horizon (default 50 ms, a few decode iterations of an 8B model on an H100).
+
+Recompute ledger: the loop keeps every program's phase (``phases.py``) from its own actions
+and the scheduler's commands, so each engine attributes every missed prompt token to a cause;
+a completed step carries its admission's causes into the report. A ``Resume`` counts as
+forced when the command says so (a ``forced`` attribute) or, for cores that do not say, when
+the core's ``forced_restores`` counter rose in that call and the program had waited the
+aging bound (``config.max_paused_s``).
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from thunder_core.contract import engine_request_id
+from thunder_scheduling import SchedulingCore, make_scheduler
 from thunder_scheduling.commands import (
     Admit,
     Command,
@@ -49,9 +57,17 @@ from thunder_scheduling.events import (
     ToolStarted,
 )
 from thunder_sim.engine import Engine, EngineRequest, FinishReason, StepResult
-from thunder_sim.replay.metrics import RunRecorder, RunReport, StepRecord, summarise
+from thunder_sim.replay.metrics import (
+    RunRecorder,
+    RunReport,
+    StepRecord,
+    add_misses,
+    ordered_misses,
+    summarise,
+)
+from thunder_sim.replay.phases import ProgramPhases
 from thunder_sim.replay.player import Action, Call, GapPolicy, Spawn, ToolBegin, ToolEnd, Wait, plan
-from thunder_sim.replay.setup import SchedulerLike, build_engines, build_scheduler
+from thunder_sim.replay.setup import build_engines
 from thunder_sim.replay.trace import GapKind, TraceProgram, TraceStep, ideal_hit_tokens, instantiate
 
 PROGRAM_LEASE_S = 86_400.0
@@ -107,16 +123,20 @@ class VirtualReplay:
     def __init__(
         self, programs: Sequence[TraceProgram], config: VirtualConfig, *, fit: str = "",
         on_step: Callable[[], None] | None = None,
-        scheduler: SchedulerLike | None = None, engines: dict[str, Engine] | None = None,
+        scheduler: SchedulingCore | None = None, engines: dict[str, Engine] | None = None,
     ) -> None:
         if not programs:
             raise ValueError("no sessions to replay (check the context filter)")
         self.config = config
         self.fit = fit
-        self.scheduler = scheduler or build_scheduler(config.policy, config.policy_knobs)
+        self.scheduler = scheduler or make_scheduler(config.policy, **config.policy_knobs)
         self.engines = engines or build_engines(
             config.preset, config.replicas, config.engine_overrides)
         self.recorder = RunRecorder()
+        self.phases = ProgramPhases()
+        self.phases.attach(self.engines)
+        config_of = getattr(self.scheduler, "config", None)
+        self._aging_bound_s = float(getattr(config_of, "max_paused_s", math.inf))
         self._sessions = list(programs)
         self._next_session = 0
         self._played: list[TraceProgram] = []
@@ -193,6 +213,7 @@ class VirtualReplay:
                 continue        # a prewarm
             ok = fin.finish_reason is FinishReason.LENGTH
             run = pending.run
+            self.phases.request_finished(run.program.program_id)
             self._feed(RequestFinished(
                 self._now, run.program.program_id, fin.rid, prompt_tokens=fin.prompt_tokens,
                 completion_tokens=fin.completion_tokens, cached_tokens=fin.cached_tokens,
@@ -202,7 +223,7 @@ class VirtualReplay:
                 self.recorder.steps.append(StepRecord(
                     run.program.program_id, pending.step.index, pending.sent_s,
                     fin.first_token_s, self._now, fin.prompt_tokens, fin.cached_tokens,
-                    fin.completion_tokens))
+                    fin.completion_tokens, fin.miss_tokens))
             else:
                 self.recorder.failed_steps += 1
             if self._on_step is not None:
@@ -211,14 +232,30 @@ class VirtualReplay:
 
     # -- scheduler ------------------------------------------------------------------------
 
+    def _forced_so_far(self) -> float:
+        counters = getattr(self.scheduler, "counters", None)
+        return float(counters.get("forced_restores", 0)) if isinstance(counters, dict) else 0.0
+
     def _feed(self, event: Event) -> None:
-        self._apply(self.scheduler.handle(event))
+        before = self._forced_so_far()
+        commands = self.scheduler.handle(event)
+        self._apply(commands, int(self._forced_so_far() - before))
 
     def _tick(self) -> None:
         self._tick_at = math.inf
-        self._apply(self.scheduler.tick(self._now))
+        before = self._forced_so_far()
+        commands = self.scheduler.tick(self._now)
+        self._apply(commands, int(self._forced_so_far() - before))
 
-    def _apply(self, commands: list[Command]) -> None:
+    def _is_forced(self, cmd: Resume, forced_left: int) -> bool:
+        said = getattr(cmd, "forced", None)
+        if said is not None:
+            return bool(said)
+        since = self.recorder.paused_since.get(cmd.program_id)
+        return forced_left > 0 and since is not None and (
+            self._now - since >= self._aging_bound_s - 1e-9)
+
+    def _apply(self, commands: list[Command], forced_left: int = 0) -> None:
         for cmd in commands:
             if isinstance(cmd, Admit):
                 self._admit(cmd)
@@ -226,7 +263,11 @@ class VirtualReplay:
                 self._held += 1
             elif isinstance(cmd, Pause):
                 self.recorder.paused(cmd.program_id, self._now)
+                self.phases.paused_now(cmd.program_id)
             elif isinstance(cmd, Resume):
+                forced = self._is_forced(cmd, forced_left)
+                forced_left -= int(forced)
+                self.phases.resumed(cmd.program_id, forced)
                 self.recorder.resumed(cmd.program_id, self._now, cmd.migrated)
             elif isinstance(cmd, SetPriority):
                 self._priority[cmd.program_id] = cmd.priority
@@ -234,6 +275,7 @@ class VirtualReplay:
                 self._prewarm(cmd)
             elif isinstance(cmd, Release):
                 self.recorder.released(cmd.program_id, self._now)
+                self.phases.resumed(cmd.program_id, forced=False)
                 for rid in getattr(cmd, "held_request_ids", ()):
                     pending = self._pending.pop(rid, None)
                     if pending is not None:
@@ -254,7 +296,7 @@ class VirtualReplay:
         self.engines[cmd.backend].submit(EngineRequest(
             rid=cmd.request_id, prompt_blocks=step.blocks, prompt_tokens=step.prompt_tokens,
             max_new_tokens=step.output_tokens, priority=priority, arrival_s=self._now,
-        ), self._now)
+            owner=cmd.program_id), self._now)
 
     def _prewarm(self, cmd: Prewarm) -> None:
         run = self._runs.get(cmd.program_id)
@@ -263,7 +305,8 @@ class VirtualReplay:
         self._prewarms += 1
         self.engines[cmd.backend].submit(EngineRequest(
             rid=f"{cmd.program_id}:prewarm:{self._prewarms}", prompt_blocks=run.last_blocks,
-            prompt_tokens=run.last_tokens, max_new_tokens=1, arrival_s=self._now), self._now)
+            prompt_tokens=run.last_tokens, max_new_tokens=1, arrival_s=self._now,
+            owner=cmd.program_id), self._now)
 
     # -- programs -------------------------------------------------------------------------
 
@@ -284,7 +327,7 @@ class VirtualReplay:
     def _start(self, program: TraceProgram, parent: _Run | None) -> None:
         run = _Run(program, plan(program, self.config.gaps), parent)
         self._runs[program.program_id] = run
-        self.recorder.programs_started += 1
+        self.recorder.started(program.program_id, self._now)
         self._feed(ProgramStarted(
             self._now, program.program_id, framework="replay",
             parent_program_id=parent.program.program_id if parent else None,
@@ -309,17 +352,20 @@ class VirtualReplay:
                     self._at(self._now + action.duration_s, lambda: self._advance(run))
                     return
             elif isinstance(action, ToolBegin):
+                self.phases.tool_started(pid)
                 self._feed(ToolStarted(self._now, pid, action.call_id, action.tool_name))
             elif isinstance(action, ToolEnd):
+                self.phases.tool_finished(pid)
                 self._feed(ToolFinished(self._now, pid, action.call_id))
             elif isinstance(action, Spawn):
                 run.children_left = len(action.children)
                 for child in action.children:
                     self._start(child, run)
                 return
+        self.phases.ended_now(pid)
         self._feed(ProgramEnded(self._now, pid))
         self._runs.pop(pid, None)
-        self.recorder.programs_done += 1
+        self.recorder.ended(pid, self._now)
         parent = run.parent
         if parent is not None:
             parent.children_left -= 1
@@ -359,8 +405,17 @@ class VirtualReplay:
                    "retractions": sum(e.counters.num_retracted_reqs
                                       for e in self.engines.values()),
                    "kv_pool_tokens": next(iter(self.engines.values())).capacity_tokens,
+                   "engine_miss_tokens": _sum_dicts(
+                       e.counters.miss_tokens for e in self.engines.values()),
                    **self._scheduler_counters()},
         )
+
+
+def _sum_dicts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        add_misses(out, d)
+    return ordered_misses(out)
 
 
 def _bind(fn: Callable[[_Run], None], run: _Run) -> Callable[[], None]:

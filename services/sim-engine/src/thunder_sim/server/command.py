@@ -38,42 +38,56 @@ DEVICE_NAMES = {"h100": "NVIDIA H100 80GB HBM3", "h200": "NVIDIA H200"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="h100-qwen3-8b",
-                   help="GPU/model/TP preset (thunder_sim.costmodel.presets); "
-                        "default h100-qwen3-8b")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=30000, help="0 picks a free port")
+    from thunder_sim.costmodel.presets import PRESETS
+
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter  # "(default: X)" on every flag
+    p.add_argument("--preset", default="h100-qwen3-8b", metavar="PRESET",
+                   help="GPU / model / tensor-parallel preset, one of: " + ", ".join(PRESETS))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=30000,
+                   help="port to listen on (0: any free port; 30000 is SGLang's)")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="modelled seconds per wall second (20 = 20x faster than the GPU)")
     p.add_argument("--auto-time-scale", action="store_true",
                    help="lower the time scale when event-loop lag distorts results")
     p.add_argument("--min-time-scale", type=float, default=1.0,
                    help="floor for --auto-time-scale")
-    p.add_argument("--served-model-name", default=None)
-    p.add_argument("--model-path", default=None)
+    p.add_argument("--served-model-name", default=None,
+                   help="model name answered in /v1/models and checked in requests "
+                        "(None: --model-path, else the preset's Hugging Face id)")
+    p.add_argument("--model-path", default=None,
+                   help="model path reported in /server_info (None: the preset's Hugging Face id)")
     p.add_argument("--context-length", type=int, default=None,
-                   help="override the model's context length (tokens)")
+                   help="override the model's context length, tokens (None: the preset's)")
     p.add_argument("--max-total-tokens", type=int, default=None,
-                   help="override the KV pool size C in tokens (SGLang --max-total-tokens)")
-    p.add_argument("--max-running-requests", type=int, default=None)
-    p.add_argument("--page-size", type=int, default=None, help="tokens per KV page (64)")
-    p.add_argument("--chunked-prefill-size", type=int, default=None)
-    p.add_argument("--enable-priority-scheduling", action="store_true")
-    p.add_argument("--radix-eviction-policy", choices=["lru", "priority"], default=None)
+                   help="override the KV pool size in tokens, as SGLang's --max-total-tokens "
+                        "(None: derived from GPU memory like SGLang)")
+    p.add_argument("--max-running-requests", type=int, default=None,
+                   help="most requests in a batch, as SGLang's flag (None: derived from the "
+                        "pool like SGLang)")
+    p.add_argument("--page-size", type=int, default=None,
+                   help="tokens per KV page (None: the preset's, 64)")
+    p.add_argument("--chunked-prefill-size", type=int, default=None,
+                   help="most prompt tokens prefilled per step, as SGLang's flag "
+                        "(None: the preset's)")
+    p.add_argument("--enable-priority-scheduling", action="store_true",
+                   help="order the waiting queue by request priority, as SGLang's flag")
+    p.add_argument("--radix-eviction-policy", choices=["lru", "priority"], default=None,
+                   help="which cached prefix is evicted first, as SGLang's flag (None: lru)")
     p.add_argument("--default-max-tokens", type=int, default=128,
                    help="output length of chat requests without max_tokens (the simulator "
-                        "has no EOS); default 128, SGLang's SamplingParams default")
+                        "has no EOS); 128 is SGLang's SamplingParams default")
     p.add_argument("--min-step-ms", type=float, default=4.0,
                    help="fold decode iterations so one engine loop lasts at least this long "
                         "(wall ms); bounds Python overhead at high time scales")
     p.add_argument("--stream-interval", type=int, default=1,
                    help="send intermediate stream chunks every N tokens (SGLang's "
-                        "--stream-interval, default 1), subject to --stream-interval-ms")
+                        "--stream-interval), subject to --stream-interval-ms")
     p.add_argument("--stream-interval-ms", type=float, default=200.0,
                    help="and at most this often per request (wall ms); first tokens and ends "
                         "go out at once")
     p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+                   choices=["debug", "info", "warning", "error"], help="log verbosity")
 
 
 def _check(p: argparse.Namespace) -> None:

@@ -11,7 +11,7 @@ Python's sake). After
 ``sustain_windows`` distorted windows in a row the monitor warns in the log and, with
 ``auto_time_scale``, divides the time scale by ``(1 + fraction) / 0.9`` (aiming 10% under the
 scale that would just keep up), never below ``min_time_scale``. The clock re-anchors so
-modelled time stays continuous. Numbers are exported as ``thunder_sim:`` metrics.
+modelled time stays continuous. Numbers are exported as ``thunder_sim_`` metrics.
 
 The lateness of every wake-up also goes into a fixed-bucket histogram (``LATENESS_BUCKETS_S``,
 0.25 ms to 5 s, fine around the 20 ms re-sync threshold) so a client can compute lag quantiles

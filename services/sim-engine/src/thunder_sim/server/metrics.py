@@ -13,7 +13,11 @@ Names, label sets and buckets are those of ``sglang/srt/observability/metrics_co
   ("device", the only tier simulated) on ``cached_tokens_total``; ``num_aborted_requests_total``.
 Latencies are modelled seconds (what the GPU would show), not wall seconds.
 
-Simulator health is exported under ``thunder_sim:`` (event-loop lag, time scale, steps).
+Simulator health is exported under ``thunder_sim_`` (event-loop lag, time scale, steps), and
+the engine's recompute ledger as ``thunder_sim_prompt_miss_tokens_total{cause=...}``: every
+admission's missed prompt tokens by cause, with what one engine knows alone (the owner is the
+program in the request id; ``evicted_away`` = its program had no request here, acting or
+paused; see ``thunder_sim.engine.ledger``).
 """
 
 from __future__ import annotations
@@ -92,37 +96,43 @@ class _SchedulerCollector(Collector):
                 "eviction.", counters.evicted_tokens)
         lag = self.runner.lag
         g, c = self._sim_gauge, self._sim_counter
-        yield g("thunder_sim:time_scale", "Modelled seconds per wall second.",
+        yield g("thunder_sim_time_scale", "Modelled seconds per wall second.",
                 self.runner.clock.time_scale)
-        yield c("thunder_sim:event_loop_lag_seconds", "Cumulative wall seconds the engine "
+        yield c("thunder_sim_event_loop_lag_seconds", "Cumulative wall seconds the engine "
                 "loop woke later than planned.", lag.lag_total_s)
-        yield c("thunder_sim:lost_step_wall_seconds", "Cumulative wall seconds the modelled "
+        yield c("thunder_sim_lost_step_wall_seconds", "Cumulative wall seconds the modelled "
                 "GPU sat idle because the loop fell behind (the distortion).", lag.lost_total_s)
-        yield c("thunder_sim:planned_step_wall_seconds", "Cumulative planned wall seconds of "
+        yield c("thunder_sim_planned_step_wall_seconds", "Cumulative planned wall seconds of "
                 "engine steps.", lag.planned_total_s)
-        yield g("thunder_sim:event_loop_lag_fraction", "Lost / planned step time over the last "
+        yield g("thunder_sim_event_loop_lag_fraction", "Lost / planned step time over the last "
                 "window (distorted above 0.10).", lag.last_window_fraction)
-        yield g("thunder_sim:event_loop_lag_max_seconds", "Worst lateness in the last window "
+        yield g("thunder_sim_event_loop_lag_max_seconds", "Worst lateness in the last window "
                 "(wall seconds).", lag.max_lag_s)
-        yield g("thunder_sim:event_loop_lag_p50_seconds", "Median lateness of the engine "
+        yield g("thunder_sim_event_loop_lag_p50_seconds", "Median lateness of the engine "
                 "loop's wake-ups in the last window (wall seconds).", lag.last_window_p50_s)
-        yield g("thunder_sim:event_loop_lag_p99_seconds", "99th-percentile lateness of the "
+        yield g("thunder_sim_event_loop_lag_p99_seconds", "99th-percentile lateness of the "
                 "engine loop's wake-ups in the last window (wall seconds).", lag.last_window_p99_s)
         cumulative, buckets = 0, []
         for le, n in zip((*LATENESS_BUCKETS_S, float("inf")), lag.lateness_counts, strict=True):
             cumulative += n
             buckets.append((str(le) if le != float("inf") else "+Inf", cumulative))
-        h = HistogramMetricFamily("thunder_sim:engine_wakeup_lateness_seconds", "Lateness of "
+        h = HistogramMetricFamily("thunder_sim_engine_wakeup_lateness_seconds", "Lateness of "
                                   "each engine-loop wake-up against its plan (wall seconds).",
                                   labels=["model_name"])
         h.add_metric([self.labels["model_name"]], buckets, lag.lateness_sum_s)
         yield h
-        yield c("thunder_sim:time_scale_changes", "Automatic time-scale reductions.",
+        yield c("thunder_sim_time_scale_changes", "Automatic time-scale reductions.",
                 lag.scale_changes_total)
-        yield c("thunder_sim:lag_warnings", "Sustained-lag warnings.", lag.warnings_total)
-        yield c("thunder_sim:engine_steps", "Engine step calls.", self.runner.steps_total)
-        yield c("thunder_sim:recomputed_tokens", "Tokens prefilled again after retraction.",
+        yield c("thunder_sim_lag_warnings", "Sustained-lag warnings.", lag.warnings_total)
+        yield c("thunder_sim_engine_steps", "Engine step calls.", self.runner.steps_total)
+        yield c("thunder_sim_recomputed_tokens", "Tokens prefilled again after retraction.",
                 counters.recomputed_tokens)
+        miss = CounterMetricFamily("thunder_sim_prompt_miss_tokens", "Prompt tokens prefilled "
+                                   "(not cache hits) by cause, every admission.",
+                                   labels=["model_name", "cause"])
+        for cause, n in counters.miss_tokens.items():
+            miss.add_metric([self.labels["model_name"], str(cause)], n)
+        yield miss
 
 
 class SimMetrics:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from thunder_sim.clock import ScaledClock
+from thunder_sim.engine.ledger import owner_of
 from thunder_sim.engine.types import (
     EngineCounters,
     EngineRequest,
@@ -165,6 +166,7 @@ class EngineRunner:
                 priority=priority,
                 session_id=session_id,
                 arrival_s=now,
+                owner=owner_of(rid),
             ),
             now,
         )

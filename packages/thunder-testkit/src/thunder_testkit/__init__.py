@@ -1,0 +1,14 @@
+"""Thunder's shared test kit (not published): fakes and helpers for every test directory.
+
+Modules (imported one by one, so a test pulls in only what it uses):
+
+* ``polling``: ``until`` / ``until_async``, poll a condition with a deadline.
+* ``engines``: fake SGLang / vLLM / llama.cpp control planes on ``httpx.MockTransport``.
+* ``runtimes``: ``FakeRuntimeBackend``, an in-memory tool runtime backend.
+* ``proxy``: a scripted upstream, a recording gate and an in-process ASGI driver for the proxy.
+* ``openai_server``: ``ScriptedOpenAI``, a scripted tool-calling OpenAI server on loopback.
+"""
+
+from thunder_testkit.polling import until, until_async
+
+__all__ = ["until", "until_async"]
