@@ -49,6 +49,7 @@ from thunder_scheduler.lifecycle_api import (
     BodyLimitMiddleware,
     create_lifecycle_router,
 )
+from thunder_scheduler.live import create_live_router
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduler.ops_api import create_ops_router
 from thunder_scheduler.persistence import (
@@ -288,6 +289,7 @@ def create_app(
         app.include_router(proxy.router(), dependencies=[Depends(require_client)])
         app.serve_proxy_first(proxy, _admit_with(require_client))
     app.include_router(create_ops_router(lambda: monitor, lambda: driver, metrics))
+    app.include_router(create_live_router(lambda: driver, lambda: monitor, require_admin))
     app.include_router(create_lifecycle_router(
         lambda: driver, require_admin, quota=quota, max_lease_s=settings.max_lease_s,
         max_tags_bytes=settings.max_tags_bytes,
