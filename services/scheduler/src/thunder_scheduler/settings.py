@@ -311,6 +311,18 @@ class ServiceSettings(BaseSettings):
         return specs
 
     @model_validator(mode="after")
+    def _https_needs_a_tls_client(self) -> ServiceSettings:
+        # the default forwarding client (upstream_raw) speaks plain HTTP only
+        https = [spec for spec in self.backends if "=https://" in spec]
+        if https and self.upstream_client == "raw":
+            raise ValueError(
+                f"{setting_names('backends')}: https:// engines ({', '.join(https)}) need "
+                f"{setting_names('upstream_client')} aiohttp or httpx; the default client "
+                "'raw' speaks plain http only"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _watermarks_ordered(self) -> ServiceSettings:
         high, low = self.high_watermark, self.low_watermark
         if high is not None and low is not None and low > high:
