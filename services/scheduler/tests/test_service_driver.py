@@ -46,6 +46,7 @@ from thunder_scheduling.events import (
     ToolStarted,
 )
 from thunder_scheduling.snapshot import Counters, SchedulerSnapshot
+from thunder_testkit import until_async
 
 
 @dataclass
@@ -278,11 +279,7 @@ async def test_ticker_runs_tick_at_the_core_deadline() -> None:
     driver = Driver(core, {}, clock, ServiceMetrics(), tick_s=60.0)
     driver.start()
     try:
-        for _ in range(200):
-            if core.ticks:
-                break
-            await asyncio.sleep(0.001)
-        assert core.ticks, "the ticker never called tick()"
+        await until_async(lambda: core.ticks, interval_s=0.001, what="the ticker to call tick()")
     finally:
         await driver.aclose()
 
