@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import uuid
@@ -21,6 +20,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from thunder_core.launcher import ChildProcess
 from thunder_core.runtimes import ExecRequest, RuntimeSpec
 from thunder_scheduler.tools.base import RuntimeBackend
 from thunder_scheduler.tools.docker import DockerBackend
@@ -161,16 +161,13 @@ async def test_restart_after_sigkill_reclaims_everything(
     prefix = f"trestart{uuid.uuid4().hex[:6]}"
     backend = _backend(kind, request, tmp_path)
     target = backend.docker_host if isinstance(backend, DockerBackend) else str(tmp_path / "rt")
-    child = subprocess.Popen(  # noqa: ASYNC220 (read in a thread below)
-        [sys.executable, "-c", CHILD, kind, target, prefix], stdout=subprocess.PIPE, text=True,
-    )
+    child = ChildProcess([sys.executable, "-c", CHILD, kind, target, prefix],
+                         name="tool manager", ready=r"^READY$")
     try:
-        assert child.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 120)
-        assert line.strip() == "READY"
+        await asyncio.to_thread(child.wait_ready, 120)
     finally:
         os.kill(child.pid, signal.SIGKILL)
-        child.wait()
+        child.stop()
     live = await backend.list_runtimes(prefix)
     assert len(live) == 5  # 3 held + 2 pooled, orphaned by the SIGKILL
     known = {"p1"}  # the scheduler still knows one program: its runtime is adopted

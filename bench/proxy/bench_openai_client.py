@@ -23,61 +23,33 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 from openai import OpenAI
+
+from thunder_core.launcher import ChildProcess, launch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MESSAGES = [{"role": "user", "content": "hello there"}]
 BLOCK = 50
 TARGET_ADDED_P50_MS = 1.0
+READY = r"listening on (http://\S+)"
 
 
-def _start_engine() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, str(HERE / "zero_engine.py")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    match = re.match(r"PORT=(\d+)", proc.stdout.readline())
-    if not match:
-        proc.kill()
-        raise RuntimeError("zero_engine.py did not start")
-    return proc, f"http://127.0.0.1:{match.group(1)}"
+def _start_engine() -> ChildProcess:
+    return launch([sys.executable, str(HERE / "zero_engine.py")], name="zero_engine.py",
+                  ready=READY, timeout_s=60)
 
 
-def _start_scheduler(engine: str) -> tuple[subprocess.Popen[str], str]:
+def _start_scheduler(engine: str) -> ChildProcess:
     exe = Path(sys.executable).with_name("thunder-scheduler")
-    proc = subprocess.Popen([str(exe), "serve", "--port", "0", "--backend", f"sglang={engine}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        match = re.search(r"listening on (http://\S+)", line)
-        if match:
-            url = match.group(1)
-            break
-    else:
-        raise RuntimeError("thunder-scheduler did not start")
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{url}/ready", timeout=5).status_code != 200:
-        if time.monotonic() > deadline:
-            raise RuntimeError("thunder-scheduler never became ready")
-        time.sleep(0.2)
-    return proc, url
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    return launch([str(exe), "serve", "--port", "0", "--backend", f"sglang={engine}"],
+                  name="thunder-scheduler", ready=READY,
+                  health="/ready", timeout_s=60)
 
 
 def _one(client: OpenAI, stream: bool) -> float:
@@ -93,9 +65,11 @@ def _one(client: OpenAI, stream: bool) -> float:
 
 
 def measure(requests: int) -> dict[tuple[str, bool], list[float]]:
-    engine, engine_url = _start_engine()
+    engine = _start_engine()
+    engine_url = engine.url
     try:
-        scheduler, scheduler_url = _start_scheduler(engine_url)
+        scheduler = _start_scheduler(engine_url)
+        scheduler_url = scheduler.url
         try:
             clients = {
                 "direct": OpenAI(base_url=f"{engine_url}/v1", api_key="x", max_retries=0),
@@ -117,9 +91,9 @@ def measure(requests: int) -> dict[tuple[str, bool], list[float]]:
                 client.close()
             return samples
         finally:
-            _stop(scheduler)
+            scheduler.stop()
     finally:
-        _stop(engine)
+        engine.stop()
 
 
 def _pct(values: list[float], q: float) -> float:

@@ -75,11 +75,10 @@ class Run:
     proxy_cpu_us_per_request: float | None
 
 
-def _start(cmd: list[str], nice: int) -> tuple[ChildProcess, int]:
+def _start(cmd: list[str], nice: int) -> ChildProcess:
     prefix = ["nice", "-n", str(nice)] if nice else []
-    proc = launch(prefix + cmd, name=Path(cmd[1]).name, ready=r"PORT=(\d+)", cwd=ROOT,
-                  timeout_s=60)
-    return proc, int(proc.url)
+    return launch(prefix + cmd, name=Path(cmd[1]).name, ready=r"listening on (http://\S+)",
+                  cwd=ROOT, timeout_s=60)
 
 
 def _cpu_s(pid: int) -> float:
@@ -127,8 +126,8 @@ def _run(client: str, stream: bool, conc: int, target: str, stats: dict[str, flo
 
 def measure(args: argparse.Namespace) -> tuple[list[Run], dict[str, float]]:
     runs: list[Run] = []
-    engine, engine_port = _start([sys.executable, str(HERE / "zero_engine.py")], args.nice)
-    direct = f"http://127.0.0.1:{engine_port}"
+    engine = _start([sys.executable, str(HERE / "zero_engine.py")], args.nice)
+    direct = engine.url
     try:
         prefix = ["nice", "-n", str(args.nice)] if args.nice else []
         client_cpu = json.loads(subprocess.run(
@@ -137,9 +136,9 @@ def measure(args: argparse.Namespace) -> tuple[list[Run], dict[str, float]]:
         ).stdout)
         print(f"client CPU us/request alone: {client_cpu}", flush=True)
         for client in args.clients:
-            proxy, port = _start([sys.executable, str(HERE / "serve_proxy.py"), "--mode",
-                                  args.mode, "--client", client, "--engine", direct], args.nice)
-            proxied = f"http://127.0.0.1:{port}"
+            proxy = _start([sys.executable, str(HERE / "serve_proxy.py"), "--mode",
+                            args.mode, "--client", client, "--engine", direct], args.nice)
+            proxied = proxy.url
             try:
                 _wait_ready(proxied)
                 _wrk(proxied, 64, 1, False, args.nice)  # warm-up: connections, caches

@@ -9,7 +9,7 @@ Modes:
   :class:`PassThroughGate`, a trivial gate that places every request on the one backend and
   records nothing: it isolates the data plane's own cost from the scheduler's.
 
-Prints ``PORT=<n>`` once listening on 127.0.0.1 (port 0).
+Prints ``listening on http://127.0.0.1:<port>`` once listening (port 0: a free one).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     app = build_app(args.mode, args.client, args.engine, args.state_file)
     sock = listen_socket("127.0.0.1", 0)  # as `thunder-scheduler serve` listens (TCP_NODELAY)
-    print(f"PORT={sock.getsockname()[1]}", flush=True)
+    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(app, loop="uvloop", http="httptools", workers=1,
                             log_level="warning", access_log=False, backlog=4096)
     uvicorn.Server(config).run(sockets=[sock])

@@ -9,7 +9,8 @@ in front of it (the proxy). It answers:
 * ``GET /server_info``, ``/v1/loads``, ``/health``, ``/v1/models``: what the scheduler's SGLang
   backend probes, so the real service accepts it as an SGLang engine (capacity 10^6 tokens).
 
-Usage: ``python zero_engine.py`` prints ``PORT=<n>`` once listening on 127.0.0.1 (port 0).
+Usage: ``python zero_engine.py`` prints ``listening on http://127.0.0.1:<port>`` once
+listening (port 0: a free one).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class ZeroEngine(asyncio.Protocol):
 async def main() -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(ZeroEngine, "127.0.0.1", 0, backlog=4096)
-    print(f"PORT={server.sockets[0].getsockname()[1]}", flush=True)
+    print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
     await server.serve_forever()
 
 

@@ -1,14 +1,17 @@
-"""One live-mode point next to the same point in virtual mode (issue 4: live and virtual agree).
+"""One live-mode point next to the same point in virtual mode (live and virtual must agree).
 
 Live: ``--replicas`` real ``thunder-sim serve`` processes (h100-qwen3-8b) and one real
-``thunder-scheduler serve`` process in front of them (SGLang backends, ``--policy``), all on
-loopback at ``--time-scale``; the replay's aiohttp client drives programs through the
-scheduler and scrapes the scheduler's and the engines' ``/metrics``. Virtual: the same
-sessions, policy, fleet and run length on the virtual clock. Writes
-``bench/results/replay/live-vs-virtual.{md,json}``.
+``thunder-scheduler serve`` process in front of them (SGLang backends, ``--policy``: any
+registered policy), all on loopback at ``--time-scale``; the replay's aiohttp client drives
+programs through the scheduler and scrapes the scheduler's and the engines' ``/metrics``.
+Virtual: the same sessions, policy, fleet and run length on the virtual clock. ``--workload``
+is ``long`` or ``short`` (``workloads.py``; its gaps and run length unless overridden).
+Writes ``bench/results/replay/live-vs-virtual-<workload>-<policy>.{md,json}``, with both
+runs' recompute ledgers side by side: the engines' own ledger over every admission, the
+virtual one folded to what an engine knows alone (``engine_only``).
 
-    .venv/bin/python bench/replay/live_point.py [--multiple 3] [--time-scale 10] \\
-        [--duration-s 1200] [--replicas 2] [--policy thunder]
+    .venv/bin/python bench/replay/live_point.py [--workload long] [--multiple 3] \\
+        [--time-scale 10] [--duration-s 900] [--replicas 2] [--policy thunder]
 
 Every process is started and stopped by ``thunder_core.launcher`` (SIGTERM, then SIGKILL
 after 10 s).
@@ -26,16 +29,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-from compare import OUT, fitting_programs
+from compare import OUT, fitting_programs, load_avg
+from workloads import WORKLOADS, workload
 
 from thunder_core.launcher import ChildProcess, stop_all
 from thunder_sim.costmodel.presets import get_preset
+from thunder_sim.engine.ledger import MissCause
 from thunder_sim.replay.cli import describe_run
-from thunder_sim.replay.fit import ContextFit
 from thunder_sim.replay.live import LiveConfig, LiveReplay
+from thunder_sim.replay.metrics import RunReport
 from thunder_sim.replay.player import GapPolicy
-from thunder_sim.replay.report import write
-from thunder_sim.replay.trace import default_trace_dir
+from thunder_sim.replay.report import CAUSE_TITLES, write
 from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
 
 SIM_READY = re.compile(r"thunder-sim ready: (http://\S+)")
@@ -49,23 +53,72 @@ def _has_model(body: bytes) -> bool:
     return bool(json.loads(body).get("data"))
 
 
+ENGINE_ONLY = {
+    MissCause.FIRST_SIGHT: MissCause.FIRST_SIGHT, MissCause.MOVED: MissCause.FIRST_SIGHT,
+    MissCause.EVICTED_ACTING: MissCause.EVICTED_AWAY,
+    MissCause.EVICTED_PAUSED: MissCause.EVICTED_AWAY,
+    MissCause.FORCED_RESTORE: MissCause.EVICTED_AWAY, MissCause.OWNER_GONE: MissCause.EVICTED_AWAY,
+    MissCause.EVICTED_AWAY: MissCause.EVICTED_AWAY,
+    MissCause.OVER_ADMISSION: MissCause.OVER_ADMISSION, MissCause.RETRACTION: MissCause.RETRACTION,
+}
+"""A virtual cause as one engine alone would name it (approximate for ``forced_restore``:
+an evicted block whose owner was active would be ``over_admission`` there)."""
+
+
+def engine_only(misses: dict[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for cause, n in misses.items():
+        key = ENGINE_ONLY.get(MissCause(cause), MissCause.EVICTED_AWAY).value
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+def ledger_side_by_side(live: RunReport, virtual: RunReport) -> str:
+    """Both runs' engine ledgers (every admission) as % of the run's prompt tokens."""
+    a = live.extra.get("engine_miss_tokens") or {}
+    b = engine_only(virtual.extra.get("engine_miss_tokens") or {})
+    causes = [c for c in ("first_sight", "evicted_away", "over_admission", "retraction")
+              if a.get(c) or b.get(c)]
+    if not causes:
+        return "No recompute ledger (engines without thunder_sim:prompt_miss_tokens_total)."
+    rows = ["| mode | " + " | ".join(CAUSE_TITLES.get(c, c) for c in causes)
+            + " | total missed |", "|---|" + "---|" * (len(causes) + 1)]
+    for r, m in ((live, a), (virtual, b)):
+        p = r.prompt_tokens or 1
+        rows.append(f"| {r.mode} | " + " | ".join(f"{100 * m.get(c, 0) / p:.1f}%"
+                                                  for c in causes)
+                    + f" | {sum(m.values()):,} |")
+    return ("Engine recompute ledger, every admission (prewarms and retracted ones included), "
+            "% of completed steps' prompt tokens, causes as one engine alone names them "
+            "(virtual folded: moved -> first sight; acting, paused, forced restore -> evicted "
+            "away):\n\n" + "\n".join(rows))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workload", default="long", choices=WORKLOADS)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--multiple", type=int, default=3)
     ap.add_argument("--policy", default="thunder")
     ap.add_argument("--time-scale", type=float, default=10.0)
-    ap.add_argument("--duration-s", type=float, default=1200.0)
-    ap.add_argument("--sessions", type=int, default=60)
+    ap.add_argument("--duration-s", type=float, default=None,
+                    help="modelled seconds (default: the workload's)")
+    ap.add_argument("--sessions", type=int, default=None,
+                    help="sessions drawn (default: the workload's)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--tool-gap-cap-s", type=float, default=300.0)
+    ap.add_argument("--tool-gap-cap-s", type=float, default=None,
+                    help="default: the workload's")
     ap.add_argument("--logs", type=Path, default=None,
                     help="keep the engines' and the scheduler's logs and the final program "
                          "list (programs.json) in this folder (default: a temp dir, deleted)")
     ap.add_argument("--scheduler-log-level", default="warning")
     args = ap.parse_args()
-    fit = ContextFit(sessions=args.sessions, seed=args.seed).load(default_trace_dir())
-    gaps = GapPolicy(tool_gap_cap_s=args.tool_gap_cap_s)
+    wl = workload(args.workload, args.seed, args.sessions)
+    fit = wl.load()
+    gaps = wl.gaps if args.tool_gap_cap_s is None else GapPolicy(
+        tool_gap_cap_s=args.tool_gap_cap_s)
+    duration_s = args.duration_s or wl.duration_s
+    load_before = load_avg()
     pool = get_preset("h100-qwen3-8b").kv_pool_tokens
     mean_peak = sum(p.peak_context_tokens for p in fit.programs) / len(fit.programs)
     concurrency = fitting_programs(args.replicas, pool, mean_peak) * args.multiple
@@ -94,7 +147,7 @@ def main() -> int:
         t0 = time.perf_counter()
         live = asyncio.run(LiveReplay(fit.programs, LiveConfig(
             target=target, time_scale=args.time_scale, concurrency=concurrency, gaps=gaps,
-            duration_s=args.duration_s, engine_urls=tuple(urls), policy=args.policy,
+            duration_s=duration_s, engine_urls=tuple(urls), policy=args.policy,
             replicas=args.replicas), fit=fit.describe()).run())
         live_wall = time.perf_counter() - t0
         if tmp is None:
@@ -106,17 +159,27 @@ def main() -> int:
             tmp.cleanup()
     virtual = VirtualReplay(fit.programs, VirtualConfig(
         policy=args.policy, replicas=args.replicas, concurrency=concurrency, gaps=gaps,
-        duration_s=args.duration_s), fit=fit.describe()).run()
+        duration_s=duration_s), fit=fit.describe()).run()
     pre = (f"Command: `.venv/bin/python bench/replay/live_point.py {' '.join(sys.argv[1:])}`; "
-           f"live run {live_wall:.0f} s wall at time scale {args.time_scale:g}\n\n"
+           f"live run {live_wall:.0f} s wall at time scale {args.time_scale:g}; load average "
+           f"{load_before} before, {load_avg()} after\n\n"
+           f"Workload `{wl.name}`: {wl.rule} (`bench/replay/workloads.py`).\n\n"
            f"{describe_run(fit, gaps, args.time_scale)}\n\n"
            f"{concurrency} programs ({args.multiple}x the {concurrency // args.multiple} that "
-           f"fit {args.replicas} pools), {args.duration_s:g} modelled s, seed {args.seed}. "
+           f"fit {args.replicas} pools), {duration_s:g} modelled s, seed {args.seed}. "
            f"Live: {args.replicas} `thunder-sim serve` + `thunder-scheduler serve --policy "
            f"{args.policy}`; virtual: the same policy code on the virtual clock.\n\n"
            f"Live warnings: {live.extra.get('warnings') or 'none'}; failed live steps: "
            f"{live.failed_steps} ({live.extra.get('last_error') or '-'})")
-    for path in write([live, virtual], OUT, "live-vs-virtual", pre):
+    agree = (f"Live / virtual: steps/min {live.steps_per_min / virtual.steps_per_min:.2f}, "
+             f"hit rate {live.hit_rate / virtual.hit_rate:.2f}"
+             if virtual.steps_per_min and virtual.hit_rate else "")
+    name = f"live-vs-virtual-{wl.name}-{args.policy}"
+    paths = write([live, virtual], OUT, name, pre)
+    md = paths[0]
+    md.write_text(md.read_text() + "\n" + agree + "\n\n" + ledger_side_by_side(live, virtual)
+                  + "\n")
+    for path in paths:
         print(f"wrote {path}")
     for r in (live, virtual):
         print(f"{r.mode}: {r.steps_per_min:.1f} steps/min hit {r.hit_rate:.3f} pauses "

@@ -8,6 +8,7 @@ import pytest
 from thunder_scheduling.config import SchedulerConfig
 from thunder_scheduling.registry import make_scheduler, policy_names
 from thunder_sim.engine.ledger import MissCause
+from thunder_sim.replay.live import parse_metrics
 from thunder_sim.replay.metrics import RunRecorder, RunReport
 from thunder_sim.replay.trace import TraceProgram, parse_session
 from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
@@ -88,3 +89,16 @@ def test_paused_share_of_life_per_program() -> None:
     rec.close(20.0)                         # b: still paused at the end, 5 of 20 s
     assert sorted(rec.paused_shares) == [0.25, 0.5]
     assert rec.programs_done == 1 and rec.programs_started == 2
+
+
+def test_live_metrics_parse_keeps_the_ledger_per_cause() -> None:
+    text = (
+        '# TYPE thunder_sim:prompt_miss_tokens_total counter\n'
+        'thunder_sim:prompt_miss_tokens_total{cause="first_sight",model_name="m"} 640.0\n'
+        'thunder_sim:prompt_miss_tokens_total{cause="evicted_away",model_name="m"} 128.0\n'
+        'sglang:prompt_tokens_total{model_name="m"} 1000.0\n')
+    parsed = parse_metrics(text)
+    assert parsed["thunder_sim:prompt_miss_tokens_total"] == 768.0
+    assert parsed["thunder_sim:prompt_miss_tokens_total/first_sight"] == 640.0
+    assert parsed["thunder_sim:prompt_miss_tokens_total/evicted_away"] == 128.0
+    assert parsed["sglang:prompt_tokens_total"] == 1000.0

@@ -186,6 +186,8 @@ class Paths:
     HEALTH: Final = "/health"
     READY: Final = "/ready"
     METRICS: Final = "/metrics"
+    LIVE_PAGE: Final = "/live"
+    LIVE_STATE: Final = "/live/state"
 
 
 # -- lifecycle events -------------------------------------------------------------------------

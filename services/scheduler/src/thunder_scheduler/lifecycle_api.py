@@ -45,6 +45,7 @@ from thunder_core.contract import (
 from thunder_scheduler.auth import KeyCheck
 from thunder_scheduler.driver import Driver
 from thunder_scheduler.errors import ServiceError, error_response
+from thunder_scheduler.json_limits import depth_error, exceeds_depth
 from thunder_scheduler.quota import ProgramQuota, client_identity
 from thunder_scheduling.events import ProgramEnded, ProgramStarted, ToolFinished, ToolStarted
 
@@ -230,6 +231,9 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
         body = b"".join(chunks)
+        if exceeds_depth(body):
+            await error_response(400, depth_error())(scope, receive, send)
+            return
         delivered = False
 
         async def replay() -> Message:

@@ -30,6 +30,12 @@ sleep wakes); the engines' own lag is read from their ``/metrics``
 (``thunder_sim_event_loop_lag_fraction``, ``thunder_sim_lost_step_wall_seconds``). The report
 warns when either would distort results: replay lag p99 above 5% of the median modelled step
 latency, or engines that lost more than 10% of their planned step time.
+
+Recompute ledger: the replay sees neither evictions nor the scheduler's pauses, so the report
+carries the engines' own ledger (``extra["engine_miss_tokens"]``: every admission's missed
+prompt tokens by cause, the delta of ``thunder_sim:prompt_miss_tokens_total{cause}`` over the
+run) with what one engine knows alone: ``first_sight`` includes blocks cached on another
+engine, ``evicted_away`` is acting or paused (``thunder_sim.engine.ledger``).
 """
 
 from __future__ import annotations
@@ -94,17 +100,26 @@ class LiveConfig:
             raise ValueError(f"--lifecycle must be auto, on or off, got {self.lifecycle!r}")
 
 
-_METRIC_RE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+([-+0-9.eEinfINFaN]+)$", re.M)
+_METRIC_RE = re.compile(
+    r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+([-+0-9.eEinfINFaN]+)$", re.M)
+_CAUSE_RE = re.compile(r'cause="([^"]*)"')
+MISS_METRIC = "thunder_sim:prompt_miss_tokens_total"
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """Sum of each Prometheus series by name (labels folded)."""
+    """Sum of each Prometheus series by name (labels folded); the engines' recompute ledger
+    (``thunder_sim:prompt_miss_tokens_total{cause=...}``) also per cause, as
+    ``<name>/<cause>``."""
     out: dict[str, float] = {}
-    for name, value in _METRIC_RE.findall(text):
+    for name, labels, value in _METRIC_RE.findall(text):
         try:
-            out[name] = out.get(name, 0.0) + float(value)
+            v = float(value)
         except ValueError:
             continue
+        out[name] = out.get(name, 0.0) + v
+        if name == MISS_METRIC and (m := _CAUSE_RE.search(labels)):
+            key = f"{name}/{m.group(1)}"
+            out[key] = out.get(key, 0.0) + v
     return out
 
 
@@ -445,6 +460,9 @@ class LiveReplay:
                 "last_error": self._last_error,
                 "scheduler_pauses": delta("thunder_pauses"),
                 "scheduler_migrations": delta("thunder_migrations"),
+                "engine_miss_tokens": {
+                    k.split("/", 1)[1]: int(after[k] - before.get(k, 0.0))
+                    for k in sorted(after) if k.startswith(f"{MISS_METRIC}/")},
             },
         )
         warnings = []
