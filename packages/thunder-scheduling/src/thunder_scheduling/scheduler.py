@@ -14,7 +14,6 @@ from __future__ import annotations
 from thunder_core.contract import ProgramPhase, ProgramStatus
 from thunder_scheduling.accounting import BackendLedger
 from thunder_scheduling.commands import Command, Hold
-from thunder_scheduling.decisions import decide
 from thunder_scheduling.events import (
     BackendUpdated,
     Event,
@@ -82,10 +81,9 @@ class ProgramScheduler(SchedulerState):
             for last in group.values():
                 candidates.append(last + lease_s)
                 break
-        oldest = self._waiting.oldest()
-        if oldest is not None:
-            candidates.append(oldest[1] + self.config.max_paused_s)
-            candidates.append(self._now + self.config.tick_s)
+        policy_at = self.policy.next_decision_at(self._control, self._now)
+        if policy_at is not None:
+            candidates.append(policy_at)
         return min(candidates) if candidates else None
 
     def snapshot(self) -> SchedulerSnapshot:
@@ -296,7 +294,7 @@ class ProgramScheduler(SchedulerState):
     # -- decisions --------------------------------------------------------------------------------
 
     def _decide(self, now: float) -> None:
-        decide(self, now)
+        self.policy.decide(self._control, now)
 
 
 __all__ = ["ProgramScheduler", "UnknownProgram"]
