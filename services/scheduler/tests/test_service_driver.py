@@ -326,7 +326,7 @@ async def test_runtime_ids_of_tool_starts_are_kept() -> None:
                             runtime_ids=("rt-1",)))
     driver.note_runtime("p", "rt-2")
     driver.note_runtime("p", "rt-1")  # acquired and named again: listed once
-    assert driver._runtime_ids["p"] == ["rt-1", "rt-2"]
+    assert driver.runtime_ids("p") == ["rt-1", "rt-2"]
 
 
 async def test_a_shared_slot_is_erased_only_by_its_last_program() -> None:
