@@ -89,6 +89,10 @@ def test_kill_9_and_restart_keeps_the_program_table(
     before = _table(first.url)
     waiting = _waiting_order(before)
     assert waiting
+    tooling = next(pid for pid, row in before.items() if row["status"] == "active")
+    assert httpx.post(f"{first.url}/v1/programs/{tooling}/tools", headers=ADMIN,
+                      json={"call_id": "t1", "tool_name": "pytest"}).status_code == 200
+    before = _table(first.url)
     time.sleep(0.5)  # ten flush intervals
     first.process.kill()
     first.process.wait(10)
@@ -104,6 +108,9 @@ def test_kill_9_and_restart_keeps_the_program_table(
         if row["status"] == "active":
             assert (after[pid]["status"], after[pid]["backend"]) == ("active", row["backend"])
     assert _waiting_order(after) == waiting
+    assert after[tooling]["current_tool"] == "pytest"  # the open tool call came back too
+    assert httpx.post(f"{second.url}/v1/programs/{tooling}/tools/t1/end", headers=ADMIN,
+                      json={}).status_code == 200
     # the lifecycle API answers for restored programs, and they keep their engine
     one = waiting[0] if waiting else next(iter(after))
     assert httpx.get(f"{second.url}/v1/programs/{one}", headers=ADMIN).status_code == 200

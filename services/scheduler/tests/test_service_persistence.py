@@ -52,7 +52,7 @@ async def test_flush_then_restore_gives_the_same_table(tmp_path: Path) -> None:
 
     fresh = RecordingCore(make_scheduler("thunder"))
     again = StatePersister(StateStore(path), fresh)
-    assert sorted(again.restore(100.0)) == ["p0", "p1", "p2", "p3"]
+    assert sorted(c.program_id for c in again.restore(100.0)) == ["p0", "p1", "p2", "p3"]
     assert _rows(fresh) == _rows(core)
     assert fresh.snapshot().tool_estimates_s == {"pytest": 3.0}
     fresh.handle(ProgramEnded(101.0, "p1"))
