@@ -86,7 +86,11 @@ def test_state_file_errors_are_one_line_settings_errors(tmp_path: Path) -> None:
         db.execute("INSERT INTO meta VALUES ('schema', '99')")
     with pytest.raises(StateStoreError, match="schema 99"):
         StateStore(bad)
+    with pytest.raises(SettingsError, match="schema 99"):
+        load_settings({"state_file": str(bad)})
     garbage = tmp_path / "garbage.sqlite3"
     garbage.write_bytes(b"not a database" * 100)
     with pytest.raises(StateStoreError, match="cannot open"):
         StateStore(garbage)
+    with pytest.raises(SettingsError, match="not a state file"):
+        load_settings({"state_file": str(garbage)})
