@@ -60,6 +60,16 @@ async def test_flush_then_restore_gives_the_same_table(tmp_path: Path) -> None:
     assert StateStore(path).count() == 3
 
 
+async def test_an_idle_service_writes_a_restorable_file(tmp_path: Path) -> None:
+    path = tmp_path / "idle.sqlite3"
+    persister = StatePersister(StateStore(path), RecordingCore(make_scheduler("thunder")))
+    await persister.flush()  # no event yet: the core's clock is at -inf
+    await persister.aclose()
+    again = StatePersister(StateStore(path), RecordingCore(make_scheduler("thunder")))
+    assert again.restore(5.0) == []
+    await again.aclose()
+
+
 async def test_a_flush_writes_each_touched_program_once(tmp_path: Path) -> None:
     core = RecordingCore(make_scheduler("thunder"))
     persister = StatePersister(StateStore(tmp_path / "s.sqlite3"), core)
