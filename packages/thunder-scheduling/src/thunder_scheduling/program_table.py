@@ -146,10 +146,18 @@ class ProgramTable:
     def end(self, program: Program) -> None:
         del self._live[program.program_id]
         if self._keep == 0:
+            self._incarnations.pop(program.program_id, None)
             return
         self._ended[(program.program_id, program.incarnation)] = program
         while len(self._ended) > self._keep:
-            self._ended.popitem(last=False)
+            (program_id, incarnation), _ = self._ended.popitem(last=False)
+            if program_id not in self._live and self._incarnations.get(program_id) == incarnation:
+                del self._incarnations[program_id]  # its newest record is gone: forget the id
+
+    def remembered_ids(self) -> int:
+        """Program ids whose incarnation count is kept: live or among the kept ended ones
+        (bounded by live programs + ``keep_terminated``)."""
+        return len(self._incarnations)
 
     def live(self) -> Iterator[Program]:
         return iter(self._live.values())

@@ -14,9 +14,9 @@ from __future__ import annotations
 from thunder_core.contract import ProgramPhase, ProgramStatus
 from thunder_scheduling.accounting import BackendLedger
 from thunder_scheduling.commands import Command, Hold
-from thunder_scheduling.decisions import decide
 from thunder_scheduling.events import (
     BackendUpdated,
+    CacheHintReceived,
     Event,
     ProgramEnded,
     ProgramStarted,
@@ -62,6 +62,8 @@ class ProgramScheduler(SchedulerState):
             case ProgramEnded():
                 program = self._require(event.program_id)
                 self._terminate(program, event.status, event.reason or "ended", now)
+            case CacheHintReceived(kind="back_in", seconds=float() as seconds):
+                self._on_back_in(event.program_id, seconds, now)
         self._decide(now)
         return self._flush()
 
@@ -82,10 +84,9 @@ class ProgramScheduler(SchedulerState):
             for last in group.values():
                 candidates.append(last + lease_s)
                 break
-        oldest = self._waiting.oldest()
-        if oldest is not None:
-            candidates.append(oldest[1] + self.config.max_paused_s)
-            candidates.append(self._now + self.config.tick_s)
+        policy_at = self.policy.next_decision_at(self._control, self._now)
+        if policy_at is not None:
+            candidates.append(policy_at)
         return min(candidates) if candidates else None
 
     def snapshot(self) -> SchedulerSnapshot:
@@ -279,6 +280,18 @@ class ProgramScheduler(SchedulerState):
         self._touch(program, now)
         self._sync(program, now)
 
+    def _on_back_in(self, program_id: str, seconds: float, now: float) -> None:
+        """A ``back_in`` hint: the running tool calls are expected to end in ``seconds``.
+        (Other hints are not read by the core yet.)"""
+        program = self._require(program_id)
+        if not program.tools:
+            return
+        for call in program.tools.values():
+            call.expected_end_at = now + seconds
+        if program.phase is ProgramPhase.ACTING:
+            self._set_acting_weight(program, now)
+        self._sync(program, now)
+
     def _on_tool_finished(self, ev: ToolFinished, now: float) -> None:
         program = self._require(ev.program_id)
         call = program.tools.pop(ev.call_id, None)
@@ -296,7 +309,7 @@ class ProgramScheduler(SchedulerState):
     # -- decisions --------------------------------------------------------------------------------
 
     def _decide(self, now: float) -> None:
-        decide(self, now)
+        self.policy.decide(self._control, now)
 
 
 __all__ = ["ProgramScheduler", "UnknownProgram"]

@@ -49,7 +49,9 @@ from thunder_scheduler.lifecycle_api import (
     BodyLimitMiddleware,
     create_lifecycle_router,
 )
+from thunder_scheduler.live import create_live_router
 from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduler.openapi_doc import describe as describe_openapi
 from thunder_scheduler.ops_api import create_ops_router
 from thunder_scheduler.persistence import (
     RecordingCore,
@@ -256,6 +258,8 @@ def create_app(
     )
     app.state.thunder = parts
     install_error_handlers(app)
+    describe_openapi(app, client_key=settings.api_key is not None,
+                      admin_key=settings.admin_key is not None)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     require_admin = require_key(_secret(settings.admin_key), "admin")
     client_key = _secret(settings.api_key)
@@ -288,6 +292,7 @@ def create_app(
         app.include_router(proxy.router(), dependencies=[Depends(require_client)])
         app.serve_proxy_first(proxy, _admit_with(require_client))
     app.include_router(create_ops_router(lambda: monitor, lambda: driver, metrics))
+    app.include_router(create_live_router(lambda: driver, lambda: monitor, require_admin))
     app.include_router(create_lifecycle_router(
         lambda: driver, require_admin, quota=quota, max_lease_s=settings.max_lease_s,
         max_tags_bytes=settings.max_tags_bytes,

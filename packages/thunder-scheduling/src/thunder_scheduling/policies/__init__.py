@@ -19,12 +19,14 @@ from thunder_scheduling.policies.autellix import AutellixConfig, AutellixPolicy
 from thunder_scheduling.policies.continuum import ContinuumConfig, ContinuumPolicy
 from thunder_scheduling.policies.sticky import StickyConfig, StickyPolicy
 from thunder_scheduling.policies.thunder import ThunderConfig, ThunderPolicy
+from thunder_scheduling.policies.thunderagent import ThunderAgentConfig, ThunderAgentPolicy
 
 POLICIES: dict[str, tuple[type[Any], type[Any]]] = {
     "thunder": (ThunderPolicy, ThunderConfig),
     "sticky": (StickyPolicy, StickyConfig),
     "continuum": (ContinuumPolicy, ContinuumConfig),
     "autellix": (AutellixPolicy, AutellixConfig),
+    "thunderagent": (ThunderAgentPolicy, ThunderAgentConfig),
 }
 
 _OPTIONAL = {
