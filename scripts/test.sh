@@ -10,4 +10,8 @@ if [ "${THUNDER_SKIP_DOCKER:-0}" != "1" ] && [ -f scripts/setup_docker.sh ]; the
   eval "$(bash scripts/setup_docker.sh)"
   export DOCKER_HOST
 fi
+if [ "${THUNDER_SKIP_BROWSER:-0}" != "1" ]; then
+  eval "$(bash scripts/setup_browser.sh)"   # Debian's chromium for the live page's test
+  export CHROMIUM_BIN
+fi
 exec .venv/bin/pytest -q "$@"

@@ -1,5 +1,5 @@
 """End to end: the official ``openai`` client, through the real scheduler service, to TWO real
-``llama-server`` engines (SmolLM2-135M on CPU; issue 2 point 7).
+``llama-server`` engines (SmolLM2-135M on CPU).
 
 What a user relies on, checked against real parts:
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,7 +28,9 @@ import pytest
 from aiohttp import web
 from fixtures.scheduler_service import RunningService
 
+from thunder_core.launcher import wait_http
 from thunder_scheduler.settings import load_settings
+from thunder_testkit import until
 from thunder_testkit.engines import FakeVLLM
 
 NAMES = ["default", "wrong-model-name", "served:adapter"]
@@ -47,10 +48,7 @@ def _ask(url: str, model: str) -> tuple[int, Any]:
 
 def _through_scheduler(scheduler_service: Callable[..., RunningService], spec: str) -> str:
     service = scheduler_service(load_settings({"backends": [spec]}))
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{service.url}/ready", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, "the scheduler never became ready"
-        time.sleep(0.1)
+    wait_http(f"{service.url}/ready", timeout_s=60)
     return service.url
 
 
@@ -165,10 +163,8 @@ def test_backends_serving_different_models_route_by_model(
         url_a, url_b = a.start(), b.start()
         service = scheduler_service(load_settings({
             "backends": [f"a@vllm={url_a}", f"b@vllm={url_b}"]}))
-        deadline = time.monotonic() + 60
-        while len(httpx.get(f"{service.url}/v1/models", timeout=5).json()["data"]) < 2:
-            assert time.monotonic() < deadline, "the scheduler never saw both models"
-            time.sleep(0.1)
+        until(lambda: len(httpx.get(f"{service.url}/v1/models", timeout=5).json()["data"]) >= 2,
+              timeout_s=60, interval_s=0.1, what="the scheduler to list both models")
         for i in range(6):  # whichever backend a program lands on, its model is served
             for model in ("served", "other"):
                 answer = httpx.post(f"{service.url}/v1/chat/completions", timeout=30,

@@ -1,4 +1,4 @@
-"""Done-when of issue 7: a fresh virtual environment with thunder-openhands, openhands-sdk and
+"""A fresh virtual environment with thunder-openhands, openhands-sdk and
 openhands-tools runs the unmodified example through a running scheduler, toggled by
 ``THUNDER_SCHEDULER_URL`` alone (the wheel's ``.pth`` hook; the example never calls enable).
 

@@ -1,4 +1,4 @@
-"""Live and virtual replays of the same small workload agree (issue 3's validity check).
+"""Live and virtual replays of the same small workload agree (the instrument's validity check).
 
 Live: real ``thunder-sim serve`` processes (the ``sim_fleet`` fixture) at time scale 20, the
 replay's aiohttp client over loopback. Virtual: the same engine model behind the scheduling

@@ -4,9 +4,8 @@ and a limit on open connections (503 beyond it)."""
 
 from __future__ import annotations
 
-import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import orjson
@@ -14,24 +13,15 @@ import pytest
 from fixtures.scheduler_service import RunningService
 
 from thunder_scheduler.settings import load_settings
+from thunder_testkit import until
+from thunder_testkit.sockets import sockets_of_this_process
 
 WAIT_S = 20.0  # a bound so a broken server fails the test instead of hanging it
 
 
-def _sockets_of_this_process() -> Iterator[socket.socket]:
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                continue
-            sock = socket.socket(fileno=os.dup(int(fd)))
-        except OSError:
-            continue
-        yield sock
-
-
 def _peer_of(client: socket.socket) -> socket.socket:
     """The server side of ``client``'s connection (the service runs in this process)."""
-    for sock in _sockets_of_this_process():
+    for sock in sockets_of_this_process():
         try:
             if (sock.getsockname() == client.getpeername()
                     and sock.getpeername() == client.getsockname()):
@@ -118,14 +108,12 @@ def test_connections_beyond_the_limit_are_refused_with_503(
         stalled.pop().close()
     try:
         # one left: a next connection is served (once the server saw the close)
-        answers = []
-        for _ in range(50):
+        def served() -> bool:
             with _connect(running.url) as client:
                 client.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                answers.append(_read_all(client)[:12])
-            if answers[-1] == b"HTTP/1.1 200":
-                break
-        assert answers[-1] == b"HTTP/1.1 200", answers
+                return _read_all(client)[:12] == b"HTTP/1.1 200"
+
+        until(served, timeout_s=WAIT_S, interval_s=0.01, what="a new connection to be served")
     finally:
         for sock in stalled:
             sock.close()

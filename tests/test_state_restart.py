@@ -21,6 +21,9 @@ import httpx
 import pytest
 from fixtures.scheduler_service import RunningProcess
 
+from thunder_core.launcher import wait_http
+from thunder_testkit import until
+
 PROGRAMS = 16
 PROMPT = "word " * 6000  # ~6k tokens by the scheduler's estimate and the engine's tokenizer
 MODEL = "Qwen/Qwen3-8B"  # the h100-qwen3-8b preset's served name
@@ -46,13 +49,6 @@ def _chat(url: str, pid: str, stop: threading.Event) -> None:
                 return  # the scheduler was killed under us
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.1)
-
-
 def _waiting_order(table: dict[str, dict[str, Any]]) -> list[str]:
     paused = [r for r in table.values() if r["status"] == "paused"]
     return [r["program_id"] for r in sorted(paused, key=lambda r: (-r["paused_s"],
@@ -70,7 +66,7 @@ def test_kill_9_and_restart_keeps_the_program_table(
             "--admin-key", "adm", "--state-file", str(state), "--state-flush-interval-s",
             "0.05")
     first = scheduler_process(*args)
-    _wait(lambda: httpx.get(f"{first.url}/ready", timeout=5.0).status_code == 200)
+    wait_http(f"{first.url}/ready", timeout_s=60)
     for i in range(PROGRAMS):
         started = httpx.post(f"{first.url}/v1/programs", headers=ADMIN, timeout=10.0,
                              json={"program_id": f"p{i:02d}", "tags": {"n": str(i)}})
@@ -80,13 +76,15 @@ def test_kill_9_and_restart_keeps_the_program_table(
             for i in range(PROGRAMS)]
     for thread in load:
         thread.start()
-    _wait(lambda: sum(r["requests"] for r in _table(first.url).values()) >= 3 * PROGRAMS // 2)
+    until(lambda: sum(r["requests"] for r in _table(first.url).values()) >= 3 * PROGRAMS // 2,
+          timeout_s=60, interval_s=0.1, what="the programs' requests")
     before = _table(first.url)
     assert 0 < len(_waiting_order(before)) < PROGRAMS
     # quiesce the running programs (their loops end after the current request); the paused
     # ones keep a request held at the proxy: the kill comes while they wait
     stop.set()
-    _wait(lambda: sum(t.is_alive() for t in load) <= len(_waiting_order(_table(first.url))))
+    until(lambda: sum(t.is_alive() for t in load) <= len(_waiting_order(_table(first.url))),
+          timeout_s=60, interval_s=0.1, what="every live program to wait paused")
     time.sleep(0.5)
     before = _table(first.url)
     waiting = _waiting_order(before)
@@ -110,7 +108,7 @@ def test_kill_9_and_restart_keeps_the_program_table(
     one = waiting[0] if waiting else next(iter(after))
     assert httpx.get(f"{second.url}/v1/programs/{one}", headers=ADMIN).status_code == 200
     active = next(pid for pid, row in before.items() if row["status"] == "active")
-    _wait(lambda: httpx.get(f"{second.url}/ready", timeout=5.0).status_code == 200)
+    wait_http(f"{second.url}/ready", timeout_s=60)
     done = httpx.post(f"{second.url}/v1/chat/completions", timeout=60.0,
                       headers={"X-Thunder-Program-Id": active},
                       json={"model": MODEL, "max_tokens": 2,

@@ -3,7 +3,6 @@ a runtime whose keep-alive process exited is never handed out."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,6 +13,7 @@ from thunder_scheduler.tools.base import ExecTimeout
 from thunder_scheduler.tools.docker import DockerBackend
 from thunder_scheduler.tools.manager import ToolManager
 from thunder_scheduler.tools.settings import ToolManagerSettings
+from thunder_testkit import until_async
 
 pytestmark = pytest.mark.docker
 
@@ -48,11 +48,10 @@ async def test_timed_out_execs_with_background_children_leave_no_zombies(
             await tm.exec("p1", view.runtime_id,
                           ExecRequest(command="sleep 300 & sleep 300", timeout_s=0.5))
     # the killed execs' children were orphaned to PID 1; an init reaps them (asynchronously)
-    for _ in range(100):
-        if await _zombies(tm, view.runtime_id) == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert await _zombies(tm, view.runtime_id) == 0
+    async def reaped() -> bool:
+        return await _zombies(tm, view.runtime_id) == 0
+
+    await until_async(reaped, timeout_s=10, interval_s=0.1, what="the orphans to be reaped")
 
 
 async def test_a_pool_runtime_whose_keepalive_exited_is_replaced_at_acquire(
@@ -62,18 +61,15 @@ async def test_a_pool_runtime_whose_keepalive_exited_is_replaced_at_acquire(
     keepalive = ["sh", "-c", "while [ ! -e /tmp/stop ]; do sleep 0.05; done"]
     tm.register_spec(RuntimeSpec(name="dies", image="thunder-base:latest", pool_size=1,
                                  command=keepalive))
-    for _ in range(600):
-        if tm.pools.ready_count("dies") == 1:
-            break
-        await asyncio.sleep(0.05)
+    await until_async(lambda: tm.pools.ready_count("dies") == 1, timeout_s=30, interval_s=0.05,
+                      what="the pool to fill")
     dead = tm.pools.all_ready()[0]
     await backend.exec(dead.backend_runtime, ["touch", "/tmp/stop"], timeout_s=30.0,
                        workdir=None, env={})
-    for _ in range(200):
-        if not await backend.alive(dead.backend_runtime):
-            break
-        await asyncio.sleep(0.05)
-    assert not await backend.alive(dead.backend_runtime)
+    async def exited() -> bool:
+        return not await backend.alive(dead.backend_runtime)
+
+    await until_async(exited, timeout_s=10, interval_s=0.05, what="the keep-alive to exit")
     view = await tm.acquire("p1", "dies")
     assert view.runtime_id != dead.runtime_id
     result = await tm.exec("p1", view.runtime_id, ExecRequest(command="echo alive"))

@@ -179,7 +179,7 @@ def write(results: dict[str, Any]) -> Path:
         f"{llm['wrapped_us']:.0f} | {llm['overhead_us']:.0f} |\n"
         f"| one node, one tool call | {tl['bare_us']:.0f} | "
         f"{tl['wrapped_us']:.0f} | {tl['overhead_us']:.0f} |\n\n"
-        "The issue's targets are per LLM call and per tool call; the code wrap() adds on each "
+        "The targets are per LLM call and per tool call; the code wrap() adds on each "
         "of those paths, timed directly over 20,000 calls (robust to the noise above):\n\n"
         "| path | added work | µs per call | target |\n|---|---|---|---|\n"
         f"| LLM call | httpx hook + LangChain-config resolver | "

@@ -3,7 +3,7 @@
     .venv/bin/python bench/replay/instrument.py [--sessions 100] [--replicas 4]
         [--concurrency 16,64] [--before 22d0bfb] [--demo] [--demo-load 2] [--profile]
 
-Virtual part (the issue's "virtual mode replays 100 full sessions in under a minute on 2
+Virtual part (the target "virtual mode replays 100 full sessions in under a minute on 2
 cores"): the sessions ``thunder-sim replay`` loads by default — the first ``--sessions`` of a
 seeded shuffle (seed 1) of the shared set whose peak prompt + output fits Qwen3-8B's
 131,072-token YaRN window, *whole* (no trimming, token scale 1), tool gaps from the trace

@@ -1,6 +1,6 @@
 """How fast the pure engine model simulates an agent workload (virtual time, no HTTP).
 
-Workload (the issue's virtual-mode target): N agent sessions spread over E engines (sticky,
+Workload (the virtual-mode target): N agent sessions spread over E engines (sticky,
 session i on engine i % E), each playing S steps in a closed loop with no tool time. Step k's
 prompt is the previous prompt + the previous output + a new tool result, keyed per session so
 each step reuses the previous prompt's blocks; prompts start at ``--start-blocks`` blocks of 64

@@ -99,7 +99,7 @@ async def churn_disk(backend: DockerBackend, n: int, gc: bool) -> int:
 
 
 READY_WITHIN_S = 0.05
-"""Issue 6's warm acquire target (p50 under 50 ms)."""
+"""The warm acquire target (p50 under 50 ms)."""
 
 
 async def prepared_share(backend: DockerBackend, n: int, prepare: bool, pool: int = 2,
@@ -185,7 +185,7 @@ async def main() -> None:
         f"max(2, min(queued, 16)) | {args.n} | {share_queue:.1%} |",
         f"| at admission, fixed pool | 2 | {args.n} | {share_prep:.1%} |",
         f"| none (pool only) | 2 | {args.n} | {share_pool:.1%} |",
-        "", "Target (issue 6): at least 95% with the queue-driven pool.",
+        "", "Target: at least 95% with the queue-driven pool.",
     ]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n")

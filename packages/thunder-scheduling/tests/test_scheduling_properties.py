@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) on the pure thunder policy, issue 4 point 8.
+"""Property tests (hypothesis) on the pure thunder policy.
 
 Generated event sequences over 2-3 backends and up to 6 programs, fed through the recording
 harness (which checks the Admit/Hold/Release contract on every call). After every step:

@@ -44,3 +44,4 @@ def test_prompt_block_tokens_only_for_a_policy_that_reads_prompt_blocks() -> Non
     assert make_scheduler(DEFAULT_POLICY).prompt_block_tokens is None
     assert make_scheduler("cache_aware").prompt_block_tokens == 64
     assert make_scheduler("cache_aware", block_tokens=16).prompt_block_tokens == 16
+

@@ -1,4 +1,5 @@
-"""The thunder policy, and one test per ThunderAgent defect listed in issue 4 (Why)."""
+"""The thunder policy, and one test per ThunderAgent defect this port fixes
+(docs/scheduling.md, "The thunder policy")."""
 
 from __future__ import annotations
 

@@ -395,3 +395,14 @@ async def test_non_integer_content_length_is_400() -> None:
                              send_content_length=False, headers={"Content-Length": "ten"})
     assert result.status == 400
     assert "Content-Length" in result.json()["error"]
+
+
+@pytest.mark.parametrize("depth", [255, 1000, 1025, 5000])
+async def test_json_nested_too_deep_is_400_at_every_depth(depth: int) -> None:
+    gate, upstream, _ = _setup(Script(chunks=[b"{}"]))
+    deep = b"[" * depth + b"]" * depth
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "x": ' + deep + b"}"
+    result = await call_asgi(make_app(gate, upstream), CHAT, body)
+    assert result.status == 400
+    assert "nested deeper than 254 levels" in str(result.json())
+    assert upstream.requests == []

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from thunder_scheduler.proxy import UPSTREAM_CLIENTS, ProxySettings, UpstreamClient
 from thunder_scheduler.proxy.upstream import UpstreamTimeout, UpstreamUnreachable
+from thunder_testkit.sockets import sockets_of_this_process
 
 
 class Engine:
@@ -169,20 +170,12 @@ async def test_upstream_connections_have_tcp_nodelay(
     engine: tuple[Engine, str], client: UpstreamClient
 ) -> None:
     """A request written in pieces must not wait for the engine's delayed ACK."""
-    import os
-
     _, url = engine
     response = await client.send(f"{url}/whole", b"{}", {})
     await response.read()  # the connection stays open in the pool
     engine_port = int(url.rsplit(":", 1)[1])
     checked = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                continue
-            sock = socket.socket(fileno=os.dup(int(fd)))
-        except OSError:
-            continue
+    for sock in sockets_of_this_process():
         with sock:
             try:
                 peer = sock.getpeername()

@@ -46,6 +46,7 @@ from thunder_scheduling.events import (
     ToolStarted,
 )
 from thunder_scheduling.snapshot import Counters, SchedulerSnapshot
+from thunder_testkit import until_async
 
 
 @dataclass
@@ -278,11 +279,7 @@ async def test_ticker_runs_tick_at_the_core_deadline() -> None:
     driver = Driver(core, {}, clock, ServiceMetrics(), tick_s=60.0)
     driver.start()
     try:
-        for _ in range(200):
-            if core.ticks:
-                break
-            await asyncio.sleep(0.001)
-        assert core.ticks, "the ticker never called tick()"
+        await until_async(lambda: core.ticks, interval_s=0.001, what="the ticker to call tick()")
     finally:
         await driver.aclose()
 
@@ -329,7 +326,7 @@ async def test_runtime_ids_of_tool_starts_are_kept() -> None:
                             runtime_ids=("rt-1",)))
     driver.note_runtime("p", "rt-2")
     driver.note_runtime("p", "rt-1")  # acquired and named again: listed once
-    assert driver._runtime_ids["p"] == ["rt-1", "rt-2"]
+    assert driver.runtime_ids("p") == ["rt-1", "rt-2"]
 
 
 async def test_a_shared_slot_is_erased_only_by_its_last_program() -> None:

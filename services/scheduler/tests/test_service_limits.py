@@ -90,3 +90,15 @@ async def test_the_key_is_checked_before_the_body_is_read() -> None:
                                    headers=_bearer("admin-secret")
                                    | {"content-type": "application/json"})
         assert with_key.status_code == 400
+
+
+@pytest.mark.parametrize("depth", [255, 1000, 5000])
+async def test_lifecycle_json_nested_too_deep_is_400(depth: int) -> None:
+    async for http in _client():
+        deep = b"[" * depth + b"]" * depth
+        answer = await http.post("/v1/programs", content=b'{"tags": ' + deep + b"}",
+                                 headers={"content-type": "application/json"})
+        assert answer.status_code == 400 and "nested deeper than 254" in answer.text
+        # a string full of brackets is not nesting
+        ok = await http.post("/v1/programs", json={"tags": {"k": "[" * 300}})
+        assert ok.status_code == 201

@@ -208,3 +208,14 @@ def test_every_tool_setting_has_a_flag_and_is_documented(
         flag = "--tools-" + name.replace("_", "-")
         assert f"| `tools.{name}` | `{flag}` |" in doc, name
         assert flag in help_text, name
+
+
+def test_https_backends_are_refused_unless_a_tls_client_forwards(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["check-config", "--backend", "a@sglang=https://gpu1:30000"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend" in err and "--upstream-client aiohttp or httpx" in err
+    assert len(err.strip().splitlines()) == 2  # the header line and the reason, no traceback
+    assert main(["check-config", "--backend", "a@sglang=https://gpu1:30000",
+                 "--upstream-client", "aiohttp"]) == 0

@@ -1,4 +1,4 @@
-"""Validity checks of the instrument (issue 3), in virtual mode.
+"""Validity checks of the replay instrument, in virtual mode.
 
 Each test builds its workload from the schema (synthetic sessions) or the shared traces when
 present, runs the real scheduling core and real engine models, and compares against a value

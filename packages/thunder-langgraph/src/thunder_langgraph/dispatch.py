@@ -276,11 +276,13 @@ class StreamingToolDispatcher(BaseCallbackHandler, _StreamingCallbackHandler[Any
 
     def __init__(
         self, tools_by_node: Mapping[str | None, Mapping[str, BaseTool]], *,
-        max_workers: int = 8, on_start: Any = None,
+        executor: concurrent.futures.Executor | None = None, max_workers: int = 8,
+        on_start: Any = None,
     ) -> None:
         self.tools_by_node = dict(tools_by_node)
         self.max_workers = max_workers
         self.on_start = on_start
+        self._shared_executor = executor
         self._lock = threading.Lock()
         self._streams: dict[UUID, _Stream] = {}
         self._calls: dict[str, EarlyCall] = {}
@@ -382,7 +384,9 @@ class StreamingToolDispatcher(BaseCallbackHandler, _StreamingCallbackHandler[Any
             except Exception:
                 logger.exception("streaming dispatch: on_start hook failed")
 
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _pool(self) -> concurrent.futures.Executor:
+        if self._shared_executor is not None:
+            return self._shared_executor
         with self._lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(

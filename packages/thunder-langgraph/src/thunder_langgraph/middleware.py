@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, NotRequired
 
@@ -98,6 +99,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         self._dispatchers: dict[str, StreamingToolDispatcher] = {}
         self._early_tools: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        self._tool_pool = ThreadPoolExecutor(8, thread_name_prefix="thunder-tool")
 
     # -- program ------------------------------------------------------------------------------
 
@@ -180,7 +182,8 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         with self._lock:
             dispatcher = self._dispatchers.get(program_id)
             if dispatcher is None:
-                dispatcher = StreamingToolDispatcher({None: tools}, on_start=started)
+                dispatcher = StreamingToolDispatcher({None: tools}, on_start=started,
+                                                     executor=self._tool_pool)
                 self._dispatchers[program_id] = dispatcher
             else:
                 dispatcher.tools_by_node = {None: tools}

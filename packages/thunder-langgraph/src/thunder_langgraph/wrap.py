@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Any
 
@@ -101,7 +102,8 @@ class _Invocation:
         handlers: list[Any] = [ToolEventsHandler(owner.emitter, self.program_id)]
         self.dispatcher: StreamingToolDispatcher | None = None
         if dispatch and owner.dispatch_plan:
-            self.dispatcher = StreamingToolDispatcher(owner.dispatch_plan)
+            self.dispatcher = StreamingToolDispatcher(owner.dispatch_plan,
+                                                      executor=owner.tool_pool)
             handlers.append(self.dispatcher)
         callbacks = config.get("callbacks")
         if callbacks is None:
@@ -168,12 +170,15 @@ class ThunderGraph:
         program_metadata: dict[str, Any] | None = None,
         streaming_dispatch: bool | None = None,
         dispatch_plan: dict[str | None, dict[str, Any]] | None = None,
+        tool_pool: ThreadPoolExecutor | None = None,
     ) -> None:
         self._graph = graph
         self.streaming_dispatch = streaming_dispatch_enabled(streaming_dispatch)
         self.dispatch_plan: dict[str | None, dict[str, Any]] = {}
         if self.streaming_dispatch and tool_step.install():
             self.dispatch_plan = tool_step.plan(graph) if dispatch_plan is None else dispatch_plan
+        # sync tools started from a stream run here (threads start on first use)
+        self.tool_pool = tool_pool or ThreadPoolExecutor(8, thread_name_prefix="thunder-tool")
         self.emitter = emitter
         self.identity = identity
         self.program_id = program_id
@@ -344,7 +349,7 @@ class ThunderGraph:
             self._graph.with_config(config, **kwargs), self.emitter, identity=self.identity,
             program_id=self.program_id, thread_prefix=self.thread_prefix,
             program_metadata=self.program_metadata, streaming_dispatch=self.streaming_dispatch,
-            dispatch_plan=self.dispatch_plan,
+            dispatch_plan=self.dispatch_plan, tool_pool=self.tool_pool,
         )
 
     @property

@@ -1,37 +1,13 @@
 """KV accounting: what each active program is charged on its backend, and per-backend sums.
 
-Rule (issue 4 point 2), applied identically by every policy:
-
-* **Exact tokens.** After a response with usage, a program's context is
-  ``prompt_tokens + completion_tokens`` of that response (the next prompt starts with it).
-  Before its first response the context is ``RequestArrived.prompt_tokens_estimate`` (the
-  proxy's documented estimate); a later request's estimate only raises it (a prompt grows by
-  the tool output). A response without usage keeps the previous value and marks it inexact.
-* **Pages.** The charge is the context rounded *up* to the backend's page size
-  (``page_size_tokens``): engines allocate whole pages (SGLang ``page_size``, vLLM
-  ``block_size``; Dynamo's port counts whole blocks the same way).
-* **Shared prefix.** On a program's *first* response on a backend, ``cached_tokens`` (rounded
-  *down* to a page: only whole pages are shared) is prefix KV that already existed there, put
-  by other programs (the system prompt they all send). That part is recorded as the program's
-  shared prefix on that backend and removed from its own charge; the backend adds a
-  *shared-prefix pool* equal to the largest shared prefix among its active programs, counted
-  once. Cached tokens on later responses are the program's own earlier KV and change nothing.
-  Limitation: two different system prompts on one backend are counted as one (the larger);
-  the engine-reported ``used_tokens`` on ``BackendUpdated`` is kept for observation.
-* **Acting weight.** A reasoning program weighs its full charge. An acting program (outside
-  the LLM, typically in a tool) weighs what its policy says (``WeightMode``): ``FULL``, ``NONE``
-  (its KV is not protected) or ``DECAYING``: ``charge * 2 ** (-t / half_life_s)`` with ``t``
-  the seconds since the program left the LLM (ThunderAgent's f(t) = 2^-t, with a half-life
-  unit; see docs/scheduling.md for the default and why). The same weight is used for
-  admission, restore and pausing.
-
-Per-backend sums are kept incrementally: the decaying part is one running sum
-``S = sum(charge * 2 ** ((since - base) / h))`` so its value at ``now`` is
-``S * 2 ** (-(now - base) / h)``: O(1) per event, never a scan of the backend's programs
-(the base is moved forward, recomputing S exactly, when the exponent grows past 200).
-Programs marked for pause get the same pair of sums a second time (full-weight tokens and a
-decaying running sum), so ``committed_tokens`` (used minus marked) is O(1) too: the restore
-pass reads it for every candidate on every backend (issue 4: p99 < 1 ms at 10,000 programs).
+``Charge`` applies the rules of docs/scheduling.md ("Accounting"): exact tokens from
+usage, pages rounded up, the shared prefix counted once per backend, and the acting weight
+(``WeightMode``: full, none, or decaying with a half-life). ``BackendLedger`` keeps each
+backend's sums incrementally: the decaying part as one running sum
+``S = sum(charge * 2 ** ((since - base) / h))``, read at ``now`` as
+``S * 2 ** (-(now - base) / h)`` and rebased (S recomputed exactly) when the exponent passes
+200; programs marked for pause get a second pair of sums, so ``committed_tokens`` is O(1).
+No event scans a backend's programs.
 """
 
 from __future__ import annotations

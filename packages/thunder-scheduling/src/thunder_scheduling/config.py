@@ -2,10 +2,10 @@
 
 Every constant has its source:
 
-* ``lease_s = 1800``: issue 4 point 4 ("default 30 minutes"); ThunderAgent and Dynamo force
+* ``lease_s = 1800``: the required default of 30 minutes; ThunderAgent and Dynamo force
   resume / release after 1,800 s as well.
-* ``max_paused_s = 300``: issue 4 point 3 ("no program waits paused longer than a configurable
-  bound (default 5 minutes)").
+* ``max_paused_s = 300``: the required bound ("no program waits paused longer than a
+  configurable bound, default 5 minutes").
 * ``tick_s = 1.0``: the backstop period. Decisions run on every event; the tick only covers
   time passing (decay, leases, aging, predicted tool ends). ThunderAgent's monitor runs every
   5 s and the paper reports throughput insensitive to ticks of 2-10 s; a 1 s backstop keeps

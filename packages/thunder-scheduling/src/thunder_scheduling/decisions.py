@@ -1,100 +1,72 @@
 """The decision passes ``ProgramScheduler`` runs after every event and tick, in this order:
-
-1. **Deadlines**: acting weights that switch now (anticipated tool return, pin expiry); a
-   paused acting program whose tool is about to end is restored and prewarmed if it fits.
-2. **Leases**: programs idle past their lease (nothing in flight or held) are released.
-3. **Overflow relief** on each backend an event touched (policies with ``pauses``): if
-   committed tokens > high x capacity and more than one unmarked program is active there,
-   take candidates in ``pause_key`` order until the freed weight covers
-   ``committed - low x capacity``, then drop every chosen program the rest still covers
-   without (the set is irredundant: no program is paused that the overflow did not need,
-   e.g. a long-idle acting program whose decayed weight frees nothing when a larger one
-   already covers the need). Programs with a request in flight are marked, others paused.
-4. **Aging**: programs paused for ``max_paused_s`` are forced back on the backend the policy
-   prefers (room made by pausing others, sparing programs forced back in this pass).
-5. **Restores** (when the event may have freed room, at most every ``tick_s / 10`` of time
-   otherwise, and only if some backend has room at all): marks cancelled where the program
-   fits again; then waiters older than
-   ``promote_after_s``, oldest first, stopping at the first that does not fit (its room is
-   reserved); then the queue in ``restore_key`` order until ``restore_scan_limit``
-   consecutive candidates do not fit. For policies with ``restore_needs_fit`` a candidate
-   that ``fits`` no healthy backend is counted as not fitting without calling ``place``
-   (same answer, a fraction of the cost: with thousands waiting most candidates fail).
-
-Each pass touches only candidates from ordered structures (heaps, FIFO), never every program.
+deadlines (acting weights that switch now, prewarm of programs about to return), leases,
+overflow relief on the backends the event touched (an irredundant set of pauses), aging
+(programs paused too long forced back) and restores (cancelled marks, promoted waiters, then
+the queue). docs/scheduling.md states each rule; every pass takes candidates from ordered
+structures (heaps, FIFO), never every program.
+The passes see the scheduler only through ``SchedulerControl`` (``control.py``); a policy may
+replace them with its own (its ``decide`` hook), ``decide`` here is the default.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from thunder_core.contract import ProgramEndStatus, ProgramPhase, ProgramStatus
+from thunder_core.contract import ProgramEndStatus, ProgramStatus
 from thunder_scheduling.accounting import BackendLedger
-from thunder_scheduling.commands import Prewarm
 from thunder_scheduling.policy import fits
-from thunder_scheduling.queues import Entry
 
 if TYPE_CHECKING:
+    from thunder_scheduling.control import SchedulerControl
     from thunder_scheduling.program_table import Program
-    from thunder_scheduling.scheduler import ProgramScheduler
 
 
-def decide(s: ProgramScheduler, now: float) -> None:
-    _fire_deadlines(s, now)
-    _expire_leases(s, now)
-    if s.policy.pauses:
-        for name in sorted(s._dirty):
-            _relieve(s, s._ledgers[name], now)
-    s._dirty.clear()
-    _force_aged(s, now)
-    _restore(s, now)
-    s._room_changed = False
+def decide(ctl: SchedulerControl, now: float) -> None:
+    fire_deadlines(ctl, now)
+    expire_leases(ctl, now)
+    touched = ctl.take_touched_backends()
+    if ctl.policy.pauses:
+        for name in touched:
+            relieve(ctl, ctl.ledger(name), now)
+    force_aged(ctl, now)
+    restore(ctl, now)
+    ctl.pass_done()
 
 
-def _fire_deadlines(s: ProgramScheduler, now: float) -> None:
-    while True:
-        entry = s._deadlines.pop_valid()
-        if entry is None:
-            return
-        if entry[0][0] > now:
-            s._deadlines.push_back([entry])
-            return
-        program = s._table_get(entry[2])
-        s._deadlines.discard(program.program_id)
-        if program.phase is not ProgramPhase.ACTING or program.weight_switch_at is None:
-            continue
-        program.weight_mode = program.weight_then
-        program.weight_switch_at = None
-        prewarm = program.prewarm_at_switch and program.paused_in_spell
-        s._sync(program, now)
+def next_decision_at(ctl: SchedulerControl, now: float) -> float | None:
+    """When these passes need a tick: the oldest waiter's aging bound, and ``tick_s`` from
+    now while anything waits (restores as time passes); ``None`` if nothing waits."""
+    oldest = ctl.oldest_waiting()
+    if oldest is None:
+        return None
+    return min(oldest[1] + ctl.config.max_paused_s, now + ctl.config.tick_s)
+
+
+def fire_deadlines(ctl: SchedulerControl, now: float) -> None:
+    for program in ctl.due_weight_switches(now):
+        prewarm = ctl.apply_weight_switch(program, now)
+        if prewarm is None:
+            continue  # left the tool meanwhile: nothing to switch
         if program.status is ProgramStatus.ACTIVE and program.backend is not None:
-            s._dirty[program.backend] = None
+            ctl.mark_touched(program.backend)
             if prewarm:
-                s._count("prewarms")
-                s._out.append(Prewarm(program.program_id, program.backend))
+                ctl.prewarm(program, program.backend)
         elif program.status is ProgramStatus.PAUSED:
-            backend = s._place(program, now, restoring=True)
+            backend = ctl.place(program, now, restoring=True)
             if backend is not None:
-                s._resume(program, backend, now)
+                ctl.resume(program, backend, now)
                 if program.prewarm_at_switch:
-                    s._count("prewarms")
-                    s._out.append(Prewarm(program.program_id, backend))
+                    ctl.prewarm(program, backend)
 
 
-def _expire_leases(s: ProgramScheduler, now: float) -> None:
-    for lease_s, group in list(s._leases.items()):
-        expired: list[str] = []
-        for program_id, last in group.items():
-            if last + lease_s > now:
-                break
-            expired.append(program_id)
-        for program_id in expired:
-            s._count("lease_expiries")
-            s._terminate(s._table_get(program_id), ProgramEndStatus.CANCELLED, "lease_expired", now)
+def expire_leases(ctl: SchedulerControl, now: float) -> None:
+    for program in ctl.idle_past_lease(now):
+        ctl.count("lease_expiries")
+        ctl.release(program, ProgramEndStatus.CANCELLED, "lease_expired", now)
 
 
-def _take(
-    s: ProgramScheduler,
+def take(
+    ctl: SchedulerControl,
     ledger: BackendLedger,
     need: float,
     now: float,
@@ -103,22 +75,18 @@ def _take(
 ) -> list[tuple[Program, float]]:
     """Pause candidates on ``ledger`` covering ``need`` weighted tokens (irredundant),
     leaving at least ``keep`` unmarked programs active there."""
-    heap = s._pause_heaps[ledger.name]
     chosen: list[tuple[Program, float]] = []
-    skipped: list[Entry] = []
     covered = 0.0
-    while covered < need and len(chosen) < ledger.unmarked_count() - keep:
-        entry = heap.pop_valid()
-        if entry is None:
-            break
-        program = s._table_get(entry[2])
-        if program.program_id in spared:
-            skipped.append(entry)
-            continue
-        weight = ledger.weight(ledger.charges[program.program_id], now)
-        chosen.append((program, weight))
-        skipped.append(entry)
-        covered += weight
+    with ctl.pause_order(ledger.name) as order:
+        while covered < need and len(chosen) < ledger.unmarked_count() - keep:
+            program = order.next()
+            if program is None:
+                break
+            if program.program_id in spared:
+                continue
+            weight = ledger.weight(ledger.charges[program.program_id], now)
+            chosen.append((program, weight))
+            covered += weight
     pruned: list[tuple[Program, float]] = []
     for index, (program, weight) in enumerate(chosen):
         rest = covered - weight
@@ -126,124 +94,118 @@ def _take(
             covered = rest
             continue
         pruned.append((program, weight))
-    heap.push_back(skipped)
     return pruned
 
 
-def _apply_pauses(s: ProgramScheduler, chosen: list[tuple[Program, float]], now: float) -> None:
+def apply_pauses(ctl: SchedulerControl, chosen: list[tuple[Program, float]], now: float) -> None:
     for program, _weight in chosen:
-        if program.in_flight:
-            s._mark(program, now)
-        else:
-            s._pause(program, now, reason="overflow")
+        ctl.pause_or_mark(program, now)
 
 
-def _relieve(s: ProgramScheduler, ledger: BackendLedger, now: float) -> None:
+def relieve(ctl: SchedulerControl, ledger: BackendLedger, now: float) -> None:
     if not ledger.healthy or ledger.capacity_tokens <= 0 or ledger.unmarked_count() <= 1:
         return
     committed = ledger.committed_tokens(now)
-    if committed <= s.policy.high_watermark * ledger.capacity_tokens:
+    if committed <= ctl.policy.high_watermark * ledger.capacity_tokens:
         return
-    need = committed - s.policy.low_watermark * ledger.capacity_tokens
-    _apply_pauses(s, _take(s, ledger, need, now, {}, keep=1), now)
+    need = committed - ctl.policy.low_watermark * ledger.capacity_tokens
+    apply_pauses(ctl, take(ctl, ledger, need, now, {}, keep=1), now)
 
 
-def _force_aged(s: ProgramScheduler, now: float) -> None:
-    if not s._waiting:
+def force_aged(ctl: SchedulerControl, now: float) -> None:
+    if not ctl.waiting_count():
         return
-    aged = s._waiting.waited_at_least(s.config.max_paused_s, now)
     spared: dict[str, None] = {}
-    for program_id in aged:
-        program = s._table_get(program_id)
-        backend = s._place(program, now, restoring=True, forced=True)
+    for program in ctl.waited_at_least(ctl.config.max_paused_s, now):
+        backend = ctl.place(program, now, restoring=True, forced=True)
         if backend is None:
-            backend = _fallback_backend(s, program, now)
+            backend = fallback_backend(ctl, program, now)
         if backend is None:
             continue  # no healthy backend at all: nothing can run
-        ledger = s._ledgers[backend]
-        weight = s._weight_if_active(program, ledger, now)
-        limit = s.policy.low_watermark * ledger.capacity_tokens
+        ledger = ctl.ledger(backend)
+        weight = ctl.weight_if_active(program, ledger, now)
+        limit = ctl.policy.low_watermark * ledger.capacity_tokens
         need = float("inf") if weight > limit else ledger.committed_tokens(now) + weight - limit
-        if need > 0 and s.policy.pauses:
-            _apply_pauses(s, _take(s, ledger, need, now, spared, keep=0), now)
-        s._count("forced_restores")
-        s._resume(program, backend, now)
-        spared[program_id] = None
+        if need > 0 and ctl.policy.pauses:
+            apply_pauses(ctl, take(ctl, ledger, need, now, spared, keep=0), now)
+        ctl.count("forced_restores")
+        ctl.resume(program, backend, now)
+        spared[program.program_id] = None
 
 
-def _fallback_backend(s: ProgramScheduler, program: Program, now: float) -> str | None:
+def fallback_backend(ctl: SchedulerControl, program: Program, now: float) -> str | None:
     if program.backend is not None:
-        previous = s._ledgers[program.backend]
+        previous = ctl.ledger(program.backend)
         if previous.healthy and previous.capacity_tokens > 0:
             return previous.name
     best: str | None = None
     best_room = 0.0
-    for name, ledger in sorted(s._ledgers.items()):
+    for ledger in ctl.ledgers():
         if not ledger.healthy or ledger.capacity_tokens <= 0:
             continue
         room = ledger.capacity_tokens - ledger.committed_tokens(now)
         if best is None or room > best_room:
-            best, best_room = name, room
+            best, best_room = ledger.name, room
     return best
 
 
-def _any_room(s: ProgramScheduler, now: float) -> bool:
+def any_room(ctl: SchedulerControl, now: float) -> bool:
     """Whether any healthy backend has room under the low watermark (or is empty)."""
-    for ledger in s._ledgers.values():
+    for ledger in ctl.ledgers():
         if not ledger.healthy or ledger.capacity_tokens <= 0:
             continue
         if ledger.unmarked_count() == 0:
             return True
-        if ledger.committed_tokens(now) < s.policy.low_watermark * ledger.capacity_tokens:
+        if ledger.committed_tokens(now) < ctl.policy.low_watermark * ledger.capacity_tokens:
             return True
     return False
 
 
-def _restore(s: ProgramScheduler, now: float) -> None:
-    for _name, ledger in sorted(s._ledgers.items()):
+def cancel_marks(ctl: SchedulerControl, now: float) -> None:
+    """Unmark programs that fit under the low watermark again."""
+    for ledger in ctl.ledgers():
         if not ledger.marked or not ledger.healthy:
             continue
-        limit = s.policy.low_watermark * ledger.capacity_tokens
+        limit = ctl.policy.low_watermark * ledger.capacity_tokens
         for program_id in list(ledger.marked):
             weight = ledger.weight(ledger.charges[program_id], now)
             if ledger.committed_tokens(now) + weight <= limit:
-                s._unmark(s._table_get(program_id), now)
-    if not s._waiting or not (s._room_changed or now >= s._next_scan_at):
+                ctl.unmark(ctl.program(program_id), now)
+
+
+def restore(ctl: SchedulerControl, now: float) -> None:
+    cancel_marks(ctl, now)
+    if not ctl.waiting_count() or not ctl.restore_scan_due(now):
         return
-    s._next_scan_at = now + s.config.tick_s / 10
-    if not _any_room(s, now):
+    if not any_room(ctl, now):
         return
-    promote_after_s = s.policy.promote_after_s
+    policy = ctl.policy
+    promote_after_s = policy.promote_after_s
     if promote_after_s is not None:
-        while (oldest := s._waiting.oldest()) is not None and oldest[1] <= now - promote_after_s:
-            program = s._table_get(oldest[0])
-            backend = s._place(program, now, restoring=True)
+        while (oldest := ctl.oldest_waiting()) is not None and oldest[1] <= now - promote_after_s:
+            backend = ctl.place(oldest[0], now, restoring=True)
             if backend is None:
                 return  # head-of-line: room accumulates for the longest waiter
-            s._resume(program, backend, now)
+            ctl.resume(oldest[0], backend, now)
     failures = 0
-    taken: list[Entry] = []
-    heap = s._waiting.heap
-    prefilter = s.policy.restore_needs_fit
-    view = s._view(now, restoring=True)
+    prefilter = policy.restore_needs_fit
+    view = ctl.view(now, restoring=True)
     healthy = view.healthy()  # no event runs inside a pass: health does not change
-    low = s.policy.low_watermark
-    while failures < s.policy.restore_scan_limit:
-        entry = heap.pop_valid()
-        if entry is None:
-            break
-        program = s._table_get(entry[2])
-        if prefilter and not any(fits(program, ledger, view, low) for ledger in healthy):
-            failures += 1  # what ``place`` would answer (``restore_needs_fit``), cheaper
-            taken.append(entry)
-            continue
-        backend = s._place(program, now, restoring=True)
-        if backend is None:
-            failures += 1
-            taken.append(entry)
-            continue
-        s._resume(program, backend, now)
-    heap.push_back(taken)
+    low = policy.low_watermark
+    with ctl.restore_order() as order:
+        while failures < policy.restore_scan_limit:
+            candidate = order.next()
+            if candidate is None:
+                break
+            program = candidate
+            if prefilter and not any(fits(program, ledger, view, low) for ledger in healthy):
+                failures += 1  # what ``place`` would answer (``restore_needs_fit``), cheaper
+                continue
+            backend = ctl.place(program, now, restoring=True)
+            if backend is None:
+                failures += 1
+                continue
+            ctl.resume(program, backend, now)
 
 
-__all__ = ["decide"]
+__all__ = ["decide", "expire_leases", "fire_deadlines", "next_decision_at", "restore"]

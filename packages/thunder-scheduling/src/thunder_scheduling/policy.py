@@ -2,7 +2,7 @@
 
 The scheduler (``scheduler.py``) owns the state machine, accounting, held requests, leases,
 aging and every invariant. A policy only *chooses*; it never mutates anything and never
-returns commands. One policy per module in ``core/policies/``; the module name, the policy's
+returns commands. One policy per module in ``policies/``; the module name, the policy's
 ``name`` and the configuration value are the same string; its config dataclass sits beside
 it and validates itself in ``__post_init__``.
 
@@ -33,6 +33,14 @@ A policy answers these questions (all have defaults in :class:`BasePolicy`):
 ``request_finished(program_id, request_id)`` (only when ``routes_requests``)
     Called on every ``RequestFinished`` (even for a program already ended), so a router can
     release the load it counted for the request.
+``decide(control, now)``
+    The decision passes run after every event and tick. The default runs ``decisions.py``
+    (overflow relief, aging, restores, all driven by the hooks above); a policy whose
+    algorithm does not fit them (a fixed tick, a bin-packing restore) brings its own, working
+    through ``SchedulerControl`` (``control.py``: the only things a pass may read and do).
+``next_decision_at(control, now) -> float | None``
+    When the passes next need a ``tick`` even if nothing happens (``None``: never). The
+    default: the aging bound of the oldest waiter, and ``tick_s`` from now while any wait.
 
 Attributes: ``pauses`` (overflow pausing on), ``high_watermark`` / ``low_watermark``
 (fractions of capacity: pause when committed use exceeds high, pause down to low, admit and
@@ -54,12 +62,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from thunder_core.contract import ProgramPhase
 from thunder_scheduling.accounting import BackendLedger, WeightMode
 from thunder_scheduling.events import RequestArrived
 from thunder_scheduling.program_table import Program
+
+if TYPE_CHECKING:
+    from thunder_scheduling.control import SchedulerControl
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +93,7 @@ class PolicyView:
         "_estimate",
         "_head",
         "_ledgers",
+        "_programs_on",
         "forced",
         "now",
         "prewarm_lead_s",
@@ -99,8 +111,10 @@ class PolicyView:
         restoring: bool = False,
         forced: bool = False,
         prewarm_lead_s: float = 0.0,
+        programs_on: Callable[[str], list[Program]] | None = None,
     ) -> None:
         self.now = now
+        self._programs_on = programs_on
         self.prewarm_lead_s = prewarm_lead_s
         self._ledgers = ledgers
         self._charge = charge
@@ -138,6 +152,11 @@ class PolicyView:
     def tool_estimate_s(self, tool_name: str) -> float | None:
         return self._estimate(tool_name)
 
+    def programs_on(self, backend: str) -> list[Program]:
+        """Active programs on ``backend`` (marked ones included): O(n), for policies whose
+        estimate is a sum over programs rather than the ledger's weights."""
+        return [] if self._programs_on is None else self._programs_on(backend)
+
 
 class Policy(Protocol):
     name: str
@@ -166,6 +185,10 @@ class Policy(Protocol):
     ) -> str | None: ...
 
     def request_finished(self, program_id: str, request_id: str) -> None: ...
+
+    def decide(self, control: SchedulerControl, now: float) -> None: ...
+
+    def next_decision_at(self, control: SchedulerControl, now: float) -> float | None: ...
 
 
 # -- helpers shared by policies ---------------------------------------------------------------
@@ -254,6 +277,16 @@ class BasePolicy:
 
     def request_finished(self, program_id: str, request_id: str) -> None:
         return None
+
+    def decide(self, control: SchedulerControl, now: float) -> None:
+        from thunder_scheduling.decisions import decide
+
+        decide(control, now)
+
+    def next_decision_at(self, control: SchedulerControl, now: float) -> float | None:
+        from thunder_scheduling.decisions import next_decision_at
+
+        return next_decision_at(control, now)
 
 
 def is_reasoning(program: Program) -> bool:

@@ -1,25 +1,10 @@
 """The program table: one mutable record per live program, plus recently ended ones.
 
-State machine (issue 4 point 1): ``phase`` (reasoning, acting) x ``status`` (active, paused,
-terminated). Only the scheduler mutates records, and only in response to an event:
-
-==========================  ===============================================================
-event                       effect on the program
-==========================  ===============================================================
-ProgramStarted              created (or metadata updated if live: no duplicate)
-RequestArrived              created if unknown (framework "other"); phase -> reasoning
-RequestFinished (any)       request leaves ``in_flight``/``held``; with none left in flight
-                            phase -> acting (the program is outside the LLM), and a program
-                            marked for pause becomes paused
-ToolStarted / ToolFinished  phase -> acting / -> reasoning (when no other tool runs)
-ProgramEnded, lease expiry  status -> terminated, record moved to the ended ring
-==========================  ===============================================================
-
-A paused program with ``backend is None`` has never been placed (a new program waiting for
-room); otherwise ``backend`` is where it last ran (its KV may still be there).
-
-Ids are unique among live programs. An id used again after its program ended starts a new
-*incarnation* (``incarnation`` counts up): the ended record stays in the ring for observation.
+A record holds a program's ``phase`` (reasoning, acting) and ``status`` (active, paused,
+terminated); only the scheduler mutates records, in response to events (the state machine is
+in docs/scheduling.md). ``backend is None`` on a paused program means it was never placed.
+An id used again after its program ended starts a new *incarnation*; the ended record stays
+in the ring for observation.
 """
 
 from __future__ import annotations
@@ -161,10 +146,18 @@ class ProgramTable:
     def end(self, program: Program) -> None:
         del self._live[program.program_id]
         if self._keep == 0:
+            self._incarnations.pop(program.program_id, None)
             return
         self._ended[(program.program_id, program.incarnation)] = program
         while len(self._ended) > self._keep:
-            self._ended.popitem(last=False)
+            (program_id, incarnation), _ = self._ended.popitem(last=False)
+            if program_id not in self._live and self._incarnations.get(program_id) == incarnation:
+                del self._incarnations[program_id]  # its newest record is gone: forget the id
+
+    def remembered_ids(self) -> int:
+        """Program ids whose incarnation count is kept: live or among the kept ended ones
+        (bounded by live programs + ``keep_terminated``)."""
+        return len(self._incarnations)
 
     def live(self) -> Iterator[Program]:
         return iter(self._live.values())

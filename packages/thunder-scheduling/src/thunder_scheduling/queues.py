@@ -97,6 +97,10 @@ class WaitingQueue:
         self._fifo.pop(program_id, None)
         self.heap.discard(program_id)
 
+    def fifo_ids(self) -> list[str]:
+        """Every waiter, oldest first (O(n))."""
+        return list(self._fifo)
+
     def oldest(self) -> tuple[str, float] | None:
         for program_id, since in self._fifo.items():
             return program_id, since

@@ -1,33 +1,12 @@
 """ProgramScheduler: the pure, synchronous program-aware scheduling core.
 
 Fed events (``events.py``) and a clock (``at`` on each event, ``now`` on ``tick``), it returns
-commands (``commands.py``) and never does I/O. The same object runs in the live service (an
-async driver around it) and in the simulator's virtual mode. docs/scheduling.md describes the
-policy; this module holds what every policy shares:
-
-* the state machine (``program_table.py``) and the accounting (``accounting.py``);
-* held requests: every ``RequestArrived`` gets exactly one ``Admit`` or ``Hold`` in the same
-  result; a held request gets exactly one later ``Admit`` unless its program is released
-  first (``Release.held_request_ids`` names them, the driver fails them);
-* marks: a program chosen for pause while a request is in flight is *marked* (its new
-  requests are held) and paused when the response ends; a request in flight is never cut;
-* overflow relief (policies with ``pauses``): on every event touching a backend, if its
-  committed tokens (marked programs not counted) exceed ``high_watermark * capacity`` and more
-  than one unmarked program is active there, pause candidates are taken in the policy's
-  ``pause_key`` order until committed tokens are at most ``low_watermark * capacity``. A
-  lone program larger than that runs alone (it is never paused for its own size);
-* restores on every event (the tick is a backstop for time passing): marks are cancelled
-  first where the program fits again, then programs waiting longer than the policy's
-  ``promote_after_s`` (oldest first, head-of-line), then the queue in ``restore_key`` order;
-* aging: a program paused for ``max_paused_s`` is forced back: room is made on its
-  preferred backend by pausing others (programs forced back in the same pass are spared);
-* leases: a program with no request in flight or held and no event for its lease is ended
-  (``Release(reason="lease_expired")``);
-* tool-time deadlines: an acting program's weight switches at the policy's ``switch_at``
-  (thunder: the tool's predicted end minus ``prewarm_lead_s``); a paused acting program is
-  restored and prewarmed then if it fits.
-
-Time never goes backwards inside: ``now = max(previous now, at)``.
+commands (``commands.py``) and never does I/O; the same object runs in the live service and in
+the simulator's virtual mode. This module holds what every policy shares: the event handlers,
+held requests and marks, pause and resume, and the invariants; the passes run after each event
+are in ``decisions.py``, and the policy only chooses (``policy.py``). The behaviour (state
+machine, driver contract, accounting, overflow, restores, aging, leases) is specified in
+docs/scheduling.md.
 """
 
 from __future__ import annotations
@@ -35,9 +14,9 @@ from __future__ import annotations
 from thunder_core.contract import ProgramPhase, ProgramStatus
 from thunder_scheduling.accounting import BackendLedger
 from thunder_scheduling.commands import Command, Hold
-from thunder_scheduling.decisions import decide
 from thunder_scheduling.events import (
     BackendUpdated,
+    CacheHintReceived,
     Event,
     ProgramEnded,
     ProgramStarted,
@@ -83,6 +62,8 @@ class ProgramScheduler(SchedulerState):
             case ProgramEnded():
                 program = self._require(event.program_id)
                 self._terminate(program, event.status, event.reason or "ended", now)
+            case CacheHintReceived(kind="back_in", seconds=float() as seconds):
+                self._on_back_in(event.program_id, seconds, now)
         self._decide(now)
         return self._flush()
 
@@ -103,10 +84,9 @@ class ProgramScheduler(SchedulerState):
             for last in group.values():
                 candidates.append(last + lease_s)
                 break
-        oldest = self._waiting.oldest()
-        if oldest is not None:
-            candidates.append(oldest[1] + self.config.max_paused_s)
-            candidates.append(self._now + self.config.tick_s)
+        policy_at = self.policy.next_decision_at(self._control, self._now)
+        if policy_at is not None:
+            candidates.append(policy_at)
         return min(candidates) if candidates else None
 
     def snapshot(self) -> SchedulerSnapshot:
@@ -300,6 +280,18 @@ class ProgramScheduler(SchedulerState):
         self._touch(program, now)
         self._sync(program, now)
 
+    def _on_back_in(self, program_id: str, seconds: float, now: float) -> None:
+        """A ``back_in`` hint: the running tool calls are expected to end in ``seconds``.
+        (Other hints are not read by the core yet.)"""
+        program = self._require(program_id)
+        if not program.tools:
+            return
+        for call in program.tools.values():
+            call.expected_end_at = now + seconds
+        if program.phase is ProgramPhase.ACTING:
+            self._set_acting_weight(program, now)
+        self._sync(program, now)
+
     def _on_tool_finished(self, ev: ToolFinished, now: float) -> None:
         program = self._require(ev.program_id)
         call = program.tools.pop(ev.call_id, None)
@@ -317,7 +309,7 @@ class ProgramScheduler(SchedulerState):
     # -- decisions --------------------------------------------------------------------------------
 
     def _decide(self, now: float) -> None:
-        decide(self, now)
+        self.policy.decide(self._control, now)
 
 
 __all__ = ["ProgramScheduler", "UnknownProgram"]

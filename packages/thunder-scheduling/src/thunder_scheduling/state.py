@@ -27,6 +27,7 @@ from thunder_scheduling.commands import (
     SetPriority,
 )
 from thunder_scheduling.config import SchedulerConfig
+from thunder_scheduling.control import SchedulerControl
 from thunder_scheduling.policy import Policy, PolicyView
 from thunder_scheduling.program_table import Program, ProgramTable
 from thunder_scheduling.queues import KeyedHeap, WaitingQueue
@@ -64,6 +65,7 @@ class SchedulerState:
         self._dirty: dict[str, None] = {}
         self._room_changed = False
         self._next_scan_at = float("-inf")
+        self._control = SchedulerControl(self)
         self._views: dict[tuple[float, bool, bool], PolicyView] = {}
         self.counters: dict[str, float] = {}
 
@@ -257,6 +259,15 @@ class SchedulerState:
             if priority is not None:
                 self._out.append(SetPriority(pid, priority))
 
+    def _apply_weight_switch(self, program: Program, now: float) -> bool | None:
+        if program.phase is not ProgramPhase.ACTING or program.weight_switch_at is None:
+            return None
+        program.weight_mode = program.weight_then
+        program.weight_switch_at = None
+        prewarm = program.prewarm_at_switch and program.paused_in_spell
+        self._sync(program, now)
+        return prewarm
+
     def _drop_from_pause_heap(self, program_id: str) -> None:
         backend = self._in_pause_heap.pop(program_id, None)
         if backend is not None:
@@ -304,6 +315,7 @@ class SchedulerState:
                 restoring=restoring,
                 forced=forced,
                 prewarm_lead_s=self.config.prewarm_lead_s,
+                programs_on=self._control.programs_on,
             )
             self._views[key] = view
         return view

@@ -1,18 +1,7 @@
-"""Per-tool duration estimates (issue 4 point 6).
-
-For each tool name, an exponentially weighted moving average of observed durations
-(``ToolFinished.at - ToolStarted.at``, successful or not: a failing tool still kept the program
-out of the LLM that long):
-
-    estimate <- sample                          (first sample)
-    estimate <- alpha * sample + (1 - alpha) * estimate
-
-with ``alpha = SchedulerConfig.tool_ewma_alpha`` (default 0.2, see ``config.py``). Continuum
-uses a per-tool moving average the same way. A client hint
-(``ToolStarted.expected_duration_s``) wins over the estimate for that call. The estimate is
-used for the acting weight's anticipated return (thunder), the pin TTL (continuum) and the
-pre-restore of paused acting programs (``Resume`` + ``Prewarm`` at
-``expected end - prewarm_lead_s``).
+"""Per-tool duration estimates: an exponentially weighted moving average of observed durations
+per tool name (``alpha = SchedulerConfig.tool_ewma_alpha``; the first sample is taken as is).
+A client's ``ToolStarted.expected_duration_s`` hint wins over the estimate for that call; how
+the policies use it is in docs/scheduling.md.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from thunder_scheduler.lifecycle_api import (
     BodyLimitMiddleware,
     create_lifecycle_router,
 )
+from thunder_scheduler.live import create_live_router
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduler.ops_api import create_ops_router
 from thunder_scheduler.persistence import (
@@ -96,6 +97,8 @@ class ServiceParts:
     upstream: UpstreamClient
     tools: ToolManager | None
     state: StatePersister | None = None
+    startup_failure: BaseException | None = None
+    """Why the lifespan's start-up failed (``thunder-scheduler serve`` prints it as one line)."""
 
 
 def backend_options(settings: ServiceSettings, kind: str) -> dict[str, Any]:
@@ -212,13 +215,19 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if state is not None:  # before the driver, the monitor and the tools' reconcile
-            state.restore(clock.now())
-            state.start()
-        driver.start()
-        monitor.start()
-        if tools is not None:
-            await tools.start()
+        try:
+            if state is not None:  # before the driver, the monitor and the tools' reconcile
+                state.restore(clock.now())
+                state.start()
+            driver.start()
+            monitor.start()
+            if tools is not None:
+                await tools.start()
+        except Exception as exc:
+            parts.startup_failure = exc
+            await monitor.aclose()
+            await driver.aclose()
+            raise
         log.info(
             "thunder-scheduler: policy %s, backends %s",
             settings.policy, ", ".join(by_name) or "none",
@@ -280,6 +289,7 @@ def create_app(
         app.include_router(proxy.router(), dependencies=[Depends(require_client)])
         app.serve_proxy_first(proxy, _admit_with(require_client))
     app.include_router(create_ops_router(lambda: monitor, lambda: driver, metrics))
+    app.include_router(create_live_router(lambda: driver, lambda: monitor, require_admin))
     app.include_router(create_lifecycle_router(
         lambda: driver, require_admin, quota=quota, max_lease_s=settings.max_lease_s,
         max_tags_bytes=settings.max_tags_bytes,

@@ -142,8 +142,43 @@ def _serve(settings: ServiceSettings) -> int:
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"{PROG} listening on http://{shown}:{port}", file=sys.stderr, flush=True)
     server = uvicorn.Server(server_config(app, settings))
-    asyncio.run(server.serve(sockets=[sock]))
+    quiet = _QuietStartupFailure(app.state.thunder)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    except SystemExit:  # uvicorn exits (status 3) when the lifespan start-up failed
+        if server.started:
+            raise
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
+    failure = app.state.thunder.startup_failure
+    if not server.started:
+        reason = startup_reason(failure) if failure is not None else "start-up failed"
+        print(f"{PROG}: error: {reason}", file=sys.stderr)
+        return 1
     return 0
+
+
+def startup_reason(exc: BaseException) -> str:
+    """One line for a failed start-up: what failed and a hint what to do."""
+    from thunder_scheduler.tools.base import BackendUnavailable
+
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, BackendUnavailable):
+        return (f"tool manager: {text} (hint: start the Docker daemon, point --tools-docker-host "
+                f"at its socket, choose --tools-backend local, or run without --tools-enabled)")
+    return f"start-up failed: {type(exc).__name__}: {text}"
+
+
+class _QuietStartupFailure(logging.Filter):
+    """Drops uvicorn's traceback of a failed lifespan start-up: ``serve`` prints one line."""
+
+    def __init__(self, parts: Any) -> None:
+        super().__init__()
+        self._parts = parts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self._parts.startup_failure is None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

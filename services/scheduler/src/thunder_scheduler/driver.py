@@ -1,38 +1,21 @@
 """The async driver around the pure scheduling core: events in, commands carried out.
 
-The core (``thunder_scheduling``) is synchronous, fast and does no I/O. The driver owns it
-and everything with side effects, all on one event loop:
+The core (``thunder_scheduling``) is synchronous and does no I/O; the driver owns it and
+everything with side effects, on one event loop:
 
-* **Time.** Every event is stamped with ``Clock.now()`` (modelled seconds, ``clock.py``). A
-  ticker task calls ``core.tick(now)`` at ``core.next_deadline()``, or after ``tick_s`` modelled
-  seconds when the core names no earlier deadline (the backstop), sleeping the matching wall
-  time. An event that moves the deadline earlier wakes the ticker.
-* **Held requests.** ``arrive()`` registers a future for the request before the event is fed,
-  so an ``Admit`` returned at once and an ``Admit`` returned by a later event or tick resolve it
-  the same way. ``Hold`` leaves it pending; ``Release`` fails the program's pending futures
-  with 409. A waiter that gives up (client gone) removes its future.
-* **Commands.** ``Admit`` resolves the future; ``SetPriority`` sets the engine priority sent
-  with the program's later requests; ``Pause`` / ``Resume`` use the engine's KV levers when
-  the backend has them (llama.cpp slot save / restore, opt-in via ``slot_offload``);
-  ``Prewarm`` sends a one-token prefill of the program's last request to the backend;
-  ``Release`` (every end: explicit end, error, cancel, ThunderAgent release, lease expiry)
-  fails held requests, calls ``backend.release_program`` with the program's SGLang session
-  and llama.cpp slot (the slot is erased only when no other live program is pinned to it) and
-  tells the tool manager. Engine levers run as background tasks: best effort, logged and
-  counted on failure, never blocking the loop or crashing the service.
-* **SGLang sessions** (capability ``sessions``): :meth:`Driver.session_for` opens one session
-  per program on its backend before the program's first request there carries
-  ``session_id`` (one round trip, once per program and backend; concurrent requests share
-  it); a migration closes the old one; ``Release`` closes it. A refused open is counted and
-  the program runs without a session.
-* **Tool manager** (``hooks``): a program whose start event carries the tag
-  ``runtime_spec`` is *queued* for that spec until the core first admits one of its requests;
-  then ``on_program_admitted(id, spec)`` prepares its runtime (a ``Resume`` calls
-  ``on_program_restoring``). Every change of a spec's queue length is reported with
-  ``on_queue_demand(spec, n_queued)`` so the warm pool can be sized to the queue. The
-  program view lists the runtime ids the program acquired or named in tool starts.
-* **Backends.** ``on_backend_change`` (subscribed to the backend monitor) feeds
-  ``BackendUpdated``.
+* **Time.** Events are stamped with ``Clock.now()`` (modelled seconds). A ticker calls
+  ``core.tick(now)`` at ``core.next_deadline()`` or after ``tick_s`` (the backstop); an event
+  wakes it so a deadline moved earlier is honoured.
+* **Held requests.** ``arrive()`` registers the request's future before feeding the event, so
+  an ``Admit`` returned at once or later resolves it the same way; ``Release`` fails the
+  program's pending futures with 409; a waiter that gives up removes its future.
+* **Commands.** ``Admit`` resolves the future; ``SetPriority`` sets the priority of the
+  program's later requests; ``Pause`` / ``Resume`` / ``Prewarm`` / ``Release`` go to the engine
+  levers of the backend's kind (``levers/``), whose I/O runs in the background, best effort.
+* **Per-program state** is one record per program (``programs.py``; plus what the levers
+  keep), removed by its ``Release`` in one call; ``tracked()`` says what is held.
+* **Tool manager** (``hooks``): told when programs queue for a runtime spec, are first
+  admitted, resume and end (``tool_hooks.py``).
 
 Decision latency (wall time of each ``handle`` / ``tick``) goes to the metrics histogram.
 """
@@ -41,14 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Final, Protocol
+from typing import Any
 
 import httpx
 
@@ -59,11 +38,23 @@ from thunder_core.contract import (
     ProgramStatus,
     ProgramView,
 )
-from thunder_scheduler.backends.base import Backend, RequestHints, SessionLever, SlotOffload
+from thunder_scheduler.backends.base import Backend
 from thunder_scheduler.backends.monitor import BackendState
+from thunder_scheduler.background import BackgroundTasks
 from thunder_scheduler.clock import Clock
 from thunder_scheduler.gate import GateError
+from thunder_scheduler.held import HeldRequests
+from thunder_scheduler.levers import (
+    LEVER_TIMEOUT_S,
+    EngineHints,
+    EngineLevers,
+    LeverContext,
+    PrefillRequest,
+    make_levers,
+)
 from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduler.programs import ProgramRecord, ProgramRecords
+from thunder_scheduler.tool_hooks import ProgramHooks, ToolHooks
 from thunder_scheduling.commands import (
     Admit,
     Command,
@@ -83,56 +74,10 @@ from thunder_scheduling.events import (
     ToolStarted,
 )
 from thunder_scheduling.interface import SchedulingCore
-from thunder_scheduling.snapshot import ProgramSnapshot
 
-__all__ = ["Driver", "ProgramHooks"]
+__all__ = ["Driver", "ProgramHooks", "ProgramRecord"]
 
 log = logging.getLogger(__name__)
-
-PREWARM_PATHS: Final = ("/v1/chat/completions", "/v1/completions", "/generate")
-LEVER_TIMEOUT_S: Final = 30.0
-"""Upper bound on one engine lever call (prefill warm-up, slot save/restore, release)."""
-ENDED_RUNTIME_IDS_MAX: Final = 10_000
-"""Ended programs whose runtime ids stay listed (the tool manager remembers as many ended
-programs, ``ToolManagerSettings.ended_programs_memory``)."""
-
-
-class ProgramHooks(Protocol):
-    """What the driver tells the tool manager (``tools.ToolManager`` has these methods)."""
-
-    def on_program_admitted(self, program_id: str, spec_hint: str | None) -> Any: ...
-
-    def on_program_restoring(self, program_id: str) -> Any: ...
-
-    def on_program_ended(self, program_id: str, reason: str) -> Any: ...
-
-    def on_queue_demand(self, spec_name: str, queued_programs: int) -> Any: ...
-
-
-@dataclass(slots=True)
-class _Waiter:
-    program_id: str
-    future: asyncio.Future[Admit]
-
-
-@dataclass(slots=True)
-class _SlotFile:
-    backend: str
-    slot_id: int
-    filename: str
-    saved: bool = False
-
-
-def _view(row: ProgramSnapshot) -> ProgramView:
-    return ProgramView.model_validate(asdict(row))
-
-
-def _slot_offload(backend: Backend | None) -> SlotOffload | None:
-    """The backend's slot save/restore lever, when it has one."""
-    if backend is None or not backend.capabilities.slot_offload:
-        return None
-    return backend if isinstance(backend, SlotOffload) else None
-
 
 class Driver:
     """Runs one ``SchedulingCore`` on the event loop (see the module docstring)."""
@@ -158,29 +103,16 @@ class Driver:
         self.clock = clock
         self.metrics = metrics
         self.tick_s = tick_s
-        self.hooks = hooks
-        self._prewarm_http = prewarm_http
-        self._bodies_max = prewarm_bodies_max
-        self._slot_offload = slot_offload
-        self._total_slots = total_slots or (lambda name: None)
-        self._waiters: dict[str, _Waiter] = {}
-        self._priority: dict[str, int] = {}
-        self._last_body: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
-        self._backend_of: dict[str, str] = {}
-        self._slots: dict[str, _SlotFile] = {}
-        self._seq: dict[str, int] = {}
-        self._tool_calls: dict[str, set[str]] = {}
-        self._framework_of: dict[str, str] = {}  # live programs, for the ended counter
-        self._end_status: dict[str, str] = {}  # ProgramEnded seen, Release not yet
-        self._sessions: dict[str, tuple[str, str]] = {}  # program -> (backend, session id)
-        self._session_opening: dict[tuple[str, str], asyncio.Task[str | None]] = {}
-        self._session_refused: set[tuple[str, str]] = set()
-        self._runtime_ids: dict[str, list[str]] = {}
-        self._ended_runtime_ids: OrderedDict[str, list[str]] = OrderedDict()
-        self._spec_of: dict[str, str] = {}  # program -> runtime_spec tag
-        self._queued: dict[str, set[str]] = {}  # spec -> programs not admitted yet
-        self._admitted: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks(metrics, LEVER_TIMEOUT_S)
+        self._tools = ToolHooks(self._background.spawn)
+        self._tools.hooks = hooks
+        self.levers = make_levers(LeverContext(
+            backends=self.backends, spawn=self._background.spawn, metrics=metrics,
+            program_exists=core.has_program, http=prewarm_http, slot_offload=slot_offload,
+            total_slots=total_slots or (lambda name: None),
+        ))
+        self.programs = ProgramRecords(prewarm_bodies_max)
+        self._held = HeldRequests()
         self._wake = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
         self._prewarm_seq = 0
@@ -198,16 +130,34 @@ class Driver:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-        for waiter in list(self._waiters.values()):
-            if not waiter.future.done():
-                waiter.future.set_exception(GateError(503, "scheduler shutting down"))
-        self._waiters.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._held.fail_all(GateError(503, "scheduler shutting down"))
+        await self._background.aclose()
+
+    # -- per-program state ---------------------------------------------------------------------
+
+    def tracked(self) -> dict[str, int]:
+        """How many entries each per-program structure holds (all 0 once every program has
+        ended, except the bounded ``ended_runtime_ids``)."""
+        sizes = {
+            **self.programs.tracked(),
+            **self._held.tracked(),
+            "spec_queues": self._tools.tracked(),
+            "background_tasks": len(self._background),
+        }
+        for kind, levers in self.levers.items():
+            sizes[f"levers.{kind.value}"] = levers.tracked_programs()
+        return sizes
 
     # -- feeding the core -----------------------------------------------------------------------
+
+    @property
+    def hooks(self) -> ProgramHooks | None:
+        """The tool manager's hooks (set after construction: the manager needs the driver)."""
+        return self._tools.hooks
+
+    @hooks.setter
+    def hooks(self, hooks: ProgramHooks | None) -> None:
+        self._tools.hooks = hooks
 
     def now(self) -> float:
         return self.clock.now()
@@ -223,18 +173,23 @@ class Driver:
         match event:
             case ProgramStarted():
                 if self.core.has_program(event.program_id):  # started, or adopted anew
-                    self._framework_of[event.program_id] = event.framework
+                    self.programs.ensure(event.program_id).framework = event.framework
                     if is_new:
                         self.metrics.program_started(event.framework)
-                self._on_started(event)
-            case ProgramEnded() if event.program_id in self._framework_of:
-                self._end_status[event.program_id] = event.status.value
+                self._tools.started(event.program_id, self.programs.ensure(event.program_id),
+                                    event.tags.get(RUNTIME_SPEC_TAG))
+            case ProgramEnded():
+                record = self.programs.get(event.program_id)
+                if record is not None and record.framework is not None:
+                    record.end_status = event.status.value
             case ToolStarted():
-                self._tool_calls.setdefault(event.program_id, set()).add(event.call_id)
+                self.programs.ensure(event.program_id).tool_calls.add(event.call_id)
                 for runtime_id in event.runtime_ids:
                     self.note_runtime(event.program_id, runtime_id)
             case ToolFinished():
-                self._tool_calls.get(event.program_id, set()).discard(event.call_id)
+                record = self.programs.get(event.program_id)
+                if record is not None:
+                    record.tool_calls.discard(event.call_id)
             case _:
                 pass
         self._execute(commands)
@@ -243,7 +198,8 @@ class Driver:
 
     def has_tool_call(self, program_id: str, call_id: str) -> bool:
         """Whether ``call_id`` of ``program_id`` started and has not ended."""
-        return call_id in self._tool_calls.get(program_id, ())
+        record = self.programs.get(program_id)
+        return record is not None and call_id in record.tool_calls
 
     def tick(self) -> list[Command]:
         """Run the core's tick now (the ticker does this on its own; tests call it too)."""
@@ -255,72 +211,73 @@ class Driver:
 
     def arrive(self, program_id: str, request_id: str, event: Event) -> asyncio.Future[Admit]:
         """Feed a ``RequestArrived`` and return the future its ``Admit`` resolves."""
-        future: asyncio.Future[Admit] = asyncio.get_running_loop().create_future()
-        self._waiters[request_id] = _Waiter(program_id, future)
+        future = self._held.add(program_id, request_id)
         try:
             self.feed(event)
         except BaseException:
-            self._waiters.pop(request_id, None)
+            self._held.drop(request_id)
             raise
         self._update_held()
         return future
 
     def forget(self, request_id: str) -> None:
         """The waiter for ``request_id`` left (admitted, failed or its client went away)."""
-        waiter = self._waiters.pop(request_id, None)
-        if waiter is not None and not waiter.future.done():
-            waiter.future.cancel()
+        future = self._held.drop(request_id)
+        if future is not None and not future.done():
+            future.cancel()
         self._update_held()
 
     def next_request_seq(self, program_id: str) -> int:
-        seq = self._seq.get(program_id, 0) + 1
-        self._seq[program_id] = seq
-        return seq
+        record = self.programs.ensure(program_id)
+        record.seq += 1
+        return record.seq
+
+    def drop_unstarted(self, program_id: str) -> None:
+        """A request of a program the core does not know was refused before it was fed:
+        drop the record its request id created (nothing would ever release it)."""
+        if not self.core.has_program(program_id):
+            self.programs.remove(program_id)
 
     def priority_of(self, program_id: str) -> int | None:
-        return self._priority.get(program_id)
+        record = self.programs.get(program_id)
+        return record.priority if record is not None else None
+
+    def _levers(self, backend: Backend) -> EngineLevers:
+        return self.levers[backend.kind]
 
     def slot_of(self, program_id: str, backend: str) -> int | None:
-        slot = self._slots.get(program_id)
-        return slot.slot_id if slot is not None and slot.backend == backend else None
+        found = self.backends.get(backend)
+        return self._levers(found).hints(program_id, found).slot_id if found else None
+
+    async def engine_hints(self, program_id: str, backend: Backend) -> EngineHints:
+        """The engine state a request of the program carries there (an SGLang session is
+        opened first when it needs one)."""
+        return await self._levers(backend).prepare(program_id, backend)
 
     def remember_body(self, program_id: str, path: str, body: Mapping[str, Any]) -> None:
         """Keep the program's last request for a pre-restore warm-up (bounded LRU)."""
-        if self._bodies_max <= 0:
-            return
-        self._last_body[program_id] = (path, dict(body))
-        self._last_body.move_to_end(program_id)
-        while len(self._last_body) > self._bodies_max:
-            self._last_body.popitem(last=False)
+        self.programs.remember_body(program_id, path, body)
+
+    # -- program views ----------------------------------------------------------------------------
 
     def program_views(self) -> list[ProgramView]:
         """Every program the core shows (live and recently ended), as the contract's view."""
-        return [self._with_runtimes(_view(row)) for row in self.core.snapshot().programs]
-
-    def _with_runtimes(self, view: ProgramView) -> ProgramView:
-        pid = view.program_id
-        ids = self._runtime_ids.get(pid)
-        if ids is None and view.status == ProgramStatus.TERMINATED:
-            ids = self._ended_runtime_ids.get(pid)
-        if ids:
-            view.runtime_ids = list(ids)
-        return view
+        return self.programs.views(self.core.snapshot())
 
     def note_runtime(self, program_id: str, runtime_id: str) -> None:
-        """``runtime_id`` belongs to ``program_id`` (acquired, or named in a tool start)."""
-        ids = self._runtime_ids.setdefault(program_id, [])
-        if runtime_id not in ids:
-            ids.append(runtime_id)
+        """``runtime_id`` belongs to ``program_id`` (acquired, or named in a tool start);
+        ignored once the program ended (its record is gone and must not come back)."""
+        if self.core.has_program(program_id):
+            self.programs.note_runtime(program_id, runtime_id)
+
+    def runtime_ids(self, program_id: str) -> list[str]:
+        """The runtimes a live or recently ended program acquired or named."""
+        return self.programs.runtime_ids(program_id)
 
     def program_view(self, program_id: str) -> ProgramView | None:
         """The newest incarnation of ``program_id``, or None when the core never saw it."""
-        found: ProgramSnapshot | None = None
-        for row in self.core.snapshot().programs:
-            if row.program_id == program_id and (
-                found is None or row.incarnation >= found.incarnation
-            ):
-                found = row
-        return self._with_runtimes(_view(found)) if found is not None else None
+        found = self.programs.views(self.core.snapshot(), program_id)
+        return found[0] if found else None
 
     def live_program_ids(self) -> set[str]:
         """Programs that have not ended (the tool manager's view of who may hold runtimes)."""
@@ -330,7 +287,11 @@ class Driver:
         }
 
     def held_count(self) -> int:
-        return sum(1 for w in self._waiters.values() if not w.future.done())
+        return self._held.pending()
+
+    def queued_programs(self, spec: str) -> int:
+        """Programs started for ``spec`` whose first request the core has not admitted yet."""
+        return self._tools.queued(spec)
 
     async def on_backend_change(self, name: str, state: BackendState) -> None:
         """Backend monitor subscriber: feed ``BackendUpdated``."""
@@ -380,290 +341,76 @@ class Driver:
             case Hold():
                 log.debug("holding %s (%s)", command.request_id, command.reason)
             case SetPriority():
-                self._priority[command.program_id] = command.priority
+                self.programs.ensure(command.program_id).priority = command.priority
             case Pause():
                 self.metrics.pauses.inc()
-                self._on_pause(command)
+                backend = self.backends.get(command.backend)
+                if backend is not None:
+                    self._levers(backend).paused(command.program_id, backend)
             case Resume():
                 self.metrics.restores.inc()
                 if command.migrated:
                     self.metrics.migrations.inc()
-                self._on_resume(command)
+                self._resume(command)
             case Prewarm():
-                self._spawn("prewarm", self._prewarm(command.program_id, command.backend))
+                self._prewarm(command.program_id, command.backend)
             case Release():
                 self._release(command)
 
     def _admit(self, command: Admit) -> None:
-        if command.program_id not in self._admitted:
-            self._first_admission(command.program_id)
-        self._backend_of[command.program_id] = command.backend
+        pid = command.program_id
+        record = self.programs.ensure(pid)
+        self._tools.admitted(pid, record)
+        record.backend = command.backend
         if command.priority is not None:
-            self._priority[command.program_id] = command.priority
-        if self._slot_offload:
-            self._assign_slot(command.program_id, command.backend)
-        waiter = self._waiters.get(command.request_id)
-        if waiter is not None and not waiter.future.done():
-            waiter.future.set_result(command)
+            record.priority = command.priority
+        backend = self.backends.get(command.backend)
+        if backend is not None:
+            self._levers(backend).admitted(pid, backend)
+        self._held.admit(command)
         self._update_held()
+
+    def _resume(self, command: Resume) -> None:
+        self._tools.call("on_program_restoring", command.program_id)
+        backend = self.backends.get(command.backend)
+        if backend is None:
+            return
+        for levers in self.levers.values():  # a migration leaves state on the old kind too
+            levers.resumed(command.program_id, backend)
+
+    def _prewarm(self, program_id: str, backend_name: str) -> None:
+        last = self.programs.last_body(program_id)
+        backend = self.backends.get(backend_name)
+        if last is None or backend is None:
+            log.debug("no warm-up for %s on %s (no body or backend)", program_id, backend_name)
+            return
+        self._prewarm_seq += 1
+        request = PrefillRequest(
+            path=last[0], body=last[1], request_id=f"{program_id}:warm-{self._prewarm_seq}",
+            priority=self.priority_of(program_id),
+        )
+        self._levers(backend).prefill(program_id, backend, request)
 
     def _release(self, command: Release) -> None:
         pid = command.program_id
-        status = self._end_status.pop(pid, ProgramEndStatus.OK.value)
+        record = self.programs.remove(pid)
+        status = record.end_status or ProgramEndStatus.OK.value
         if "lease" in command.reason:
             self.metrics.lease_expiries.inc()
             status = "lease_expired"
-        self.metrics.program_ended(self._framework_of.pop(pid, Framework.OTHER.value), status)
-        for rid, waiter in list(self._waiters.items()):
-            if waiter.program_id == pid and not waiter.future.done():
-                waiter.future.set_exception(
-                    GateError(409, f"program {pid!r} was released ({command.reason})")
-                )
-                del self._waiters[rid]
+        self.metrics.program_ended(record.framework or Framework.OTHER.value, status)
+        self._held.fail_program(pid, GateError(409, f"program {pid!r} was released "
+                                                    f"({command.reason})"))
         self._update_held()
-        slot = self._slots.pop(pid, None)
-        session = self._sessions.pop(pid, None)
-        backend_name = command.backend or self._backend_of.get(pid)
+        backend_name = command.backend or record.backend
         backend = self.backends.get(backend_name) if backend_name else None
-        if backend is not None:
-            slot_id = None
-            if slot is not None and slot.backend == backend.name and not self._slot_shared(slot):
-                slot_id = slot.slot_id
-            session_id = session[1] if session is not None and session[0] == backend.name \
-                else None
-            self._spawn("release", backend.release_program(pid, session_id, slot_id))
-        if session is not None and (backend is None or session[0] != backend.name):
-            self._close_session(pid, session)
-        self._forget_queued(pid)
-        self._admitted.discard(pid)
-        ids = self._runtime_ids.pop(pid, None)
-        if ids:
-            self._ended_runtime_ids[pid] = ids
-            self._ended_runtime_ids.move_to_end(pid)
-            while len(self._ended_runtime_ids) > ENDED_RUNTIME_IDS_MAX:
-                self._ended_runtime_ids.popitem(last=False)
-        if self.hooks is not None:
-            self.call_hook("on_program_ended", pid, command.reason)
-        self._priority.pop(pid, None)
-        self._last_body.pop(pid, None)
-        self._backend_of.pop(pid, None)
-        self._seq.pop(pid, None)
-        self._tool_calls.pop(pid, None)
-
-    def call_hook(self, name: str, *args: Any) -> None:
-        """Call tool-manager hook ``name`` (sync or async), best effort."""
-        if self.hooks is None:
-            return
-        try:
-            result = getattr(self.hooks, name)(*args)
-        except Exception:
-            log.exception("tool manager %s%r failed", name, args)
-            return
-        if asyncio.iscoroutine(result):
-            self._spawn(f"tools.{name}", result)
+        for kind, levers in self.levers.items():
+            levers.ended(pid, backend if backend is not None and backend.kind == kind else None)
+        self._tools.ended(pid, record, command.reason)
 
     def _update_held(self) -> None:
         self.metrics.held.set(self.held_count())
 
-    # -- tool manager: queue-driven preparation --------------------------------------------------
-
-    def _on_started(self, event: ProgramStarted) -> None:
-        spec = event.tags.get(RUNTIME_SPEC_TAG)
-        pid = event.program_id
-        if not spec or self._spec_of.get(pid) == spec:
-            return
-        self._forget_queued(pid)
-        self._spec_of[pid] = spec
-        if pid in self._admitted:  # the start event raced the first request: prepare now
-            self.call_hook("on_program_admitted", pid, spec)
-            return
-        self._queued.setdefault(spec, set()).add(pid)
-        self._report_demand(spec)
-
-    def _first_admission(self, program_id: str) -> None:
-        self._admitted.add(program_id)
-        spec = self._spec_of.get(program_id)
-        if spec is None:
-            return
-        self._forget_queued(program_id, keep_spec=True)
-        self.call_hook("on_program_admitted", program_id, spec)
-
-    def _forget_queued(self, program_id: str, *, keep_spec: bool = False) -> None:
-        spec = self._spec_of.get(program_id) if keep_spec else self._spec_of.pop(program_id, None)
-        queued = self._queued.get(spec) if spec is not None else None
-        if spec is not None and queued is not None and program_id in queued:
-            queued.discard(program_id)
-            self._report_demand(spec)
-            if not queued:
-                del self._queued[spec]
-
-    def _report_demand(self, spec: str) -> None:
-        if self.hooks is not None and hasattr(self.hooks, "on_queue_demand"):
-            self.call_hook("on_queue_demand", spec, len(self._queued.get(spec, ())))
-
-    def queued_programs(self, spec: str) -> int:
-        """Programs started for ``spec`` whose first request the core has not admitted yet."""
-        return len(self._queued.get(spec, ()))
-
-    # -- SGLang sessions ---------------------------------------------------------------------------
-
-    async def session_for(self, program_id: str, backend: Backend) -> str | None:
-        """The program's engine session on ``backend``, opened on first use (None: none)."""
-        if not backend.capabilities.sessions or not isinstance(backend, SessionLever):
-            return None
-        current = self._sessions.get(program_id)
-        if current is not None and current[0] == backend.name:
-            return current[1]
-        key = (program_id, backend.name)
-        if key in self._session_refused:
-            return None
-        task = self._session_opening.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(
-                self._open_session(program_id, backend), name=f"session-{program_id}"
-            )
-            self._session_opening[key] = task
-            task.add_done_callback(lambda _: self._session_opening.pop(key, None))
-        return await asyncio.shield(task)
-
-    async def _open_session(self, program_id: str, backend: Backend) -> str | None:
-        assert isinstance(backend, SessionLever)
-        wanted = f"thunder-{program_id}-{uuid.uuid4().hex[:8]}"
-        try:
-            session_id = await asyncio.wait_for(backend.open_session(wanted), LEVER_TIMEOUT_S)
-        except Exception as exc:
-            self._session_refused.add((program_id, backend.name))
-            self.metrics.lever_failures.labels("session_open").inc()
-            log.warning("opening an SGLang session for %s on %s failed: %s", program_id,
-                        backend.name, exc or type(exc).__name__)
-            return None
-        if not self.core.has_program(program_id):  # it ended while the session opened
-            self._close_session(program_id, (backend.name, session_id))
-            return None
-        old = self._sessions.get(program_id)
-        if old is not None and old[0] != backend.name:
-            self._close_session(program_id, old)  # migrated: the old engine's refs go
-        self._sessions[program_id] = (backend.name, session_id)
-        return session_id
-
-    def _close_session(self, program_id: str, session: tuple[str, str]) -> None:
-        backend = self.backends.get(session[0])
-        if backend is not None:
-            self._spawn("session_close", backend.release_program(program_id, session[1], None))
-
-    def _slot_shared(self, slot: _SlotFile) -> bool:
-        return any(
-            other.backend == slot.backend and other.slot_id == slot.slot_id
-            for other in self._slots.values()
-        )
-
-    # -- engine levers (best effort) -----------------------------------------------------------
-
     def spawn_task(self, lever: str, work: Awaitable[Any]) -> None:
         """Run ``work`` in the background, best effort (failures counted under ``lever``)."""
-        self._spawn(lever, work)
-
-    def _spawn(self, lever: str, work: Awaitable[Any]) -> None:
-        async def run() -> None:
-            try:
-                await asyncio.wait_for(work, timeout=LEVER_TIMEOUT_S)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.metrics.lever_failures.labels(lever).inc()
-                log.warning("engine lever %s failed: %s", lever, exc or type(exc).__name__)
-
-        task = asyncio.get_running_loop().create_task(run(), name=f"lever-{lever}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _prewarm(self, program_id: str, backend_name: str) -> None:
-        last = self._last_body.get(program_id)
-        backend = self.backends.get(backend_name)
-        if last is None or backend is None or self._prewarm_http is None:
-            log.debug("no warm-up for %s on %s (no body or backend)", program_id, backend_name)
-            return
-        if not backend.capabilities.prefix_warmup:
-            return
-        path, body = last
-        warm = {k: v for k, v in body.items() if k not in ("stream", "stream_options", "n")}
-        if path == "/generate":
-            params = dict(warm.get("sampling_params") or {})
-            params["max_new_tokens"] = 1
-            warm["sampling_params"] = params
-        else:
-            warm["max_tokens"] = 1
-            warm.pop("max_completion_tokens", None)
-        self._prewarm_seq += 1
-        hints = RequestHints(
-            program_id=program_id,
-            request_id=f"{program_id}:warm-{self._prewarm_seq}",
-            priority=self._priority.get(program_id),
-            slot_id=self.slot_of(program_id, backend_name),
-        )
-        warm = backend.decorate(path, warm, hints)
-        response = await self._prewarm_http.post(
-            backend.base_url + path, json=warm, headers=backend.request_headers(hints),
-            timeout=LEVER_TIMEOUT_S,
-        )
-        if response.status_code >= 400:
-            raise RuntimeError(f"warm-up on {backend_name} answered {response.status_code}")
-        self.metrics.prewarms.inc()
-
-    def _assign_slot(self, program_id: str, backend_name: str) -> None:
-        backend = self.backends.get(backend_name)
-        if backend is None or not backend.capabilities.slot_offload:
-            return
-        current = self._slots.get(program_id)
-        if current is not None and current.backend == backend_name:
-            return
-        n_slots = self._total_slots(backend_name)
-        if not n_slots:
-            return
-        used = [0] * n_slots
-        for slot in self._slots.values():
-            if slot.backend == backend_name and slot.slot_id < n_slots:
-                used[slot.slot_id] += 1
-        slot_id = min(range(n_slots), key=lambda i: (used[i], i))
-        digest = hashlib.sha256(program_id.encode()).hexdigest()[:32]
-        self._slots[program_id] = _SlotFile(backend_name, slot_id, f"thunder-{digest}.bin")
-
-    def _on_pause(self, command: Pause) -> None:
-        slot = self._slots.get(command.program_id)
-        offload = _slot_offload(self.backends.get(command.backend))
-        if slot is None or offload is None or slot.backend != command.backend:
-            return
-
-        async def save() -> None:
-            assert offload is not None
-            result = await offload.save_slot(slot.slot_id, slot.filename)
-            slot.saved = True
-            log.info("paused %s: saved slot %d of %s (%d tokens)", command.program_id,
-                     slot.slot_id, command.backend, result.n_tokens)
-
-        self._spawn("slot_save", save())
-
-    def _on_resume(self, command: Resume) -> None:
-        if self.hooks is not None:
-            self.call_hook("on_program_restoring", command.program_id)
-        session = self._sessions.get(command.program_id)
-        if session is not None and session[0] != command.backend:
-            del self._sessions[command.program_id]
-            self._close_session(command.program_id, session)
-        slot = self._slots.get(command.program_id)
-        if slot is None:
-            return
-        if slot.backend != command.backend:
-            del self._slots[command.program_id]  # migrated: its saved KV is on the old engine
-            return
-        offload = _slot_offload(self.backends.get(command.backend))
-        if not slot.saved or offload is None:
-            return
-
-        async def restore() -> None:
-            assert offload is not None
-            result = await offload.restore_slot(slot.slot_id, slot.filename)
-            log.info("resumed %s: restored slot %d of %s (%d tokens)", command.program_id,
-                     slot.slot_id, command.backend, result.n_tokens)
-
-        self._spawn("slot_restore", restore())
+        self._background.spawn(lever, work)

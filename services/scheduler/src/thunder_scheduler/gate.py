@@ -17,8 +17,8 @@ The proxy router (``thunder_scheduler.proxy``) calls, for every LLM request:
    to connect (or the connection broke): the backend monitor counts it like a failed poll, so
    a dead engine is marked unhealthy without waiting for the next poll.
 
-A program's placement also carries its SGLang session (``RequestHints.session_id``) when the
-backend has capability ``sessions``: the driver opens it before the first request there.
+A program's placement also carries the engine state its levers keep (``levers/``): its SGLang
+session, opened before its first request there, or its llama.cpp slot.
 
 What the gate reads from the body (prompt estimate, output limit, prompt fingerprint) is
 ``request_body.py``; the fingerprint is computed only when the gate is given the policy's block
@@ -160,6 +160,10 @@ class SchedulerGate:
         self._arrived: set[str] = set()
         self._block_tokens = prompt_block_tokens
 
+    def tracked(self) -> int:
+        """Requests fed as arrived and not yet finished."""
+        return len(self._arrived)
+
     def new_request_id(self, program_id: str | None) -> str:
         if program_id is None:
             return f"thunder-{os.urandom(16).hex()}"
@@ -193,8 +197,13 @@ class SchedulerGate:
         body: Mapping[str, Any],
         model: str | None,
     ) -> Placement:
-        self._healthy()
         driver = self._driver
+        try:
+            self._healthy()
+        except GateError:
+            if program_id is not None:
+                driver.drop_unstarted(program_id)  # its request id made a record: drop it
+            raise
         if program_id is None:
             name = driver.core.route_untagged(driver.now())
             if name is None or name not in driver.backends:
@@ -227,16 +236,13 @@ class SchedulerGate:
         if backend is None:  # the core named a backend we do not have: a bug, not the client's
             raise GateError(503, f"scheduler placed the request on unknown backend {admit.backend}")
         priority = admit.priority if admit.priority is not None else driver.priority_of(program_id)
-        session_id = (
-            await driver.session_for(program_id, backend) if backend.capabilities.sessions
-            else None
-        )
+        engine = await driver.engine_hints(program_id, backend)  # may open an SGLang session
         hints = RequestHints(
             program_id=program_id,
             request_id=request_id,
             priority=priority,
-            session_id=session_id,
-            slot_id=driver.slot_of(program_id, backend.name),
+            session_id=engine.session_id,
+            slot_id=engine.slot_id,
         )
         return Placement(backend, hints)
 

@@ -23,8 +23,8 @@ Series (prefix ``thunder_``):
 * ``decision_seconds``: wall time of one core call (``handle`` or ``tick``);
 * ``build_info{version,contract,python}``: always 1; the labels say what runs.
 
-Histogram buckets: proxy overhead from 50 us to 100 ms (the target is an added p50 under 1 ms,
-issue 2); decision latency from 5 us to 50 ms (the target is a p99 under 1 ms, issue 4); hold
+Histogram buckets: proxy overhead from 50 us to 100 ms (the target is an added p50 under
+1 ms); decision latency from 5 us to 50 ms (the target is a p99 under 1 ms); hold
 time from 1 ms to 30 min (the core's aging bound is 5 min, a lease 30); backend latency from
 10 ms to 10 min (the proxy's read timeout).
 

@@ -21,8 +21,8 @@ Defaults and their sources:
   ``thunder_scheduling.policies``; set here only to override it.
 * ``lease_s`` / ``max_paused_s``: None means the core's defaults (30 min / 5 min,
   ``thunder_scheduling.config``).
-* ``tick_s`` 1.0 modelled second: the backstop tick. Admission and restore run on every event
-  (issue 4), so the tick only catches time-driven changes (decay, aging, leases); ThunderAgent
+* ``tick_s`` 1.0 modelled second: the backstop tick. Admission and restore run on every event,
+  so the tick only catches time-driven changes (decay, aging, leases); ThunderAgent
   ticks every 5 s and reports throughput insensitive to ticks of 2-10 s (arXiv 2602.13692),
   so 1 s is well inside the flat region.
 * ``time_scale`` 1.0: modelled seconds per wall second, the simulator's knob (``clock.py``).
@@ -309,6 +309,18 @@ class ServiceSettings(BaseSettings):
                 "(name them: NAME@KIND=URL)"
             )
         return specs
+
+    @model_validator(mode="after")
+    def _https_needs_a_tls_client(self) -> ServiceSettings:
+        # the default forwarding client (upstream_raw) speaks plain HTTP only
+        https = [spec for spec in self.backends if "=https://" in spec]
+        if https and self.upstream_client == "raw":
+            raise ValueError(
+                f"{setting_names('backends')}: https:// engines ({', '.join(https)}) need "
+                f"{setting_names('upstream_client')} aiohttp or httpx; the default client "
+                "'raw' speaks plain http only"
+            )
+        return self
 
     @model_validator(mode="after")
     def _watermarks_ordered(self) -> ServiceSettings:

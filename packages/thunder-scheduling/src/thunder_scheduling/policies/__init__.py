@@ -3,7 +3,7 @@
 
 Each module ``policies/<name>.py`` defines a policy class whose ``name`` is ``<name>`` (built
 as ``PolicyClass(config)``) and a frozen config dataclass that validates itself in
-``__post_init__`` (``ConfigError`` naming the field). See ``core/policy.py`` for the hooks.
+``__post_init__`` (``ConfigError`` naming the field). See ``policy.py`` for the hooks.
 
 ``round_robin`` and ``cache_aware`` (the engine-only and SGLang-router baselines) are written
 separately; they are registered when their modules exist, under the class names
@@ -19,12 +19,14 @@ from thunder_scheduling.policies.autellix import AutellixConfig, AutellixPolicy
 from thunder_scheduling.policies.continuum import ContinuumConfig, ContinuumPolicy
 from thunder_scheduling.policies.sticky import StickyConfig, StickyPolicy
 from thunder_scheduling.policies.thunder import ThunderConfig, ThunderPolicy
+from thunder_scheduling.policies.thunderagent import ThunderAgentConfig, ThunderAgentPolicy
 
 POLICIES: dict[str, tuple[type[Any], type[Any]]] = {
     "thunder": (ThunderPolicy, ThunderConfig),
     "sticky": (StickyPolicy, StickyConfig),
     "continuum": (ContinuumPolicy, ContinuumConfig),
     "autellix": (AutellixPolicy, AutellixConfig),
+    "thunderagent": (ThunderAgentPolicy, ThunderAgentConfig),
 }
 
 _OPTIONAL = {

@@ -5,7 +5,7 @@ balancer (a Kubernetes Service, nginx, or the SGLang router with ``--policy roun
 every request goes to the next healthy engine in turn, with no notion of programs. It never
 pauses, never holds, never sets engine priorities, and ignores where a program's KV is.
 
-Hooks (see ``core/policy.py``):
+Hooks (see ``policy.py``):
 
 - ``route_request(program, request, view)``: the request-level decision, the next healthy
   backend in name order after the one chosen last. The scheduler calls it for every request

@@ -1,4 +1,4 @@
-"""``sticky``: the pass-through placement policy of the foundation (issue 2 point 6).
+"""``sticky``: the pass-through placement policy (no pausing, no holding).
 
 A program sticks to the backend it was first placed on; a new program goes to the healthy
 backend with the most free KV tokens (capacity minus the tokens charged there, ties broken by

@@ -1,41 +1,18 @@
 """``thunder``: ThunderAgent's program-level pause and restore (arXiv 2602.13692, sec. 4.3),
-with the defects of its public code fixed. Issue 4 point 3; docs/scheduling.md has the full
-rationale. What it ports and how it differs:
+with the defects of its public code fixed. The rules, their defaults and the measurements that
+chose them are in docs/scheduling.md ("The thunder policy"). What it ports and how it differs:
 
-* **Overflow** per backend with hysteresis: pause when committed tokens (programs already
-  marked for pause not counted, so marks are never repeated: ThunderAgent marked every
-  reasoning program once no acting one was left) exceed ``high_watermark x capacity``, and
-  only down to ``low_watermark x capacity`` (an irredundant set; the scheduler's
-  ``decisions.py``). Admission and restore fill only up to the low watermark.
-  Defaults 0.98 / 0.90 measured on the trace replay (``bench/results/replay/
-  sweep-thunder.md``: 7% more steps/min than Dynamo's port's 0.95 / 0.80 at 3x
-  oversubscription, same hit rate); the paper sets both to 1, which pauses and restores on
-  every small growth.
-* **Pause order** ``pause_key``: acting before reasoning, smallest context first (the
-  paper's S_pause = 1/c + I(acting): recomputation cost grows with c^2).
-* **Acting weight**: ``c * 2 ** (-t / acting_half_life_s)``, t = seconds since the program
-  left the LLM, used identically for admission, restore and pause (ThunderAgent applied the
-  decay only when resuming, so a tick could resume a program and pause another at once).
-  Default half-life 30 s of modelled time, measured on the trace replay
-  (``sweep-thunder.md``): 1 s (the paper's f(t) = 2^-t read in seconds, Dynamo's tau) was
-  the worst at 3x oversubscription (agent tools last tens of seconds, so their KV was given
-  away and re-prefilled); 10-30 s the best; 120 s and above lose throughput again. When the
-  tool's duration is predicted (hint or per-tool EWMA), the weight returns to full
-  ``prewarm_lead_s`` before the predicted end (anticipated return), and a program paused
-  during the tool is prewarmed then.
-* **Restore order** ``restore_key``: reasoning first, then smallest context (S_restore =
-  1/c + I(reasoning)); waiters older than ``promote_after_s`` first (head-of-line, so a large
-  program is not passed by small ones forever); the scheduler forces any program back after
-  ``SchedulerConfig.max_paused_s`` (ThunderAgent: 1,800 s).
-* **Placement** ``place``: a restore prefers the previous backend when the program fits
-  there (its KV may still be cached), otherwise best fit across healthy replicas (the least
-  room left: keeps big holes for big programs); ThunderAgent restored largest first onto the
-  emptiest replica, ignoring locality. A new program goes at once (no tick wait) to the
-  backend with the most room under the low watermark that fits it; a program larger than
-  the low watermark goes only to a backend with no other active program and runs alone.
-* **Engine priority**: the program's own priority while active; ``paused_priority_offset``
-  lower while marked or paused, so engines with priority-aware retraction/eviction drop it
-  first.
+* overflow per backend with hysteresis (high / low watermark); marks are never repeated
+  (ThunderAgent re-marked every reasoning program once no acting one was left);
+* ``pause_key``: acting before reasoning, smallest context first (S_pause = 1/c + I(acting));
+* acting weight ``c * 2 ** (-t / acting_half_life_s)`` used for admission, restore and pause
+  alike (ThunderAgent decayed only on resume), back to full ``prewarm_lead_s`` before a
+  predicted tool end;
+* ``restore_key``: reasoning first, then smallest context (S_restore = 1/c + I(reasoning)),
+  with old waiters promoted first (ThunderAgent restored largest first);
+* ``place``: the previous backend when the program fits there, else best fit (ThunderAgent:
+  the emptiest replica, ignoring locality); a program larger than the low watermark runs alone;
+* engine priority lowered by ``paused_priority_offset`` while marked or paused.
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ from starlette.types import Message, Receive, Scope, Send
 from thunder_core.contract import InvalidProgramId, program_id_from, strip_identity
 from thunder_scheduler.backends.base import Backend
 from thunder_scheduler.gate import GateError, Placement, RequestGate, Usage
+from thunder_scheduler.json_limits import depth_error
 from thunder_scheduler.proxy.settings import ProxySettings
 from thunder_scheduler.proxy.streaming import SseScanner
 from thunder_scheduler.proxy.upstream import (
@@ -320,6 +321,8 @@ class ProxyEndpoints:
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
+                if str(exc).startswith("depth limit"):
+                    raise _ClientError(400, depth_error()) from None
                 raise _ClientError(400, f"malformed JSON body: {exc}") from None
             if not isinstance(body, dict):
                 raise _ClientError(400, "request body must be a JSON object")
@@ -496,7 +499,13 @@ class _Exchange(Response):
             self._upstream_open = True
             upstream_sent_at = time.perf_counter()
             try:
-                response = await proxy.upstream.send(url, orjson.dumps(body), headers)
+                payload = orjson.dumps(body)
+            except TypeError:  # orjson writes 254 levels, reads 1,024 (json_limits.py)
+                self._upstream_open = False
+                await self._send_error(send, 400, depth_error())
+                return
+            try:
+                response = await proxy.upstream.send(url, payload, headers)
                 break
             except UpstreamTimeout as exc:
                 self._upstream_open = False
