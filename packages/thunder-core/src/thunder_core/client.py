@@ -16,6 +16,8 @@ import httpx
 from thunder_core.contract import (
     CONTRACT_VERSION,
     CONTRACT_VERSION_HEADER,
+    CacheHint,
+    CacheHints,
     Paths,
     ProgramEnd,
     ProgramEndStatus,
@@ -127,6 +129,12 @@ class _Requests:
         path = Paths.PROGRAM_END.format(program_id=program_id)
         return path, event.model_dump(mode="json", exclude_none=True)
 
+    @staticmethod
+    def hints(program_id: str, hints: list[CacheHint]) -> tuple[str, dict[str, Any]]:
+        event = CacheHints(hints=hints)
+        return Paths.HINTS.format(program_id=program_id), event.model_dump(
+            mode="json", exclude_none=True)
+
 
 class ThunderClient:
     """Blocking client for the lifecycle API. Every call has a timeout (default 2 s)."""
@@ -195,6 +203,10 @@ class ThunderClient:
         reason: str | None = None,
     ) -> ProgramView:
         return ProgramView.model_validate(self._post(*_Requests.end(program_id, status, reason)))
+
+    def send_hints(self, program_id: str, *hints: CacheHint) -> None:
+        """Cache hints about a program (``CacheHints``), applied in order."""
+        self._post(*_Requests.hints(program_id, list(hints)))
 
     def release(self, program_id: str) -> None:
         """ThunderAgent's ``/programs/release``: end a program the ThunderAgent way."""
@@ -302,6 +314,9 @@ class AsyncThunderClient:
         return ProgramView.model_validate(
             await self._post(*_Requests.end(program_id, status, reason))
         )
+
+    async def send_hints(self, program_id: str, *hints: CacheHint) -> None:
+        await self._post(*_Requests.hints(program_id, list(hints)))
 
     async def release(self, program_id: str) -> None:
         body = ThunderAgentRelease(program_id=program_id).model_dump()
