@@ -54,11 +54,13 @@ import orjson
 from thunder_core.contract import (
     PROGRAM_ID_FIELD,
     PROGRAM_ID_HEADER,
+    TRACE_FIELD,
     Paths,
     ProgramEnd,
     ProgramStart,
     ToolEnd,
     ToolStart,
+    TraceFields,
 )
 from thunder_sim.replay.metrics import RunRecorder, RunReport, StepRecord, percentile, summarise
 from thunder_sim.replay.player import Call, GapPolicy, Spawn, ToolBegin, Wait, plan
@@ -299,8 +301,9 @@ class LiveReplay:
             "stream": True,
             "stream_options": {"include_usage": True},
             PROGRAM_ID_FIELD: pid,
-            "thunder_trace": {"hash_ids": list(step.blocks), "prompt_tokens": step.prompt_tokens,
-                              "session": "replay", "block_tokens": 64},
+            TRACE_FIELD: {TraceFields.HASH_IDS: list(step.blocks),
+                          TraceFields.PROMPT_TOKENS: step.prompt_tokens,
+                          TraceFields.SESSION: "replay", TraceFields.BLOCK_TOKENS: 64},
         }
         sent = self.now()
         first: float | None = None
