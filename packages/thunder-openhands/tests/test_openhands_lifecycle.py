@@ -3,27 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from thunder_openhands.lifecycle import ConversationTracker
-
-
-class RecordingEmitter:
-    def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
-
-    def program_started(self, program_id: str, **metadata: Any) -> None:
-        self.events.append(("start", program_id, metadata["framework"]))
-
-    def tool_started(self, program_id: str, call_id: str, tool_name: str, **extra: Any) -> None:
-        self.events.append(("tool", call_id, tool_name))
-
-    def tool_ended(self, program_id: str, call_id: str, status: Any = "ok", error: Any = None
-                   ) -> None:
-        self.events.append(("tool_end", call_id, str(status)))
-
-    def program_ended(self, program_id: str, status: Any = "ok", reason: Any = None) -> None:
-        self.events.append(("end", str(status)))
+from thunder_testkit.emitter import RecordingEmitter
 
 
 @dataclass
@@ -56,8 +38,9 @@ def test_a_finished_run_is_one_program_with_its_tools_in_order() -> None:
     tracker.after_run("finished")
     tracker.closed()
     assert emitter.events == [
-        ("start", "c1", "openhands"), ("tool", "a", "terminal"), ("tool_end", "a", "ok"),
-        ("tool", "b", "file_editor"), ("tool_end", "b", "error"), ("end", "ok"),
+        ("start", "c1", "openhands"), ("tool", "c1", "a", "terminal"),
+        ("tool_end", "c1", "a", "ok"), ("tool", "c1", "b", "file_editor"),
+        ("tool_end", "c1", "b", "error"), ("end", "c1", "ok"),
     ]
 
 
@@ -70,7 +53,7 @@ def test_outcomes_error_stuck_cancel_and_paused() -> None:
         tracker = ConversationTracker(emitter)
         tracker.bind("c")
         tracker.after_run(status, exc)
-        assert emitter.events[-1] == ("end", expected), (status, exc)
+        assert emitter.events[-1] == ("end", "c", expected), (status, exc)
     emitter = RecordingEmitter()
     tracker = ConversationTracker(emitter)
     tracker.bind("c")
@@ -78,7 +61,7 @@ def test_outcomes_error_stuck_cancel_and_paused() -> None:
     tracker.after_run("waiting_for_confirmation")
     assert emitter.events == [("start", "c", "openhands")]
     tracker.closed()
-    assert emitter.events[-1] == ("end", "cancelled")
+    assert emitter.events[-1] == ("end", "c", "cancelled")
 
 
 def test_a_second_run_reopens_the_program_and_runtime_holders_end_at_close() -> None:
@@ -97,4 +80,4 @@ def test_a_second_run_reopens_the_program_and_runtime_holders_end_at_close() -> 
     assert emitter.events == []               # the runtime stays with the open program
     holder.closed()
     holder.closed()
-    assert emitter.events == [("end", "ok")]  # once, with the last run's outcome
+    assert emitter.events == [("end", "w", "ok")]  # once, with the last run's outcome

@@ -18,12 +18,14 @@ Lifecycle events are pydantic models; the HTTP paths that take them are in ``Pat
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CONTRACT_VERSION: Final = "1"
 
@@ -178,6 +180,8 @@ class Paths:
     TOOLS: Final = "/v1/programs/{program_id}/tools"
     TOOL_END: Final = "/v1/programs/{program_id}/tools/{call_id}/end"
     PROGRAM_END: Final = "/v1/programs/{program_id}/end"
+    HINTS: Final = "/v1/programs/{program_id}/hints"
+    """``CacheHints``: what the adapter knows about the program's KV cache."""
     RUNTIMES: Final = "/v1/programs/{program_id}/runtimes"
     RUNTIME: Final = "/v1/programs/{program_id}/runtimes/{runtime_id}"
     RUNTIME_EXEC: Final = "/v1/programs/{program_id}/runtimes/{runtime_id}/exec"
@@ -279,6 +283,72 @@ class ThunderAgentRelease(BaseModel):
     program_id: ProgramIdField
 
 
+# -- cache hints ------------------------------------------------------------------------------
+
+
+class HintKind(StrEnum):
+    """What an adapter knows about a program's KV cache that the engine cannot."""
+
+    BACK_IN = "back_in"
+    """The program sends its next LLM request in about ``seconds`` (a tool started with an
+    expected duration). Core: the expected end of its running tool calls."""
+    SHARED_PREFIX = "shared_prefix"
+    """The program's prompts start with a prefix that many programs share (system prompt and
+    tool schemas), named by ``prefix_id`` (``shared_prefix_id``), about ``prefix_tokens`` long."""
+    CONVERSATION_ENDED = "conversation_ended"
+    """The conversation is over: the program ends (the end path) and its KV can go."""
+    CONTEXT_COMPACTED = "context_compacted"
+    """The program's context was rewritten (summarised or truncated): its old KV will not be
+    used again, and its next prompt misses the cache by design."""
+
+
+HINT_MAX_SECONDS: Final = 86_400.0
+_HINT_FIELDS: Final[dict[HintKind, tuple[frozenset[str], frozenset[str]]]] = {
+    # kind: (required fields, allowed fields)
+    HintKind.BACK_IN: (frozenset({"seconds"}), frozenset({"seconds", "reason"})),
+    HintKind.SHARED_PREFIX: (frozenset({"prefix_id"}),
+                             frozenset({"prefix_id", "prefix_tokens", "reason"})),
+    HintKind.CONVERSATION_ENDED: (frozenset(), frozenset({"reason"})),
+    HintKind.CONTEXT_COMPACTED: (frozenset(), frozenset({"reason"})),
+}
+
+
+class CacheHint(_Event):
+    """One hint; which fields a kind needs and takes is checked (``HintKind``)."""
+
+    kind: HintKind
+    seconds: float | None = Field(default=None, gt=0, le=HINT_MAX_SECONDS)
+    prefix_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    prefix_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
+    reason: str | None = Field(default=None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> CacheHint:
+        required, allowed = _HINT_FIELDS[self.kind]
+        given = {name for name in type(self).model_fields
+                 if name != "kind" and getattr(self, name) is not None}
+        if missing := sorted(required - given):
+            raise ValueError(f"a {self.kind.value} hint needs {', '.join(missing)}")
+        if extra := sorted(given - allowed):
+            raise ValueError(f"a {self.kind.value} hint does not take {', '.join(extra)}")
+        return self
+
+
+class CacheHints(_Event):
+    """``POST /v1/programs/{id}/hints``: hints about one program, applied in order."""
+
+    hints: list[CacheHint] = Field(min_length=1, max_length=16)
+
+
+def shared_prefix_id(system: str | None, tools: Sequence[Mapping[str, Any]] | None) -> str:
+    """The ``prefix_id`` of a system prompt plus tool schemas: 32 hex digits of the SHA-256 of
+    their canonical JSON, so an adapter and the proxy (from a request body's first system
+    message and ``tools``) compute the same id."""
+    canonical = json.dumps({"system": system or "", "tools": list(tools or ())},
+                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
 # -- lifecycle responses ----------------------------------------------------------------------
 
 
@@ -326,6 +396,7 @@ __all__ = [
     "CONTRACT_VERSION",
     "CONTRACT_VERSION_HEADER",
     "EXTRA_BODY_FIELD",
+    "HINT_MAX_SECONDS",
     "LITELLM_SESSION_HEADER",
     "PROGRAM_ID_FIELD",
     "PROGRAM_ID_HEADER",
@@ -334,9 +405,12 @@ __all__ = [
     "RUNTIME_SPEC_TAG",
     "THUNDER_HEADER_PREFIX",
     "TRACE_FIELD",
+    "CacheHint",
+    "CacheHints",
     "EnginePaths",
     "ErrorBody",
     "Framework",
+    "HintKind",
     "InvalidProgramId",
     "Paths",
     "ProgramEnd",
@@ -353,6 +427,7 @@ __all__ = [
     "TraceFields",
     "engine_request_id",
     "program_id_from",
+    "shared_prefix_id",
     "strip_identity",
     "validate_program_id",
 ]

@@ -61,7 +61,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from thunder_core.contract import InvalidProgramId, program_id_from, strip_identity
+from thunder_core.contract import (
+    REQUEST_ID_HEADER,
+    THUNDER_HEADER_PREFIX,
+    EnginePaths,
+    InvalidProgramId,
+    program_id_from,
+    strip_identity,
+)
 from thunder_scheduler.backends.base import Backend
 from thunder_scheduler.gate import GateError, Placement, RequestGate, Usage
 from thunder_scheduler.json_limits import depth_error
@@ -89,14 +96,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHAT_PATH: Final = "/v1/chat/completions"
-COMPLETIONS_PATH: Final = "/v1/completions"
-GENERATE_PATH: Final = "/generate"
-MODELS_PATH: Final = "/v1/models"
+CHAT_PATH: Final = EnginePaths.CHAT_COMPLETIONS
+COMPLETIONS_PATH: Final = EnginePaths.COMPLETIONS
+GENERATE_PATH: Final = EnginePaths.GENERATE
+MODELS_PATH: Final = EnginePaths.MODELS
 PROXY_PREFIXES: Final = (CHAT_PATH, COMPLETIONS_PATH, GENERATE_PATH, MODELS_PATH)
 """Paths guarded by the client key (checked before the body is read)."""
-REQUEST_ID_HEADER: Final = "X-Thunder-Request-Id"
-"""Response header naming the engine request id the proxy gave the request."""
 
 _NOT_FORWARDED: Final = frozenset(
     {
@@ -118,7 +123,7 @@ _NOT_FORWARDED: Final = frozenset(
         "expect",
     }
 )
-_OUR_PREFIX: Final = "x-thunder-"
+_OUR_PREFIX: Final = THUNDER_HEADER_PREFIX
 _JSON: Final = "application/json"
 _SSE: Final = "text/event-stream"
 
