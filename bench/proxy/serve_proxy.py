@@ -68,12 +68,13 @@ class PassThroughGate:
         return [{"id": "zero", "object": "model"}]
 
 
-def build_app(mode: str, client: str, engine: str) -> FastAPI:
+def build_app(mode: str, client: str, engine: str, state_file: str | None = None) -> FastAPI:
     if mode == "service":
         from thunder_scheduler.app import create_app
         from thunder_scheduler.settings import ServiceSettings
 
-        return create_app(ServiceSettings(backends=[f"sglang={engine}"], upstream_client=client))
+        return create_app(ServiceSettings(backends=[f"sglang={engine}"], upstream_client=client,
+                                          state_file=state_file))
     settings = ProxySettings(upstream_client=client)  # type: ignore[arg-type]
     backend = SGLangBackend("zero", engine, httpx.AsyncClient())
     proxy = ProxyEndpoints(PassThroughGate(backend), create_upstream_client(settings), settings)
@@ -88,8 +89,10 @@ def main() -> None:
     parser.add_argument("--mode", choices=["service", "bare"], default="service")
     parser.add_argument("--client", choices=["aiohttp", "httpx", "raw"], default="aiohttp")
     parser.add_argument("--engine", required=True, help="zero-work engine base URL")
+    parser.add_argument("--state-file", default=None,
+                        help="mode service: persist the program table there (default: off)")
     args = parser.parse_args()
-    app = build_app(args.mode, args.client, args.engine)
+    app = build_app(args.mode, args.client, args.engine, args.state_file)
     sock = listen_socket("127.0.0.1", 0)  # as `thunder-scheduler serve` listens (TCP_NODELAY)
     print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(app, loop="uvloop", http="httptools", workers=1,

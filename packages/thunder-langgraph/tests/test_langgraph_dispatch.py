@@ -372,3 +372,29 @@ def test_wrapped_create_agent_with_the_middleware_starts_each_tool_once() -> Non
     wrap(agent, emitter=_emitter()).invoke({"messages": [("user", "go")]})
     assert log.count("add:1+2") == 1 and log.count("multiply:3*4") == 1
     assert json.dumps(model.streamed) == "[0, 1]"
+
+
+def test_wrapped_agent_with_human_approval_runs_no_tool_before_the_answer() -> None:
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+    from langgraph.types import Command
+
+    log = Log()
+    model = ScriptedStreamingModel(turns=_parallel_turns())
+    agent = create_agent(model, _tools(log), checkpointer=InMemorySaver(), middleware=[
+        HumanInTheLoopMiddleware(interrupt_on={"add": True, "multiply": True})])
+    app = wrap(agent, emitter=_emitter())
+    assert "model" not in app.dispatch_plan   # the approval node sits between model and tools
+    config = {"configurable": {"thread_id": "approve"}}
+    result = app.invoke({"messages": [("user", "go")]}, config)
+    assert "__interrupt__" in result
+    assert log.entries == []                 # nothing ran while the human decides
+    app.invoke(Command(resume={"decisions": [{"type": "approve"}, {"type": "approve"}]}), config)
+    assert sorted(log.entries) == ["add:1+2", "multiply:3*4"]
+
+
+def test_plan_of_a_hand_built_graph_names_the_model_node_and_its_tools() -> None:
+    log = Log()
+    app = wrap(_graph(ScriptedStreamingModel(turns=_parallel_turns()), _tools(log)),
+               emitter=_emitter())
+    assert {node: sorted(tools) for node, tools in app.dispatch_plan.items()} == {
+        "agent": ["add", "explode", "multiply"]}

@@ -3,27 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from thunder_openhands.lifecycle import ConversationTracker
-
-
-class RecordingEmitter:
-    def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
-
-    def program_started(self, program_id: str, **metadata: Any) -> None:
-        self.events.append(("start", program_id, metadata["framework"]))
-
-    def tool_started(self, program_id: str, call_id: str, tool_name: str, **extra: Any) -> None:
-        self.events.append(("tool", call_id, tool_name))
-
-    def tool_ended(self, program_id: str, call_id: str, status: Any = "ok", error: Any = None
-                   ) -> None:
-        self.events.append(("tool_end", call_id, str(status)))
-
-    def program_ended(self, program_id: str, status: Any = "ok", reason: Any = None) -> None:
-        self.events.append(("end", str(status)))
+from thunder_testkit.emitter import RecordingEmitter
 
 
 @dataclass
@@ -35,6 +17,11 @@ class ActionEvent:
 @dataclass
 class ObservationEvent:
     tool_call_id: str
+
+
+@dataclass
+class Condensation:
+    forgotten_event_ids: set[str]
 
 
 @dataclass
@@ -56,8 +43,9 @@ def test_a_finished_run_is_one_program_with_its_tools_in_order() -> None:
     tracker.after_run("finished")
     tracker.closed()
     assert emitter.events == [
-        ("start", "c1", "openhands"), ("tool", "a", "terminal"), ("tool_end", "a", "ok"),
-        ("tool", "b", "file_editor"), ("tool_end", "b", "error"), ("end", "ok"),
+        ("start", "c1", "openhands"), ("tool", "c1", "a", "terminal"),
+        ("tool_end", "c1", "a", "ok"), ("tool", "c1", "b", "file_editor"),
+        ("tool_end", "c1", "b", "error"), ("end", "c1", "ok"),
     ]
 
 
@@ -70,7 +58,7 @@ def test_outcomes_error_stuck_cancel_and_paused() -> None:
         tracker = ConversationTracker(emitter)
         tracker.bind("c")
         tracker.after_run(status, exc)
-        assert emitter.events[-1] == ("end", expected), (status, exc)
+        assert emitter.events[-1] == ("end", "c", expected), (status, exc)
     emitter = RecordingEmitter()
     tracker = ConversationTracker(emitter)
     tracker.bind("c")
@@ -78,7 +66,7 @@ def test_outcomes_error_stuck_cancel_and_paused() -> None:
     tracker.after_run("waiting_for_confirmation")
     assert emitter.events == [("start", "c", "openhands")]
     tracker.closed()
-    assert emitter.events[-1] == ("end", "cancelled")
+    assert emitter.events[-1] == ("end", "c", "cancelled")
 
 
 def test_a_second_run_reopens_the_program_and_runtime_holders_end_at_close() -> None:
@@ -97,4 +85,18 @@ def test_a_second_run_reopens_the_program_and_runtime_holders_end_at_close() -> 
     assert emitter.events == []               # the runtime stays with the open program
     holder.closed()
     holder.closed()
-    assert emitter.events == [("end", "ok")]  # once, with the last run's outcome
+    assert emitter.events == [("end", "w", "ok")]  # once, with the last run's outcome
+
+
+def test_a_condensation_is_a_context_compacted_hint_of_an_open_program() -> None:
+    emitter = RecordingEmitter()
+    tracker = ConversationTracker(emitter)
+    tracker.on_event(Condensation({"e1"}))         # not bound yet: nothing to hint about
+    tracker.bind("c1")
+    tracker.before_run()
+    tracker.on_event(Condensation({"e1", "e2"}))
+    tracker.after_run("finished")
+    tracker.on_event(Condensation({"e3"}))         # the program has ended: nothing sent
+    assert emitter.events == [
+        ("start", "c1", "openhands"), ("hint", "c1", "context_compacted"), ("end", "c1", "ok"),
+    ]

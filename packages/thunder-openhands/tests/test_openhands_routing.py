@@ -16,24 +16,7 @@ from openhands.sdk import LLM
 import thunder_openhands
 from thunder_core.contract import LITELLM_SESSION_HEADER, PROGRAM_ID_HEADER
 from thunder_openhands.routing import HOOKED_METHODS, RouteConfig, route_kwargs
-
-
-class RecordingEmitter:
-    def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
-
-    def program_started(self, program_id: str, **metadata: Any) -> None:
-        self.events.append(("start", program_id))
-
-    def tool_started(self, program_id: str, call_id: str, tool_name: str, **extra: Any) -> None:
-        self.events.append(("tool", program_id, call_id, tool_name))
-
-    def tool_ended(self, program_id: str, call_id: str, status: Any = "ok", error: Any = None
-                   ) -> None:
-        self.events.append(("tool_end", program_id, call_id, str(status)))
-
-    def program_ended(self, program_id: str, status: Any = "ok", reason: Any = None) -> None:
-        self.events.append(("end", program_id, str(status)))
+from thunder_testkit.emitter import RecordingEmitter
 
 
 @pytest.fixture

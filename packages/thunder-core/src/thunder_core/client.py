@@ -13,9 +13,12 @@ from typing import Any, Self
 
 import httpx
 
+from thunder_core.context import SCHEDULER_URL_ENV, register_scheduler
 from thunder_core.contract import (
     CONTRACT_VERSION,
     CONTRACT_VERSION_HEADER,
+    CacheHint,
+    CacheHints,
     Paths,
     ProgramEnd,
     ProgramEndStatus,
@@ -28,7 +31,6 @@ from thunder_core.contract import (
     ToolStart,
 )
 
-SCHEDULER_URL_ENV = "THUNDER_SCHEDULER_URL"
 ADMIN_KEY_ENV = "THUNDER_ADMIN_KEY"
 DEFAULT_TIMEOUT_S = 2.0
 
@@ -79,8 +81,13 @@ def _raise_for(response: httpx.Response) -> None:
     except ValueError:
         body = response.text
     if isinstance(body, dict):
-        reason = str(body.get("error", reason))
-        detail = body.get("detail")
+        error = body.get("error", reason)
+        if isinstance(error, dict):  # {"error": {"message", "type", "code", ...}}
+            reason = str(error.get("message", reason))
+            detail = error.get("detail")
+        else:
+            reason = str(error)
+            detail = body.get("detail")
     elif body:
         reason = str(body)[:500]
     raise ThunderAPIError(response.status_code, reason, detail)
@@ -127,6 +134,12 @@ class _Requests:
         path = Paths.PROGRAM_END.format(program_id=program_id)
         return path, event.model_dump(mode="json", exclude_none=True)
 
+    @staticmethod
+    def hints(program_id: str, hints: list[CacheHint]) -> tuple[str, dict[str, Any]]:
+        event = CacheHints(hints=hints)
+        return Paths.HINTS.format(program_id=program_id), event.model_dump(
+            mode="json", exclude_none=True)
+
 
 class ThunderClient:
     """Blocking client for the lifecycle API. Every call has a timeout (default 2 s)."""
@@ -143,6 +156,7 @@ class ThunderClient:
         if not url:
             raise ValueError(f"no scheduler URL: pass base_url or set {SCHEDULER_URL_ENV}")
         self.base_url = normalise_base_url(url)
+        register_scheduler(self.base_url)  # the httpx hook tags requests to it, and only to it
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout_s,
@@ -196,6 +210,10 @@ class ThunderClient:
     ) -> ProgramView:
         return ProgramView.model_validate(self._post(*_Requests.end(program_id, status, reason)))
 
+    def send_hints(self, program_id: str, *hints: CacheHint) -> None:
+        """Cache hints about a program (``CacheHints``), applied in order."""
+        self._post(*_Requests.hints(program_id, list(hints)))
+
     def release(self, program_id: str) -> None:
         """ThunderAgent's ``/programs/release``: end a program the ThunderAgent way."""
         body = ThunderAgentRelease(program_id=program_id).model_dump()
@@ -248,6 +266,7 @@ class AsyncThunderClient:
         if not url:
             raise ValueError(f"no scheduler URL: pass base_url or set {SCHEDULER_URL_ENV}")
         self.base_url = normalise_base_url(url)
+        register_scheduler(self.base_url)  # the httpx hook tags requests to it, and only to it
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=timeout_s,
@@ -302,6 +321,9 @@ class AsyncThunderClient:
         return ProgramView.model_validate(
             await self._post(*_Requests.end(program_id, status, reason))
         )
+
+    async def send_hints(self, program_id: str, *hints: CacheHint) -> None:
+        await self._post(*_Requests.hints(program_id, list(hints)))
 
     async def release(self, program_id: str) -> None:
         body = ThunderAgentRelease(program_id=program_id).model_dump()

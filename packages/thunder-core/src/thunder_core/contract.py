@@ -18,12 +18,15 @@ Lifecycle events are pydantic models; the HTTP paths that take them are in ``Pat
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from enum import StrEnum
+from http import HTTPStatus
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CONTRACT_VERSION: Final = "1"
 
@@ -178,6 +181,8 @@ class Paths:
     TOOLS: Final = "/v1/programs/{program_id}/tools"
     TOOL_END: Final = "/v1/programs/{program_id}/tools/{call_id}/end"
     PROGRAM_END: Final = "/v1/programs/{program_id}/end"
+    HINTS: Final = "/v1/programs/{program_id}/hints"
+    """``CacheHints``: what the adapter knows about the program's KV cache."""
     RUNTIMES: Final = "/v1/programs/{program_id}/runtimes"
     RUNTIME: Final = "/v1/programs/{program_id}/runtimes/{runtime_id}"
     RUNTIME_EXEC: Final = "/v1/programs/{program_id}/runtimes/{runtime_id}/exec"
@@ -279,6 +284,72 @@ class ThunderAgentRelease(BaseModel):
     program_id: ProgramIdField
 
 
+# -- cache hints ------------------------------------------------------------------------------
+
+
+class HintKind(StrEnum):
+    """What an adapter knows about a program's KV cache that the engine cannot."""
+
+    BACK_IN = "back_in"
+    """The program sends its next LLM request in about ``seconds`` (a tool started with an
+    expected duration). Core: the expected end of its running tool calls."""
+    SHARED_PREFIX = "shared_prefix"
+    """The program's prompts start with a prefix that many programs share (system prompt and
+    tool schemas), named by ``prefix_id`` (``shared_prefix_id``), about ``prefix_tokens`` long."""
+    CONVERSATION_ENDED = "conversation_ended"
+    """The conversation is over: the program ends (the end path) and its KV can go."""
+    CONTEXT_COMPACTED = "context_compacted"
+    """The program's context was rewritten (summarised or truncated): its old KV will not be
+    used again, and its next prompt misses the cache by design."""
+
+
+HINT_MAX_SECONDS: Final = 86_400.0
+_HINT_FIELDS: Final[dict[HintKind, tuple[frozenset[str], frozenset[str]]]] = {
+    # kind: (required fields, allowed fields)
+    HintKind.BACK_IN: (frozenset({"seconds"}), frozenset({"seconds", "reason"})),
+    HintKind.SHARED_PREFIX: (frozenset({"prefix_id"}),
+                             frozenset({"prefix_id", "prefix_tokens", "reason"})),
+    HintKind.CONVERSATION_ENDED: (frozenset(), frozenset({"reason"})),
+    HintKind.CONTEXT_COMPACTED: (frozenset(), frozenset({"reason"})),
+}
+
+
+class CacheHint(_Event):
+    """One hint; which fields a kind needs and takes is checked (``HintKind``)."""
+
+    kind: HintKind
+    seconds: float | None = Field(default=None, gt=0, le=HINT_MAX_SECONDS)
+    prefix_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+    prefix_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
+    reason: str | None = Field(default=None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> CacheHint:
+        required, allowed = _HINT_FIELDS[self.kind]
+        given = {name for name in type(self).model_fields
+                 if name != "kind" and getattr(self, name) is not None}
+        if missing := sorted(required - given):
+            raise ValueError(f"a {self.kind.value} hint needs {', '.join(missing)}")
+        if extra := sorted(given - allowed):
+            raise ValueError(f"a {self.kind.value} hint does not take {', '.join(extra)}")
+        return self
+
+
+class CacheHints(_Event):
+    """``POST /v1/programs/{id}/hints``: hints about one program, applied in order."""
+
+    hints: list[CacheHint] = Field(min_length=1, max_length=16)
+
+
+def shared_prefix_id(system: str | None, tools: Sequence[Mapping[str, Any]] | None) -> str:
+    """The ``prefix_id`` of a system prompt plus tool schemas: 32 hex digits of the SHA-256 of
+    their canonical JSON, so an adapter and the proxy (from a request body's first system
+    message and ``tools``) compute the same id."""
+    canonical = json.dumps({"system": system or "", "tools": list(tools or ())},
+                           sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
 # -- lifecycle responses ----------------------------------------------------------------------
 
 
@@ -314,11 +385,63 @@ class ProgramList(BaseModel):
     programs: list[ProgramView]
 
 
-class ErrorBody(BaseModel):
-    """Every 4xx/5xx the service itself produces has this body."""
+class ErrorObject(BaseModel):
+    """OpenAI's error object: ``message``, ``type``, ``code`` (and ``param``); ``detail`` is
+    ours (the offending fields of a validation error)."""
 
-    error: str
+    message: str
+    type: str = "invalid_request_error"
+    code: str | int | None = None
+    param: str | None = None
     detail: Any = None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx the service itself produces, in OpenAI's shape ``{"error": {...}}``;
+    streams that fail after their status line end with one ``data: {"error": {...}}`` event.
+
+    ``ErrorBody(error="reason", detail=...)`` is accepted too: the reason becomes the message.
+    """
+
+    error: ErrorObject
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_reason(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            error: dict[str, Any] = {"message": data["error"]}
+            if data.get("detail") is not None:
+                error["detail"] = data["detail"]
+            return {"error": error}
+        return data
+
+
+def error_type(status: int) -> str:
+    """OpenAI's ``type`` for an HTTP status."""
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(
+    status: int, message: str, *, code: str | None = None, detail: Any = None
+) -> dict[str, Any]:
+    """The body of an error the service answers: ``{"error": {"message", "type", "code",
+    "param"}}`` (``code`` defaults to the status's name, e.g. ``too_many_requests``)."""
+    if code is None:
+        try:
+            code = HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+        except ValueError:
+            code = str(status)
+    error: dict[str, Any] = {"message": message, "type": error_type(status), "code": code,
+                             "param": None}
+    if detail is not None:
+        error["detail"] = detail
+    return {"error": error}
 
 
 __all__ = [
@@ -326,6 +449,7 @@ __all__ = [
     "CONTRACT_VERSION",
     "CONTRACT_VERSION_HEADER",
     "EXTRA_BODY_FIELD",
+    "HINT_MAX_SECONDS",
     "LITELLM_SESSION_HEADER",
     "PROGRAM_ID_FIELD",
     "PROGRAM_ID_HEADER",
@@ -334,9 +458,13 @@ __all__ = [
     "RUNTIME_SPEC_TAG",
     "THUNDER_HEADER_PREFIX",
     "TRACE_FIELD",
+    "CacheHint",
+    "CacheHints",
     "EnginePaths",
     "ErrorBody",
+    "ErrorObject",
     "Framework",
+    "HintKind",
     "InvalidProgramId",
     "Paths",
     "ProgramEnd",
@@ -352,7 +480,10 @@ __all__ = [
     "ToolStart",
     "TraceFields",
     "engine_request_id",
+    "error_body",
+    "error_type",
     "program_id_from",
+    "shared_prefix_id",
     "strip_identity",
     "validate_program_id",
 ]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thunder_core.client import ThunderClient, ThunderError
-from thunder_core.contract import ProgramEndStatus, ToolEndStatus
+from thunder_core.contract import CacheHint, ProgramEndStatus, ToolEndStatus
 
 log = logging.getLogger("thunder_core.emitter")
 
@@ -95,6 +95,11 @@ class LifecycleEmitter:
                       reason: str | None = None) -> None:
         self._put("program end", program_id,
                   lambda c: c.end_program(program_id, status=status, reason=reason))
+
+    def hinted(self, program_id: str, *hints: CacheHint) -> None:
+        """Cache hints (``thunder_core.contract.CacheHint``), validated here, sent in order."""
+        if hints:
+            self._put("cache hints", program_id, lambda c: c.send_hints(program_id, *hints))
 
     # -- control --------------------------------------------------------------------------------
 

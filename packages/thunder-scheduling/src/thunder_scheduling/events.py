@@ -97,6 +97,20 @@ class ProgramEnded:
     reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CacheHintReceived:
+    """An adapter's cache hint about a program (``thunder_core.contract.CacheHint``; a
+    ``conversation_ended`` hint arrives as ``ProgramEnded`` instead). ``kind`` is the
+    ``HintKind`` value; the other fields are those the kind takes."""
+
+    at: float
+    program_id: str
+    kind: str
+    seconds: float | None = None
+    prefix_id: str | None = None
+    prefix_tokens: int | None = None
+
+
 Event = (
     BackendUpdated
     | ProgramStarted
@@ -105,10 +119,12 @@ Event = (
     | ToolStarted
     | ToolFinished
     | ProgramEnded
+    | CacheHintReceived
 )
 
 __all__ = [
     "BackendUpdated",
+    "CacheHintReceived",
     "Event",
     "ProgramEnded",
     "ProgramStarted",

@@ -16,6 +16,7 @@ from thunder_scheduling.accounting import BackendLedger
 from thunder_scheduling.commands import Command, Hold
 from thunder_scheduling.events import (
     BackendUpdated,
+    CacheHintReceived,
     Event,
     ProgramEnded,
     ProgramStarted,
@@ -61,6 +62,8 @@ class ProgramScheduler(SchedulerState):
             case ProgramEnded():
                 program = self._require(event.program_id)
                 self._terminate(program, event.status, event.reason or "ended", now)
+            case CacheHintReceived(kind="back_in", seconds=float() as seconds):
+                self._on_back_in(event.program_id, seconds, now)
         self._decide(now)
         return self._flush()
 
@@ -275,6 +278,18 @@ class ProgramScheduler(SchedulerState):
             self._enter_acting(program, now)
             self._set_acting_weight(program, now)
         self._touch(program, now)
+        self._sync(program, now)
+
+    def _on_back_in(self, program_id: str, seconds: float, now: float) -> None:
+        """A ``back_in`` hint: the running tool calls are expected to end in ``seconds``.
+        (Other hints are not read by the core yet.)"""
+        program = self._require(program_id)
+        if not program.tools:
+            return
+        for call in program.tools.values():
+            call.expected_end_at = now + seconds
+        if program.phase is ProgramPhase.ACTING:
+            self._set_acting_weight(program, now)
         self._sync(program, now)
 
     def _on_tool_finished(self, ev: ToolFinished, now: float) -> None:

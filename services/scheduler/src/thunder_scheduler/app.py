@@ -51,6 +51,7 @@ from thunder_scheduler.lifecycle_api import (
 )
 from thunder_scheduler.live import create_live_router
 from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduler.openapi_doc import describe as describe_openapi
 from thunder_scheduler.ops_api import create_ops_router
 from thunder_scheduler.persistence import (
     RecordingCore,
@@ -257,6 +258,8 @@ def create_app(
     )
     app.state.thunder = parts
     install_error_handlers(app)
+    describe_openapi(app, client_key=settings.api_key is not None,
+                      admin_key=settings.admin_key is not None)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     require_admin = require_key(_secret(settings.admin_key), "admin")
     client_key = _secret(settings.api_key)

@@ -9,6 +9,7 @@ models); every endpoint needs the admin key when one is set (``auth.py``):
 ``POST /v1/programs/{id}/tools``            ``ToolStart`` -> ``ProgramView`` (phase acting)
 ``POST /v1/programs/{id}/tools/{call}/end`` ``ToolEnd`` -> ``ProgramView``
 ``POST /v1/programs/{id}/end``              ``ProgramEnd`` -> ``ProgramView`` (terminated)
+``POST /v1/programs/{id}/hints``            ``CacheHints`` -> ``ProgramView``; 400 with a reason
 ``GET /v1/programs[?status=...]``           ``ProgramList`` (live and recently ended programs)
 ``GET /v1/programs/{id}``                   ``ProgramView``
 ``POST /programs/release``                  ThunderAgent's release: ends the program
@@ -27,9 +28,12 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from thunder_core.contract import (
+    CacheHints,
+    HintKind,
     Paths,
     ProgramEnd,
     ProgramEndStatus,
@@ -47,11 +51,22 @@ from thunder_scheduler.driver import Driver
 from thunder_scheduler.errors import ServiceError, error_response
 from thunder_scheduler.json_limits import depth_error, exceeds_depth
 from thunder_scheduler.quota import ProgramQuota, client_identity
-from thunder_scheduling.events import ProgramEnded, ProgramStarted, ToolFinished, ToolStarted
+from thunder_scheduling.events import (
+    CacheHintReceived,
+    ProgramEnded,
+    ProgramStarted,
+    ToolFinished,
+    ToolStarted,
+)
 
 __all__ = ["LIFECYCLE_PREFIXES", "BodyLimitMiddleware", "create_lifecycle_router"]
 
-LIFECYCLE_PREFIXES = ("/v1/programs", "/programs/", "/v1/runtime-specs", "/admin")
+LIFECYCLE_PREFIXES = (
+    Paths.PROGRAMS,
+    Paths.THUNDERAGENT_RELEASE.rsplit("/", 1)[0] + "/",  # ThunderAgent's /programs/...
+    Paths.RUNTIME_SPECS,
+    "/admin",
+)
 
 
 def _unknown(program_id: str) -> ServiceError:
@@ -165,6 +180,30 @@ def create_lifecycle_router(
             call_id=call_id,
             ok=body.status == ToolEndStatus.OK,
         ))
+        return view_or_404(driver, program_id)
+
+    @router.post(Paths.HINTS, response_model=ProgramView)
+    async def hint_program(program_id: str, request: Request) -> ProgramView:
+        """Cache hints (``CacheHints``): 400 with the reason when a hint is malformed.
+        ``conversation_ended`` ends the program (the end path); the others reach the core as
+        ``CacheHintReceived``."""
+        driver = get_driver()
+        require_live(driver, program_id)
+        try:
+            body = CacheHints.model_validate_json(await request.body())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+            raise ServiceError(400, f"invalid hints: {where}: {first['msg']}") from None
+        for hint in body.hints:
+            if hint.kind is HintKind.CONVERSATION_ENDED:
+                ended: ProgramView = end(driver, program_id, ProgramEndStatus.OK,
+                                         hint.reason or "conversation ended (hint)")
+                return ended
+            driver.feed(CacheHintReceived(
+                at=driver.now(), program_id=program_id, kind=hint.kind.value,
+                seconds=hint.seconds, prefix_id=hint.prefix_id, prefix_tokens=hint.prefix_tokens,
+            ))
         return view_or_404(driver, program_id)
 
     def end(driver: Driver, program_id: str, status: ProgramEndStatus, reason: str | None) -> Any:

@@ -61,7 +61,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from thunder_core.contract import InvalidProgramId, program_id_from, strip_identity
+from thunder_core.contract import (
+    REQUEST_ID_HEADER,
+    THUNDER_HEADER_PREFIX,
+    EnginePaths,
+    InvalidProgramId,
+    error_body,
+    program_id_from,
+    strip_identity,
+)
 from thunder_scheduler.backends.base import Backend
 from thunder_scheduler.gate import GateError, Placement, RequestGate, Usage
 from thunder_scheduler.json_limits import depth_error
@@ -89,14 +97,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHAT_PATH: Final = "/v1/chat/completions"
-COMPLETIONS_PATH: Final = "/v1/completions"
-GENERATE_PATH: Final = "/generate"
-MODELS_PATH: Final = "/v1/models"
+CHAT_PATH: Final = EnginePaths.CHAT_COMPLETIONS
+COMPLETIONS_PATH: Final = EnginePaths.COMPLETIONS
+GENERATE_PATH: Final = EnginePaths.GENERATE
+MODELS_PATH: Final = EnginePaths.MODELS
 PROXY_PREFIXES: Final = (CHAT_PATH, COMPLETIONS_PATH, GENERATE_PATH, MODELS_PATH)
 """Paths guarded by the client key (checked before the body is read)."""
-REQUEST_ID_HEADER: Final = "X-Thunder-Request-Id"
-"""Response header naming the engine request id the proxy gave the request."""
 
 _NOT_FORWARDED: Final = frozenset(
     {
@@ -118,7 +124,7 @@ _NOT_FORWARDED: Final = frozenset(
         "expect",
     }
 )
-_OUR_PREFIX: Final = "x-thunder-"
+_OUR_PREFIX: Final = THUNDER_HEADER_PREFIX
 _JSON: Final = "application/json"
 _SSE: Final = "text/event-stream"
 
@@ -131,7 +137,7 @@ class _ClientError(Exception):
 
 
 def _error_response(status: int, reason: str, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps({"error": reason}), status, headers, media_type=_JSON)
+    return Response(orjson.dumps(error_body(status, reason)), status, headers, media_type=_JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,7 +617,8 @@ class _Exchange(Response):
         tail = scanner.close()
         if failure is not None:
             # the status line is gone: tell the client in the stream, as OpenAI-style servers do.
-            tail += b"data: " + orjson.dumps({"error": {"message": failure}}) + b"\n\n"
+            tail += b"data: " + orjson.dumps(
+                error_body(502, failure, code="upstream_failed")) + b"\n\n"
         self._response_complete = True
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         self._usage = scanner.usage
@@ -669,7 +676,7 @@ class _Exchange(Response):
     async def _send_error(self, send: Send, status: int, reason: str) -> None:
         if status >= 500:
             log.warning("request %s: %d %s", self._request_id, status, reason)
-        await self._send_complete(send, status, _JSON, orjson.dumps({"error": reason}))
+        await self._send_complete(send, status, _JSON, orjson.dumps(error_body(status, reason)))
 
 
 def create_proxy_router(
