@@ -15,9 +15,9 @@ from thunder_scheduler.clock import ManualClock
 from thunder_scheduler.driver import Driver
 from thunder_scheduler.levers.prefill import prefill_body
 from thunder_scheduler.metrics import ServiceMetrics
-from thunder_scheduling.commands import Command, Prewarm, SetPriority
-from thunder_scheduling.events import Event, ProgramEnded
-from thunder_scheduling.snapshot import Counters, SchedulerSnapshot
+from thunder_scheduling.commands import Prewarm, SetPriority
+from thunder_scheduling.events import ProgramEnded
+from thunder_testkit.cores import ScriptedCore
 from thunder_testkit.polling import until_async
 
 
@@ -36,32 +36,6 @@ def test_generate_bodies_set_max_new_tokens() -> None:
     assert body["sampling_params"]["max_new_tokens"] == 99
 
 
-class _Core:
-    """A fake core (test support): each event is answered with the next scripted commands."""
-
-    def __init__(self, *script: list[Command]) -> None:
-        self.script = list(script)
-
-    def handle(self, event: Event) -> list[Command]:
-        return self.script.pop(0) if self.script else []
-
-    def tick(self, now: float) -> list[Command]:
-        return []
-
-    def next_deadline(self) -> float | None:
-        return None
-
-    def has_program(self, program_id: str) -> bool:
-        return True
-
-    def route_untagged(self, at: float) -> str | None:
-        return None
-
-    def snapshot(self) -> SchedulerSnapshot:
-        return SchedulerSnapshot(at=0.0, policy="scripted", programs=[], backends=[],
-                                 counters=Counters(), waiting_programs=0, tool_estimates_s={})
-
-
 async def _prewarm(status: int) -> tuple[list[httpx.Request], ServiceMetrics]:
     sent: list[httpx.Request] = []
 
@@ -72,8 +46,8 @@ async def _prewarm(status: int) -> tuple[list[httpx.Request], ServiceMetrics]:
     http = httpx.AsyncClient(transport=httpx.MockTransport(engine))
     backend = SGLangBackend("gpu1", "http://gpu1:30000", http)
     metrics = ServiceMetrics()
-    driver = Driver(_Core([SetPriority("p", 4)], [Prewarm("p", "gpu1")]), {"gpu1": backend},
-                    ManualClock(0.0), metrics, prewarm_http=http)
+    core = ScriptedCore([[SetPriority("p", 4)], [Prewarm("p", "gpu1")]])
+    driver = Driver(core, {"gpu1": backend}, ManualClock(0.0), metrics, prewarm_http=http)
     driver.remember_body("p", EnginePaths.CHAT_COMPLETIONS,
                          {"model": "m", "messages": [{"role": "user", "content": "hi"}],
                           "stream": True})
