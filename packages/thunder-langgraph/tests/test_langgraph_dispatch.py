@@ -202,7 +202,7 @@ def test_dispatch_off_runs_tools_after_the_response() -> None:
     app = wrap(_graph(model, _tools(log)), emitter=_emitter(), streaming_dispatch=False)
     app.invoke({"messages": [("user", "go")]})
     assert model.streamed == []        # the model was not even asked to stream
-    assert log.entries == ["add:1+2", "multiply:3*4"]
+    assert sorted(log.entries) == ["add:1+2", "multiply:3*4"]
 
 
 async def test_async_graph_starts_tools_during_the_stream_and_matches_off() -> None:
@@ -308,7 +308,7 @@ def test_interrupt_before_the_tool_node_keeps_tools_waiting() -> None:
     app.invoke({"messages": [("user", "go")]}, config)
     assert log.entries == []                  # no tool ran before the human said yes
     app.invoke(None, config)
-    assert log.entries == ["add:1+2", "multiply:3*4"]
+    assert sorted(log.entries) == ["add:1+2", "multiply:3*4"]
 
 
 def test_broken_stream_cancels_what_it_started() -> None:
@@ -372,3 +372,29 @@ def test_wrapped_create_agent_with_the_middleware_starts_each_tool_once() -> Non
     wrap(agent, emitter=_emitter()).invoke({"messages": [("user", "go")]})
     assert log.count("add:1+2") == 1 and log.count("multiply:3*4") == 1
     assert json.dumps(model.streamed) == "[0, 1]"
+
+
+def test_wrapped_agent_with_human_approval_runs_no_tool_before_the_answer() -> None:
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+    from langgraph.types import Command
+
+    log = Log()
+    model = ScriptedStreamingModel(turns=_parallel_turns())
+    agent = create_agent(model, _tools(log), checkpointer=InMemorySaver(), middleware=[
+        HumanInTheLoopMiddleware(interrupt_on={"add": True, "multiply": True})])
+    app = wrap(agent, emitter=_emitter())
+    assert "model" not in app.dispatch_plan   # the approval node sits between model and tools
+    config = {"configurable": {"thread_id": "approve"}}
+    result = app.invoke({"messages": [("user", "go")]}, config)
+    assert "__interrupt__" in result
+    assert log.entries == []                 # nothing ran while the human decides
+    app.invoke(Command(resume={"decisions": [{"type": "approve"}, {"type": "approve"}]}), config)
+    assert sorted(log.entries) == ["add:1+2", "multiply:3*4"]
+
+
+def test_plan_of_a_hand_built_graph_names_the_model_node_and_its_tools() -> None:
+    log = Log()
+    app = wrap(_graph(ScriptedStreamingModel(turns=_parallel_turns()), _tools(log)),
+               emitter=_emitter())
+    assert {node: sorted(tools) for node, tools in app.dispatch_plan.items()} == {
+        "agent": ["add", "explode", "multiply"]}
