@@ -68,6 +68,15 @@ def test_sglang_any_model_name_is_answered_as_the_engine_answers(
     assert _ask(proxied, "default")[0] == 200  # what SGLang's docs send
 
 
+@pytest.mark.slow
+def test_sglang_with_a_served_model_name_is_answered_as_the_engine_answers(
+    sim_fleet: Callable[..., list[str]], scheduler_service: Callable[..., RunningService],
+) -> None:
+    [engine] = sim_fleet(1, time_scale=50.0, extra_args=["--served-model-name", "served"])
+    proxied = _through_scheduler(scheduler_service, f"sglang={engine}")
+    _assert_same_answers(engine, proxied, [*NAMES, "served"])
+
+
 class _VllmEngine:
     """A real HTTP engine answering like vLLM: its control plane from ``FakeVLLM``, chat
     completions for its one served model, 404 for any other name (vLLM's body)."""
