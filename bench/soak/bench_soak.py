@@ -199,13 +199,8 @@ def main() -> None:
         if args.persist:
             cmd += ["--state-file", str(state)]
         scheduler = launch(cmd, name="thunder-scheduler", ready=r"listening on (http://\S+)",
-                           health="/health", timeout_s=60)
+                           health=Paths.READY, timeout_s=60)  # /ready: its engines polled
         children.append(scheduler)
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{scheduler.url}/ready", timeout=5).status_code != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("scheduler not ready")
-            time.sleep(0.5)
         load = asyncio.run(_run_load(scheduler.url, args, scheduler.process.pid, samples))
         final = httpx.get(f"{scheduler.url}{Paths.PROGRAMS}", timeout=30,
                           headers={"Authorization": f"Bearer {ADMIN}"}).json()["programs"]

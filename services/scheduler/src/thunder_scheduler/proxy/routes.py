@@ -66,6 +66,7 @@ from thunder_core.contract import (
     THUNDER_HEADER_PREFIX,
     EnginePaths,
     InvalidProgramId,
+    error_body,
     program_id_from,
     strip_identity,
 )
@@ -136,7 +137,7 @@ class _ClientError(Exception):
 
 
 def _error_response(status: int, reason: str, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(orjson.dumps({"error": reason}), status, headers, media_type=_JSON)
+    return Response(orjson.dumps(error_body(status, reason)), status, headers, media_type=_JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -616,7 +617,8 @@ class _Exchange(Response):
         tail = scanner.close()
         if failure is not None:
             # the status line is gone: tell the client in the stream, as OpenAI-style servers do.
-            tail += b"data: " + orjson.dumps({"error": {"message": failure}}) + b"\n\n"
+            tail += b"data: " + orjson.dumps(
+                error_body(502, failure, code="upstream_failed")) + b"\n\n"
         self._response_complete = True
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         self._usage = scanner.usage
@@ -674,7 +676,7 @@ class _Exchange(Response):
     async def _send_error(self, send: Send, status: int, reason: str) -> None:
         if status >= 500:
             log.warning("request %s: %d %s", self._request_id, status, reason)
-        await self._send_complete(send, status, _JSON, orjson.dumps({"error": reason}))
+        await self._send_complete(send, status, _JSON, orjson.dumps(error_body(status, reason)))
 
 
 def create_proxy_router(
