@@ -12,7 +12,6 @@ answers for them (view, end).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from fixtures.scheduler_service import RunningProcess
 
 from thunder_core.launcher import wait_http
+from thunder_scheduler.persistence.store import StateStore
 from thunder_testkit import until
 
 PROGRAMS = 16
@@ -35,6 +35,42 @@ pytestmark = pytest.mark.slow
 def _table(url: str) -> dict[str, dict[str, Any]]:
     rows = httpx.get(f"{url}/v1/programs", headers=ADMIN, timeout=10.0).json()["programs"]
     return {r["program_id"]: r for r in rows if r["status"] != "terminated"}
+
+
+def _essentials(table: dict[str, dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
+    return {pid: (r["status"], r["backend"], r["requests"]) for pid, r in table.items()}
+
+
+def _settled(url: str) -> Callable[[], bool]:
+    """A predicate: true once two reads in a row show the same programs in the same state."""
+    seen: list[dict[str, tuple[Any, ...]]] = []
+
+    def settled() -> bool:
+        seen.append(_essentials(_table(url)))
+        return len(seen) > 1 and seen[-1] == seen[-2]
+
+    return settled
+
+
+def _stored(state: Path) -> dict[str, tuple[Any, ...]]:
+    """What a restart would read back from the state file, in ``_essentials`` form."""
+    store = StateStore(state)
+    try:
+        _, programs = store.load()
+    finally:
+        store.close()
+    return {p.program_id: (p.status, p.backend, p.requests) for p in programs
+            if p.status != "terminated"}
+
+
+def _stored_tools(state: Path, program_id: str) -> list[str]:
+    """The open tool calls of ``program_id`` in the state file."""
+    store = StateStore(state)
+    try:
+        _, programs = store.load()
+    finally:
+        store.close()
+    return [t.call_id for p in programs if p.program_id == program_id for t in p.tools]
 
 
 def _chat(url: str, pid: str, stop: threading.Event) -> None:
@@ -85,7 +121,7 @@ def test_kill_9_and_restart_keeps_the_program_table(
     stop.set()
     until(lambda: sum(t.is_alive() for t in load) <= len(_waiting_order(_table(first.url))),
           timeout_s=60, interval_s=0.1, what="every live program to wait paused")
-    time.sleep(0.5)
+    until(_settled(first.url), timeout_s=30, interval_s=0.2, what="the program table to settle")
     before = _table(first.url)
     waiting = _waiting_order(before)
     assert waiting
@@ -93,7 +129,8 @@ def test_kill_9_and_restart_keeps_the_program_table(
     assert httpx.post(f"{first.url}/v1/programs/{tooling}/tools", headers=ADMIN,
                       json={"call_id": "t1", "tool_name": "pytest"}).status_code == 200
     before = _table(first.url)
-    time.sleep(0.5)  # ten flush intervals
+    until(lambda: _stored(state) == _essentials(before) and _stored_tools(state, tooling),
+          timeout_s=30, interval_s=0.05, what="the program table to be on disk")
     first.process.kill()
     first.process.wait(10)
     for thread in load:

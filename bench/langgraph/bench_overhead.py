@@ -27,7 +27,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, StateGraph
 
-from thunder_core import LifecycleEmitter, ThunderClient
+from thunder_core import PROGRAM_ID_HEADER, LifecycleEmitter, ThunderClient
 from thunder_langgraph import wrap
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,11 +104,11 @@ def components(n: int = 20_000) -> dict[str, float]:
     request = httpx.Request("POST", "http://engine.test/v1/chat/completions")
     started = time.perf_counter()
     for _ in range(n):
-        request.headers.pop("X-Thunder-Program-Id", None)
+        request.headers.pop(PROGRAM_ID_HEADER, None)
         _tag(request)
     tag_us = (time.perf_counter() - started) / n * 1e6
     var_child_runnable_config.reset(token)
-    assert request.headers["X-Thunder-Program-Id"] == "p-1"
+    assert request.headers[PROGRAM_ID_HEADER] == "p-1"
     handler = ToolEventsHandler(emitter, "p-1")
     run_ids = [uuid.uuid4() for _ in range(n)]
     started = time.perf_counter()

@@ -80,7 +80,7 @@ def ledger_side_by_side(live: RunReport, virtual: RunReport) -> str:
     causes = [c for c in ("first_sight", "evicted_away", "over_admission", "retraction")
               if a.get(c) or b.get(c)]
     if not causes:
-        return "No recompute ledger (engines without thunder_sim:prompt_miss_tokens_total)."
+        return "No recompute ledger (engines without thunder_sim_prompt_miss_tokens_total)."
     rows = ["| mode | " + " | ".join(CAUSE_TITLES.get(c, c) for c in causes)
             + " | total missed |", "|---|" + "---|" * (len(causes) + 1)]
     for r, m in ((live, a), (virtual, b)):

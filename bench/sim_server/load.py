@@ -43,6 +43,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from thunder_core.contract import TRACE_FIELD, TraceFields
 from thunder_sim.tokenizer import filler_text
 
 BLOCK_TOKENS = 64
@@ -117,8 +118,9 @@ class Program:
             if self.tokens % BLOCK_TOKENS:
                 ids.append(self._fresh_id())    # the partial last block changes every step
             body["messages"] = [{"role": "user", "content": "(trace replay)"}]
-            body["thunder_trace"] = {"hash_ids": ids, "prompt_tokens": self.tokens,
-                                     "session": "bench", "block_tokens": BLOCK_TOKENS}
+            body[TRACE_FIELD] = {TraceFields.HASH_IDS: ids, TraceFields.PROMPT_TOKENS: self.tokens,
+                                 TraceFields.SESSION: "bench",
+                                 TraceFields.BLOCK_TOKENS: BLOCK_TOKENS}
         else:
             body["messages"] = self.messages
         return body

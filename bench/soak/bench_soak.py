@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from thunder_core.contract import PROGRAM_ID_HEADER, EnginePaths, Paths
 from thunder_core.launcher import ChildProcess, launch, stop_all
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +90,7 @@ class Load:
         while time.monotonic() < self.stop_at:
             pid = f"soak-{slot}-{generation}"
             generation += 1
-            if not await self._call(http, "start", "/v1/programs", {"program_id": pid}, admin):
+            if not await self._call(http, "start", Paths.PROGRAMS, {"program_id": pid}, admin):
                 await asyncio.sleep(1.0)
                 continue
             self.started += 1
@@ -100,16 +101,16 @@ class Load:
                     break
                 messages.append({"role": "user", "content": f"step {step}: " + "run tests " * 30})
                 body = {"model": MODEL, "messages": messages, "max_tokens": self.args.max_tokens}
-                await self._call(http, "chat", "/v1/chat/completions", body,
-                                 {"X-Thunder-Program-Id": pid})
+                await self._call(http, "chat", EnginePaths.CHAT_COMPLETIONS, body,
+                                 {PROGRAM_ID_HEADER: pid})
                 messages.append({"role": "assistant", "content": "ok " * self.args.max_tokens})
                 call = f"c{step}"
-                await self._call(http, "tool_start", f"/v1/programs/{pid}/tools",
+                await self._call(http, "tool_start", Paths.TOOLS.format(program_id=pid),
                                  {"call_id": call, "tool_name": "bash"}, admin)
                 await asyncio.sleep(self._rng.uniform(0.5, 1.5) * self.args.tool_s)
-                await self._call(http, "tool_end", f"/v1/programs/{pid}/tools/{call}/end",
-                                 {}, admin)
-            if await self._call(http, "end", f"/v1/programs/{pid}/end", {}, admin):
+                end = Paths.TOOL_END.format(program_id=pid, call_id=call)
+                await self._call(http, "tool_end", end, {}, admin)
+            if await self._call(http, "end", Paths.PROGRAM_END.format(program_id=pid), {}, admin):
                 self.ended += 1
 
 
@@ -200,15 +201,10 @@ def main() -> None:
         if args.persist:
             cmd += ["--state-file", str(state)]
         scheduler = launch(cmd, name="thunder-scheduler", ready=r"listening on (http://\S+)",
-                           health="/health", timeout_s=60)
+                           health=Paths.READY, timeout_s=60)  # /ready: its engines polled
         children.append(scheduler)
-        deadline = time.monotonic() + 60
-        while httpx.get(f"{scheduler.url}/ready", timeout=5).status_code != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("scheduler not ready")
-            time.sleep(0.5)
         load = asyncio.run(_run_load(scheduler.url, args, scheduler.process.pid, samples))
-        final = httpx.get(f"{scheduler.url}/v1/programs", timeout=30,
+        final = httpx.get(f"{scheduler.url}{Paths.PROGRAMS}", timeout=30,
                           headers={"Authorization": f"Bearer {ADMIN}"}).json()["programs"]
         live_left = sum(1 for p in final if p["status"] != "terminated")
         scheduler_log_tail = scheduler.output()[-2000:]

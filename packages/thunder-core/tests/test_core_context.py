@@ -76,3 +76,33 @@ def test_program_headers_helper() -> None:
     assert program_headers() == {}
     with program("q"):
         assert program_headers() == {PROGRAM_ID_HEADER: "q"}
+
+
+def test_identity_goes_only_to_the_configured_scheduler(monkeypatch: object) -> None:
+    import pytest
+
+    from thunder_core import forget_schedulers, register_scheduler
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    seen: dict[str, str | None] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[str(request.url)] = request.headers.get(PROGRAM_ID_HEADER)
+        return httpx.Response(200, json={})
+
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    register_scheduler("http://scheduler.test:8300")
+    with program("agent-1"):
+        http.post("http://scheduler.test:8300/v1/chat/completions", json={})
+        http.post("https://api.smith.langchain.com/runs", json={})
+        http.post("http://scheduler.test:9999/other-port", json={})
+    assert seen == {"http://scheduler.test:8300/v1/chat/completions": "agent-1",
+                    "https://api.smith.langchain.com/runs": None,
+                    "http://scheduler.test:9999/other-port": None}
+    forget_schedulers()
+    monkeypatch.setenv("THUNDER_SCHEDULER_URL", "http://env-scheduler.test/v1")
+    with program("agent-2"):
+        http.post("http://env-scheduler.test/v1/chat/completions", json={})
+        http.post("http://third-party.test/api", json={})
+    assert seen["http://env-scheduler.test/v1/chat/completions"] == "agent-2"
+    assert seen["http://third-party.test/api"] is None

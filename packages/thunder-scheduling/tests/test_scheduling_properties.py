@@ -133,11 +133,3 @@ def test_thunder_invariants_hold_under_any_event_sequence(ops: list[Any], page: 
 @given(st.lists(op, max_size=60), st.sampled_from([1, 16]))
 def test_same_events_give_the_same_decisions(ops: list[Any], page: int) -> None:
     assert run(ops, page, check=False) == run(ops, page, check=False)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(op, max_size=60), st.sampled_from(["round_robin", "cache_aware"]))
-def test_request_routing_baselines_keep_the_contract(ops: list[Any], policy: str) -> None:
-    """Per-request routing moves a program's charge between backends: still no program lost
-    or duplicated, every request answered once, nothing paused past the aging bound."""
-    run(ops, 16, check=True, policy=policy)

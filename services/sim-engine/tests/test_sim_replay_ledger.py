@@ -93,12 +93,12 @@ def test_paused_share_of_life_per_program() -> None:
 
 def test_live_metrics_parse_keeps_the_ledger_per_cause() -> None:
     text = (
-        '# TYPE thunder_sim:prompt_miss_tokens_total counter\n'
-        'thunder_sim:prompt_miss_tokens_total{cause="first_sight",model_name="m"} 640.0\n'
-        'thunder_sim:prompt_miss_tokens_total{cause="evicted_away",model_name="m"} 128.0\n'
+        '# TYPE thunder_sim_prompt_miss_tokens_total counter\n'
+        'thunder_sim_prompt_miss_tokens_total{cause="first_sight",model_name="m"} 640.0\n'
+        'thunder_sim_prompt_miss_tokens_total{cause="evicted_away",model_name="m"} 128.0\n'
         'sglang:prompt_tokens_total{model_name="m"} 1000.0\n')
     parsed = parse_metrics(text)
-    assert parsed["thunder_sim:prompt_miss_tokens_total"] == 768.0
-    assert parsed["thunder_sim:prompt_miss_tokens_total/first_sight"] == 640.0
-    assert parsed["thunder_sim:prompt_miss_tokens_total/evicted_away"] == 128.0
+    assert parsed["thunder_sim_prompt_miss_tokens_total"] == 768.0
+    assert parsed["thunder_sim_prompt_miss_tokens_total/first_sight"] == 640.0
+    assert parsed["thunder_sim_prompt_miss_tokens_total/evicted_away"] == 128.0
     assert parsed["sglang:prompt_tokens_total"] == 1000.0

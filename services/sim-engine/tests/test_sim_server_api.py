@@ -15,6 +15,7 @@ from aiohttp import web
 
 from thunder_sim import tokenizer as tok
 from thunder_sim.clock import ScaledClock
+from thunder_sim.replay.live import MISS_METRIC, parse_metrics
 from thunder_sim.server.app import create_app
 from thunder_sim.server.command import add_arguments, build
 from thunder_testkit import until_async
@@ -279,3 +280,7 @@ async def test_metrics_expose_the_recompute_ledger(sim: Start) -> None:
     # the first request misses everything, the second only its partial last block
     assert values["first_sight"] == 2 * usage["prompt_tokens"] - cached > 0
     assert sum(values.values()) == values["first_sight"]
+    # what the live replay reads back from the same text
+    parsed = parse_metrics(text)
+    assert parsed[f"{MISS_METRIC}/first_sight"] == values["first_sight"]
+    assert parsed[MISS_METRIC] == sum(values.values())

@@ -17,9 +17,11 @@ from thunder_core.client import (
 from thunder_core.context import (
     add_program_resolver,
     current_program_id,
+    forget_schedulers,
     install_httpx_hook,
     program,
     program_headers,
+    register_scheduler,
 )
 from thunder_core.contract import (
     CONTRACT_VERSION,
@@ -110,10 +112,12 @@ __all__ = [
     "ToolStart",
     "add_program_resolver",
     "current_program_id",
+    "forget_schedulers",
     "install_httpx_hook",
     "program",
     "program_headers",
     "program_id_from",
+    "register_scheduler",
     "scheduler_url_from_env",
     "strip_identity",
 ]

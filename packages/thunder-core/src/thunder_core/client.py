@@ -13,6 +13,7 @@ from typing import Any, Self
 
 import httpx
 
+from thunder_core.context import SCHEDULER_URL_ENV, register_scheduler
 from thunder_core.contract import (
     CONTRACT_VERSION,
     CONTRACT_VERSION_HEADER,
@@ -30,7 +31,6 @@ from thunder_core.contract import (
     ToolStart,
 )
 
-SCHEDULER_URL_ENV = "THUNDER_SCHEDULER_URL"
 ADMIN_KEY_ENV = "THUNDER_ADMIN_KEY"
 DEFAULT_TIMEOUT_S = 2.0
 
@@ -81,8 +81,13 @@ def _raise_for(response: httpx.Response) -> None:
     except ValueError:
         body = response.text
     if isinstance(body, dict):
-        reason = str(body.get("error", reason))
-        detail = body.get("detail")
+        error = body.get("error", reason)
+        if isinstance(error, dict):  # {"error": {"message", "type", "code", ...}}
+            reason = str(error.get("message", reason))
+            detail = error.get("detail")
+        else:
+            reason = str(error)
+            detail = body.get("detail")
     elif body:
         reason = str(body)[:500]
     raise ThunderAPIError(response.status_code, reason, detail)
@@ -151,6 +156,7 @@ class ThunderClient:
         if not url:
             raise ValueError(f"no scheduler URL: pass base_url or set {SCHEDULER_URL_ENV}")
         self.base_url = normalise_base_url(url)
+        register_scheduler(self.base_url)  # the httpx hook tags requests to it, and only to it
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout_s,
@@ -260,6 +266,7 @@ class AsyncThunderClient:
         if not url:
             raise ValueError(f"no scheduler URL: pass base_url or set {SCHEDULER_URL_ENV}")
         self.base_url = normalise_base_url(url)
+        register_scheduler(self.base_url)  # the httpx hook tags requests to it, and only to it
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=timeout_s,

@@ -6,8 +6,13 @@
 Entering ``program()`` installs (once per process) a wrapper around ``Client.send`` and
 ``AsyncClient.send`` of ``httpx`` and, when installed, ``httpx2`` (the fork that ``openai`` 3.x
 sends through); the ``openai`` SDK, litellm and LangChain's ``ChatOpenAI`` all send through
-them. The wrapper adds ``X-Thunder-Program-Id`` only when a program is current and the
-request does not already carry the header, so code outside ``program()`` is untouched. The
+them. The wrapper adds ``X-Thunder-Program-Id`` only when a program is current, the
+request does not already carry the header, and the request goes to the scheduler: once a
+scheduler is configured (``THUNDER_SCHEDULER_URL``, or :func:`register_scheduler`, which the
+adapters call with the URL they were given), requests to any other origin (LangSmith, a
+third-party API, a tool's HTTP calls) never carry the program's identity. With no scheduler
+configured at all the caller alone decides where ``program()`` requests go, and every
+request inside it is tagged. Code outside ``program()`` is untouched. The
 contextvar follows asyncio tasks and ``contextvars.copy_context()``, so concurrent agents in one
 process keep their identities apart.
 """
@@ -17,12 +22,17 @@ from __future__ import annotations
 import contextvars
 import importlib
 import importlib.util
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from thunder_core.contract import PROGRAM_ID_HEADER, validate_program_id
+
+SCHEDULER_URL_ENV: Final = "THUNDER_SCHEDULER_URL"
+"""Where the scheduler is (same name as ``thunder_core.client.SCHEDULER_URL_ENV``)."""
 
 _current_program: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "thunder_current_program", default=None
@@ -66,8 +76,57 @@ def program(program_id: str) -> Iterator[str]:
         _current_program.reset(token)
 
 
+_registered: set[tuple[str, str, int]] = set()
+_env_origin: tuple[str | None, tuple[str, str, int] | None] = (None, None)
+
+
+def _origin(scheme: str, host: str, port: int | None) -> tuple[str, str, int]:
+    scheme = scheme.lower()
+    return scheme, host.lower(), port if port is not None else (443 if scheme == "https" else 80)
+
+
+def _url_origin(url: str) -> tuple[str, str, int] | None:
+    parts = urlsplit(url.strip())
+    if not parts.scheme or not parts.hostname:
+        return None
+    try:
+        return _origin(parts.scheme, parts.hostname, parts.port)
+    except ValueError:  # a malformed port
+        return None
+
+
+def register_scheduler(url: str) -> None:
+    """Requests to ``url``'s origin (scheme, host, port) carry the current program's id."""
+    origin = _url_origin(url)
+    if origin is None:
+        raise ValueError(f"not a scheduler URL: {url!r} (expected http://host:port)")
+    _registered.add(origin)
+
+
+def forget_schedulers() -> None:
+    """Forget the origins :func:`register_scheduler` added (the environment still counts)."""
+    _registered.clear()
+
+
+def _scheduler_origins() -> set[tuple[str, str, int]]:
+    global _env_origin
+    value = os.environ.get(SCHEDULER_URL_ENV) or None
+    if value != _env_origin[0]:
+        _env_origin = (value, _url_origin(value) if value else None)
+    env = _env_origin[1]
+    return _registered | {env} if env is not None else _registered
+
+
+def _goes_to_scheduler(request: Any) -> bool:
+    origins = _scheduler_origins()
+    if not origins:
+        return True
+    url = request.url
+    return _origin(url.scheme, url.host, url.port) in origins
+
+
 def _tag(request: Any) -> None:
-    if PROGRAM_ID_HEADER in request.headers:
+    if PROGRAM_ID_HEADER in request.headers or not _goes_to_scheduler(request):
         return
     program_id = current_program_id()
     if program_id is not None:
@@ -117,7 +176,9 @@ def program_headers(program_id: str | None = None) -> dict[str, str]:
 __all__ = [
     "add_program_resolver",
     "current_program_id",
+    "forget_schedulers",
     "install_httpx_hook",
     "program",
     "program_headers",
+    "register_scheduler",
 ]

@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Mapping, MutableMapping, Sequence
 from enum import StrEnum
+from http import HTTPStatus
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -59,6 +60,13 @@ THUNDER_HEADER_PREFIX: Final = "x-thunder-"
 RUNTIME_SPEC_TAG: Final = "runtime_spec"
 """Program start tag naming the runtime spec the program will acquire: the scheduler queues
 the program for that spec's warm pool until its first request is admitted."""
+
+ROLLOUT_TAG: Final = "rollout"
+"""Program start tag: the RL rollout batch the program (one trajectory) belongs to."""
+ROLLOUT_GROUP_TAG: Final = "rollout_group"
+"""Program start tag: its group in the batch (GRPO: the samples of one prompt share it)."""
+ROLLOUT_SAMPLE_TAG: Final = "rollout_sample"
+"""Program start tag: its sample index within the group."""
 
 # -- the simulator's trace extension ----------------------------------------------------------
 
@@ -170,6 +178,26 @@ class EnginePaths:
     GENERATE: Final = "/generate"
     """SGLang's native endpoint."""
     MODELS: Final = "/v1/models"
+
+
+class RouterPaths:
+    """The SGLang router's worker-management paths (``sgl-router`` / ``sgl-model-gateway``
+    ``server.rs``), served by the scheduler so an RL framework can use its URL in place of the
+    router's. The legacy ones take the worker's URL as the query parameter ``url``."""
+
+    ADD_WORKER: Final = "/add_worker"
+    REMOVE_WORKER: Final = "/remove_worker"
+    LIST_WORKERS: Final = "/list_workers"
+    """Answers ``{"urls": [...]}``."""
+    WORKERS: Final = "/workers"
+    """``POST`` a ``{"url": ...}`` body to add, ``GET`` to list (``{"workers", "total",
+    "stats"}``)."""
+    WORKER: Final = "/workers/{url:path}"
+    """``GET`` / ``DELETE`` one worker, its URL percent-encoded in the path."""
+    FLUSH_CACHE: Final = "/flush_cache"
+    """Flush every worker's KV cache (SGLang ``/flush_cache``); ``?url=`` for one worker. Call
+    it after a weight update: the scheduler forgets its cached-prefix assumptions too."""
+    URL_PARAM: Final = "url"
 
 
 class Paths:
@@ -384,11 +412,63 @@ class ProgramList(BaseModel):
     programs: list[ProgramView]
 
 
-class ErrorBody(BaseModel):
-    """Every 4xx/5xx the service itself produces has this body."""
+class ErrorObject(BaseModel):
+    """OpenAI's error object: ``message``, ``type``, ``code`` (and ``param``); ``detail`` is
+    ours (the offending fields of a validation error)."""
 
-    error: str
+    message: str
+    type: str = "invalid_request_error"
+    code: str | int | None = None
+    param: str | None = None
     detail: Any = None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx the service itself produces, in OpenAI's shape ``{"error": {...}}``;
+    streams that fail after their status line end with one ``data: {"error": {...}}`` event.
+
+    ``ErrorBody(error="reason", detail=...)`` is accepted too: the reason becomes the message.
+    """
+
+    error: ErrorObject
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_reason(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            error: dict[str, Any] = {"message": data["error"]}
+            if data.get("detail") is not None:
+                error["detail"] = data["detail"]
+            return {"error": error}
+        return data
+
+
+def error_type(status: int) -> str:
+    """OpenAI's ``type`` for an HTTP status."""
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(
+    status: int, message: str, *, code: str | None = None, detail: Any = None
+) -> dict[str, Any]:
+    """The body of an error the service answers: ``{"error": {"message", "type", "code",
+    "param"}}`` (``code`` defaults to the status's name, e.g. ``too_many_requests``)."""
+    if code is None:
+        try:
+            code = HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+        except ValueError:
+            code = str(status)
+    error: dict[str, Any] = {"message": message, "type": error_type(status), "code": code,
+                             "param": None}
+    if detail is not None:
+        error["detail"] = detail
+    return {"error": error}
 
 
 __all__ = [
@@ -402,6 +482,9 @@ __all__ = [
     "PROGRAM_ID_HEADER",
     "PROGRAM_ID_MAX_LEN",
     "REQUEST_ID_HEADER",
+    "ROLLOUT_GROUP_TAG",
+    "ROLLOUT_SAMPLE_TAG",
+    "ROLLOUT_TAG",
     "RUNTIME_SPEC_TAG",
     "THUNDER_HEADER_PREFIX",
     "TRACE_FIELD",
@@ -409,6 +492,7 @@ __all__ = [
     "CacheHints",
     "EnginePaths",
     "ErrorBody",
+    "ErrorObject",
     "Framework",
     "HintKind",
     "InvalidProgramId",
@@ -420,12 +504,15 @@ __all__ = [
     "ProgramStart",
     "ProgramStatus",
     "ProgramView",
+    "RouterPaths",
     "ThunderAgentRelease",
     "ToolEnd",
     "ToolEndStatus",
     "ToolStart",
     "TraceFields",
     "engine_request_id",
+    "error_body",
+    "error_type",
     "program_id_from",
     "shared_prefix_id",
     "strip_identity",

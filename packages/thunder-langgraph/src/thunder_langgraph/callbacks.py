@@ -25,6 +25,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 
 from thunder_core import LifecycleEmitter, ProgramEndStatus, ToolEndStatus
 from thunder_langgraph import resolver
+from thunder_langgraph.hints import expected_duration_s
 
 
 def _end_status(error: BaseException) -> ProgramEndStatus:
@@ -80,7 +81,8 @@ class ToolEventsHandler(BaseCallbackHandler):
         call_id = _call_id(run_id, kwargs)
         self._calls.start(run_id, self.program_id, call_id)
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
-        self.emitter.tool_started(self.program_id, call_id, str(name))
+        self.emitter.tool_started(self.program_id, call_id, str(name),
+                                  expected_duration_s=expected_duration_s(kwargs.get("metadata")))
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         call = self._calls.end(run_id)
@@ -189,7 +191,8 @@ class AutoProgramHandler(BaseCallbackHandler):
         call_id = _call_id(run_id, kwargs)
         self._calls.start(run_id, program_id, call_id)
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
-        self.emitter.tool_started(program_id, call_id, str(name))
+        self.emitter.tool_started(program_id, call_id, str(name),
+                                  expected_duration_s=expected_duration_s(kwargs.get("metadata")))
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         resolver.forget_run(run_id)

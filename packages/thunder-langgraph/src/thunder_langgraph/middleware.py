@@ -24,6 +24,7 @@ from typing import Any, NotRequired
 from langchain.agents.middleware import AgentMiddleware, AgentState
 from langchain_core.callbacks import BaseCallbackManager, CallbackManager
 from langchain_core.runnables.config import var_child_runnable_config
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from thunder_core import LifecycleEmitter, ProgramEndStatus, ToolEndStatus
 from thunder_core.contract import PROGRAM_ID_HEADER
@@ -37,6 +38,7 @@ from thunder_langgraph.dispatch import (
     streaming_dispatch_enabled,
 )
 from thunder_langgraph.emitters import emitter_for
+from thunder_langgraph.hints import HintTracker, expected_duration_s
 from thunder_langgraph.wrap import Identity, _thread_program_id
 
 STATE_KEY = "thunder_program_id"
@@ -100,6 +102,8 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         self._early_tools: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._tool_pool = ThreadPoolExecutor(8, thread_name_prefix="thunder-tool")
+        self._trackers: dict[str, HintTracker] = {}
+        self._schemas: tuple[tuple[int, ...], list[dict[str, Any]]] = ((), [])
 
     # -- program ------------------------------------------------------------------------------
 
@@ -120,6 +124,8 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
     def _close_dispatcher(self, program_id: str | None) -> None:
         with self._lock:
             dispatcher = self._dispatchers.pop(program_id, None) if program_id else None
+            if program_id and self.identity is Identity.INVOCATION:
+                self._trackers.pop(program_id, None)
             self._early_tools = {k for k in self._early_tools if k[0] != program_id}
         if dispatcher is not None:
             dispatcher.close()
@@ -177,7 +183,9 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         def started(call_id: str, name: str) -> None:
             with self._lock:
                 self._early_tools.add((program_id, call_id))
-            self.emitter.tool_started(program_id, call_id, name)
+            tool = tools.get(name)
+            self.emitter.tool_started(program_id, call_id, name, expected_duration_s=(
+                expected_duration_s(getattr(tool, "metadata", None))))
 
         with self._lock:
             dispatcher = self._dispatchers.get(program_id)
@@ -189,8 +197,25 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
                 dispatcher.tools_by_node = {None: tools}
         return dispatcher
 
+    def _hint(self, program_id: str | None, request: Any) -> None:
+        """Shared-prefix and compaction hints from this model request (``hints``)."""
+        if not program_id:
+            return
+        with self._lock:
+            tracker = self._trackers.setdefault(program_id, HintTracker())
+            key = tuple(id(t) for t in request.tools or ())
+            if self._schemas[0] != key:
+                self._schemas = (key, [convert_to_openai_tool(t) for t in request.tools or ()])
+            schemas = self._schemas[1]
+        messages = [request.system_message, *request.messages] if request.system_message \
+            else list(request.messages)
+        hints = tracker.model_call(("model",), messages, schemas)
+        if hints:
+            self.emitter.hinted(program_id, *hints)
+
     def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         tagged, program_id = self._tagged(request)
+        self._hint(program_id, request)
         try:
             with _attached(self._dispatcher(program_id, request)):
                 return handler(tagged)
@@ -202,6 +227,7 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
         self, request: Any, handler: Callable[[Any], Awaitable[Any]]
     ) -> Any:
         tagged, program_id = self._tagged(request)
+        self._hint(program_id, request)
         try:
             with _attached(self._dispatcher(program_id, request)):
                 return await handler(tagged)
@@ -220,7 +246,9 @@ class ThunderMiddleware(AgentMiddleware[ThunderState, Any]):
             early = (program_id, call_id) in self._early_tools
             self._early_tools.discard((program_id, call_id))
         if program_id and not early:
-            self.emitter.tool_started(program_id, call_id, str(call.get("name") or "tool"))
+            metadata = getattr(request.tool, "metadata", None)
+            self.emitter.tool_started(program_id, call_id, str(call.get("name") or "tool"),
+                                      expected_duration_s=expected_duration_s(metadata))
         return program_id, call_id
 
     def _prestarted(self, request: Any) -> Any:

@@ -38,6 +38,7 @@ from thunder_langgraph import resolver, tool_step
 from thunder_langgraph.callbacks import ToolEventsHandler, _end_status
 from thunder_langgraph.dispatch import StreamingToolDispatcher, streaming_dispatch_enabled
 from thunder_langgraph.emitters import emitter_for
+from thunder_langgraph.hints import CacheHintsHandler
 
 CONFIGURABLE_PROGRAM_KEY = "thunder_program_id"
 
@@ -99,7 +100,8 @@ class _Invocation:
         metadata = dict(config.get("metadata") or {})
         metadata[resolver.PROGRAM_METADATA_KEY] = self.program_id
         config["metadata"] = metadata
-        handlers: list[Any] = [ToolEventsHandler(owner.emitter, self.program_id)]
+        handlers: list[Any] = [ToolEventsHandler(owner.emitter, self.program_id),
+                               CacheHintsHandler(owner.emitter, self.program_id)]
         self.dispatcher: StreamingToolDispatcher | None = None
         if dispatch and owner.dispatch_plan:
             self.dispatcher = StreamingToolDispatcher(owner.dispatch_plan,

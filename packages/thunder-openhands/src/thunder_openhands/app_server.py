@@ -63,7 +63,13 @@ from typing import Any, Final
 from pydantic import BaseModel, Field
 
 from thunder_core.client import AsyncThunderClient, ThunderAPIError, ThunderError
-from thunder_core.contract import Framework, ProgramEndStatus, ProgramStatus, ProgramView
+from thunder_core.contract import (
+    RUNTIME_SPEC_TAG,
+    Framework,
+    ProgramEndStatus,
+    ProgramStatus,
+    ProgramView,
+)
 from thunder_core.runtimes import AsyncRuntimeClient, RuntimeView
 
 log = logging.getLogger("thunder_openhands.app_server")
@@ -212,7 +218,7 @@ class ThunderSandboxService:
         of the Thunder spec ``sandbox_spec_id`` (default: the service's ``runtime_spec``)."""
         spec = sandbox_spec_id or self.runtime_spec
         pid = sandbox_id or uuid.uuid4().hex
-        tags = {SERVICE_TAG: self.service_name, SPEC_TAG: spec, "runtime_spec": spec,
+        tags = {SERVICE_TAG: self.service_name, SPEC_TAG: spec, RUNTIME_SPEC_TAG: spec,
                 CREATED_TAG: datetime.now(UTC).isoformat()}
         if self.user_id is not None:
             tags[USER_TAG] = self.user_id

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from thunder_core.client import SCHEDULER_URL_ENV, normalise_base_url, scheduler_url_from_env
+from thunder_core.contract import RUNTIME_SPEC_TAG
 from thunder_core.emitter import LifecycleEmitter
 from thunder_openhands import routing
 from thunder_openhands.lifecycle import ConversationTracker, Emitter
@@ -191,7 +192,7 @@ def _patch(cls: type[Any], originals: dict[str, Any]) -> None:
                 )
         tracker = ConversationTracker(
             active.emitter, priority=active.priority, holds_runtime=runtime_ws is not None,
-            tags={"runtime_spec": runtime_ws.spec} if runtime_ws is not None else None,
+            tags={RUNTIME_SPEC_TAG: runtime_ws.spec} if runtime_ws is not None else None,
         )
         kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), tracker.on_event]
         init(self, *args, **kwargs)

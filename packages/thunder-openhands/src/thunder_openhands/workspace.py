@@ -47,7 +47,7 @@ from openhands.sdk.workspace.models import CommandResult, FileOperationResult
 from pydantic import PrivateAttr
 
 from thunder_core.client import ThunderAPIError, ThunderClient, ThunderError
-from thunder_core.contract import Framework, ProgramEndStatus
+from thunder_core.contract import RUNTIME_SPEC_TAG, Framework, ProgramEndStatus
 from thunder_core.runtimes import ExecResult, RuntimeClient, RuntimeView
 
 log = logging.getLogger("thunder_openhands.workspace")
@@ -104,7 +104,7 @@ class ThunderWorkspace(LocalWorkspace):
         started = False
         try:
             client.start_program(pid, framework=Framework.OPENHANDS.value, priority=priority,
-                                 tags={"runtime_spec": spec})
+                                 tags={RUNTIME_SPEC_TAG: spec})
             started = True
         except ThunderAPIError as exc:
             if exc.status_code != 409:

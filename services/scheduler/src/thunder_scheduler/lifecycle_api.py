@@ -61,7 +61,12 @@ from thunder_scheduling.events import (
 
 __all__ = ["LIFECYCLE_PREFIXES", "BodyLimitMiddleware", "create_lifecycle_router"]
 
-LIFECYCLE_PREFIXES = ("/v1/programs", "/programs/", "/v1/runtime-specs", "/admin")
+LIFECYCLE_PREFIXES = (
+    Paths.PROGRAMS,
+    Paths.THUNDERAGENT_RELEASE.rsplit("/", 1)[0] + "/",  # ThunderAgent's /programs/...
+    Paths.RUNTIME_SPECS,
+    "/admin",
+)
 
 
 def _unknown(program_id: str) -> ServiceError:

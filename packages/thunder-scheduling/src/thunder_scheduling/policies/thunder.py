@@ -46,8 +46,17 @@ class ThunderConfig:
     """Queue entries that may fail to place before a restore pass stops (bounds its cost)."""
     paused_priority_offset: int = 1000
     """Engine priority of marked/paused programs: own priority minus this (contract range)."""
+    pause_order: str = "smallest"
+    """``smallest``: acting first, smallest context first; ``away_longest``: acting first,
+    latest predicted tool end first (unknown: ``unknown_tool_s`` after it left the LLM)."""
+    unknown_tool_s: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.pause_order not in ("smallest", "away_longest"):
+            raise ConfigError(
+                f"ThunderConfig.pause_order must be smallest or away_longest, "
+                f"got {self.pause_order!r}"
+            )
         for name in ("high_watermark", "low_watermark"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0 < value <= 1:
@@ -120,6 +129,11 @@ class ThunderPolicy(BasePolicy):
         return (0 if is_reasoning(program) else 1, program.context_tokens, program.seq)
 
     def pause_key(self, program: Program) -> tuple[float, ...] | None:
+        if self.config.pause_order == "away_longest" and not is_reasoning(program):
+            end = program.expected_tool_end_at()
+            if end is None:
+                end = (program.acting_since or 0.0) + self.config.unknown_tool_s
+            return (0, -end, program.context_tokens, program.seq)
         return (1 if is_reasoning(program) else 0, program.context_tokens, program.seq)
 
     def acting_weight(self, program: Program, view: PolicyView) -> ActingWeight:

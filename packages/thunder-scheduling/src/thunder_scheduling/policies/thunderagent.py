@@ -207,6 +207,7 @@ class ThunderAgentPolicy(BasePolicy):
     # -- the tick ------------------------------------------------------------------------------
 
     def _tick(self, ctl: SchedulerControl, now: float) -> None:
+        ctl.count("policy_ticks")
         waiting = ctl.waiting()
         seen = {p.program_id for p in waiting}
         for program_id in [pid for pid in self._paused_tokens if pid not in seen]:

@@ -33,7 +33,7 @@ latency, or engines that lost more than 10% of their planned step time.
 
 Recompute ledger: the replay sees neither evictions nor the scheduler's pauses, so the report
 carries the engines' own ledger (``extra["engine_miss_tokens"]``: every admission's missed
-prompt tokens by cause, the delta of ``thunder_sim:prompt_miss_tokens_total{cause}`` over the
+prompt tokens by cause, the delta of ``thunder_sim_prompt_miss_tokens_total{cause}`` over the
 run) with what one engine knows alone: ``first_sight`` includes blocks cached on another
 engine, ``evicted_away`` is acting or paused (``thunder_sim.engine.ledger``).
 """
@@ -54,11 +54,13 @@ import orjson
 from thunder_core.contract import (
     PROGRAM_ID_FIELD,
     PROGRAM_ID_HEADER,
+    TRACE_FIELD,
     Paths,
     ProgramEnd,
     ProgramStart,
     ToolEnd,
     ToolStart,
+    TraceFields,
 )
 from thunder_sim.replay.metrics import RunRecorder, RunReport, StepRecord, percentile, summarise
 from thunder_sim.replay.player import Call, GapPolicy, Spawn, ToolBegin, Wait, plan
@@ -103,12 +105,12 @@ class LiveConfig:
 _METRIC_RE = re.compile(
     r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+([-+0-9.eEinfINFaN]+)$", re.M)
 _CAUSE_RE = re.compile(r'cause="([^"]*)"')
-MISS_METRIC = "thunder_sim:prompt_miss_tokens_total"
+MISS_METRIC = "thunder_sim_prompt_miss_tokens_total"
 
 
 def parse_metrics(text: str) -> dict[str, float]:
     """Sum of each Prometheus series by name (labels folded); the engines' recompute ledger
-    (``thunder_sim:prompt_miss_tokens_total{cause=...}``) also per cause, as
+    (``thunder_sim_prompt_miss_tokens_total{cause=...}``) also per cause, as
     ``<name>/<cause>``."""
     out: dict[str, float] = {}
     for name, labels, value in _METRIC_RE.findall(text):
@@ -299,8 +301,9 @@ class LiveReplay:
             "stream": True,
             "stream_options": {"include_usage": True},
             PROGRAM_ID_FIELD: pid,
-            "thunder_trace": {"hash_ids": list(step.blocks), "prompt_tokens": step.prompt_tokens,
-                              "session": "replay", "block_tokens": 64},
+            TRACE_FIELD: {TraceFields.HASH_IDS: list(step.blocks),
+                          TraceFields.PROMPT_TOKENS: step.prompt_tokens,
+                          TraceFields.SESSION: "replay", TraceFields.BLOCK_TOKENS: 64},
         }
         sent = self.now()
         first: float | None = None
@@ -483,12 +486,12 @@ class LiveReplay:
         report.extra["warnings"] = warnings
         report.extra["time_scale_changes"] = self._scale_changes
         pauses, migrations = delta("thunder_pauses"), delta("thunder_migrations")
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = {"max_paused_share": math.nan}    # pauses are not seen here
         if pauses or migrations:
             changes.update(pauses=int(pauses), migrations=int(migrations))
         if self._service_max_paused_s is not None:
             changes["max_paused_s"] = self._service_max_paused_s
-        return _with(report, **changes) if changes else report
+        return _with(report, **changes)
 
 
 def _with(report: RunReport, **changes: Any) -> RunReport:

@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from thunder_core.contract import TRACE_FIELD, TraceFields
 from thunder_sim import tokenizer as tok
 from thunder_sim.server.prompt_keys import PromptKeyCache
 
@@ -104,15 +105,15 @@ def _check_n(body: dict[str, Any]) -> None:
 def _trace_prompt(
     body: dict[str, Any], limits: Limits, cache: PromptKeyCache | None
 ) -> tuple[tuple[int, ...], int] | None:
-    trace = body.get("thunder_trace")
+    trace = body.get(TRACE_FIELD)
     if trace is None:
         return None
     if not isinstance(trace, dict):
         raise ApiError("thunder_trace must be an object")
-    ids = trace.get("hash_ids")
-    n = trace.get("prompt_tokens")
-    session = trace.get("session")
-    block = trace.get("block_tokens", tok.TRACE_BLOCK_TOKENS)
+    ids = trace.get(TraceFields.HASH_IDS)
+    n = trace.get(TraceFields.PROMPT_TOKENS)
+    session = trace.get(TraceFields.SESSION)
+    block = trace.get(TraceFields.BLOCK_TOKENS, tok.TRACE_BLOCK_TOKENS)
     if not isinstance(ids, list) or not ids:
         raise ApiError("thunder_trace.hash_ids must be a non-empty list of integers")
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:

@@ -1,0 +1,214 @@
+"""One conformance suite for every policy in the registry (Hypothesis over event sequences).
+
+Generated sequences over three backends (health and capacity changing) and up to six
+programs, fed through the recording harness, which checks the driver contract on every call
+(each request answered once at arrival, a held request admitted once later unless its
+program's ``Release`` names it). After every step, for every registered policy:
+
+* **no loss, no duplication**: the live programs are exactly the started-and-not-ended
+  ones, each once; an active program on an unhealthy backend is marked (paused when its
+  response ends); an active unmarked program holds no request;
+* **watermark bound** (policies running the scheduler's own passes with pausing on):
+  committed tokens on a healthy backend never exceed ``high_watermark x capacity`` unless at
+  most one unmarked program is active there; a policy bringing its own passes states its own
+  bound (``thunderagent``: after each of its ticks, its capacity estimate is not negative, or
+  nothing is left to pause on that backend);
+* **aging / fairness**: no request waits (held) longer than the policy's bound, and under the
+  scheduler's passes no program stays paused past ``max_paused_s`` (``thunderagent``: a
+  waiting request forces its program back after ``wait_timeout_s``, checked at its tick);
+* **determinism**: the same sequence gives the same commands.
+
+A new policy is covered by registering it; one whose passes are its own adds its bounds to
+``BOUNDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from core_harness import Harness
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from thunder_core.contract import ProgramStatus
+from thunder_scheduling import policy_names
+from thunder_scheduling.commands import Command, Hold, Release
+from thunder_scheduling.policy import BasePolicy
+
+PIDS = [f"p{i}" for i in range(6)]
+MAX_PAUSED_S = 60.0
+TA_TIMEOUT_S, TA_TICK_S = 60.0, 5.0
+KNOBS: dict[str, dict[str, Any]] = {
+    "thunderagent": {"wait_timeout_s": TA_TIMEOUT_S, "scheduler_interval_s": TA_TICK_S},
+}
+
+op = st.one_of(
+    st.tuples(st.just("request"), st.sampled_from(PIDS), st.integers(1, 1500)),
+    st.tuples(
+        st.just("finish"), st.sampled_from(PIDS), st.integers(0, 1500), st.integers(0, 400),
+        st.integers(0, 800), st.booleans(),
+    ),
+    st.tuples(st.just("tool"), st.sampled_from(PIDS), st.sampled_from(["bash", "pytest"]),
+              st.one_of(st.none(), st.floats(0.5, 30.0))),
+    st.tuples(st.just("tool_end"), st.sampled_from(PIDS)),
+    st.tuples(st.just("end"), st.sampled_from(PIDS)),
+    st.tuples(st.just("tick"), st.floats(0.0, 40.0)),
+    st.tuples(st.just("advance"), st.floats(0.0, 5.0)),
+    st.tuples(st.just("health"), st.sampled_from(["b", "c"]), st.booleans()),
+    st.tuples(st.just("capacity"), st.sampled_from(["a", "b"]), st.integers(400, 3000)),
+)
+
+
+def standard_passes(h: Harness) -> bool:
+    return type(h.scheduler.policy).decide is BasePolicy.decide
+
+
+def check_standard(h: Harness, ticked: bool) -> None:
+    snap = h.scheduler.snapshot()
+    policy = h.scheduler.policy
+    for b in snap.backends:
+        if not b.healthy or not policy.pauses:
+            continue
+        unmarked = b.active_programs - b.marked_programs
+        bound = policy.high_watermark * b.capacity_tokens
+        assert b.committed_tokens <= bound + 1e-6 or unmarked <= 1, b
+    for p in snap.programs:
+        if p.status is ProgramStatus.PAUSED:
+            assert p.paused_since is not None
+            assert snap.at - p.paused_since < MAX_PAUSED_S, p
+
+
+def check_thunderagent(h: Harness, ticked: bool) -> None:
+    """Right after one of its ticks, every healthy backend is within ThunderAgent's own
+    capacity estimate, or no acting and no unmarked reasoning program is left there."""
+    if not ticked:
+        return
+    snap = h.scheduler.snapshot()
+    config = h.scheduler.policy.config
+    for b in snap.backends:
+        if not b.healthy or b.capacity_tokens <= 0:
+            continue
+        rows = [p for p in snap.programs
+                if p.status is ProgramStatus.ACTIVE and p.backend == b.name]
+        used = sum(p.context_tokens * (1.0 if p.in_flight_requests or p.held_requests
+                                       else config.acting_token_weight)
+                   + config.buffer_per_program_tokens for p in rows)
+        if used <= b.capacity_tokens:
+            continue
+        left = [p.program_id for p in rows if not p.in_flight_requests or not p.marked]
+        assert not left, (b.name, used, left)
+
+
+BOUNDS: dict[str, tuple[Callable[[Harness, bool], None], float]] = {
+    "thunderagent": (check_thunderagent, TA_TIMEOUT_S + TA_TICK_S),
+}
+"""Policy -> (its own bound check, its longest wait for a held request)."""
+
+
+def run(policy: str, ops: list[tuple[Any, ...]], page: int, check: bool) -> list[Command]:
+    h = Harness(
+        policy,
+        {"a": 2000, "b": 1500, "c": 1000},
+        page_size_tokens=page,
+        max_paused_s=MAX_PAUSED_S,
+        lease_s=600.0,
+        **KNOBS.get(policy, {}),
+    )
+    own_check, max_wait_s = BOUNDS.get(policy, (check_standard, MAX_PAUSED_S))
+    live: set[str] = set()
+    tools: dict[str, list[str]] = {}
+    held_since: dict[str, float] = {}
+    calls = 0
+    ticks_before = 0.0
+    for item in ops:
+        kind = item[0]
+        commands: list[Command] = []
+        if kind == "request":
+            commands = h.request(item[1], item[2])
+            live.add(item[1])
+            for hold in h.of(Hold, commands):
+                held_since[hold.request_id] = h.scheduler.snapshot().at
+        elif kind == "finish":
+            open_rids = [r for r, (p, _b) in h.in_flight.items() if p == item[1]]
+            if not open_rids:
+                continue
+            prompt, completion, cached, usage = item[2], item[3], item[4], item[5]
+            if usage:
+                commands = h.finish(item[1], prompt, completion, min(cached, prompt),
+                                    rid=open_rids[0])
+            else:
+                commands = h.finish(item[1], None, None, None, rid=open_rids[0])
+        elif kind == "tool" and item[1] in live:
+            calls += 1
+            call = f"c{calls}"
+            tools.setdefault(item[1], []).append(call)
+            commands = h.tool_start(item[1], call, item[2], expected_duration_s=item[3])
+        elif kind == "tool_end" and tools.get(item[1]) and item[1] in live:
+            commands = h.tool_end(item[1], tools[item[1]].pop(0))
+        elif kind == "end" and item[1] in live:
+            commands = h.end(item[1])
+            live.discard(item[1])
+            tools.pop(item[1], None)
+        elif kind == "tick":
+            commands = h.tick(item[1])
+        elif kind == "advance":
+            h.advance(item[1])
+        elif kind == "health":
+            commands = h.backend_update(item[1], 1500 if item[1] == "b" else 1000,
+                                        healthy=item[2], page_size_tokens=page)
+        elif kind == "capacity":
+            commands = h.backend_update(item[1], item[2], page_size_tokens=page)
+        for release in h.of(Release, commands):
+            live.discard(release.program_id)
+            tools.pop(release.program_id, None)
+        if check:
+            check_common(h, live, held_since, max_wait_s)
+            ticks = h.scheduler.counters.get("policy_ticks", 0.0)
+            own_check(h, ticks > ticks_before)
+            ticks_before = ticks
+    return h.log
+
+
+def check_common(
+    h: Harness, live: set[str], held_since: dict[str, float], max_wait_s: float
+) -> None:
+    snap = h.scheduler.snapshot()
+    healthy = {b.name for b in snap.backends if b.healthy}
+    rows = [p for p in snap.programs if p.status is not ProgramStatus.TERMINATED]
+    ids = [p.program_id for p in rows]
+    assert len(ids) == len(set(ids)), "duplicated program"
+    assert set(ids) == live, (set(ids), live)
+    for p in rows:
+        if p.status is ProgramStatus.ACTIVE and p.backend is not None and p.backend not in healthy:
+            assert p.marked and p.in_flight_requests > 0, p
+        if p.status is ProgramStatus.ACTIVE and not p.marked:
+            assert p.held_requests == 0, p
+    for rid in h.pending:
+        assert snap.at - held_since[rid] < max_wait_s, (rid, snap.at, held_since[rid])
+
+
+POLICIES = policy_names()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(op, max_size=60), page=st.sampled_from([1, 16, 64]))
+def test_policy_conforms_under_any_event_sequence(
+    policy: str, ops: list[Any], page: int
+) -> None:
+    run(policy, ops, page, check=True)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(op, max_size=60), page=st.sampled_from([1, 16]))
+def test_policy_is_deterministic(policy: str, ops: list[Any], page: int) -> None:
+    assert run(policy, ops, page, check=False) == run(policy, ops, page, check=False)
+
+
+def test_every_registered_policy_is_covered() -> None:
+    """The suite runs over the registry itself: a new policy cannot be left out."""
+    assert set(POLICIES) >= {"thunder", "thunderagent", "round_robin", "cache_aware",
+                             "continuum", "autellix", "sticky"}
