@@ -180,7 +180,7 @@ def test_streams_pass_through_and_requests_are_attributed(
     # bad input reaches no engine and gets a JSON reason.
     bad = admin.post("/v1/chat/completions", content=b"{oops",
                      headers={"content-type": "application/json"})
-    assert bad.status_code == 400 and "malformed JSON" in bad.json()["error"]
+    assert bad.status_code == 400 and "malformed JSON" in bad.json()["error"]["message"]
 
 
 def test_client_leaving_mid_stream_stops_the_engine_and_finishes_the_request(

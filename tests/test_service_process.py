@@ -18,7 +18,7 @@ def test_serve_without_engines_is_alive_but_not_ready(
         assert http.get("/health").json() == {"status": "ok"}
         ready = http.get("/ready")
         assert ready.status_code == 503
-        assert "no backend" in ready.json()["error"]
+        assert "no backend" in ready.json()["error"]["message"]
         assert http.post("/v1/programs", json={"program_id": "p"}).status_code == 401
         auth = {"Authorization": "Bearer adm"}
         started = http.post("/v1/programs", json={"program_id": "p"}, headers=auth)
@@ -31,7 +31,7 @@ def test_serve_without_engines_is_alive_but_not_ready(
             "model": "m", "messages": [{"role": "user", "content": "hi"}],
         })
         assert chat.status_code == 503
-        assert "no healthy backend" in chat.json()["error"]
+        assert "no healthy backend" in chat.json()["error"]["message"]
         assert "thunder_programs" in http.get("/metrics").text
     service.stop()
     # uvicorn finishes the lifespan shutdown, then re-raises the SIGTERM it caught

@@ -202,7 +202,7 @@ def test_dispatch_off_runs_tools_after_the_response() -> None:
     app = wrap(_graph(model, _tools(log)), emitter=_emitter(), streaming_dispatch=False)
     app.invoke({"messages": [("user", "go")]})
     assert model.streamed == []        # the model was not even asked to stream
-    assert log.entries == ["add:1+2", "multiply:3*4"]
+    assert sorted(log.entries) == ["add:1+2", "multiply:3*4"]
 
 
 async def test_async_graph_starts_tools_during_the_stream_and_matches_off() -> None:
@@ -308,7 +308,7 @@ def test_interrupt_before_the_tool_node_keeps_tools_waiting() -> None:
     app.invoke({"messages": [("user", "go")]}, config)
     assert log.entries == []                  # no tool ran before the human said yes
     app.invoke(None, config)
-    assert log.entries == ["add:1+2", "multiply:3*4"]
+    assert sorted(log.entries) == ["add:1+2", "multiply:3*4"]
 
 
 def test_broken_stream_cancels_what_it_started() -> None:
@@ -372,3 +372,74 @@ def test_wrapped_create_agent_with_the_middleware_starts_each_tool_once() -> Non
     wrap(agent, emitter=_emitter()).invoke({"messages": [("user", "go")]})
     assert log.count("add:1+2") == 1 and log.count("multiply:3*4") == 1
     assert json.dumps(model.streamed) == "[0, 1]"
+
+
+def test_wrapped_agent_with_human_approval_runs_no_tool_before_the_answer() -> None:
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+    from langgraph.types import Command
+
+    log = Log()
+    model = ScriptedStreamingModel(turns=_parallel_turns())
+    agent = create_agent(model, _tools(log), checkpointer=InMemorySaver(), middleware=[
+        HumanInTheLoopMiddleware(interrupt_on={"add": True, "multiply": True})])
+    app = wrap(agent, emitter=_emitter())
+    assert "model" not in app.dispatch_plan   # the approval node sits between model and tools
+    config = {"configurable": {"thread_id": "approve"}}
+    result = app.invoke({"messages": [("user", "go")]}, config)
+    assert "__interrupt__" in result
+    assert log.entries == []                 # nothing ran while the human decides
+    app.invoke(Command(resume={"decisions": [{"type": "approve"}, {"type": "approve"}]}), config)
+    assert sorted(log.entries) == ["add:1+2", "multiply:3*4"]
+
+
+def test_plan_of_a_hand_built_graph_names_the_model_node_and_its_tools() -> None:
+    log = Log()
+    app = wrap(_graph(ScriptedStreamingModel(turns=_parallel_turns()), _tools(log)),
+               emitter=_emitter())
+    assert {node: sorted(tools) for node, tools in app.dispatch_plan.items()} == {
+        "agent": ["add", "explode", "multiply"]}
+
+
+def test_chat_openai_stream_starts_each_call_before_the_response_ends() -> None:
+    """The real OpenAI client on a real SSE stream (served in process): its chunks carry the
+    call indexes the assembler follows, and both calls start before the model run ends."""
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_openai import ChatOpenAI
+
+    from thunder_langgraph.dispatch import StreamingToolDispatcher
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> str:
+        body = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(body)}\n\n"
+
+    events = [event({"role": "assistant", "content": ""})]
+    for i, (name, args) in enumerate([("add", '{"a": 1, "b": 2}'),
+                                      ("multiply", '{"a": 3, "b": 4}')]):
+        events.append(event({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                                             "function": {"name": name, "arguments": ""}}]}))
+        for piece in (args[:5], args[5:]):
+            events.append(event({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+    events.append(event({}, "tool_calls"))
+    sse = ("".join(events) + "data: [DONE]\n\n").encode()
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, content=sse, headers={"content-type": "text/event-stream"}))
+    model = ChatOpenAI(model="m", api_key="k", base_url="http://engine.test/v1", max_retries=0,
+                       http_client=httpx.Client(transport=transport))
+    order: list[str] = []
+
+    class Ends(BaseCallbackHandler):
+        run_inline = True
+
+        def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+            order.append("model end")
+
+    log = Log()
+    tools = {t.name: t for t in _tools(log)}
+    dispatcher = StreamingToolDispatcher(
+        {None: tools}, on_start=lambda call_id, name: order.append(f"start {call_id}"))
+    message = model.invoke("go", config={"callbacks": [dispatcher, Ends()]})
+    assert order == ["start call_0", "start call_1", "model end"]
+    results = [dispatcher.claim(call, tools[call["name"]]) for call in message.tool_calls]
+    assert [early.result().content for early in results if early] == ["3", "12"]
+    dispatcher.close()

@@ -20,6 +20,11 @@ class ObservationEvent:
 
 
 @dataclass
+class Condensation:
+    forgotten_event_ids: set[str]
+
+
+@dataclass
 class AgentErrorEvent:
     tool_call_id: str
     error: str
@@ -81,3 +86,17 @@ def test_a_second_run_reopens_the_program_and_runtime_holders_end_at_close() -> 
     holder.closed()
     holder.closed()
     assert emitter.events == [("end", "w", "ok")]  # once, with the last run's outcome
+
+
+def test_a_condensation_is_a_context_compacted_hint_of_an_open_program() -> None:
+    emitter = RecordingEmitter()
+    tracker = ConversationTracker(emitter)
+    tracker.on_event(Condensation({"e1"}))         # not bound yet: nothing to hint about
+    tracker.bind("c1")
+    tracker.before_run()
+    tracker.on_event(Condensation({"e1", "e2"}))
+    tracker.after_run("finished")
+    tracker.on_event(Condensation({"e3"}))         # the program has ended: nothing sent
+    assert emitter.events == [
+        ("start", "c1", "openhands"), ("hint", "c1", "context_compacted"), ("end", "c1", "ok"),
+    ]

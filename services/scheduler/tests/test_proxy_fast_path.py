@@ -125,13 +125,13 @@ async def test_service_client_key_is_checked_on_the_fast_path() -> None:
     ) as http:
         missing = await http.post(CHAT, json=body)
         assert missing.status_code == 401
-        assert "missing api key" in missing.json()["error"]
+        assert "missing api key" in missing.json()["error"]["message"]
         assert missing.headers["www-authenticate"] == 'Bearer realm="thunder"'
         wrong = await http.post(CHAT, json=body, headers={"Authorization": "Bearer admin-secret"})
-        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid api key"
+        assert wrong.status_code == 401 and wrong.json()["error"]["message"] == "invalid api key"
         assert wrong.headers["www-authenticate"] == (
             'Bearer realm="thunder", error="invalid_token"'
         )
         # the right key gets past the check to the gate: no backend configured is 503
         ok = await http.post(CHAT, json=body, headers={"Authorization": "Bearer client-secret"})
-        assert ok.status_code == 503 and "no healthy backend" in ok.json()["error"]
+        assert ok.status_code == 503 and "no healthy backend" in ok.json()["error"]["message"]

@@ -201,7 +201,7 @@ async def test_upstream_failure_answers_json_naming_the_backend(
                              {"model": "smollm2", "messages": MESSAGES},
                              headers={"X-Thunder-Program-Id": "p"})
     assert result.status == status
-    reason = result.json()["error"]
+    reason = result.json()["error"]["message"]
     assert "sglang-0" in reason and words in reason
     [fin] = gate.finished
     assert fin.outcome is RequestOutcome.ERROR and fin.request_id == "p:1"
@@ -215,7 +215,7 @@ async def test_connection_broken_while_reading_is_502_and_reported() -> None:
                                       fail_mid_body=UpstreamUnreachable("reset by peer")))
     result = await call_asgi(make_app(gate, upstream), CHAT,
                              {"model": "smollm2", "messages": MESSAGES})
-    assert result.status == 502 and "sglang-0" in result.json()["error"]
+    assert result.status == 502 and "sglang-0" in result.json()["error"]["message"]
     assert gate.upstream_failures == [("sglang-0", "reset by peer")]
 
 
@@ -238,6 +238,7 @@ async def test_engine_dying_mid_stream_ends_the_stream_with_an_error_event() -> 
     assert result.chunks[0] == events[0]
     last = orjson.loads(result.chunks[-1].removeprefix(b"data: "))
     assert "sglang-0" in last["error"]["message"]
+    assert last["error"]["type"] == "server_error"
     assert [f.outcome for f in gate.finished] == [RequestOutcome.ERROR]
     assert gate.upstream_failures == [("sglang-0", "reset")]
 
@@ -342,7 +343,7 @@ async def test_bad_input_gets_a_json_reason_and_reaches_no_engine(
     gate, upstream, _ = _setup(Script(chunks=[b"{}"]))
     result = await call_asgi(make_app(gate, upstream), path, body)
     assert result.status == status
-    assert words in result.json()["error"]
+    assert words in result.json()["error"]["message"]
     assert upstream.requests == []
     assert gate.finished == []
     assert not any(record.exc_info for record in caplog.records)
@@ -355,7 +356,7 @@ async def test_body_over_the_limit_is_413(declare_length: bool) -> None:
     body = {"model": "smollm2", "messages": [{"role": "user", "content": "x" * 2000}]}
     result = await call_asgi(app, CHAT, body, send_content_length=declare_length)
     assert result.status == 413
-    assert "1000 bytes" in result.json()["error"]
+    assert "1000 bytes" in result.json()["error"]["message"]
     assert upstream.requests == []
     small = {"model": "smollm2", "messages": MESSAGES}
     assert (await call_asgi(app, CHAT, small, send_content_length=declare_length)).status == 200
@@ -394,7 +395,7 @@ async def test_non_integer_content_length_is_400() -> None:
                              {"model": "smollm2", "messages": MESSAGES},
                              send_content_length=False, headers={"Content-Length": "ten"})
     assert result.status == 400
-    assert "Content-Length" in result.json()["error"]
+    assert "Content-Length" in result.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("depth", [255, 1000, 1025, 5000])

@@ -1,15 +1,14 @@
 """The driver carries out the core's commands: held futures, levers, release, ticks.
 
-``ScriptedCore`` is a fake core (it returns the commands a test scripts, so each command's
-execution is checked in isolation); ``FakeSlotBackend`` is a fake engine recording lever calls
-(fault injection: it can fail). The real core is exercised in ``test_service_lifecycle.py`` and
-the service tests.
+``ScriptedCore`` (``thunder_testkit.cores``) is a fake core (it returns the commands a test
+scripts, so each command's execution is checked in isolation); ``FakeSlotBackend`` is a fake
+engine recording lever calls (fault injection: it can fail). The real core is exercised in
+``test_service_lifecycle.py`` and the service tests.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -30,7 +29,6 @@ from thunder_scheduler.gate import GateError
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduling.commands import (
     Admit,
-    Command,
     Hold,
     Pause,
     Prewarm,
@@ -39,47 +37,13 @@ from thunder_scheduling.commands import (
     SetPriority,
 )
 from thunder_scheduling.events import (
-    Event,
     ProgramEnded,
     ProgramStarted,
     RequestArrived,
     ToolStarted,
 )
-from thunder_scheduling.snapshot import Counters, SchedulerSnapshot
 from thunder_testkit import until_async
-
-
-@dataclass
-class ScriptedCore:
-    """A fake core: answers each event with the next scripted command list."""
-
-    script: list[list[Command]] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    ticks: list[float] = field(default_factory=list)
-    deadline: float | None = None
-    tick_commands: list[Command] = field(default_factory=list)
-
-    def handle(self, event: Event) -> list[Command]:
-        self.events.append(event)
-        return self.script.pop(0) if self.script else []
-
-    def tick(self, now: float) -> list[Command]:
-        self.ticks.append(now)
-        commands, self.tick_commands = self.tick_commands, []
-        return commands
-
-    def next_deadline(self) -> float | None:
-        return self.deadline
-
-    def has_program(self, program_id: str) -> bool:
-        return True
-
-    def route_untagged(self, at: float) -> str | None:
-        return None
-
-    def snapshot(self) -> SchedulerSnapshot:
-        return SchedulerSnapshot(at=0.0, policy="scripted", programs=[], backends=[],
-                                 counters=Counters(), waiting_programs=0, tool_estimates_s={})
+from thunder_testkit.cores import ScriptedCore
 
 
 class FakeSlotBackend:

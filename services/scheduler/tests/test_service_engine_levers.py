@@ -97,6 +97,16 @@ async def test_a_refused_session_is_counted_and_the_request_still_runs() -> None
         assert failures == 1
 
 
+async def test_a_refusal_is_forgotten_when_the_program_ends() -> None:
+    fake = FakeSGLang(enable_session_radix_cache=True, status_overrides={"/open_session": 400})
+    async with service(fake) as (parts, client):
+        assert "session_id" not in await turn(parts, "p1")
+        assert (await client.post("/v1/programs/p1/end", json={"status": "ok"})).status_code == 200
+        fake.status_overrides.clear()  # the engine takes sessions now
+        again = await turn(parts, "p1")  # the same id, a new program: it may try again
+        assert again["session_id"] in fake.open_sessions
+
+
 @pytest.mark.parametrize("low_first", [False, True])
 async def test_engine_priority_reaches_the_body_in_the_engines_order(low_first: bool) -> None:
     fake = FakeSGLang(enable_priority_scheduling=True, schedule_low_priority_values_first=low_first)

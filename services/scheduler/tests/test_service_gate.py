@@ -1,14 +1,14 @@
 """``SchedulerGate``: a held ``acquire`` cancelled by its client, and upstream failure reports.
 
-The real gate and driver; ``HoldingCore`` is a fake core that holds every request (so the
-gate's own cancellation handling is checked without staging memory pressure), and
+The real gate and driver; ``ScriptedCore`` (``thunder_testkit.cores``) is a fake core, here
+holding every request (so the gate's own cancellation handling is checked without staging
+memory pressure), and
 ``FakeMonitor`` a fake backend monitor that records the failures it is told about.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -21,36 +21,14 @@ from thunder_scheduler.gate import SchedulerGate
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduling.commands import Command, Hold
 from thunder_scheduling.events import Event, RequestArrived, RequestFinished, RequestOutcome
-from thunder_scheduling.snapshot import Counters, SchedulerSnapshot
+from thunder_testkit.cores import ScriptedCore
 
 
-@dataclass
-class HoldingCore:
-    """A fake core: knows every program, holds every request, records the events."""
-
-    events: list[Event] = field(default_factory=list)
-
-    def handle(self, event: Event) -> list[Command]:
-        self.events.append(event)
-        if isinstance(event, RequestArrived):
-            return [Hold(event.program_id, event.request_id, "test holds everything")]
-        return []
-
-    def tick(self, now: float) -> list[Command]:
-        return []
-
-    def next_deadline(self) -> float | None:
-        return None
-
-    def has_program(self, program_id: str) -> bool:
-        return True
-
-    def route_untagged(self, at: float) -> str | None:
-        return None
-
-    def snapshot(self) -> SchedulerSnapshot:
-        return SchedulerSnapshot(at=0.0, policy="holding", programs=[], backends=[],
-                                 counters=Counters(), waiting_programs=0, tool_estimates_s={})
+def _hold(event: Event) -> list[Command]:
+    """Holds every request (the core knows every program)."""
+    if isinstance(event, RequestArrived):
+        return [Hold(event.program_id, event.request_id, "test holds everything")]
+    return []
 
 
 class FakeMonitor:
@@ -78,8 +56,8 @@ class _Backend:
     name = "a"
 
 
-def _gate() -> tuple[SchedulerGate, Driver, HoldingCore, FakeMonitor]:
-    core = HoldingCore()
+def _gate() -> tuple[SchedulerGate, Driver, ScriptedCore, FakeMonitor]:
+    core = ScriptedCore(respond=_hold)
     backend: Any = _Backend()
     driver = Driver(core, {"a": backend}, ManualClock(10.0), ServiceMetrics())
     monitor = FakeMonitor("a")

@@ -93,13 +93,13 @@ async def test_bad_hints_are_400_with_a_reason(
     else:
         response = await client.post("/v1/programs/p4/hints", json=body)
     assert response.status_code == 400, response.text
-    assert reason in response.json()["error"]
+    assert reason in response.json()["error"]["message"]
     assert (await client.get("/v1/programs/p4")).json()["status"] != "terminated"
 
 
 async def test_hints_for_an_unknown_program_are_404(client: httpx.AsyncClient) -> None:
     response = await _hints(client, "nobody", {"kind": "context_compacted"})
-    assert response.status_code == 404 and "nobody" in response.json()["error"]
+    assert response.status_code == 404 and "nobody" in response.json()["error"]["message"]
 
 
 def test_the_model_checks_the_fields_of_each_kind() -> None:

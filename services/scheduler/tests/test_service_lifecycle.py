@@ -83,7 +83,7 @@ async def test_tool_calls_move_the_phase(client: httpx.AsyncClient) -> None:
     assert ended.json()["tool_calls"] == 1
     unknown_call = await client.post("/v1/programs/t/tools/nope/end", json={})
     assert unknown_call.status_code == 404
-    assert "nope" in unknown_call.json()["error"]
+    assert "nope" in unknown_call.json()["error"]["message"]
 
 
 async def test_end_program_and_release(client: httpx.AsyncClient) -> None:
@@ -115,7 +115,7 @@ async def test_unknown_program_is_404_with_reason(
 ) -> None:
     response = await client.request(method, path, json=body)
     assert response.status_code == 404
-    assert response.json()["error"] == "unknown program 'ghost'"
+    assert response.json()["error"]["message"] == "unknown program 'ghost'"
 
 
 async def test_malformed_json_is_400_and_wrong_types_422(
@@ -125,10 +125,10 @@ async def test_malformed_json_is_400_and_wrong_types_422(
         "/v1/programs", content=b'{"program_id": ', headers={"content-type": "application/json"}
     )
     assert bad.status_code == 400
-    assert bad.json()["error"] == "malformed JSON body"
+    assert bad.json()["error"]["message"] == "malformed JSON body"
     wrong = await client.post("/v1/programs", json={"priority": "high"})
     assert wrong.status_code == 422
-    assert "priority" in wrong.json()["error"]
+    assert "priority" in wrong.json()["error"]["message"]
     extra = await client.post("/v1/programs/x/end", json={"status": "maybe"})
     assert extra.status_code == 422
     assert "Traceback" not in caplog.text
@@ -141,7 +141,7 @@ async def test_body_over_the_limit_is_413() -> None:
     ) as http:
         response = await http.post("/v1/programs", json={"tags": {"k": "v" * 200}})
         assert response.status_code == 413
-        assert "100 bytes" in response.json()["error"]
+        assert "100 bytes" in response.json()["error"]["message"]
         small = await http.post("/v1/programs", json={"program_id": "ok"})
         assert small.status_code == 201
 
@@ -153,10 +153,10 @@ async def test_admin_key_guards_lifecycle_but_not_ops() -> None:
     ) as http:
         missing = await http.post("/v1/programs", json={})
         assert missing.status_code == 401
-        assert "missing admin key" in missing.json()["error"]
+        assert "missing admin key" in missing.json()["error"]["message"]
         assert missing.headers["www-authenticate"] == 'Bearer realm="thunder"'
         wrong = await http.get("/v1/programs", headers={"Authorization": "Bearer nope"})
-        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid admin key"
+        assert wrong.status_code == 401 and wrong.json()["error"]["message"] == "invalid admin key"
         assert wrong.headers["www-authenticate"] == (
             'Bearer realm="thunder", error="invalid_token"'
         )
@@ -177,7 +177,7 @@ async def test_health_ready_and_metrics_without_backends(client: httpx.AsyncClie
     assert (await client.get("/health")).json() == {"status": "ok"}
     ready = await client.get("/ready")
     assert ready.status_code == 503
-    assert "no backend" in ready.json()["error"]
+    assert "no backend" in ready.json()["error"]["message"]
     await client.post("/v1/programs", json={"program_id": "m1"})
     await client.post("/v1/programs/m1/tools", json={"call_id": "c", "tool_name": "x"})
     text = (await client.get("/metrics")).text

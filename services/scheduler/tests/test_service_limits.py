@@ -102,3 +102,30 @@ async def test_lifecycle_json_nested_too_deep_is_400(depth: int) -> None:
         # a string full of brackets is not nesting
         ok = await http.post("/v1/programs", json={"tags": {"k": "[" * 300}})
         assert ok.status_code == 201
+
+
+async def test_every_error_has_openais_shape() -> None:
+    async for http in _client(admin_key="adm", max_body_bytes=200):
+        admin = _bearer("adm")
+        answers = [
+            await http.post("/v1/programs", json={}),                              # 401
+            await http.get("/v1/programs/ghost", headers=admin),                  # 404
+            await http.post("/v1/programs", json={"priority": "x"}, headers=admin),  # 422
+            await http.post("/v1/programs", content=b"{", headers=admin
+                            | {"content-type": "application/json"}),             # 400
+            await http.post("/v1/programs", json={"tags": {"k": "v" * 500}},
+                            headers=admin),                                       # 413
+            await http.post("/v1/chat/completions", content=b"{"),                # 400
+            await http.post("/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "x"}]}),                 # 503
+            await http.get("/no/such/path"),                                      # 404
+        ]
+        for answer in answers:
+            assert answer.status_code >= 400
+            error = answer.json()["error"]
+            assert set(error) >= {"message", "type", "code"}, answer.text
+            assert isinstance(error["message"], str) and error["message"]
+            expected = ("authentication_error" if answer.status_code == 401 else
+                        "server_error" if answer.status_code >= 500 else
+                        "invalid_request_error")
+            assert error["type"] == expected, answer.text

@@ -96,7 +96,7 @@ async def test_non_json_body_is_400_and_admin_is_required(
 ) -> None:
     _, raw, _ = api
     response = await raw.post(Paths.RUNTIMES.format(program_id="p1"), content=b"{nope")
-    assert response.status_code == 400 and response.json()["error"] == "body is not JSON"
+    assert response.status_code == 400 and response.json()["error"]["message"] == "body is not JSON"
     response = await raw.post(Paths.RUNTIME_SPECS, json={"name": "x", "image": "i"})
     assert response.status_code == 401
 

@@ -81,8 +81,13 @@ def _raise_for(response: httpx.Response) -> None:
     except ValueError:
         body = response.text
     if isinstance(body, dict):
-        reason = str(body.get("error", reason))
-        detail = body.get("detail")
+        error = body.get("error", reason)
+        if isinstance(error, dict):  # {"error": {"message", "type", "code", ...}}
+            reason = str(error.get("message", reason))
+            detail = error.get("detail")
+        else:
+            reason = str(error)
+            detail = body.get("detail")
     elif body:
         reason = str(body)[:500]
     raise ThunderAPIError(response.status_code, reason, detail)

@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Mapping, MutableMapping, Sequence
 from enum import StrEnum
+from http import HTTPStatus
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -384,11 +385,63 @@ class ProgramList(BaseModel):
     programs: list[ProgramView]
 
 
-class ErrorBody(BaseModel):
-    """Every 4xx/5xx the service itself produces has this body."""
+class ErrorObject(BaseModel):
+    """OpenAI's error object: ``message``, ``type``, ``code`` (and ``param``); ``detail`` is
+    ours (the offending fields of a validation error)."""
 
-    error: str
+    message: str
+    type: str = "invalid_request_error"
+    code: str | int | None = None
+    param: str | None = None
     detail: Any = None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx the service itself produces, in OpenAI's shape ``{"error": {...}}``;
+    streams that fail after their status line end with one ``data: {"error": {...}}`` event.
+
+    ``ErrorBody(error="reason", detail=...)`` is accepted too: the reason becomes the message.
+    """
+
+    error: ErrorObject
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_reason(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            error: dict[str, Any] = {"message": data["error"]}
+            if data.get("detail") is not None:
+                error["detail"] = data["detail"]
+            return {"error": error}
+        return data
+
+
+def error_type(status: int) -> str:
+    """OpenAI's ``type`` for an HTTP status."""
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(
+    status: int, message: str, *, code: str | None = None, detail: Any = None
+) -> dict[str, Any]:
+    """The body of an error the service answers: ``{"error": {"message", "type", "code",
+    "param"}}`` (``code`` defaults to the status's name, e.g. ``too_many_requests``)."""
+    if code is None:
+        try:
+            code = HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+        except ValueError:
+            code = str(status)
+    error: dict[str, Any] = {"message": message, "type": error_type(status), "code": code,
+                             "param": None}
+    if detail is not None:
+        error["detail"] = detail
+    return {"error": error}
 
 
 __all__ = [
@@ -409,6 +462,7 @@ __all__ = [
     "CacheHints",
     "EnginePaths",
     "ErrorBody",
+    "ErrorObject",
     "Framework",
     "HintKind",
     "InvalidProgramId",
@@ -426,6 +480,8 @@ __all__ = [
     "ToolStart",
     "TraceFields",
     "engine_request_id",
+    "error_body",
+    "error_type",
     "program_id_from",
     "shared_prefix_id",
     "strip_identity",

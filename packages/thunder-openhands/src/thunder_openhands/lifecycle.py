@@ -16,6 +16,8 @@ Mapping (program id = conversation id, framework ``openhands``):
   ``run()`` raising an ``Exception`` -> program end ``error``; a ``BaseException`` that is not an
   ``Exception`` (``KeyboardInterrupt``, task cancellation) -> ``cancelled``; ``paused``,
   ``waiting_for_confirmation`` and ``idle`` keep the program open;
+* a ``Condensation`` event (the condenser forgot part of the history) -> cache hint
+  ``context_compacted``: the program's old KV will not be read again;
 * ``close()`` (also what deleting a conversation on the agent server does) -> program end
   ``cancelled`` if the program is still open;
 * a conversation that runs again after its program ended (``send_message`` + ``run``) starts
@@ -32,7 +34,13 @@ import threading
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
-from thunder_core.contract import Framework, ProgramEndStatus, ToolEndStatus
+from thunder_core.contract import (
+    CacheHint,
+    Framework,
+    HintKind,
+    ProgramEndStatus,
+    ToolEndStatus,
+)
 
 RUN_STATUS_OUTCOME: Final[dict[str, tuple[ProgramEndStatus, str]]] = {
     "finished": (ProgramEndStatus.OK, "conversation finished"),
@@ -56,6 +64,8 @@ class Emitter(Protocol):
 
     def program_ended(self, program_id: str, status: ProgramEndStatus | str = ...,
                       reason: str | None = ...) -> None: ...
+
+    def hinted(self, program_id: str, *hints: CacheHint) -> None: ...
 
 
 class ProgramState(StrEnum):
@@ -167,6 +177,14 @@ class ConversationTracker:
                     self._open()
                 self._calls[call_id] = tool_name
                 self.emitter.tool_started(self.program_id, call_id, tool_name)
+        elif kind == "Condensation":
+            forgotten = len(getattr(event, "forgotten_event_ids", None) or ())
+            with self._lock:
+                if self.program_id is None or self.state is not ProgramState.OPEN:
+                    return
+                self.emitter.hinted(self.program_id, CacheHint(
+                    kind=HintKind.CONTEXT_COMPACTED,
+                    reason=f"OpenHands condensation forgot {forgotten} events"))
         elif kind in ("ObservationEvent", "UserRejectObservation", "AgentErrorEvent"):
             call_id = getattr(event, "tool_call_id", None)
             with self._lock:

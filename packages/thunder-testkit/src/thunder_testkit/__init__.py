@@ -3,6 +3,7 @@
 Modules (imported one by one, so a test pulls in only what it uses):
 
 * ``polling``: ``until`` / ``until_async``, poll a condition with a deadline.
+* ``cores``: ``ScriptedCore``, a fake scheduling core answering events from a script.
 * ``engines``: fake SGLang / vLLM / llama.cpp control planes on ``httpx.MockTransport``.
 * ``runtimes``: ``FakeRuntimeBackend``, an in-memory tool runtime backend.
 * ``proxy``: a scripted upstream, a recording gate and an in-process ASGI driver for the proxy.

@@ -10,7 +10,8 @@ __all__ = ["RecordingEmitter"]
 
 class RecordingEmitter:
     """``events``: ``("start", program, framework)``, ``("tool", program, call, tool)``,
-    ``("tool_end", program, call, status)``, ``("end", program, status)``, in call order."""
+    ``("tool_end", program, call, status)``, ``("end", program, status)``,
+    ``("hint", program, kind)`` (one per cache hint), in call order."""
 
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
@@ -27,3 +28,7 @@ class RecordingEmitter:
 
     def program_ended(self, program_id: str, status: Any = "ok", reason: Any = None) -> None:
         self.events.append(("end", program_id, str(status)))
+
+    def hinted(self, program_id: str, *hints: Any) -> None:
+        for hint in hints:
+            self.events.append(("hint", program_id, str(hint.kind)))

@@ -36,6 +36,7 @@ from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
+from thunder_core.contract import ProgramEndStatus
 from thunder_scheduler.auth import KeyCheck, KeyFirstMiddleware, require_key
 from thunder_scheduler.backends.base import Backend, BackendKind
 from thunder_scheduler.backends.monitor import BackendMonitor, MonitorConfig
@@ -65,6 +66,7 @@ from thunder_scheduler.proxy.upstream import UpstreamClient, create_upstream_cli
 from thunder_scheduler.quota import ProgramQuota
 from thunder_scheduler.settings import ServiceSettings, SettingsError, setting_names
 from thunder_scheduling.config import ConfigError, SchedulerConfig, UnknownKnob
+from thunder_scheduling.events import ProgramEnded
 from thunder_scheduling.registry import make_scheduler
 from thunder_scheduling.scheduler import ProgramScheduler
 
@@ -282,7 +284,13 @@ def create_app(
                 serving.append(by_name[name])
         return serving
 
-    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota, alternates, model_backends)
+    def refused_first(program_id: str, reason: str) -> None:
+        if driver.core.has_program(program_id):
+            driver.feed(ProgramEnded(at=driver.now(), program_id=program_id,
+                                     status=ProgramEndStatus.ERROR, reason=reason))
+
+    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota, alternates, model_backends,
+                           refused_first)
     # the proxy's routes first: the hot paths match before the ops / lifecycle / tools ones.
     if client_key is None:
         app.include_router(proxy.router())

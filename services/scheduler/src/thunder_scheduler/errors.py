@@ -1,4 +1,5 @@
-"""Exception handlers: every error the service itself produces is a JSON ``ErrorBody``.
+"""Exception handlers: every error the service itself produces is a JSON ``ErrorBody``,
+OpenAI's shape ``{"error": {"message", "type", "code", "param"}}`` (``contract.error_body``).
 
 Client errors (4xx) are answered with a reason and logged at most as one line, never with a
 traceback; only unexpected server errors (500) are logged with their traceback. Malformed JSON
@@ -16,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from thunder_core.contract import ErrorBody
+from thunder_core.contract import error_body
 from thunder_scheduler.gate import GateError
 
 __all__ = ["ServiceError", "error_response", "install_error_handlers"]
@@ -41,8 +42,8 @@ class ServiceError(Exception):
 def error_response(
     status: int, reason: str, detail: Any = None, headers: dict[str, str] | None = None
 ) -> Response:
-    body = ErrorBody(error=reason, detail=detail).model_dump(mode="json")
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, reason, detail=detail), status_code=status,
+                        headers=headers)
 
 
 def _validation_detail(exc: RequestValidationError) -> tuple[int, str, list[dict[str, Any]]]:

@@ -29,6 +29,7 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from thunder_core.contract import error_body
 from thunder_scheduler.settings import ServiceSettings
 
 __all__ = ["GuardedHttpToolsProtocol", "listen_socket", "server_config"]
@@ -56,8 +57,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def _raw_error(status: int, phrase: str, message: str, code: str) -> bytes:
-    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error"
-                                   if status < 500 else "server_error", "code": code}})
+    body = orjson.dumps(error_body(status, message, code=code))
     return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 

@@ -1,7 +1,7 @@
 """HTTP API of the tool manager: ``create_tools_router(get_manager, require_admin)``.
 
 Paths are ``thunder_core.contract.Paths``; bodies are the models of ``thunder_core.runtimes``.
-Every error body is ``thunder_core.contract.ErrorBody`` (``{"error", "detail"}``): 404 unknown
+Every error body is ``thunder_core.contract.ErrorBody`` (``{"error": {"message"}}``): 404 unknown
 spec / program / runtime, 409 conflict (program ended, failed build or setup), 503 backend down
 or budget exhausted, 504 exec timeout, 422 invalid body. Registering a spec needs the admin
 dependency; the service (``app.create_app``) puts every route here behind the admin key, since
@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from thunder_core.contract import ErrorBody, Paths
+from thunder_core.contract import Paths, error_body
 from thunder_core.runtimes import (
     AcquireRuntime,
     ExecRequest,
@@ -35,21 +35,20 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def error_response(exc: ToolError) -> JSONResponse:
-    body = ErrorBody(error=exc.message, detail=exc.detail)
-    return JSONResponse(body.model_dump(mode="json"), status_code=exc.status_code)
+    body = error_body(exc.status_code, exc.message, detail=exc.detail)
+    return JSONResponse(body, status_code=exc.status_code)
 
 
 def _invalid(exc: ValidationError) -> JSONResponse:
     detail = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-    body = ErrorBody(error="invalid request body", detail=detail)
-    return JSONResponse(body.model_dump(mode="json"), status_code=422)
+    return JSONResponse(error_body(422, "invalid request body", detail=detail), status_code=422)
 
 
 async def _body(request: Request, model: type[M]) -> M | JSONResponse:
     try:
         raw = await request.json()
     except ValueError:
-        return JSONResponse(ErrorBody(error="body is not JSON").model_dump(), status_code=400)
+        return JSONResponse(error_body(400, "body is not JSON"), status_code=400)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
