@@ -398,3 +398,48 @@ def test_plan_of_a_hand_built_graph_names_the_model_node_and_its_tools() -> None
                emitter=_emitter())
     assert {node: sorted(tools) for node, tools in app.dispatch_plan.items()} == {
         "agent": ["add", "explode", "multiply"]}
+
+
+def test_chat_openai_stream_starts_each_call_before_the_response_ends() -> None:
+    """The real OpenAI client on a real SSE stream (served in process): its chunks carry the
+    call indexes the assembler follows, and both calls start before the model run ends."""
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_openai import ChatOpenAI
+
+    from thunder_langgraph.dispatch import StreamingToolDispatcher
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> str:
+        body = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(body)}\n\n"
+
+    events = [event({"role": "assistant", "content": ""})]
+    for i, (name, args) in enumerate([("add", '{"a": 1, "b": 2}'),
+                                      ("multiply", '{"a": 3, "b": 4}')]):
+        events.append(event({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                                             "function": {"name": name, "arguments": ""}}]}))
+        for piece in (args[:5], args[5:]):
+            events.append(event({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+    events.append(event({}, "tool_calls"))
+    sse = ("".join(events) + "data: [DONE]\n\n").encode()
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, content=sse, headers={"content-type": "text/event-stream"}))
+    model = ChatOpenAI(model="m", api_key="k", base_url="http://engine.test/v1", max_retries=0,
+                       http_client=httpx.Client(transport=transport))
+    order: list[str] = []
+
+    class Ends(BaseCallbackHandler):
+        run_inline = True
+
+        def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+            order.append("model end")
+
+    log = Log()
+    tools = {t.name: t for t in _tools(log)}
+    dispatcher = StreamingToolDispatcher(
+        {None: tools}, on_start=lambda call_id, name: order.append(f"start {call_id}"))
+    message = model.invoke("go", config={"callbacks": [dispatcher, Ends()]})
+    assert order == ["start call_0", "start call_1", "model end"]
+    results = [dispatcher.claim(call, tools[call["name"]]) for call in message.tool_calls]
+    assert [early.result().content for early in results if early] == ["3", "12"]
+    dispatcher.close()

@@ -33,6 +33,9 @@ A policy answers these questions (all have defaults in :class:`BasePolicy`):
 ``request_finished(program_id, request_id)`` (only when ``routes_requests``)
     Called on every ``RequestFinished`` (even for a program already ended), so a router can
     release the load it counted for the request.
+``backend_flushed(backend)``
+    The backend's KV cache was emptied (a weight update, ``BackendFlushed``): forget what the
+    policy assumed cached there (a router's prefix tree). Default: nothing to forget.
 ``decide(control, now)``
     The decision passes run after every event and tick. The default runs ``decisions.py``
     (overflow relief, aging, restores, all driven by the hooks above); a policy whose
@@ -186,6 +189,8 @@ class Policy(Protocol):
 
     def request_finished(self, program_id: str, request_id: str) -> None: ...
 
+    def backend_flushed(self, backend: str) -> None: ...
+
     def decide(self, control: SchedulerControl, now: float) -> None: ...
 
     def next_decision_at(self, control: SchedulerControl, now: float) -> float | None: ...
@@ -276,6 +281,11 @@ class BasePolicy:
         return None
 
     def request_finished(self, program_id: str, request_id: str) -> None:
+        return None
+
+    def backend_flushed(self, backend: str) -> None:
+        """``backend``'s KV cache was emptied (``BackendFlushed``): forget what the policy
+        assumed cached there. Default: the policy assumes nothing."""
         return None
 
     def decide(self, control: SchedulerControl, now: float) -> None:

@@ -486,12 +486,12 @@ class LiveReplay:
         report.extra["warnings"] = warnings
         report.extra["time_scale_changes"] = self._scale_changes
         pauses, migrations = delta("thunder_pauses"), delta("thunder_migrations")
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = {"max_paused_share": math.nan}    # pauses are not seen here
         if pauses or migrations:
             changes.update(pauses=int(pauses), migrations=int(migrations))
         if self._service_max_paused_s is not None:
             changes["max_paused_s"] = self._service_max_paused_s
-        return _with(report, **changes) if changes else report
+        return _with(report, **changes)
 
 
 def _with(report: RunReport, **changes: Any) -> RunReport:

@@ -18,7 +18,8 @@ Definitions (the ThunderAgent paper's metric is agent steps per minute):
   cannot attribute: live mode reports the engines' own ledger in ``extra``);
 - ``pauses``, ``migrations``, ``max_paused_s``: from the scheduler's Pause / Resume decisions;
   ``max_paused_share``: the largest share of a program's life (start to end, or to the end of
-  the run) spent paused, over every program (fairness; 0 where the runner sees no pauses);
+  the run) spent paused, over every program (fairness; NaN in live mode, which does not see
+  pauses);
 """
 
 from __future__ import annotations
