@@ -117,3 +117,12 @@ def test_connections_beyond_the_limit_are_refused_with_503(
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_bytes_that_are_not_http_get_a_json_400(service: Callable[..., RunningService]) -> None:
+    running = service()
+    with _connect(running.url) as client:
+        client.sendall(b"HELLO THERE\r\n\r\n")
+        status, body = _status_and_body(_read_all(client))
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error"  # type: ignore[index]

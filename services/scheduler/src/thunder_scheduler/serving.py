@@ -13,7 +13,8 @@ its ``limit_concurrency`` still accepts every connection. :class:`GuardedHttpToo
 * a **connection limit**: a connection beyond ``max_connections`` open ones is answered 503
   at once and closed.
 
-A request that runs out of time gets ``408`` (``{"error": {...}}``, ``connection: close``) if
+Bytes that are not HTTP get uvicorn's 400 in the same JSON shape. A request that runs out of
+time gets ``408`` (``{"error": {...}}``, ``connection: close``) if
 nothing of its answer was sent yet, and its connection is closed either way.
 
 :func:`listen_socket` makes the listening socket with ``TCP_NODELAY`` (see there).
@@ -91,6 +92,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP, in the service's one error shape."""
+        self._disarm()
+        self.transport.write(_raw_error(400, "Bad Request", msg, "bad_request"))
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -100,15 +100,15 @@ class StatePersister:
         self.flushes = 0
         self.rows_written = 0
 
-    def restore(self, now: float) -> list[str]:
-        """Load the stored table into the (fresh) core; the ids restored."""
+    def restore(self, now: float) -> list[ProgramCheckpoint]:
+        """Load the stored table into the (fresh) core; the programs restored."""
         globals_, programs = self.store.load()
         if globals_ is None:
             return []
-        ids = restore(self.core.inner, globals_, programs, now)
+        ids = set(restore(self.core.inner, globals_, programs, now))
         self.core.touched.clear()
         log.info("restored %d programs from %s", len(ids), self.store.path)
-        return ids
+        return [c for c in programs if c.program_id in ids]
 
     def start(self) -> None:
         if self._task is None:
