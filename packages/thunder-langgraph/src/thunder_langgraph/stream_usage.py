@@ -90,7 +90,7 @@ def install() -> bool:
             kwargs["stream_usage"] = True
         return async_stream(self, messages, stop, run_manager, **kwargs)
 
-    BaseChatOpenAI._stream = _stream  # type: ignore[method-assign]
-    BaseChatOpenAI._astream = _astream  # type: ignore[method-assign]
+    BaseChatOpenAI._stream = _stream
+    BaseChatOpenAI._astream = _astream
     _installed.append(True)
     return True
