@@ -68,6 +68,15 @@ def test_sglang_any_model_name_is_answered_as_the_engine_answers(
     assert _ask(proxied, "default")[0] == 200  # what SGLang's docs send
 
 
+@pytest.mark.slow
+def test_sglang_with_a_served_model_name_is_answered_as_the_engine_answers(
+    sim_fleet: Callable[..., list[str]], scheduler_service: Callable[..., RunningService],
+) -> None:
+    [engine] = sim_fleet(1, time_scale=50.0, extra_args=["--served-model-name", "served"])
+    proxied = _through_scheduler(scheduler_service, f"sglang={engine}")
+    _assert_same_answers(engine, proxied, [*NAMES, "served"])
+
+
 class _VllmEngine:
     """A real HTTP engine answering like vLLM: its control plane from ``FakeVLLM``, chat
     completions for its one served model, 404 for any other name (vLLM's body)."""
@@ -177,3 +186,25 @@ def test_backends_serving_different_models_route_by_model(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_program_whose_first_request_the_engine_refused_does_not_stay_live(
+    vllm_engine: str, scheduler_service: Callable[..., RunningService],
+) -> None:
+    proxied = _through_scheduler(scheduler_service, f"vllm={vllm_engine}")
+
+    def chat(program: str, model: str) -> int:
+        return httpx.post(f"{proxied}/v1/chat/completions", timeout=30,
+                          headers={"X-Thunder-Program-Id": program},
+                          json={"model": model, "messages": MESSAGES}).status_code
+
+    def status(program: str) -> str | None:
+        view = httpx.get(f"{proxied}/v1/programs/{program}", timeout=5)
+        return view.json()["status"] if view.status_code == 200 else None
+
+    assert chat("refused", "nope") == 404
+    assert status("refused") in (None, "terminated")
+    # a program that has run keeps living through a refused request
+    assert chat("running", "served") == 200
+    assert chat("running", "nope") == 404
+    assert status("running") not in (None, "terminated")

@@ -106,3 +106,9 @@ def test_identity_goes_only_to_the_configured_scheduler(monkeypatch: object) -> 
         http.post("http://third-party.test/api", json={})
     assert seen["http://env-scheduler.test/v1/chat/completions"] == "agent-2"
     assert seen["http://third-party.test/api"] is None
+    forget_schedulers()
+    monkeypatch.delenv("THUNDER_SCHEDULER_URL")
+    register_scheduler("http://127.0.0.1:8300")
+    with program("agent-3"):
+        http.post("http://localhost:8300/v1/chat/completions", json={})
+    assert seen["http://localhost:8300/v1/chat/completions"] == "agent-3"

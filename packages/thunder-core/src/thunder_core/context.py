@@ -80,9 +80,14 @@ _registered: set[tuple[str, str, int]] = set()
 _env_origin: tuple[str | None, tuple[str, str, int] | None] = (None, None)
 
 
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
 def _origin(scheme: str, host: str, port: int | None) -> tuple[str, str, int]:
-    scheme = scheme.lower()
-    return scheme, host.lower(), port if port is not None else (443 if scheme == "https" else 80)
+    scheme, host = scheme.lower(), host.lower()
+    if host in _LOOPBACK:  # http://localhost:8300 and http://127.0.0.1:8300 are one scheduler
+        host = "loopback"
+    return scheme, host, port if port is not None else (443 if scheme == "https" else 80)
 
 
 def _url_origin(url: str) -> tuple[str, str, int] | None:

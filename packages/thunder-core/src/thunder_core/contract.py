@@ -61,6 +61,13 @@ RUNTIME_SPEC_TAG: Final = "runtime_spec"
 """Program start tag naming the runtime spec the program will acquire: the scheduler queues
 the program for that spec's warm pool until its first request is admitted."""
 
+ROLLOUT_TAG: Final = "rollout"
+"""Program start tag: the RL rollout batch the program (one trajectory) belongs to."""
+ROLLOUT_GROUP_TAG: Final = "rollout_group"
+"""Program start tag: its group in the batch (GRPO: the samples of one prompt share it)."""
+ROLLOUT_SAMPLE_TAG: Final = "rollout_sample"
+"""Program start tag: its sample index within the group."""
+
 # -- the simulator's trace extension ----------------------------------------------------------
 
 TRACE_FIELD: Final = "thunder_trace"
@@ -171,6 +178,26 @@ class EnginePaths:
     GENERATE: Final = "/generate"
     """SGLang's native endpoint."""
     MODELS: Final = "/v1/models"
+
+
+class RouterPaths:
+    """The SGLang router's worker-management paths (``sgl-router`` / ``sgl-model-gateway``
+    ``server.rs``), served by the scheduler so an RL framework can use its URL in place of the
+    router's. The legacy ones take the worker's URL as the query parameter ``url``."""
+
+    ADD_WORKER: Final = "/add_worker"
+    REMOVE_WORKER: Final = "/remove_worker"
+    LIST_WORKERS: Final = "/list_workers"
+    """Answers ``{"urls": [...]}``."""
+    WORKERS: Final = "/workers"
+    """``POST`` a ``{"url": ...}`` body to add, ``GET`` to list (``{"workers", "total",
+    "stats"}``)."""
+    WORKER: Final = "/workers/{url:path}"
+    """``GET`` / ``DELETE`` one worker, its URL percent-encoded in the path."""
+    FLUSH_CACHE: Final = "/flush_cache"
+    """Flush every worker's KV cache (SGLang ``/flush_cache``); ``?url=`` for one worker. Call
+    it after a weight update: the scheduler forgets its cached-prefix assumptions too."""
+    URL_PARAM: Final = "url"
 
 
 class Paths:
@@ -455,6 +482,9 @@ __all__ = [
     "PROGRAM_ID_HEADER",
     "PROGRAM_ID_MAX_LEN",
     "REQUEST_ID_HEADER",
+    "ROLLOUT_GROUP_TAG",
+    "ROLLOUT_SAMPLE_TAG",
+    "ROLLOUT_TAG",
     "RUNTIME_SPEC_TAG",
     "THUNDER_HEADER_PREFIX",
     "TRACE_FIELD",
@@ -474,6 +504,7 @@ __all__ = [
     "ProgramStart",
     "ProgramStatus",
     "ProgramView",
+    "RouterPaths",
     "ThunderAgentRelease",
     "ToolEnd",
     "ToolEndStatus",

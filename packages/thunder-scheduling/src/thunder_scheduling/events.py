@@ -33,6 +33,16 @@ class BackendUpdated:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendFlushed:
+    """A backend's KV cache was emptied: its weights were updated (RL rollout between two
+    training steps), its cache was flushed, or the engine restarted. No prefix the core
+    assumed cached there is cached any more; the programs placed there stay placed."""
+
+    at: float
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProgramStarted:
     at: float
     program_id: str
@@ -113,6 +123,7 @@ class CacheHintReceived:
 
 Event = (
     BackendUpdated
+    | BackendFlushed
     | ProgramStarted
     | RequestArrived
     | RequestFinished
@@ -123,6 +134,7 @@ Event = (
 )
 
 __all__ = [
+    "BackendFlushed",
     "BackendUpdated",
     "CacheHintReceived",
     "Event",

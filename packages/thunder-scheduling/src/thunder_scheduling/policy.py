@@ -33,11 +33,17 @@ A policy answers these questions (all have defaults in :class:`BasePolicy`):
 ``request_finished(program_id, request_id)`` (only when ``routes_requests``)
     Called on every ``RequestFinished`` (even for a program already ended), so a router can
     release the load it counted for the request.
+``backend_flushed(backend)``
+    The backend's KV cache was emptied (a weight update, ``BackendFlushed``): forget what the
+    policy assumed cached there (a router's prefix tree). Default: nothing to forget.
 ``decide(control, now)``
     The decision passes run after every event and tick. The default runs ``decisions.py``
     (overflow relief, aging, restores, all driven by the hooks above); a policy whose
     algorithm does not fit them (a fixed tick, a bin-packing restore) brings its own, working
     through ``SchedulerControl`` (``control.py``: the only things a pass may read and do).
+``aging_deadline(started_at, paused_since, paused_before_s, max_paused_s) -> float``
+    When the scheduler's aging forces a waiting program back (room made for it). Default:
+    ``max_paused_s`` after the wait began; must depend only on these numbers.
 ``next_decision_at(control, now) -> float | None``
     When the passes next need a ``tick`` even if nothing happens (``None``: never). The
     default: the aging bound of the oldest waiter, and ``tick_s`` from now while any wait.
@@ -186,7 +192,13 @@ class Policy(Protocol):
 
     def request_finished(self, program_id: str, request_id: str) -> None: ...
 
+    def backend_flushed(self, backend: str) -> None: ...
+
     def decide(self, control: SchedulerControl, now: float) -> None: ...
+
+    def aging_deadline(
+        self, started_at: float, paused_since: float, paused_before_s: float, max_paused_s: float
+    ) -> float: ...
 
     def next_decision_at(self, control: SchedulerControl, now: float) -> float | None: ...
 
@@ -276,6 +288,17 @@ class BasePolicy:
         return None
 
     def request_finished(self, program_id: str, request_id: str) -> None:
+        return None
+
+    def aging_deadline(
+        self, started_at: float, paused_since: float, paused_before_s: float, max_paused_s: float
+    ) -> float:
+        """When aging forces a waiting program back: ``max_paused_s`` after its wait began."""
+        return paused_since + max_paused_s
+
+    def backend_flushed(self, backend: str) -> None:
+        """``backend``'s KV cache was emptied (``BackendFlushed``): forget what the policy
+        assumed cached there. Default: the policy assumes nothing."""
         return None
 
     def decide(self, control: SchedulerControl, now: float) -> None:

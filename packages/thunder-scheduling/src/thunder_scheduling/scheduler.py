@@ -15,6 +15,7 @@ from thunder_core.contract import ProgramPhase, ProgramStatus
 from thunder_scheduling.accounting import BackendLedger
 from thunder_scheduling.commands import Command, Hold
 from thunder_scheduling.events import (
+    BackendFlushed,
     BackendUpdated,
     CacheHintReceived,
     Event,
@@ -47,6 +48,8 @@ class ProgramScheduler(SchedulerState):
         match event:
             case BackendUpdated():
                 self._on_backend(event, now)
+            case BackendFlushed():
+                self._on_backend_flushed(event, now)
             case ProgramStarted():
                 self._on_program_started(event, now)
             case RequestArrived():
@@ -157,6 +160,25 @@ class ProgramScheduler(SchedulerState):
                 else:
                     self._pause(program, now, reason="backend_unhealthy")
         self._dirty[ev.backend] = None
+
+    def _on_backend_flushed(self, ev: BackendFlushed, now: float) -> None:
+        """Forget every cached-prefix assumption about ``ev.backend``: the shared prefix a
+        program was charged once for, and "has answered there" (so the next response's cached
+        tokens are read afresh); the policy forgets its own (``backend_flushed``). Programs keep
+        their placement and state; a charged one is re-charged without the shared part. Rare
+        (once per weight update), so one scan of the table is fine."""
+        if ev.backend not in self._ledgers:
+            raise ValueError(f"unknown backend {ev.backend!r}")
+        ledger = self._ledgers[ev.backend]
+        for program in self._table.live():
+            program.shared_prefix_tokens.pop(ev.backend, None)
+            program.responded_on.discard(ev.backend)
+        for program_id in list(ledger.charges):
+            self._sync(self._table_get(program_id), now)
+        self.policy.backend_flushed(ev.backend)
+        self._count("backend_flushes")
+        self._dirty[ev.backend] = None
+        self._room_changed = True
 
     def _on_program_started(self, ev: ProgramStarted, now: float) -> None:
         program = self._table.get(ev.program_id)

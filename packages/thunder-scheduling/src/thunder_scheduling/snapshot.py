@@ -90,6 +90,8 @@ class Counters:
     unmarks: int = 0
     programs_started: int = 0
     programs_ended: int = 0
+    backend_flushes: int = 0
+    """Backends whose KV cache was emptied (weight updates): ``BackendFlushed``."""
     max_paused_s: float = 0.0
     """Longest completed pause so far (seconds): compare with the aging bound."""
 

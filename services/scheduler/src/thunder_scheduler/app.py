@@ -36,6 +36,7 @@ from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
+from thunder_core.contract import ProgramEndStatus
 from thunder_scheduler.auth import KeyCheck, KeyFirstMiddleware, require_key
 from thunder_scheduler.backends.base import Backend, BackendKind
 from thunder_scheduler.backends.monitor import BackendMonitor, MonitorConfig
@@ -63,8 +64,10 @@ from thunder_scheduler.proxy.fast_path import AdmitCheck, FastPathApp
 from thunder_scheduler.proxy.routes import PROXY_PREFIXES, ProxyEndpoints
 from thunder_scheduler.proxy.upstream import UpstreamClient, create_upstream_client
 from thunder_scheduler.quota import ProgramQuota
+from thunder_scheduler.router_api import ROUTER_PREFIXES, RouterApi, create_router_api
 from thunder_scheduler.settings import ServiceSettings, SettingsError, setting_names
 from thunder_scheduling.config import ConfigError, SchedulerConfig, UnknownKnob
+from thunder_scheduling.events import ProgramEnded
 from thunder_scheduling.registry import make_scheduler
 from thunder_scheduling.scheduler import ProgramScheduler
 
@@ -218,7 +221,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             if state is not None:  # before the driver, the monitor and the tools' reconcile
-                state.restore(clock.now())
+                for restored in state.restore(clock.now()):
+                    if restored.tools:  # open tool calls can be ended after the restart
+                        driver.programs.ensure(restored.program_id).tool_calls.update(
+                            t.call_id for t in restored.tools)
                 state.start()
             driver.start()
             monitor.start()
@@ -243,7 +249,7 @@ def create_app(
             if tools is not None:
                 await tools.close()
             await upstream.aclose()
-            for backend in backend_list:
+            for backend in list(driver.backends.values()):  # incl. workers added at run time
                 try:
                     await backend.aclose()
                 except Exception:
@@ -263,12 +269,15 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     require_admin = require_key(_secret(settings.admin_key), "admin")
     client_key = _secret(settings.api_key)
-    key_rules: list[tuple[tuple[str, ...], KeyCheck]] = [(LIFECYCLE_PREFIXES, require_admin)]
+    key_rules: list[tuple[tuple[str, ...], KeyCheck]] = [
+        (LIFECYCLE_PREFIXES, require_admin), (ROUTER_PREFIXES, require_admin)]
     if client_key is not None:
         key_rules.append((PROXY_PREFIXES, require_key(client_key, "api")))
     app.add_middleware(KeyFirstMiddleware, rules=key_rules)  # outermost: before any body read
     quota = ProgramQuota(driver.core.has_program, settings.max_live_programs,
                          settings.max_live_programs_per_key)
+
+    by_name = driver.backends  # from here on: incl. workers added through the router API
 
     def alternates(failed: str) -> list[Backend]:
         return [by_name[name] for name in monitor.healthy_names()
@@ -282,7 +291,13 @@ def create_app(
                 serving.append(by_name[name])
         return serving
 
-    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota, alternates, model_backends)
+    def refused_first(program_id: str, reason: str) -> None:
+        if driver.core.has_program(program_id):
+            driver.feed(ProgramEnded(at=driver.now(), program_id=program_id,
+                                     status=ProgramEndStatus.ERROR, reason=reason))
+
+    proxy = ProxyEndpoints(gate, upstream, proxy_settings, quota, alternates, model_backends,
+                           refused_first)
     # the proxy's routes first: the hot paths match before the ops / lifecycle / tools ones.
     if client_key is None:
         app.include_router(proxy.router())
@@ -291,6 +306,8 @@ def create_app(
         require_client = require_key(client_key, "api")
         app.include_router(proxy.router(), dependencies=[Depends(require_client)])
         app.serve_proxy_first(proxy, _admit_with(require_client))
+    app.include_router(create_router_api(RouterApi(
+        monitor, driver, control_http, lambda kind: backend_options(settings, kind))))
     app.include_router(create_ops_router(lambda: monitor, lambda: driver, metrics))
     app.include_router(create_live_router(lambda: driver, lambda: monitor, require_admin))
     app.include_router(create_lifecycle_router(

@@ -104,8 +104,9 @@ class Driver:
         self.metrics = metrics
         self.tick_s = tick_s
         self._background = BackgroundTasks(metrics, LEVER_TIMEOUT_S)
-        self._tools = ToolHooks(self._background.spawn)
-        self._tools.hooks = hooks
+        self.hooks = hooks
+        """The tool manager's hooks (may be set after construction: it needs the driver)."""
+        self._tools = ToolHooks(lambda: self.hooks, self._background.spawn)
         self.levers = make_levers(LeverContext(
             backends=self.backends, spawn=self._background.spawn, metrics=metrics,
             program_exists=core.has_program, http=prewarm_http, slot_offload=slot_offload,
@@ -149,15 +150,6 @@ class Driver:
         return sizes
 
     # -- feeding the core -----------------------------------------------------------------------
-
-    @property
-    def hooks(self) -> ProgramHooks | None:
-        """The tool manager's hooks (set after construction: the manager needs the driver)."""
-        return self._tools.hooks
-
-    @hooks.setter
-    def hooks(self, hooks: ProgramHooks | None) -> None:
-        self._tools.hooks = hooks
 
     def now(self) -> float:
         return self.clock.now()

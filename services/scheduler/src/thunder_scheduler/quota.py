@@ -47,6 +47,11 @@ class ProgramQuota:
         self._owner: dict[str, str] = {}
         self._owned: dict[str, set[str]] = {}
 
+    def is_new(self, program_id: str) -> bool:
+        """Whether a request for ``program_id`` would start it (it is neither live nor
+        admitted and on its way)."""
+        return program_id not in self._owner and not self._is_live(program_id)
+
     def admit(self, program_id: str, client: str) -> str | None:
         """None if ``program_id`` may run (recorded against ``client``), else the reason."""
         if program_id in self._owner or self._is_live(program_id):

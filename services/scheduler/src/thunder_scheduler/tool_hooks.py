@@ -36,14 +36,17 @@ class ProgramHooks(Protocol):
 
 
 class ToolHooks:
-    def __init__(self, spawn: Callable[[str, Awaitable[Any]], None]) -> None:
-        self.hooks: ProgramHooks | None = None
+    def __init__(
+        self, hooks: Callable[[], ProgramHooks | None], spawn: Callable[[str, Awaitable[Any]], None]
+    ) -> None:
+        self._hooks = hooks
         self._spawn = spawn
         self._queued: dict[str, set[str]] = {}
 
     def call(self, name: str, *args: Any) -> None:
         """Call hook ``name`` (sync or async), best effort."""
-        hook = getattr(self.hooks, name, None) if self.hooks is not None else None
+        hooks = self._hooks()
+        hook = getattr(hooks, name, None) if hooks is not None else None
         if hook is None:
             return
         try:

@@ -275,6 +275,12 @@ class CacheAwarePolicy(BasePolicy):
             self._routed[(request.program_id, request.request_id)] = chosen
         return chosen
 
+    def backend_flushed(self, backend: str) -> None:
+        """The worker's tree goes (its engine holds none of those prefixes any more); the
+        worker stays known, with its load."""
+        self.router.tree.remove_tenant(backend)
+        self.router.tree.add_tenant(backend)
+
     def request_finished(self, program_id: str, request_id: str) -> None:
         worker = self._routed.pop((program_id, request_id), None)
         if worker is not None:

@@ -24,6 +24,11 @@ elsewhere; load updates are read with :meth:`BackendMonitor.state` instead. The
 proxy can also report a failed forward (:meth:`BackendMonitor.report_failure`),
 which counts like a failed poll.
 
+Backends can join and leave at run time (:meth:`BackendMonitor.add`,
+:meth:`BackendMonitor.remove`: the SGLang router's worker API). A removed backend's task stops
+and it is reported unhealthy once (its programs are paused, not ended); its state stays
+readable, and adding it again starts over from phase 1.
+
 Time and randomness are injected (``sleep``, ``clock``, ``rng``), so the unit tests
 drive every path with a manual clock and no real waiting.
 """
@@ -139,7 +144,9 @@ class BackendMonitor:
         self._states = {
             name: BackendState(name, False, None, None, None, 0, now) for name in self._backends
         }
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+        self._removed: set[str] = set()
 
     # --- observation -----------------------------------------------------------------
 
@@ -158,20 +165,55 @@ class BackendMonitor:
     def healthy_names(self) -> list[str]:
         return [name for name, state in self._states.items() if state.healthy]
 
+    def active_names(self) -> list[str]:
+        """Backends being monitored (every one but those removed), healthy or not."""
+        return [name for name in self._states if name not in self._removed]
+
+    def backend(self, name: str) -> Backend:
+        self.state(name)  # KeyError naming the known ones
+        return self._backends[name]
+
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
         """Start one monitoring task per backend; returns at once."""
-        if self._tasks:
+        if self._started:
             raise RuntimeError("BackendMonitor already started")
-        self._tasks = [
-            asyncio.create_task(self._run(backend), name=f"backend-monitor-{backend.name}")
-            for backend in self._backends.values()
-        ]
+        self._started = True
+        for name in self.active_names():
+            self._spawn(self._backends[name])
+
+    def _spawn(self, backend: Backend) -> None:
+        self._tasks[backend.name] = asyncio.create_task(
+            self._run(backend), name=f"backend-monitor-{backend.name}")
+
+    async def add(self, backend: Backend) -> None:
+        """Monitor ``backend`` from now on (probe first). A removed backend of the same name is
+        replaced; ``ValueError`` for a name that is being monitored."""
+        name = backend.name
+        if name in self._backends and name not in self._removed:
+            raise ValueError(f"backend {name!r} is already monitored")
+        self._backends[name] = backend
+        self._removed.discard(name)
+        self._states[name] = BackendState(name, False, None, None, None, 0, self._clock())
+        if self._started:
+            self._spawn(backend)
+
+    async def remove(self, name: str) -> None:
+        """Stop monitoring ``name`` and report it unhealthy (``KeyError`` if unknown)."""
+        self.state(name)
+        if name in self._removed:
+            return
+        self._removed.add(name)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._update(name, healthy=False, last_error="removed", consecutive_failures=0)
 
     async def aclose(self) -> None:
         """Stop the monitoring tasks (the backends themselves are closed by their owner)."""
-        tasks, self._tasks = self._tasks, []
+        tasks, self._tasks = list(self._tasks.values()), {}
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

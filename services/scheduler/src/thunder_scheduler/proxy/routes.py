@@ -268,7 +268,8 @@ class ProxyEndpoints:
     def __init__(self, gate: RequestGate, upstream: UpstreamClient, settings: ProxySettings,
                  quota: ProgramQuota | None = None,
                  alternates: Callable[[str], Iterable[Backend]] | None = None,
-                 model_backends: Callable[[str], Sequence[Backend]] | None = None):
+                 model_backends: Callable[[str], Sequence[Backend]] | None = None,
+                 refused_first: Callable[[str, str], None] | None = None):
         self.gate = gate
         self.upstream = upstream
         self.settings = settings
@@ -278,6 +279,10 @@ class ProxyEndpoints:
         dropped the connection before answering is retried once on the first of them)."""
         self.model_backends = model_backends
         """Healthy backends whose engines list the named model (``/v1/models``)."""
+        self.refused_first = refused_first
+        """Called with (program id, reason) when the request that started a program was
+        refused by the engine (4xx): the program ends instead of holding a place for its
+        whole lease."""
 
     def router(self) -> APIRouter:
         router = APIRouter(tags=["proxy"])
@@ -337,7 +342,9 @@ class ProxyEndpoints:
                 program_id = program_id_from(headers, body)
             except InvalidProgramId as exc:
                 raise _ClientError(400, str(exc)) from None
+            new_program = False
             if program_id is not None and self.quota is not None:
+                new_program = self.quota.is_new(program_id)
                 refusal = self.quota.admit(
                     program_id, client_identity(scope["headers"], scope.get("client")))
                 if refusal is not None:
@@ -346,10 +353,12 @@ class ProxyEndpoints:
             log.info("%s %s: %d %s", scope["method"], endpoint.path, exc.status, exc.reason)
             return _error_response(exc.status, exc.reason)
         strip_identity(body)
-        return _Exchange(
+        exchange = _Exchange(
             self, endpoint, body, model, stream, program_id, _forward_headers(headers),
             received_at,
         )
+        exchange.new_program = new_program
+        return exchange
 
 
 class _Exchange(Response):
@@ -391,6 +400,8 @@ class _Exchange(Response):
         self._cleanup_on_cancel = False      # re-raise CancelledError after cleaning up
         self._acquire_s = 0.0
         self._overhead_s: float | None = None
+        self.new_program = False             # this request starts its program
+        self._engine_status = 0              # the engine's status, when it answered one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The request runs in this task; a watcher task cancels it if the client leaves.
@@ -447,6 +458,15 @@ class _Exchange(Response):
             )
         except Exception:
             log.exception("gate.finish failed for request %s", self._request_id)
+        refused_first = self._proxy.refused_first
+        if (self.new_program and refused_first is not None and self._program_id is not None
+                and 400 <= self._engine_status < 500):
+            try:
+                refused_first(self._program_id,
+                              f"its first request was refused by the engine "
+                              f"({self._engine_status})")
+            except Exception:
+                log.exception("ending program %s failed", self._program_id)
         if self._overhead_s is not None and self._outcome is RequestOutcome.OK:
             gate.observe_proxy_overhead(self._overhead_s, self._stream)
 
@@ -554,6 +574,7 @@ class _Exchange(Response):
             await self._send_error(send, 502, f"backend {backend!r} failed: {exc}")
             return
         log.info("backend %r answered %d to %s", backend, response.status, self._request_id)
+        self._engine_status = response.status
         await self._send_complete(send, response.status, response.content_type or _JSON, payload)
 
     async def _relay_whole(

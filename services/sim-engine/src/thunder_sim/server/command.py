@@ -53,8 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-time-scale", type=float, default=1.0,
                    help="floor for --auto-time-scale")
     p.add_argument("--served-model-name", default=None,
-                   help="model name answered in /v1/models and checked in requests "
-                        "(None: --model-path, else the preset's Hugging Face id)")
+                   help="model name answered in /v1/models (None: --model-path, else the "
+                        "preset's Hugging Face id); as SGLang 0.5.x, requests may name any "
+                        "model and get it echoed back")
     p.add_argument("--model-path", default=None,
                    help="model path reported in /server_info (None: the preset's Hugging Face id)")
     p.add_argument("--context-length", type=int, default=None,
