@@ -63,6 +63,16 @@ def _stored(state: Path) -> dict[str, tuple[Any, ...]]:
             if p.status != "terminated"}
 
 
+def _stored_tools(state: Path, program_id: str) -> list[str]:
+    """The open tool calls of ``program_id`` in the state file."""
+    store = StateStore(state)
+    try:
+        _, programs = store.load()
+    finally:
+        store.close()
+    return [t.call_id for p in programs if p.program_id == program_id for t in p.tools]
+
+
 def _chat(url: str, pid: str, stop: threading.Event) -> None:
     body = {"model": MODEL, "max_tokens": 4,
             "messages": [{"role": "user", "content": PROMPT}]}
@@ -115,8 +125,12 @@ def test_kill_9_and_restart_keeps_the_program_table(
     before = _table(first.url)
     waiting = _waiting_order(before)
     assert waiting
-    until(lambda: _stored(state) == _essentials(before), timeout_s=30, interval_s=0.05,
-          what="the program table to be on disk")
+    tooling = next(pid for pid, row in before.items() if row["status"] == "active")
+    assert httpx.post(f"{first.url}/v1/programs/{tooling}/tools", headers=ADMIN,
+                      json={"call_id": "t1", "tool_name": "pytest"}).status_code == 200
+    before = _table(first.url)
+    until(lambda: _stored(state) == _essentials(before) and _stored_tools(state, tooling),
+          timeout_s=30, interval_s=0.05, what="the program table to be on disk")
     first.process.kill()
     first.process.wait(10)
     for thread in load:
@@ -131,6 +145,9 @@ def test_kill_9_and_restart_keeps_the_program_table(
         if row["status"] == "active":
             assert (after[pid]["status"], after[pid]["backend"]) == ("active", row["backend"])
     assert _waiting_order(after) == waiting
+    assert after[tooling]["current_tool"] == "pytest"  # the open tool call came back too
+    assert httpx.post(f"{second.url}/v1/programs/{tooling}/tools/t1/end", headers=ADMIN,
+                      json={}).status_code == 200
     # the lifecycle API answers for restored programs, and they keep their engine
     one = waiting[0] if waiting else next(iter(after))
     assert httpx.get(f"{second.url}/v1/programs/{one}", headers=ADMIN).status_code == 200

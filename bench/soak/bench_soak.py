@@ -117,8 +117,10 @@ class Load:
 async def _run_load(url: str, args: argparse.Namespace, scheduler_pid: int,
                     samples: list[tuple[float, int, int, int]]) -> Load:
     load = Load(url, args)
+    # keep-alive expiry below the server's 5 s (uvicorn's timeout_keep_alive), so the client
+    # never sends on a connection the server is closing (a read error, not the server's fault)
     limits = httpx.Limits(max_connections=args.programs + 16,
-                          max_keepalive_connections=args.programs + 16)
+                          max_keepalive_connections=args.programs + 16, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120.0),
                                  limits=limits) as http:
         t0 = time.monotonic()

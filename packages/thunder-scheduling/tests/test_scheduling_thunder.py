@@ -242,3 +242,17 @@ def test_engine_priority_lowered_for_marked_and_paused_programs() -> None:
     assert SetPriority("p1", -1000) in commands and SetPriority("p2", -1000) in commands
     (admit,) = h.of(Admit, h.request("p3", 250))
     assert admit.priority == 0
+
+
+def test_aging_by_share_of_life_forces_back_when_half_the_life_was_paused() -> None:
+    from thunder_scheduling.policies.thunder import ThunderConfig, ThunderPolicy
+
+    policy = ThunderPolicy(ThunderConfig(max_paused_share=0.5, share_grace_s=10.0))
+    # ran 100 s unpaused, then paused: half its life is paused at t = 200
+    assert policy.aging_deadline(0.0, 100.0, 0.0, 300.0) == 200.0
+    # 40 s paused before: 40 + (t - 100) = (t - 0) / 2 at t = 120
+    assert policy.aging_deadline(0.0, 100.0, 40.0, 300.0) == 120.0
+    # a new program waiting from its start: the grace period, not at once
+    assert policy.aging_deadline(50.0, 50.0, 0.0, 300.0) == 60.0
+    default = ThunderPolicy()
+    assert default.aging_deadline(0.0, 100.0, 40.0, 300.0) == 400.0

@@ -22,6 +22,7 @@ from thunder_testkit.proxy import (
     ENGINE_URL,
     AbortRecorder,
     FakeUpstream,
+    Forwarded,
     RecordingGate,
     Script,
     UpstreamTimeout,
@@ -407,3 +408,52 @@ async def test_json_nested_too_deep_is_400_at_every_depth(depth: int) -> None:
     assert result.status == 400
     assert "nested deeper than 254 levels" in str(result.json())
     assert upstream.requests == []
+
+
+class _DeadFirstEngine(FakeUpstream):
+    """Backend ``sglang-0`` refuses connections; any other answers from the script."""
+
+    async def send(self, url: str, body: bytes, headers: Any) -> Any:
+        if url.startswith(ENGINE_URL):
+            self.requests.append(Forwarded(url, orjson.loads(body), dict(headers)))
+            raise UpstreamUnreachable("connection refused")
+        return await super().send(url, body, headers)
+
+
+def _with_alternate(upstream: FakeUpstream) -> tuple[RecordingGate, Any]:
+    from fastapi import FastAPI
+
+    from thunder_scheduler.backends.sglang import SGLangBackend
+    from thunder_scheduler.proxy import ProxyEndpoints, ProxySettings
+
+    gate = RecordingGate(sglang_backend(AbortRecorder()))
+    other = SGLangBackend("sglang-1", "http://other.test:30000",
+                          httpx.AsyncClient(transport=httpx.MockTransport(AbortRecorder())))
+    proxy = ProxyEndpoints(gate, upstream, ProxySettings(), alternates=lambda failed: [other])
+    app = FastAPI()
+    app.include_router(proxy.router())
+    return gate, app
+
+
+async def test_a_refused_connection_is_retried_once_on_another_backend() -> None:
+    upstream = _DeadFirstEngine(Script(chunks=[orjson.dumps(COMPLETION)]))
+    gate, app = _with_alternate(upstream)
+    result = await call_asgi(app, CHAT, {"model": "smollm2", "messages": MESSAGES})
+    assert result.status == 200 and result.json()["id"] == "c1"
+    assert [r.url.split("/v1")[0] for r in upstream.requests] == [
+        ENGINE_URL, "http://other.test:30000"]
+    assert gate.upstream_failures == [("sglang-0", "connection refused")]
+    assert [f.outcome for f in gate.finished] == [RequestOutcome.OK]
+
+
+async def test_a_stream_that_broke_after_bytes_is_never_retried() -> None:
+    events = sse(chat_chunk("a"), chat_chunk("b"))
+    upstream = FakeUpstream(Script(chunks=events, content_type="text/event-stream",
+                                   fail_mid_body=UpstreamUnreachable("reset")))
+    gate, app = _with_alternate(upstream)
+    result = await call_asgi(app, CHAT, {"model": "smollm2", "messages": MESSAGES,
+                                         "stream": True})
+    assert result.status == 200 and len(upstream.requests) == 1
+    last = orjson.loads(result.chunks[-1].removeprefix(b"data: "))
+    assert last["error"]["code"] == "upstream_failed"
+    assert [f.outcome for f in gate.finished] == [RequestOutcome.ERROR]

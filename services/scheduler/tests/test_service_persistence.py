@@ -52,12 +52,22 @@ async def test_flush_then_restore_gives_the_same_table(tmp_path: Path) -> None:
 
     fresh = RecordingCore(make_scheduler("thunder"))
     again = StatePersister(StateStore(path), fresh)
-    assert sorted(again.restore(100.0)) == ["p0", "p1", "p2", "p3"]
+    assert sorted(c.program_id for c in again.restore(100.0)) == ["p0", "p1", "p2", "p3"]
     assert _rows(fresh) == _rows(core)
     assert fresh.snapshot().tool_estimates_s == {"pytest": 3.0}
     fresh.handle(ProgramEnded(101.0, "p1"))
     await again.aclose()
     assert StateStore(path).count() == 3
+
+
+async def test_an_idle_service_writes_a_restorable_file(tmp_path: Path) -> None:
+    path = tmp_path / "idle.sqlite3"
+    persister = StatePersister(StateStore(path), RecordingCore(make_scheduler("thunder")))
+    await persister.flush()  # no event yet: the core's clock is at -inf
+    await persister.aclose()
+    again = StatePersister(StateStore(path), RecordingCore(make_scheduler("thunder")))
+    assert again.restore(5.0) == []
+    await again.aclose()
 
 
 async def test_a_flush_writes_each_touched_program_once(tmp_path: Path) -> None:
@@ -86,7 +96,11 @@ def test_state_file_errors_are_one_line_settings_errors(tmp_path: Path) -> None:
         db.execute("INSERT INTO meta VALUES ('schema', '99')")
     with pytest.raises(StateStoreError, match="schema 99"):
         StateStore(bad)
+    with pytest.raises(SettingsError, match="schema 99"):
+        load_settings({"state_file": str(bad)})
     garbage = tmp_path / "garbage.sqlite3"
     garbage.write_bytes(b"not a database" * 100)
     with pytest.raises(StateStoreError, match="cannot open"):
         StateStore(garbage)
+    with pytest.raises(SettingsError, match="not a state file"):
+        load_settings({"state_file": str(garbage)})

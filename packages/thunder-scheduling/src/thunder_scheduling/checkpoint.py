@@ -29,6 +29,7 @@ where they stopped). Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -134,7 +135,7 @@ def export_program(core: ProgramScheduler, program_id: str) -> ProgramCheckpoint
 
 def export_globals(core: ProgramScheduler) -> GlobalsCheckpoint:
     return GlobalsCheckpoint(
-        at=core._now,
+        at=core._now if math.isfinite(core._now) else 0.0,  # -inf: no event seen yet
         backends=[
             BackendCheckpoint(name, ledger.healthy, ledger.capacity_tokens,
                               ledger.page_size_tokens)
@@ -170,7 +171,7 @@ def restore(
                          f"{CHECKPOINT_VERSION})")
     if len(core._table):
         raise ValueError("restore needs a core without programs")
-    by = now - globals_.at
+    by = now - globals_.at if math.isfinite(globals_.at) else 0.0
     core._advance(now)
     for b in globals_.backends:
         core.handle(BackendUpdated(at=now, backend=b.name, healthy=b.healthy,

@@ -177,9 +177,27 @@ class SchedulerControl:
         oldest = self._s._waiting.oldest()
         return None if oldest is None else (self._s._table_get(oldest[0]), oldest[1])
 
-    def waited_at_least(self, wait_s: float, now: float) -> list[Program]:
-        """Waiters whose wait began at least ``wait_s`` ago, oldest first: O(result)."""
-        return [self._s._table_get(pid) for pid in self._s._waiting.waited_at_least(wait_s, now)]
+    def aged(self, now: float) -> list[Program]:
+        """Waiters whose aging deadline (``Policy.aging_deadline``) is at or before ``now``,
+        earliest first: O(result log n)."""
+        heap = self._s._aging
+        found: list[Program] = []
+        taken = []
+        while (entry := heap.pop_valid()) is not None:
+            taken.append(entry)
+            if entry[0][0] > now:
+                break
+            found.append(self._s._table_get(entry[2]))
+        heap.push_back(taken)
+        return found
+
+    def next_aging_deadline(self) -> float | None:
+        heap = self._s._aging
+        entry = heap.pop_valid()
+        if entry is None:
+            return None
+        heap.push_back([entry])
+        return entry[0][0]
 
     # -- acting -----------------------------------------------------------------------------
 

@@ -34,12 +34,12 @@ def decide(ctl: SchedulerControl, now: float) -> None:
 
 
 def next_decision_at(ctl: SchedulerControl, now: float) -> float | None:
-    """When these passes need a tick: the oldest waiter's aging bound, and ``tick_s`` from
-    now while anything waits (restores as time passes); ``None`` if nothing waits."""
-    oldest = ctl.oldest_waiting()
-    if oldest is None:
+    """When these passes need a tick: the earliest aging deadline, and ``tick_s`` from now
+    while anything waits (restores as time passes); ``None`` if nothing waits."""
+    aging = ctl.next_aging_deadline()
+    if aging is None:
         return None
-    return min(oldest[1] + ctl.config.max_paused_s, now + ctl.config.tick_s)
+    return min(aging, now + ctl.config.tick_s)
 
 
 def fire_deadlines(ctl: SchedulerControl, now: float) -> None:
@@ -116,7 +116,7 @@ def force_aged(ctl: SchedulerControl, now: float) -> None:
     if not ctl.waiting_count():
         return
     spared: dict[str, None] = {}
-    for program in ctl.waited_at_least(ctl.config.max_paused_s, now):
+    for program in ctl.aged(now):
         backend = ctl.place(program, now, restoring=True, forced=True)
         if backend is None:
             backend = fallback_backend(ctl, program, now)

@@ -41,6 +41,9 @@ A policy answers these questions (all have defaults in :class:`BasePolicy`):
     (overflow relief, aging, restores, all driven by the hooks above); a policy whose
     algorithm does not fit them (a fixed tick, a bin-packing restore) brings its own, working
     through ``SchedulerControl`` (``control.py``: the only things a pass may read and do).
+``aging_deadline(started_at, paused_since, paused_before_s, max_paused_s) -> float``
+    When the scheduler's aging forces a waiting program back (room made for it). Default:
+    ``max_paused_s`` after the wait began; must depend only on these numbers.
 ``next_decision_at(control, now) -> float | None``
     When the passes next need a ``tick`` even if nothing happens (``None``: never). The
     default: the aging bound of the oldest waiter, and ``tick_s`` from now while any wait.
@@ -193,6 +196,10 @@ class Policy(Protocol):
 
     def decide(self, control: SchedulerControl, now: float) -> None: ...
 
+    def aging_deadline(
+        self, started_at: float, paused_since: float, paused_before_s: float, max_paused_s: float
+    ) -> float: ...
+
     def next_decision_at(self, control: SchedulerControl, now: float) -> float | None: ...
 
 
@@ -282,6 +289,12 @@ class BasePolicy:
 
     def request_finished(self, program_id: str, request_id: str) -> None:
         return None
+
+    def aging_deadline(
+        self, started_at: float, paused_since: float, paused_before_s: float, max_paused_s: float
+    ) -> float:
+        """When aging forces a waiting program back: ``max_paused_s`` after its wait began."""
+        return paused_since + max_paused_s
 
     def backend_flushed(self, backend: str) -> None:
         """``backend``'s KV cache was emptied (``BackendFlushed``): forget what the policy

@@ -57,6 +57,11 @@ class SchedulerState:
         self._in_pause_heap: dict[str, str] = {}
         self._waiting = WaitingQueue()
         self._deadlines = KeyedHeap()
+        self._aging = KeyedHeap()
+        """Waiting programs by the time aging forces them back (the policy's rule), ties in
+        the order they began to wait."""
+        self._wait_order: dict[str, int] = {}
+        self._waits = 0
         self._leases: dict[float, dict[str, float]] = {}
         self._lease_of: dict[str, float] = {}
         self._tools = ToolTimeEstimator(config.tool_ewma_alpha)
@@ -166,6 +171,8 @@ class SchedulerState:
         previous = program.backend
         was_paused = program.pause_count > 0 and previous is not None
         self._waiting.remove(program.program_id)
+        self._aging.discard(program.program_id)
+        self._wait_order.pop(program.program_id, None)
         if program.paused_since is not None:
             waited = max(0.0, now - program.paused_since)
             program.paused_total_s += waited
@@ -201,6 +208,8 @@ class SchedulerState:
             if program.backend is not None and program.pause_count > 0:
                 self._ledgers[program.backend].paused_here -= 1
         self._waiting.remove(program.program_id)
+        self._aging.discard(program.program_id)
+        self._wait_order.pop(program.program_id, None)
         self._drop_from_pause_heap(program.program_id)
         self._deadlines.discard(program.program_id)
         lease = self._lease_of.pop(program.program_id, None)
@@ -249,6 +258,18 @@ class SchedulerState:
             self._drop_from_pause_heap(pid)
         if program.status is ProgramStatus.PAUSED:
             self._waiting.rekey(program, self.policy.restore_key(program))
+            if pid in self._waiting and program.paused_since is not None:
+                deadline = self.policy.aging_deadline(
+                    program.started_at,
+                    program.paused_since,
+                    program.paused_total_s,
+                    self.config.max_paused_s,
+                )
+                order = self._wait_order.get(pid)
+                if order is None:
+                    self._waits += 1
+                    order = self._wait_order[pid] = self._waits
+                self._aging.push(program, (deadline, order))
         if program.phase is ProgramPhase.ACTING and program.weight_switch_at is not None:
             self._deadlines.push(program, (program.weight_switch_at,))
         else:

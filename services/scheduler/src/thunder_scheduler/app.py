@@ -221,7 +221,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             if state is not None:  # before the driver, the monitor and the tools' reconcile
-                state.restore(clock.now())
+                for restored in state.restore(clock.now()):
+                    if restored.tools:  # open tool calls can be ended after the restart
+                        driver.programs.ensure(restored.program_id).tool_calls.update(
+                            t.call_id for t in restored.tools)
                 state.start()
             driver.start()
             monitor.start()

@@ -280,6 +280,12 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"{value!r} is a directory; give a file path")
         if not path.parent.is_dir():
             raise ValueError(f"directory {str(path.parent)!r} does not exist")
+        if path.exists():  # an existing file must be a state file this version reads
+            from thunder_scheduler.persistence.store import check_state_file
+
+            problem = check_state_file(path)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     # -- tool manager -------------------------------------------------------------------------

@@ -50,12 +50,26 @@ class ThunderConfig:
     """``smallest``: acting first, smallest context first; ``away_longest``: acting first,
     latest predicted tool end first (unknown: ``unknown_tool_s`` after it left the LLM)."""
     unknown_tool_s: float = 30.0
+    max_paused_share: float | None = None
+    """Aging by share of life: a waiting program is forced back when the time it spent
+    paused reaches this share of its life so far (never before ``share_grace_s`` into the
+    wait). ``None``: the scheduler's single-pause bound (``max_paused_s``)."""
+    share_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.pause_order not in ("smallest", "away_longest"):
             raise ConfigError(
                 f"ThunderConfig.pause_order must be smallest or away_longest, "
                 f"got {self.pause_order!r}"
+            )
+        share = self.max_paused_share
+        if share is not None and (not isinstance(share, int | float) or not 0 < share < 1):
+            raise ConfigError(
+                f"ThunderConfig.max_paused_share must be in (0, 1) or None, got {share!r}"
+            )
+        if not isinstance(self.share_grace_s, int | float) or self.share_grace_s < 0:
+            raise ConfigError(
+                f"ThunderConfig.share_grace_s must be >= 0, got {self.share_grace_s!r}"
             )
         for name in ("high_watermark", "low_watermark"):
             value = getattr(self, name)
@@ -124,6 +138,16 @@ class ThunderPolicy(BasePolicy):
             if best is None or room > best_room:
                 best, best_room = ledger, room
         return None if best is None else best.name
+
+    def aging_deadline(
+        self, started_at: float, paused_since: float, paused_before_s: float, max_paused_s: float
+    ) -> float:
+        share = self.config.max_paused_share
+        if share is None:
+            return paused_since + max_paused_s
+        # paused_before + (t - paused_since) = share * (t - started_at), solved for t
+        at_share = (paused_since - paused_before_s - share * started_at) / (1 - share)
+        return max(paused_since + self.config.share_grace_s, at_share)
 
     def restore_key(self, program: Program) -> tuple[float, ...]:
         return (0 if is_reasoning(program) else 1, program.context_tokens, program.seq)

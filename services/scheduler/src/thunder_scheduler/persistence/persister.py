@@ -35,7 +35,7 @@ from thunder_scheduling.checkpoint import (
     restore,
 )
 from thunder_scheduling.commands import Command
-from thunder_scheduling.events import Event
+from thunder_scheduling.events import BackendFlushed, Event
 from thunder_scheduling.scheduler import ProgramScheduler
 from thunder_scheduling.snapshot import SchedulerSnapshot
 
@@ -59,6 +59,9 @@ class RecordingCore:
             touched.add(program_id)
         for command in commands:
             touched.add(command.program_id)
+        if isinstance(event, BackendFlushed):  # every live program's cached-prefix fields
+            touched.update(p.program_id for p in self.inner.snapshot().programs
+                           if p.end_status is None)
         return commands
 
     def tick(self, now: float) -> list[Command]:
@@ -100,15 +103,15 @@ class StatePersister:
         self.flushes = 0
         self.rows_written = 0
 
-    def restore(self, now: float) -> list[str]:
-        """Load the stored table into the (fresh) core; the ids restored."""
+    def restore(self, now: float) -> list[ProgramCheckpoint]:
+        """Load the stored table into the (fresh) core; the programs restored."""
         globals_, programs = self.store.load()
         if globals_ is None:
             return []
-        ids = restore(self.core.inner, globals_, programs, now)
+        ids = set(restore(self.core.inner, globals_, programs, now))
         self.core.touched.clear()
         log.info("restored %d programs from %s", len(ids), self.store.path)
-        return ids
+        return [c for c in programs if c.program_id in ids]
 
     def start(self) -> None:
         if self._task is None:

@@ -17,6 +17,7 @@ single worker thread). Encoding and decoding of checkpoints live here too (orjso
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -55,6 +56,23 @@ def decode_globals(body: bytes) -> GlobalsCheckpoint:
         name: (float(v[0]), int(v[1])) for name, v in data.get("tool_estimates", {}).items()
     }
     return GlobalsCheckpoint(**data)
+
+
+def check_state_file(path: Path) -> str | None:
+    """Why an existing ``path`` cannot be used as a state file (None: it can); read-only."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "meta" not in tables:
+                return None if not tables else f"{path} is an SQLite file of something else"
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    except sqlite3.Error as exc:
+        return f"{path} is not a state file ({exc})"
+    if row is not None and str(row[0]) != str(SCHEMA_VERSION):
+        return (f"{path} has schema {row[0]}, this version reads {SCHEMA_VERSION}: move it "
+                "away to start empty")
+    return None
 
 
 class StateStore:
