@@ -33,7 +33,32 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from thunder_core.contract import error_body
 from thunder_scheduler.settings import ServiceSettings
 
-__all__ = ["GuardedHttpToolsProtocol", "listen_socket", "server_config"]
+__all__ = ["GuardedHttpToolsProtocol", "ensure_fd_room", "listen_socket", "server_config"]
+
+FD_HEADROOM = 1024
+"""File descriptors kept for everything but client connections: upstream connections (the
+pool holds up to ``upstream_max_connections``), engine control clients, logs, the state file."""
+
+
+def ensure_fd_room(max_connections: int) -> str | None:
+    """Raise the soft open-files limit so ``max_connections`` clients fit (up to the hard
+    limit); a warning when they cannot, else None. Past the limit ``accept`` fails with EMFILE
+    before the connection limit's 503 could answer."""
+    import resource
+
+    wanted = max_connections + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        return (f"open-files limit {soft} is below max_connections {max_connections} + "
+                f"{FD_HEADROOM}: lower --max-connections or raise the limit (ulimit -n)")
+    return None
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
