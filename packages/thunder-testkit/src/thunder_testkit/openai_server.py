@@ -37,6 +37,8 @@ BLOCK_TOKENS = 16
 class FakeToolCall:
     name: str
     arguments: dict[str, Any]
+    id: str | None = None
+    """The call id to answer with (None: a fresh random one each time)."""
 
 
 Turn = list[FakeToolCall] | str
@@ -170,7 +172,7 @@ class ScriptedOpenAI:
             completion_tokens = _count_tokens(turn)
         else:
             message["tool_calls"] = [
-                {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                {"id": call.id or f"call_{uuid.uuid4().hex[:12]}", "type": "function",
                  "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
                 for call in turn
             ]

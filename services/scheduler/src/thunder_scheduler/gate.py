@@ -117,8 +117,14 @@ class RequestGate(Protocol):
         outcome: RequestOutcome,
         usage: Usage | None,
         ends_with_tool_call: bool,
+        *,
+        next_prefix: Mapping[str, Any] | None = None,
     ) -> None:
-        """The request ended (exactly once per acquired request; also after a held disconnect)."""
+        """The request ended (exactly once per acquired request; also after a held disconnect).
+
+        ``next_prefix``: when the response ended in tool calls, the next prompt's known prefix
+        (a chat body, ``next_prompt``); the proxy passes it only to a gate whose
+        ``prompt_split`` attribute is true."""
         ...
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
@@ -159,6 +165,11 @@ class SchedulerGate:
         self._on_program_started = on_program_started
         self._arrived: set[str] = set()
         self._block_tokens = prompt_block_tokens
+
+    @property
+    def prompt_split(self) -> bool:
+        """Whether tool-call responses' next prefixes are wanted (the driver's setting)."""
+        return self._driver.prompt_split_enabled
 
     def tracked(self) -> int:
         """Requests fed as arrived and not yet finished."""
@@ -254,6 +265,8 @@ class SchedulerGate:
         outcome: RequestOutcome,
         usage: Usage | None,
         ends_with_tool_call: bool,
+        *,
+        next_prefix: Mapping[str, Any] | None = None,
     ) -> None:
         self._metrics.count_request(outcome.value)
         if placement is not None:
@@ -280,6 +293,8 @@ class SchedulerGate:
             cached_tokens=usage.cached_tokens if usage is not None else None,
             ends_with_tool_call=ends_with_tool_call,
         ))
+        if next_prefix is not None and outcome is RequestOutcome.OK:
+            self._driver.prompt_split(program_id, next_prefix)
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
         self._metrics.observe_proxy_overhead(seconds, streaming)
