@@ -50,9 +50,10 @@ def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
 @pytest.fixture
 def service(sim_fleet: Callable[..., list[str]],
             scheduler_service: Callable[..., Any]) -> Iterator[Any]:
-    (engine,) = sim_fleet(1, time_scale=2.0)
-    running = scheduler_service(backends=[f"gpu0@sglang={engine}"], admin_key=ADMIN,
-                                tick_s=0.5)
+    engines = sim_fleet(2, time_scale=2.0)
+    running = scheduler_service(
+        backends=[f"gpu{i}@sglang={url}" for i, url in enumerate(engines)], admin_key=ADMIN,
+        tick_s=0.5)
     with httpx.Client(base_url=running.url, timeout=30.0) as http:
         until(lambda: http.get("/ready").status_code == 200, timeout_s=30.0,
               what="the simulated engine to be ready")
@@ -73,7 +74,7 @@ def _chat(http: httpx.Client, program_id: str) -> None:
 
 def _drive_programs(http: httpx.Client) -> None:
     for pid, framework in (("agent-a", "langgraph"), ("agent-b", "openhands"),
-                           ("agent-c", "langgraph")):
+                           ("agent-c", "langgraph"), ("agent-d", "openhands")):
         assert http.post("/v1/programs", headers=AUTH, json={
             "program_id": pid, "framework": framework}).status_code == 201
         _chat(http, pid)
@@ -89,11 +90,12 @@ def test_new_series_after_real_traffic(service: Any) -> None:
         _drive_programs(http)
         samples = _samples(http.get("/metrics").text)
     assert _value(samples, "thunder_programs_started_total", framework="langgraph") == 2
-    assert _value(samples, "thunder_programs_started_total", framework="openhands") == 1
+    assert _value(samples, "thunder_programs_started_total", framework="openhands") == 2
     assert _value(samples, "thunder_programs_ended_total", framework="langgraph",
                   status="ok") == 1
-    assert _value(samples, "thunder_hold_seconds_count") == 3
-    assert _value(samples, "thunder_backend_request_seconds_count", backend="gpu0") == 3
+    assert _value(samples, "thunder_hold_seconds_count") == 4
+    assert sum(_value(samples, "thunder_backend_request_seconds_count", backend=f"gpu{i}")
+               for i in range(2)) == 4
     build = [key for key in samples if key[0] == "thunder_build_info"]
     assert len(build) == 1 and dict(build[0][1])["contract"] == "1"
 
@@ -134,8 +136,9 @@ def _check_page(service: Any, tmp_path: Path) -> None:
         until(lambda: _phase(http, "agent-a") == "reasoning", timeout_s=20.0,
               what="agent-a's long request to be running")
         state = http.get("/live/state", headers=AUTH).json()
-    assert [b["name"] for b in state["backends"]] == ["gpu0"]
-    assert {p["program_id"] for p in state["programs"]} >= {"agent-a", "agent-b", "agent-c"}
+    assert [b["name"] for b in state["backends"]] == ["gpu0", "gpu1"]
+    placed = {p["program_id"]: p["backend"] for p in state["programs"]}
+    assert set(placed) >= {"agent-a", "agent-b", "agent-c", "agent-d"}
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -148,7 +151,7 @@ def _check_page(service: Any, tmp_path: Path) -> None:
             page.wait_for_selector("#auth", state="visible")  # 401: the page asks for the key
             page.fill("#key", ADMIN)
             page.click("#auth button")
-            page.wait_for_selector('section[data-replica="gpu0"] g[data-program="agent-b"]')
+            page.wait_for_selector('g[data-program="agent-b"]')
             # a few polls so the segments have width
             page.wait_for_function("document.querySelectorAll('rect[data-state]').length >= 3")
             page.wait_for_timeout(2500)
@@ -157,11 +160,16 @@ def _check_page(service: Any, tmp_path: Path) -> None:
                 "[...g.querySelectorAll('rect')].map(r => r.dataset.state).pop()]))")
             replicas = page.eval_on_selector_all(
                 "section.replica", "s => s.map(x => x.dataset.replica)")
+            lanes = page.eval_on_selector_all(
+                "section.replica g.program", "gs => Object.fromEntries(gs.map(g => "
+                "[g.dataset.program, g.closest('section').dataset.replica]))")
             shot = Path(os.environ.get("THUNDER_LIVE_SCREENSHOT") or tmp_path / "live.png")
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
-    assert replicas == ["gpu0"]
+    assert replicas == ["gpu0", "gpu1"]
+    for pid in ("agent-a", "agent-b", "agent-d"):  # each lane under the replica it runs on
+        assert lanes[pid] == placed[pid], (lanes, placed)
     assert states["agent-a"] == "reasoning"
     assert states["agent-b"] == "acting"
     assert states["agent-c"] == "ended"
