@@ -38,7 +38,7 @@ class Fleet:
 
     def prefills(self, engine: ScriptedOpenAI) -> list[dict[str, Any]]:
         """Prefill-only requests an engine received (one output token, unstreamed)."""
-        return [r["body"] for r in engine.requests if r["body"].get("max_tokens") == 1]
+        return [r["body"] for r in engine.prefills]
 
     def splits(self, result: str) -> float:
         text = httpx.get(f"{self.service.url}/metrics", timeout=10).text
@@ -128,7 +128,7 @@ def test_a_tool_call_response_prefills_the_next_prefix_on_its_engine(stream: boo
             engine = f.serving("agent-1")
             other = next(e for e in f.engines if e is not engine)
             if split:
-                until(lambda: f.prefills(engine) or None, timeout_s=10,
+                until(lambda e=engine: f.prefills(e) or None, timeout_s=10,
                       what="the prompt split's prefill")
                 [prefill] = f.prefills(engine)
                 # the extended prefix: the request's messages and the tool-call message
