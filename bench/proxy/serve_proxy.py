@@ -43,7 +43,7 @@ class PassThroughGate:
         self._backend = backend
         self._seq = itertools.count(1)
 
-    def new_request_id(self, program_id: str | None) -> str:
+    def new_request_id(self, program_id: str | None, client_id: str | None = None) -> str:
         return f"{program_id or 'bench'}:{next(self._seq)}"
 
     def estimate_prompt_tokens(self, body: Mapping[str, Any]) -> int:

@@ -2,7 +2,9 @@
 
 The proxy router (``thunder_scheduler.proxy``) calls, for every LLM request:
 
-1. ``new_request_id(program_id)``: the engine request id, ``<program>:<seq>``
+1. ``new_request_id(program_id, client_id)``: the engine request id: the client's own
+   ``rid`` when it sent one that is free (``thunder_core.contract.CLIENT_RID_FIELD``), else
+   ``<program>:<seq>``
    (``thunder_core.contract.engine_request_id``) or ``thunder-<32 hex digits>`` (128 random
    bits, as a UUID4 has 122, from ``os.urandom``: a sixth of ``uuid4().hex``'s cost) for an
    untagged request;
@@ -37,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from thunder_core.contract import engine_request_id
+from thunder_core.contract import CLIENT_RID_MAX_LEN, engine_request_id
 from thunder_scheduler.backends.base import Backend, RequestHints
 from thunder_scheduler.request_body import analyse, estimate_prompt_tokens
 from thunder_scheduling.events import (
@@ -91,8 +93,9 @@ class Usage:
 class RequestGate(Protocol):
     """What the proxy data plane needs from the control plane."""
 
-    def new_request_id(self, program_id: str | None) -> str:
-        """``<program>:<seq>`` for a program's request, ``thunder-<32 hex>`` for an untagged one."""
+    def new_request_id(self, program_id: str | None, client_id: str | None = None) -> str:
+        """The client's free ``rid`` (``client_id``) if it sent one, else ``<program>:<seq>`` for
+        a program's request, ``thunder-<32 hex>`` for an untagged one."""
         ...
 
     def estimate_prompt_tokens(self, body: Mapping[str, Any]) -> int:
@@ -164,7 +167,12 @@ class SchedulerGate:
         """Requests fed as arrived and not yet finished."""
         return len(self._arrived)
 
-    def new_request_id(self, program_id: str | None) -> str:
+    def new_request_id(self, program_id: str | None, client_id: str | None = None) -> str:
+        if (client_id and len(client_id) <= CLIENT_RID_MAX_LEN
+                and client_id not in self._arrived):  # the client's rid, if free
+            if program_id is not None:
+                self._driver.next_request_seq(program_id)  # its record, as for our own ids
+            return client_id
         if program_id is None:
             return f"thunder-{os.urandom(16).hex()}"
         return engine_request_id(program_id, self._driver.next_request_seq(program_id))

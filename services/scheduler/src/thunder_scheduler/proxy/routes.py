@@ -12,7 +12,8 @@ Per request (``POST /v1/chat/completions``, ``/v1/completions``, ``/generate``):
 2. The rest runs inside :class:`_Exchange`, an ASGI response, so one task can watch the
    client's connection (ASGI ``http.disconnect``) for the whole life of the request:
    waiting in ``gate.acquire`` (the program may be held), waiting for the engine, streaming.
-3. ``gate.new_request_id`` gives the engine request id ``<program>:<seq>``;
+3. ``gate.new_request_id`` gives the engine request id ``<program>:<seq>`` (or the client's
+   own ``rid``, when it sent a free one);
    ``backend.decorate`` writes it into the body (SGLang ``rid``, vLLM ``request_id``,
    llama.cpp ``id_slot``) and ``backend.request_headers`` adds headers. OpenAI streaming
    requests get ``stream_options.include_usage = true`` (see ``streaming``).
@@ -62,6 +63,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from thunder_core.contract import (
+    CLIENT_RID_FIELD,
     REQUEST_ID_HEADER,
     THUNDER_HEADER_PREFIX,
     EnginePaths,
@@ -486,7 +488,9 @@ class _Exchange(Response):
     async def _run(self, send: Send) -> None:
         proxy, endpoint = self._proxy, self._endpoint
         gate = proxy.gate
-        self._request_id = gate.new_request_id(self._program_id)
+        client_rid = self._body.get(CLIENT_RID_FIELD)
+        self._request_id = gate.new_request_id(
+            self._program_id, client_rid if isinstance(client_rid, str) else None)
         started = time.perf_counter()
         self._entered_acquire = True
         try:
