@@ -3,7 +3,8 @@
 A real ``thunder-sim serve`` engine (simulated SGLang) behind the real scheduler on loopback;
 programs go through the lifecycle API and the proxy; Debian's chromium, driven by Playwright,
 opens ``/live``, types the admin key into the page and must show, per replica, a lane per
-program coloured by what it is doing (reasoning / acting / ended).
+program coloured by what it is doing (reasoning / acting / ended); on a crowded replica a
+program that must wait shows as paused.
 
 The screenshot goes to the test's temp dir; ``THUNDER_LIVE_SCREENSHOT=PATH`` writes it to PATH
 instead (how ``docs/images/live-page.png`` was made:
@@ -174,3 +175,64 @@ def _check_page(service: Any, tmp_path: Path) -> None:
     assert states["agent-b"] == "acting"
     assert states["agent-c"] == "ended"
     assert shot.stat().st_size > 10_000
+
+
+@pytest.fixture
+def crowded_service(sim_fleet: Callable[..., list[str]],
+                    scheduler_service: Callable[..., Any]) -> Iterator[Any]:
+    """One replica with an 8k-token KV pool and low watermarks: a third program must wait."""
+    (engine,) = sim_fleet(1, time_scale=2.0, extra_args=["--max-total-tokens", "8192"])
+    running = scheduler_service(backends=[f"gpu0@sglang={engine}"], tick_s=0.5,
+                                high_watermark=0.3, low_watermark=0.2)
+    with httpx.Client(base_url=running.url, timeout=30.0) as http:
+        until(lambda: http.get("/ready").status_code == 200, timeout_s=30.0,
+              what="the simulated engine to be ready")
+    yield running
+
+
+def _held_request(url: str, program_id: str, outcome: list[int]) -> None:
+    with httpx.Client(base_url=url, timeout=120.0) as http:
+        response = http.post(
+            "/v1/chat/completions", headers={"X-Thunder-Program-Id": program_id},
+            json={"model": "Qwen/Qwen3-8B", "max_tokens": 4,
+                  "messages": [{"role": "user", "content": "word " * 600}]})
+        outcome.append(response.status_code)
+
+
+def test_live_page_shows_a_paused_program(crowded_service: Any, tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        pytest.skip("no chromium: run scripts/setup_browser.sh (Debian's chromium package)")
+    from playwright.sync_api import sync_playwright
+
+    url = crowded_service.url
+    outcome: list[int] = []
+    with httpx.Client(base_url=url, timeout=30.0) as http:
+        for pid in ("p1", "p2"):  # two acting programs fill the pool past the watermark
+            http.post("/v1/programs", json={"program_id": pid})
+            response = http.post(
+                "/v1/chat/completions", headers={"X-Thunder-Program-Id": pid},
+                json={"model": "Qwen/Qwen3-8B", "max_tokens": 4,
+                      "messages": [{"role": "user", "content": "word " * 600}]})
+            assert response.status_code == 200
+            http.post(f"/v1/programs/{pid}/tools", json={"call_id": "c", "tool_name": "bash"})
+        http.post("/v1/programs", json={"program_id": "p3"})
+        waiting = threading.Thread(target=_held_request, args=(url, "p3", outcome))
+        waiting.start()
+        try:
+            until(lambda: http.get("/v1/programs/p3").json()["status"] == "paused",
+                  timeout_s=20.0, what="p3 to wait paused")
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS,
+                                             env={**os.environ, "HOME": str(tmp_path)})
+                try:
+                    page = browser.new_page(viewport={"width": 1100, "height": 300})
+                    page.goto(f"{url}/live")
+                    page.wait_for_selector('g[data-program="p3"] rect[data-state="paused"]')
+                    counts = page.text_content("#counts")
+                finally:
+                    browser.close()
+        finally:
+            http.post("/v1/programs/p3/end", json={"status": "cancelled"})
+            waiting.join(60)
+    assert counts is not None and "1 paused" in counts
+    assert outcome and outcome[0] == 409  # the held request of an ended program is refused

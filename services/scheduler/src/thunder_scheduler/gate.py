@@ -34,6 +34,7 @@ Untagged requests (no program id) never join a program: they are routed by the c
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ __all__ = [
     "SchedulerGate",
     "Usage",
 ]
+
+_CLIENT_RID = re.compile(rf"[\x21-\x7e]{{1,{CLIENT_RID_MAX_LEN}}}\Z")
+"""A client ``rid`` kept as the engine request id: printable ASCII without spaces (it travels
+in the ``X-Thunder-Request-Id`` header and the engine's logs)."""
 
 class GateError(Exception):
     """The gate refuses a request: ``status`` is the HTTP status, ``reason`` the JSON reason."""
@@ -179,8 +184,8 @@ class SchedulerGate:
         return len(self._arrived)
 
     def new_request_id(self, program_id: str | None, client_id: str | None = None) -> str:
-        if (client_id and len(client_id) <= CLIENT_RID_MAX_LEN
-                and client_id not in self._arrived):  # the client's rid, if free
+        if (client_id and _CLIENT_RID.match(client_id)
+                and client_id not in self._arrived):  # the client's rid, if usable and free
             if program_id is not None:
                 self._driver.next_request_seq(program_id)  # its record, as for our own ids
             return client_id
