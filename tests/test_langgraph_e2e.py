@@ -389,3 +389,56 @@ def test_unreachable_scheduler_never_breaks_the_run(
     assert elapsed < 5   # lifecycle calls never sat on the agent's path
     lost = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
     assert lost and "program start" in lost[0]
+
+
+def _usages(messages: list[Any]) -> list[Any]:
+    return [m.usage_metadata for m in messages if isinstance(m, AIMessage)]
+
+
+def test_usage_metadata_is_the_same_with_streaming_dispatch_on_and_off(
+    streaming_dispatch: bool,
+) -> None:
+    """A ChatOpenAI that reports usage unstreamed keeps reporting it when dispatch makes its
+    calls stream (real SSE through the scheduler's proxy), hand-built graph and create_agent,
+    sync and async; the numbers are the ones the scheduler accounted."""
+    if not streaming_dispatch:
+        pytest.skip("compares both settings itself")
+    script: list[Any] = [
+        [FakeToolCall("add", {"a": 1, "b": 2}), FakeToolCall("multiply", {"a": 3, "b": 4})],
+        "done",
+    ]
+    seen: dict[bool, list[Any]] = {}
+    for dispatch in (True, False):
+        fake = ScriptedOpenAI()
+        fake.start()
+        # no prompt split: its prefills would make the engine's cached tokens depend on timing
+        service = start_service_thread(load_settings(
+            {"backends": [f"sglang={fake.url}"], "prompt_split": False}))
+        try:
+            wait_http(f"{service.url}/ready", timeout_s=20)
+            stack = Stack(fake, service)
+            fake.script = script
+            graph = wrap(_tool_graph(stack), scheduler_url=stack.url,
+                         streaming_dispatch=dispatch)
+            first = graph.invoke({"messages": [("user", "go")]}, _pid("usage-graph"))
+            agent = wrap(create_agent(stack.model(), [add, multiply], system_prompt=SYSTEM),
+                         scheduler_url=stack.url, streaming_dispatch=dispatch)
+            second = asyncio.run(agent.ainvoke({"messages": [("user", "go")]},
+                                               _pid("usage-agent")))
+            assert graph.flush() and agent.flush()
+            usages = _usages(first["messages"]) + _usages(second["messages"])
+            assert len(usages) == 4 and all(u is not None for u in usages)
+            for run, result in (("usage-graph", first), ("usage-agent", second)):
+                row = stack.wait_terminated(run)
+                mine = _usages(result["messages"])
+                assert sum(u["input_tokens"] for u in mine) == row["prompt_tokens"]
+                assert sum(u["output_tokens"] for u in mine) == row["completion_tokens"]
+                assert sum(u["input_token_details"]["cache_read"] for u in mine) \
+                    == row["cached_tokens"]
+            streamed = [bool(r["body"].get("stream")) for r in fake.requests]
+            assert streamed == [dispatch] * 4
+            seen[dispatch] = usages
+        finally:
+            service.stop()
+            fake.stop()
+    assert seen[True] == seen[False]

@@ -72,7 +72,7 @@ def test_generate_passes_the_proxy_conformance_checks(one_engine: tuple[str, Run
                        program="rollout0-g0-s0")
     assert answer.status_code == 200, answer.text
     assert answer.json()["meta_info"]["completion_tokens"] == 4
-    assert answer.headers[REQUEST_ID_HEADER].startswith("rollout0-g0-s0:")
+    assert answer.headers[REQUEST_ID_HEADER] == "mine"  # the client's rid reaches the engine
     view = _program(url, "rollout0-g0-s0")
     assert (view["requests"], view["completion_tokens"]) == (1, 4)
     # text, attributed by the body field (as ThunderAgent clients send it)
@@ -80,6 +80,7 @@ def test_generate_passes_the_proxy_conformance_checks(one_engine: tuple[str, Run
                              "sampling_params": {"max_new_tokens": 2}})
     assert answer.status_code == 200, answer.text
     assert _program(url, "rollout0-g0-s1")["requests"] == 1
+    assert answer.headers[REQUEST_ID_HEADER].startswith("rollout0-g0-s1:")  # none sent: ours
     # streaming passes through as server-sent events, ending as SGLang ends it
     with httpx.stream("POST", f"{url}/generate", timeout=30, headers={
             PROGRAM_ID_HEADER: "rollout0-g0-s0"}, json={

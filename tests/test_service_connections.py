@@ -117,3 +117,27 @@ def test_connections_beyond_the_limit_are_refused_with_503(
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_bytes_that_are_not_http_get_a_json_400(service: Callable[..., RunningService]) -> None:
+    running = service()
+    with _connect(running.url) as client:
+        client.sendall(b"HELLO THERE\r\n\r\n")
+        status, body = _status_and_body(_read_all(client))
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+
+
+def test_the_open_files_limit_is_checked_against_the_connection_limit() -> None:
+    import resource
+
+    from thunder_scheduler.serving import ensure_fd_room
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        assert ensure_fd_room(16) is None
+        if hard != resource.RLIM_INFINITY:
+            warning = ensure_fd_room(hard + 1)
+            assert warning is not None and "--max-connections" in warning
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

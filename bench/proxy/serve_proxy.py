@@ -43,7 +43,7 @@ class PassThroughGate:
         self._backend = backend
         self._seq = itertools.count(1)
 
-    def new_request_id(self, program_id: str | None) -> str:
+    def new_request_id(self, program_id: str | None, client_id: str | None = None) -> str:
         return f"{program_id or 'bench'}:{next(self._seq)}"
 
     def estimate_prompt_tokens(self, body: Mapping[str, Any]) -> int:
@@ -55,7 +55,8 @@ class PassThroughGate:
         return Placement(self._backend, RequestHints(program_id, request_id))
 
     def finish(self, placement: Placement | None, program_id: str | None, request_id: str,
-               outcome: RequestOutcome, usage: Usage | None, ends_with_tool_call: bool) -> None:
+               outcome: RequestOutcome, usage: Usage | None, ends_with_tool_call: bool,
+               **kwargs: Any) -> None:
         return None
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:

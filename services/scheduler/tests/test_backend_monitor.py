@@ -258,3 +258,34 @@ def test_backoff_without_jitter_is_exact_and_capped() -> None:
     )
     rng = random.Random(0)
     assert [config.backoff_delay_s(i, rng) for i in range(5)] == [1, 3, 9, 10, 10]
+
+
+async def test_backends_join_and_leave_at_run_time() -> None:
+    clock = ManualClock()
+    fake = FakeSGLang(max_total_num_tokens=5000)
+    monitor, changes = make_monitor([], clock, poll_interval_s=2.0)
+    monitor.start()
+    try:
+        await monitor.add(sglang("a", fake))
+        await clock.advance(0)
+        assert monitor.state("a").healthy and monitor.active_names() == ["a"]
+        with pytest.raises(ValueError, match="already monitored"):
+            await monitor.add(sglang("a", fake))
+
+        await monitor.remove("a")  # drained: reported unhealthy once, no longer polled
+        assert [(n, s.healthy) for n, s in changes] == [("a", True), ("a", False)]
+        assert monitor.state("a").last_error == "removed" and monitor.active_names() == []
+        polls = len(clock.sleeps)
+        await clock.advance(10.0)
+        assert len(clock.sleeps) == polls
+        await monitor.remove("a")  # again: nothing more happens
+        assert len(changes) == 2
+
+        await monitor.add(sglang("a", fake))  # back (after its weight update): probed again
+        await clock.advance(0)
+        assert [(n, s.healthy) for n, s in changes][-1] == ("a", True)
+        assert monitor.active_names() == ["a"]
+        with pytest.raises(KeyError):
+            await monitor.remove("nope")
+    finally:
+        await monitor.aclose()

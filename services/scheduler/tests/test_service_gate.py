@@ -95,3 +95,23 @@ async def test_upstream_failure_is_counted_and_told_to_the_monitor() -> None:
     assert driver.metrics.registry.get_sample_value(
         "thunder_upstream_failures_total", {"backend": "a"}) == 1
     await driver.aclose()
+
+
+async def test_the_clients_rid_is_kept_unless_another_request_uses_it() -> None:
+    gate, driver, _core, _ = _gate()
+    assert gate.new_request_id("p", "rl-7") == "rl-7"
+    task = asyncio.create_task(gate.acquire("p", "rl-7", {"messages": [{"content": "x"}]}, "m"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    # while rl-7 is in flight (held here) a second request with it gets the scheduler's own id
+    assert gate.new_request_id("p", "rl-7") == "p:2"
+    assert gate.new_request_id("p", "x" * 257) == "p:3"  # too long to be an engine id
+    assert gate.new_request_id("p", "r\udb1b+\u00d6") == "p:4"  # not printable ASCII
+    assert gate.new_request_id("p", "a b") == "p:5"
+    assert gate.new_request_id(None, "mine") == "mine"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.finish(None, "p", "rl-7", RequestOutcome.DISCONNECTED, None, False)
+    assert gate.new_request_id("p", "rl-7") == "rl-7"  # free again
+    assert driver.held_count() == 0

@@ -48,6 +48,7 @@ from thunder_core.contract import (
     strip_identity,
 )
 from thunder_core.emitter import LifecycleEmitter
+from thunder_core.rollout import RolloutBatch
 from thunder_core.runtimes import (
     EXEC_OUTPUT_LIMIT_BYTES,
     SPEC_NAME_RE,
@@ -96,6 +97,7 @@ __all__ = [
     "ProgramStart",
     "ProgramStatus",
     "ProgramView",
+    "RolloutBatch",
     "RuntimeClient",
     "RuntimeList",
     "RuntimeSource",

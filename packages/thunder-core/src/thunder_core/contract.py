@@ -49,6 +49,13 @@ CONTRACT_VERSION_HEADER: Final = "X-Thunder-Contract"
 API_KEY_HEADER: Final = "Authorization"
 """Client and admin keys travel as ``Authorization: Bearer <key>``."""
 
+CLIENT_RID_FIELD: Final = "rid"
+"""SGLang's request id body field. A client's own ``rid`` (RL frameworks set one to abort by it)
+is kept as the engine request id when it is printable ASCII without spaces, at most
+``CLIENT_RID_MAX_LEN`` characters, and not in use by another request; otherwise the scheduler
+gives its own."""
+CLIENT_RID_MAX_LEN: Final = 256
+
 REQUEST_ID_HEADER: Final = "X-Thunder-Request-Id"
 """Response header: the engine request id the proxy gave a forwarded request."""
 
@@ -473,6 +480,8 @@ def error_body(
 
 __all__ = [
     "API_KEY_HEADER",
+    "CLIENT_RID_FIELD",
+    "CLIENT_RID_MAX_LEN",
     "CONTRACT_VERSION",
     "CONTRACT_VERSION_HEADER",
     "EXTRA_BODY_FIELD",

@@ -22,6 +22,7 @@ from typing import Any
 
 from langchain_core.tools import BaseTool
 
+from thunder_langgraph import stream_usage
 from thunder_langgraph.dispatch import eligible, find_dispatcher, prestarted
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def plan(graph: Any) -> dict[str | None, dict[str, BaseTool]]:
 
 def install() -> bool:
     """Hook ``ToolNode`` (idempotent). False when this LangGraph has no such step to hook."""
+    stream_usage.install()  # a dispatched stream reports usage as the unstreamed call would
     if _installed:
         return True
     tool_node = _tool_node_class()

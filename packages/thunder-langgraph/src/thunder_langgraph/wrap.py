@@ -34,7 +34,7 @@ from langchain_core.callbacks import BaseCallbackManager
 
 from thunder_core import InvalidProgramId, LifecycleEmitter, ProgramEndStatus
 from thunder_core.contract import validate_program_id
-from thunder_langgraph import resolver, tool_step
+from thunder_langgraph import resolver, stream_usage, tool_step
 from thunder_langgraph.callbacks import ToolEventsHandler, _end_status
 from thunder_langgraph.dispatch import StreamingToolDispatcher, streaming_dispatch_enabled
 from thunder_langgraph.emitters import emitter_for
@@ -104,6 +104,7 @@ class _Invocation:
                                CacheHintsHandler(owner.emitter, self.program_id)]
         self.dispatcher: StreamingToolDispatcher | None = None
         if dispatch and owner.dispatch_plan:
+            stream_usage.install()  # once langchain_openai is imported (no-op after)
             self.dispatcher = StreamingToolDispatcher(owner.dispatch_plan,
                                                       executor=owner.tool_pool)
             handlers.append(self.dispatcher)

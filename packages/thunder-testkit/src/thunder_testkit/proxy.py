@@ -139,8 +139,10 @@ class RecordingGate:
         self.holding = asyncio.Event()
         self._seq = 0
 
-    def new_request_id(self, program_id: str | None) -> str:
+    def new_request_id(self, program_id: str | None, client_id: str | None = None) -> str:
         self._seq += 1
+        if client_id:
+            return client_id
         return f"{program_id}:{self._seq}" if program_id else f"thunder-{self._seq}"
 
     def estimate_prompt_tokens(self, body: Mapping[str, Any]) -> int:
@@ -163,6 +165,8 @@ class RecordingGate:
         outcome: RequestOutcome,
         usage: Usage | None,
         ends_with_tool_call: bool,
+        *,
+        next_prefix: Mapping[str, Any] | None = None,
     ) -> None:
         self.finished.append(
             Finished(placement, program_id, request_id, outcome, usage, ends_with_tool_call)

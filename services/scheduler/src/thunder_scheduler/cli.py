@@ -124,7 +124,7 @@ def _serve(settings: ServiceSettings) -> int:
     import uvicorn
 
     from thunder_scheduler.app import create_app
-    from thunder_scheduler.serving import listen_socket, server_config
+    from thunder_scheduler.serving import ensure_fd_room, listen_socket, server_config
 
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -141,6 +141,9 @@ def _serve(settings: ServiceSettings) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"{PROG} listening on http://{shown}:{port}", file=sys.stderr, flush=True)
+    warning = ensure_fd_room(settings.max_connections)
+    if warning is not None:
+        logging.getLogger(__name__).warning("%s", warning)
     server = uvicorn.Server(server_config(app, settings))
     quiet = _QuietStartupFailure(app.state.thunder)
     logging.getLogger("uvicorn.error").addFilter(quiet)

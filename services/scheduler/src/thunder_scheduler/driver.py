@@ -33,6 +33,7 @@ import httpx
 
 from thunder_core.contract import (
     RUNTIME_SPEC_TAG,
+    EnginePaths,
     Framework,
     ProgramEndStatus,
     ProgramStatus,
@@ -54,6 +55,7 @@ from thunder_scheduler.levers import (
 )
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduler.programs import ProgramRecord, ProgramRecords
+from thunder_scheduler.request_body import PROMPT_BLOCK_TOKENS, prompt_blocks
 from thunder_scheduler.tool_hooks import ProgramHooks, ToolHooks
 from thunder_scheduling.commands import (
     Admit,
@@ -95,6 +97,7 @@ class Driver:
         slot_offload: bool = False,
         hooks: ProgramHooks | None = None,
         total_slots: Callable[[str], int | None] | None = None,
+        prompt_split: bool = True,
     ) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be > 0, got {tick_s}")
@@ -117,6 +120,8 @@ class Driver:
         self._wake = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
         self._prewarm_seq = 0
+        self.prompt_split_enabled = prompt_split and prewarm_http is not None
+        """Prefill a tool-call response's next prefix while the tool runs (``prompt_split``)."""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -340,6 +345,9 @@ class Driver:
                 self.programs.ensure(command.program_id).priority = command.priority
             case Pause():
                 self.metrics.pauses.inc()
+                record = self.programs.get(command.program_id)
+                if record is not None:
+                    record.paused, record.split_keys = True, frozenset()
                 backend = self.backends.get(command.backend)
                 if backend is not None:
                     self._levers(backend).paused(command.program_id, backend)
@@ -367,6 +375,9 @@ class Driver:
         self._update_held()
 
     def _resume(self, command: Resume) -> None:
+        record = self.programs.get(command.program_id)
+        if record is not None:
+            record.paused = False
         self._tools.call("on_program_restoring", command.program_id)
         backend = self.backends.get(command.backend)
         if backend is None:
@@ -385,6 +396,36 @@ class Driver:
             path=last[0], body=last[1], request_id=f"{program_id}:warm-{self._prewarm_seq}",
             priority=self.priority_of(program_id),
         )
+        self._levers(backend).prefill(program_id, backend, request)
+
+    def prompt_split(self, program_id: str, prefix: Mapping[str, Any]) -> None:
+        """A response of ``program_id`` ended in tool calls; ``prefix`` is its next prompt's
+        known prefix (a chat body, ``next_prompt``). It becomes the body a later ``Prewarm``
+        (pre-restore) warms, and, unless the program is paused or that prefix is still
+        cached, it is prefilled now on the program's engine at a priority below the
+        program's own (docs/prompt-split.md)."""
+        record = self.programs.get(program_id)
+        if not self.prompt_split_enabled or record is None or record.backend is None:
+            return
+        self.programs.remember_body(program_id, EnginePaths.CHAT_COMPLETIONS, prefix)
+        if record.paused:
+            self.metrics.prompt_splits.labels("paused").inc()
+            return  # the core took its KV away: the Prewarm before its Resume warms this
+        keys = prompt_blocks(prefix, PROMPT_BLOCK_TOKENS)
+        if keys and keys[-1] in record.split_keys:
+            self.metrics.prompt_splits.labels("cached").inc()
+            return  # a key names its whole prefix: this one was prefilled and is resident
+        backend = self.backends.get(record.backend)
+        if backend is None:
+            return
+        record.split_keys = frozenset(keys)
+        self._prewarm_seq += 1
+        own = record.priority if record.priority is not None else 0
+        request = PrefillRequest(
+            path=EnginePaths.CHAT_COMPLETIONS, body=prefix,
+            request_id=f"{program_id}:split-{self._prewarm_seq}", priority=own - 1,
+        )
+        self.metrics.prompt_splits.labels("sent").inc()
         self._levers(backend).prefill(program_id, backend, request)
 
     def _release(self, command: Release) -> None:

@@ -2,7 +2,9 @@
 
 The proxy router (``thunder_scheduler.proxy``) calls, for every LLM request:
 
-1. ``new_request_id(program_id)``: the engine request id, ``<program>:<seq>``
+1. ``new_request_id(program_id, client_id)``: the engine request id: the client's own
+   ``rid`` when it sent one that is free (``thunder_core.contract.CLIENT_RID_FIELD``), else
+   ``<program>:<seq>``
    (``thunder_core.contract.engine_request_id``) or ``thunder-<32 hex digits>`` (128 random
    bits, as a UUID4 has 122, from ``os.urandom``: a sixth of ``uuid4().hex``'s cost) for an
    untagged request;
@@ -32,12 +34,13 @@ Untagged requests (no program id) never join a program: they are routed by the c
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from thunder_core.contract import engine_request_id
+from thunder_core.contract import CLIENT_RID_MAX_LEN, engine_request_id
 from thunder_scheduler.backends.base import Backend, RequestHints
 from thunder_scheduler.request_body import analyse, estimate_prompt_tokens
 from thunder_scheduling.events import (
@@ -59,6 +62,10 @@ __all__ = [
     "SchedulerGate",
     "Usage",
 ]
+
+_CLIENT_RID = re.compile(rf"[\x21-\x7e]{{1,{CLIENT_RID_MAX_LEN}}}\Z")
+"""A client ``rid`` kept as the engine request id: printable ASCII without spaces (it travels
+in the ``X-Thunder-Request-Id`` header and the engine's logs)."""
 
 class GateError(Exception):
     """The gate refuses a request: ``status`` is the HTTP status, ``reason`` the JSON reason."""
@@ -91,8 +98,9 @@ class Usage:
 class RequestGate(Protocol):
     """What the proxy data plane needs from the control plane."""
 
-    def new_request_id(self, program_id: str | None) -> str:
-        """``<program>:<seq>`` for a program's request, ``thunder-<32 hex>`` for an untagged one."""
+    def new_request_id(self, program_id: str | None, client_id: str | None = None) -> str:
+        """The client's free ``rid`` (``client_id``) if it sent one, else ``<program>:<seq>`` for
+        a program's request, ``thunder-<32 hex>`` for an untagged one."""
         ...
 
     def estimate_prompt_tokens(self, body: Mapping[str, Any]) -> int:
@@ -117,8 +125,14 @@ class RequestGate(Protocol):
         outcome: RequestOutcome,
         usage: Usage | None,
         ends_with_tool_call: bool,
+        *,
+        next_prefix: Mapping[str, Any] | None = None,
     ) -> None:
-        """The request ended (exactly once per acquired request; also after a held disconnect)."""
+        """The request ended (exactly once per acquired request; also after a held disconnect).
+
+        ``next_prefix``: when the response ended in tool calls, the next prompt's known prefix
+        (a chat body, ``next_prompt``); the proxy passes it only to a gate whose
+        ``prompt_split`` attribute is true."""
         ...
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
@@ -160,11 +174,21 @@ class SchedulerGate:
         self._arrived: set[str] = set()
         self._block_tokens = prompt_block_tokens
 
+    @property
+    def prompt_split(self) -> bool:
+        """Whether tool-call responses' next prefixes are wanted (the driver's setting)."""
+        return self._driver.prompt_split_enabled
+
     def tracked(self) -> int:
         """Requests fed as arrived and not yet finished."""
         return len(self._arrived)
 
-    def new_request_id(self, program_id: str | None) -> str:
+    def new_request_id(self, program_id: str | None, client_id: str | None = None) -> str:
+        if (client_id and _CLIENT_RID.match(client_id)
+                and client_id not in self._arrived):  # the client's rid, if usable and free
+            if program_id is not None:
+                self._driver.next_request_seq(program_id)  # its record, as for our own ids
+            return client_id
         if program_id is None:
             return f"thunder-{os.urandom(16).hex()}"
         return engine_request_id(program_id, self._driver.next_request_seq(program_id))
@@ -254,6 +278,8 @@ class SchedulerGate:
         outcome: RequestOutcome,
         usage: Usage | None,
         ends_with_tool_call: bool,
+        *,
+        next_prefix: Mapping[str, Any] | None = None,
     ) -> None:
         self._metrics.count_request(outcome.value)
         if placement is not None:
@@ -280,6 +306,8 @@ class SchedulerGate:
             cached_tokens=usage.cached_tokens if usage is not None else None,
             ends_with_tool_call=ends_with_tool_call,
         ))
+        if next_prefix is not None and outcome is RequestOutcome.OK:
+            self._driver.prompt_split(program_id, next_prefix)
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
         self._metrics.observe_proxy_overhead(seconds, streaming)

@@ -13,7 +13,8 @@ its ``limit_concurrency`` still accepts every connection. :class:`GuardedHttpToo
 * a **connection limit**: a connection beyond ``max_connections`` open ones is answered 503
   at once and closed.
 
-A request that runs out of time gets ``408`` (``{"error": {...}}``, ``connection: close``) if
+Bytes that are not HTTP get uvicorn's 400 in the same JSON shape. A request that runs out of
+time gets ``408`` (``{"error": {...}}``, ``connection: close``) if
 nothing of its answer was sent yet, and its connection is closed either way.
 
 :func:`listen_socket` makes the listening socket with ``TCP_NODELAY`` (see there).
@@ -32,7 +33,32 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from thunder_core.contract import error_body
 from thunder_scheduler.settings import ServiceSettings
 
-__all__ = ["GuardedHttpToolsProtocol", "listen_socket", "server_config"]
+__all__ = ["GuardedHttpToolsProtocol", "ensure_fd_room", "listen_socket", "server_config"]
+
+FD_HEADROOM = 1024
+"""File descriptors kept for everything but client connections: upstream connections (the
+pool holds up to ``upstream_max_connections``), engine control clients, logs, the state file."""
+
+
+def ensure_fd_room(max_connections: int) -> str | None:
+    """Raise the soft open-files limit so ``max_connections`` clients fit (up to the hard
+    limit); a warning when they cannot, else None. Past the limit ``accept`` fails with EMFILE
+    before the connection limit's 503 could answer."""
+    import resource
+
+    wanted = max_connections + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        return (f"open-files limit {soft} is below max_connections {max_connections} + "
+                f"{FD_HEADROOM}: lower --max-connections or raise the limit (ulimit -n)")
+    return None
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -91,6 +117,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP, in the service's one error shape."""
+        self._disarm()
+        self.transport.write(_raw_error(400, "Bad Request", msg, "bad_request"))
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

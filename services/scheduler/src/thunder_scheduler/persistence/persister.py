@@ -35,7 +35,7 @@ from thunder_scheduling.checkpoint import (
     restore,
 )
 from thunder_scheduling.commands import Command
-from thunder_scheduling.events import Event
+from thunder_scheduling.events import BackendFlushed, Event
 from thunder_scheduling.scheduler import ProgramScheduler
 from thunder_scheduling.snapshot import SchedulerSnapshot
 
@@ -59,6 +59,9 @@ class RecordingCore:
             touched.add(program_id)
         for command in commands:
             touched.add(command.program_id)
+        if isinstance(event, BackendFlushed):  # every live program's cached-prefix fields
+            touched.update(p.program_id for p in self.inner.snapshot().programs
+                           if p.end_status is None)
         return commands
 
     def tick(self, now: float) -> list[Command]:

@@ -12,7 +12,8 @@ Per request (``POST /v1/chat/completions``, ``/v1/completions``, ``/generate``):
 2. The rest runs inside :class:`_Exchange`, an ASGI response, so one task can watch the
    client's connection (ASGI ``http.disconnect``) for the whole life of the request:
    waiting in ``gate.acquire`` (the program may be held), waiting for the engine, streaming.
-3. ``gate.new_request_id`` gives the engine request id ``<program>:<seq>``;
+3. ``gate.new_request_id`` gives the engine request id ``<program>:<seq>`` (or the client's
+   own ``rid``, when it sent a free one);
    ``backend.decorate`` writes it into the body (SGLang ``rid``, vLLM ``request_id``,
    llama.cpp ``id_slot``) and ``backend.request_headers`` adds headers. OpenAI streaming
    requests get ``stream_options.include_usage = true`` (see ``streaming``).
@@ -62,6 +63,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from thunder_core.contract import (
+    CLIENT_RID_FIELD,
     REQUEST_ID_HEADER,
     THUNDER_HEADER_PREFIX,
     EnginePaths,
@@ -73,6 +75,11 @@ from thunder_core.contract import (
 from thunder_scheduler.backends.base import Backend
 from thunder_scheduler.gate import GateError, Placement, RequestGate, Usage
 from thunder_scheduler.json_limits import depth_error
+from thunder_scheduler.next_prompt import (
+    extended_prefix_body,
+    streamed_tool_call_message,
+    tool_call_message,
+)
 from thunder_scheduler.proxy.settings import ProxySettings
 from thunder_scheduler.proxy.streaming import SseScanner
 from thunder_scheduler.proxy.upstream import (
@@ -393,6 +400,8 @@ class _Exchange(Response):
         self._outcome = RequestOutcome.ERROR
         self._usage: Usage | None = None
         self._tool_call = False
+        self._next_prefix: dict[str, Any] | None = None  # prompt split: see next_prompt
+        self._prompt_body: dict[str, Any] = body
         self._upstream_open = False          # an upstream request is in flight
         self._response_started = False       # the status line went to the client
         self._response_complete = False      # the last byte went to the client
@@ -452,10 +461,16 @@ class _Exchange(Response):
             return
         gate = self._proxy.gate
         try:
-            gate.finish(
-                self._placement, self._program_id, self._request_id, self._outcome,
-                self._usage, self._tool_call,
-            )
+            if self._next_prefix is None:
+                gate.finish(
+                    self._placement, self._program_id, self._request_id, self._outcome,
+                    self._usage, self._tool_call,
+                )
+            else:
+                gate.finish(
+                    self._placement, self._program_id, self._request_id, self._outcome,
+                    self._usage, self._tool_call, next_prefix=self._next_prefix,
+                )
         except Exception:
             log.exception("gate.finish failed for request %s", self._request_id)
         refused_first = self._proxy.refused_first
@@ -486,7 +501,9 @@ class _Exchange(Response):
     async def _run(self, send: Send) -> None:
         proxy, endpoint = self._proxy, self._endpoint
         gate = proxy.gate
-        self._request_id = gate.new_request_id(self._program_id)
+        client_rid = self._body.get(CLIENT_RID_FIELD)
+        self._request_id = gate.new_request_id(
+            self._program_id, client_rid if isinstance(client_rid, str) else None)
         started = time.perf_counter()
         self._entered_acquire = True
         try:
@@ -511,6 +528,8 @@ class _Exchange(Response):
             if not wants_usage:
                 body["stream_options"] = {**options, "include_usage": True}
         plain = dict(body) if proxy.alternates is not None else body  # before decorate
+        if self._splits():
+            self._prompt_body = dict(body)  # undecorated: the split's prefix starts from it
 
         retried = False
         while True:
@@ -598,12 +617,17 @@ class _Exchange(Response):
         except orjson.JSONDecodeError:
             parsed = None
         self._usage, self._tool_call = response_usage(self._endpoint.native, parsed)
+        if self._tool_call and self._splits():
+            message = tool_call_message(parsed)
+            if message is not None:
+                self._next_prefix = extended_prefix_body(self._prompt_body, message)
         self._outcome = RequestOutcome.OK
 
     async def _relay_stream(
         self, send: Send, response: UpstreamResponse, upstream_sent_at: float, drop_usage: bool
     ) -> None:
-        scanner = SseScanner(native=self._endpoint.native, drop_usage_chunk=drop_usage)
+        scanner = SseScanner(native=self._endpoint.native, drop_usage_chunk=drop_usage,
+                             capture=self._splits())
         self._response_started = True
         await send(
             {
@@ -646,6 +670,16 @@ class _Exchange(Response):
         self._tool_call = scanner.ends_with_tool_call
         if failure is None:
             self._outcome = RequestOutcome.OK
+            if self._tool_call and scanner.captured is not None:
+                message = streamed_tool_call_message(scanner.captured)
+                if message is not None:
+                    self._next_prefix = extended_prefix_body(self._prompt_body, message)
+
+    def _splits(self) -> bool:
+        """Whether a tool-call response's next prefix is wanted (a program's chat request and
+        a gate that does the prompt split)."""
+        return (self._program_id is not None and self._endpoint is _CHAT
+                and bool(getattr(self._proxy.gate, "prompt_split", False)))
 
     @staticmethod
     def _serving_model(placement: Placement, serving: Sequence[Backend]) -> Placement:
