@@ -273,8 +273,12 @@ class Driver:
 
     def program_view(self, program_id: str) -> ProgramView | None:
         """The newest incarnation of ``program_id``, or None when the core never saw it."""
-        found = self.programs.views(self.core.snapshot(), program_id)
-        return found[0] if found else None
+        one = getattr(self.core, "program_snapshot", None)  # O(1); a scripted core may lack it
+        if one is None:
+            found = self.programs.views(self.core.snapshot(), program_id)
+            return found[0] if found else None
+        row = one(program_id)
+        return self.programs.view(row) if row is not None else None
 
     def live_program_ids(self) -> set[str]:
         """Programs that have not ended (the tool manager's view of who may hold runtimes)."""
