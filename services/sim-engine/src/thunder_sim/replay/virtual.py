@@ -383,7 +383,8 @@ class VirtualReplay:
                 if action.kind is GapKind.TOOL and run.tool_clock_s is not None:
                     end_s = max(self._now, run.tool_clock_s + action.duration_s)
                 run.tool_clock_s = None
-                if action.kind is GapKind.TOOL and self.config.levers.prompt_split:
+                if action.kind is GapKind.TOOL and self.config.levers.prompt_split \
+                        and end_s > self._now:
                     self._split(run)
                 if end_s > self._now:
                     self._at(end_s, lambda: self._advance(run))
