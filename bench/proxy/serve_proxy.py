@@ -55,7 +55,8 @@ class PassThroughGate:
         return Placement(self._backend, RequestHints(program_id, request_id))
 
     def finish(self, placement: Placement | None, program_id: str | None, request_id: str,
-               outcome: RequestOutcome, usage: Usage | None, ends_with_tool_call: bool) -> None:
+               outcome: RequestOutcome, usage: Usage | None, ends_with_tool_call: bool,
+               **kwargs: Any) -> None:
         return None
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:

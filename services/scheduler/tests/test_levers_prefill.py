@@ -74,3 +74,68 @@ async def test_a_refused_prewarm_is_counted_not_raised() -> None:
     assert metrics.registry.get_sample_value("thunder_prewarms_total") == 0
     assert metrics.registry.get_sample_value(
         "thunder_engine_lever_failures_total", {"lever": "prewarm"}) == 1
+
+
+def _split_count(metrics: ServiceMetrics, result: str) -> float:
+    return metrics.registry.get_sample_value("thunder_prompt_splits_total",
+                                             {"result": result}) or 0.0
+
+
+async def test_prompt_split_prefills_once_skips_a_paused_program_and_feeds_the_prewarm() -> None:
+    """The split's prefix is prefilled on the program's engine once; the same prefix again is
+    still cached; while paused nothing is sent, and the pre-restore ``Prewarm`` warms the
+    newest known prefix instead (one path for both)."""
+    from thunder_scheduling.commands import Admit, Pause, Resume
+    from thunder_scheduling.events import RequestArrived
+
+    sent: list[dict[str, Any]] = []
+
+    def engine(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(engine))
+    backend = SGLangBackend("gpu1", "http://gpu1:30000", http)
+    metrics = ServiceMetrics()
+    core = ScriptedCore([[Admit("p", "p:1", "gpu1")], [Pause("p", "gpu1", 10)],
+                         [Resume("p", "gpu1", "gpu1", migrated=False)], [Prewarm("p", "gpu1")]])
+    driver = Driver(core, {"gpu1": backend}, ManualClock(0.0), metrics, prewarm_http=http)
+    driver.arrive("p", "p:1", RequestArrived(at=0.0, program_id="p", request_id="p:1",
+                                             prompt_tokens_estimate=10))
+    user = {"role": "user", "content": "go"}
+
+    def prefix(call_id: str) -> dict[str, Any]:
+        call = {"id": call_id, "type": "function",
+                "function": {"name": "f", "arguments": "{}"}}
+        return {"model": "m", "messages": [user, {"role": "assistant", "content": None,
+                                                  "tool_calls": [call]}]}
+
+    async def settle() -> None:
+        await until_async(lambda: driver.tracked()["background_tasks"] == 0)
+
+    driver.prompt_split("p", prefix("c1"))
+    await settle()
+    driver.prompt_split("p", prefix("c1"))        # the same prefix: still cached
+    driver.feed(ProgramEnded(at=1.0, program_id="x"))  # -> Pause
+    driver.prompt_split("p", prefix("c2"))        # paused: nothing now
+    await settle()
+    assert [body["messages"] for body in sent] == [prefix("c1")["messages"]]
+    assert sent[0]["max_tokens"] == 1 and sent[0]["rid"] == "p:split-1"
+    driver.feed(ProgramEnded(at=2.0, program_id="x"))  # -> Resume
+    driver.feed(ProgramEnded(at=3.0, program_id="x"))  # -> Prewarm
+    await settle()
+    await http.aclose()
+    assert [body["messages"] for body in sent] == [prefix("c1")["messages"],
+                                                   prefix("c2")["messages"]]
+    assert [_split_count(metrics, r) for r in ("sent", "cached", "paused")] == [1, 1, 1]
+
+
+async def test_prompt_split_off_sends_nothing() -> None:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    backend = SGLangBackend("gpu1", "http://gpu1:30000", http)
+    driver = Driver(ScriptedCore([]), {"gpu1": backend}, ManualClock(0.0), ServiceMetrics(),
+                    prewarm_http=http, prompt_split=False)
+    driver.programs.ensure("p").backend = "gpu1"
+    driver.prompt_split("p", {"messages": [{"role": "user", "content": "go"}]})
+    assert driver.tracked()["background_tasks"] == 0 and driver.programs.last_body("p") is None
+    await http.aclose()

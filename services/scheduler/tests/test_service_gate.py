@@ -106,6 +106,8 @@ async def test_the_clients_rid_is_kept_unless_another_request_uses_it() -> None:
     # while rl-7 is in flight (held here) a second request with it gets the scheduler's own id
     assert gate.new_request_id("p", "rl-7") == "p:2"
     assert gate.new_request_id("p", "x" * 257) == "p:3"  # too long to be an engine id
+    assert gate.new_request_id("p", "r\udb1b+\u00d6") == "p:4"  # not printable ASCII
+    assert gate.new_request_id("p", "a b") == "p:5"
     assert gate.new_request_id(None, "mine") == "mine"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -51,8 +51,9 @@ API_KEY_HEADER: Final = "Authorization"
 
 CLIENT_RID_FIELD: Final = "rid"
 """SGLang's request id body field. A client's own ``rid`` (RL frameworks set one to abort by it)
-is kept as the engine request id when it is a string of at most ``CLIENT_RID_MAX_LEN``
-characters not in use by another request; otherwise the scheduler gives its own."""
+is kept as the engine request id when it is printable ASCII without spaces, at most
+``CLIENT_RID_MAX_LEN`` characters, and not in use by another request; otherwise the scheduler
+gives its own."""
 CLIENT_RID_MAX_LEN: Final = 256
 
 REQUEST_ID_HEADER: Final = "X-Thunder-Request-Id"

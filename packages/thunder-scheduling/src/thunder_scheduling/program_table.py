@@ -159,6 +159,14 @@ class ProgramTable:
         (bounded by live programs + ``keep_terminated``)."""
         return len(self._incarnations)
 
+    def newest(self, program_id: str) -> Program | None:
+        """The live program, else its newest kept ended incarnation; O(1)."""
+        live = self._live.get(program_id)
+        if live is not None:
+            return live
+        incarnation = self._incarnations.get(program_id)
+        return None if incarnation is None else self._ended.get((program_id, incarnation))
+
     def live(self) -> Iterator[Program]:
         return iter(self._live.values())
 

@@ -28,7 +28,12 @@ from thunder_scheduling.events import (
 )
 from thunder_scheduling.program_table import Program, ToolCall
 from thunder_scheduling.queues import KeyedHeap
-from thunder_scheduling.snapshot import SchedulerSnapshot, build_snapshot
+from thunder_scheduling.snapshot import (
+    ProgramSnapshot,
+    SchedulerSnapshot,
+    build_snapshot,
+    program_row,
+)
 from thunder_scheduling.state import SchedulerState, UnknownProgram
 
 DEFAULT_PROMPT_BLOCK_TOKENS = 64
@@ -112,6 +117,14 @@ class ProgramScheduler(SchedulerState):
             return None
         size = getattr(getattr(self.policy, "config", None), "block_tokens", None)
         return size if isinstance(size, int) and size > 0 else DEFAULT_PROMPT_BLOCK_TOKENS
+
+    def program_snapshot(self, program_id: str) -> ProgramSnapshot | None:
+        """One row of ``snapshot()``: the newest incarnation of ``program_id`` (live, else
+        recently ended), without building the whole snapshot; None when not known."""
+        program = self._table.newest(program_id)
+        if program is None:
+            return None
+        return program_row(program, self._now, self._weight_of_active(program, self._now))
 
     def has_program(self, program_id: str) -> bool:
         return self._table.get(program_id) is not None

@@ -37,6 +37,8 @@ BLOCK_TOKENS = 16
 class FakeToolCall:
     name: str
     arguments: dict[str, Any]
+    id: str | None = None
+    """The call id to answer with (None: a fresh random one each time)."""
 
 
 Turn = list[FakeToolCall] | str
@@ -52,7 +54,10 @@ def _render(messages: list[dict[str, Any]]) -> str:
         content = message.get("content")
         if isinstance(content, list):
             content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        parts.append(f"<{message.get('role')}>{content or ''}{message.get('tool_calls') or ''}")
+        # like a chat template: fields by name (key order and null vs "" content do not matter)
+        calls = message.get("tool_calls")
+        rendered = json.dumps(calls, sort_keys=True) if calls else ""
+        parts.append(f"<{message.get('role')}>{content or ''}{rendered}")
     return "\n".join(parts)
 
 
@@ -64,6 +69,9 @@ class ScriptedOpenAI:
     model: str = "scripted"
     capacity_tokens: int = 1_000_000
     requests: list[dict[str, Any]] = field(default_factory=list)
+    prefills: list[dict[str, Any]] = field(default_factory=list)
+    """Prefill-only requests (one output token, unstreamed: the scheduler's warm-ups and prompt
+    splits), recorded here instead of in ``requests``; they still fill the prefix cache."""
     aborted: list[str | None] = field(default_factory=list)
     _seen_blocks: set[tuple[int, str]] = field(default_factory=set)
     url: str = ""
@@ -158,7 +166,11 @@ class ScriptedOpenAI:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append({"headers": dict(request.headers), "body": body})
+        record = {"headers": dict(request.headers), "body": body}
+        if body.get("max_tokens") == 1 and not body.get("stream"):
+            self.prefills.append(record)
+        else:
+            self.requests.append(record)
         messages = body.get("messages") or []
         turn_index = sum(1 for m in messages if m.get("role") == "tool")
         turn = self.script[min(turn_index, len(self.script) - 1)]
@@ -170,7 +182,7 @@ class ScriptedOpenAI:
             completion_tokens = _count_tokens(turn)
         else:
             message["tool_calls"] = [
-                {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                {"id": call.id or f"call_{uuid.uuid4().hex[:12]}", "type": "function",
                  "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
                 for call in turn
             ]

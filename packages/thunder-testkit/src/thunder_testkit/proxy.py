@@ -165,6 +165,8 @@ class RecordingGate:
         outcome: RequestOutcome,
         usage: Usage | None,
         ends_with_tool_call: bool,
+        *,
+        next_prefix: Mapping[str, Any] | None = None,
     ) -> None:
         self.finished.append(
             Finished(placement, program_id, request_id, outcome, usage, ends_with_tool_call)

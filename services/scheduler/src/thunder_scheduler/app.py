@@ -196,6 +196,7 @@ def create_app(
         prewarm_bodies_max=settings.prewarm_bodies_max,
         slot_offload=settings.llamacpp_slot_offload,
         total_slots=total_slots,
+        prompt_split=settings.prompt_split,
     )
     tools = _make_tool_manager(settings, driver, metrics)
     driver.hooks = tools

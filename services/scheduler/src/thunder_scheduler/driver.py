@@ -33,6 +33,7 @@ import httpx
 
 from thunder_core.contract import (
     RUNTIME_SPEC_TAG,
+    EnginePaths,
     Framework,
     ProgramEndStatus,
     ProgramStatus,
@@ -53,7 +54,9 @@ from thunder_scheduler.levers import (
     make_levers,
 )
 from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduler.next_prompt import SplitAction, split_action
 from thunder_scheduler.programs import ProgramRecord, ProgramRecords
+from thunder_scheduler.request_body import PROMPT_BLOCK_TOKENS, prompt_blocks
 from thunder_scheduler.tool_hooks import ProgramHooks, ToolHooks
 from thunder_scheduling.commands import (
     Admit,
@@ -95,6 +98,7 @@ class Driver:
         slot_offload: bool = False,
         hooks: ProgramHooks | None = None,
         total_slots: Callable[[str], int | None] | None = None,
+        prompt_split: bool = True,
     ) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be > 0, got {tick_s}")
@@ -117,6 +121,8 @@ class Driver:
         self._wake = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
         self._prewarm_seq = 0
+        self.prompt_split_enabled = prompt_split and prewarm_http is not None
+        """Prefill a tool-call response's next prefix while the tool runs (``prompt_split``)."""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -268,8 +274,12 @@ class Driver:
 
     def program_view(self, program_id: str) -> ProgramView | None:
         """The newest incarnation of ``program_id``, or None when the core never saw it."""
-        found = self.programs.views(self.core.snapshot(), program_id)
-        return found[0] if found else None
+        one = getattr(self.core, "program_snapshot", None)  # O(1); a scripted core may lack it
+        if one is None:
+            found = self.programs.views(self.core.snapshot(), program_id)
+            return found[0] if found else None
+        row = one(program_id)
+        return self.programs.view(row) if row is not None else None
 
     def live_program_ids(self) -> set[str]:
         """Programs that have not ended (the tool manager's view of who may hold runtimes)."""
@@ -336,6 +346,9 @@ class Driver:
                 self.programs.ensure(command.program_id).priority = command.priority
             case Pause():
                 self.metrics.pauses.inc()
+                record = self.programs.get(command.program_id)
+                if record is not None:
+                    record.paused, record.split_keys = True, frozenset()
                 backend = self.backends.get(command.backend)
                 if backend is not None:
                     self._levers(backend).paused(command.program_id, backend)
@@ -363,6 +376,9 @@ class Driver:
         self._update_held()
 
     def _resume(self, command: Resume) -> None:
+        record = self.programs.get(command.program_id)
+        if record is not None:
+            record.paused = False
         self._tools.call("on_program_restoring", command.program_id)
         backend = self.backends.get(command.backend)
         if backend is None:
@@ -380,6 +396,33 @@ class Driver:
         request = PrefillRequest(
             path=last[0], body=last[1], request_id=f"{program_id}:warm-{self._prewarm_seq}",
             priority=self.priority_of(program_id),
+        )
+        self._levers(backend).prefill(program_id, backend, request)
+
+    def prompt_split(self, program_id: str, prefix: Mapping[str, Any]) -> None:
+        """A response of ``program_id`` ended in tool calls; ``prefix`` is its next prompt's
+        known prefix (a chat body, ``next_prompt``). It becomes the body a later ``Prewarm``
+        (pre-restore) warms, and, unless the program is paused or that prefix is still
+        cached, it is prefilled now on the program's engine at a priority below the
+        program's own (docs/prompt-split.md)."""
+        record = self.programs.get(program_id)
+        if not self.prompt_split_enabled or record is None or record.backend is None:
+            return
+        self.programs.remember_body(program_id, EnginePaths.CHAT_COMPLETIONS, prefix)
+        backend = self.backends.get(record.backend)
+        if backend is None:
+            return
+        keys = () if record.paused else prompt_blocks(prefix, PROMPT_BLOCK_TOKENS)
+        action = split_action(record.paused, keys, record.split_keys)
+        self.metrics.prompt_splits.labels(action.value).inc()
+        if action is not SplitAction.SENT:
+            return
+        record.split_keys = frozenset(keys)
+        self._prewarm_seq += 1
+        own = record.priority if record.priority is not None else 0
+        request = PrefillRequest(
+            path=EnginePaths.CHAT_COMPLETIONS, body=prefix,
+            request_id=f"{program_id}:split-{self._prewarm_seq}", priority=own - 1,
         )
         self._levers(backend).prefill(program_id, backend, request)
 

@@ -34,6 +34,7 @@ Untagged requests (no program id) never join a program: they are routed by the c
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ __all__ = [
     "SchedulerGate",
     "Usage",
 ]
+
+_CLIENT_RID = re.compile(rf"[\x21-\x7e]{{1,{CLIENT_RID_MAX_LEN}}}\Z")
+"""A client ``rid`` kept as the engine request id: printable ASCII without spaces (it travels
+in the ``X-Thunder-Request-Id`` header and the engine's logs)."""
 
 class GateError(Exception):
     """The gate refuses a request: ``status`` is the HTTP status, ``reason`` the JSON reason."""
@@ -120,8 +125,14 @@ class RequestGate(Protocol):
         outcome: RequestOutcome,
         usage: Usage | None,
         ends_with_tool_call: bool,
+        *,
+        next_prefix: Mapping[str, Any] | None = None,
     ) -> None:
-        """The request ended (exactly once per acquired request; also after a held disconnect)."""
+        """The request ended (exactly once per acquired request; also after a held disconnect).
+
+        ``next_prefix``: when the response ended in tool calls, the next prompt's known prefix
+        (a chat body, ``next_prompt``); the proxy passes it only to a gate whose
+        ``prompt_split`` attribute is true."""
         ...
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
@@ -163,13 +174,18 @@ class SchedulerGate:
         self._arrived: set[str] = set()
         self._block_tokens = prompt_block_tokens
 
+    @property
+    def prompt_split(self) -> bool:
+        """Whether tool-call responses' next prefixes are wanted (the driver's setting)."""
+        return self._driver.prompt_split_enabled
+
     def tracked(self) -> int:
         """Requests fed as arrived and not yet finished."""
         return len(self._arrived)
 
     def new_request_id(self, program_id: str | None, client_id: str | None = None) -> str:
-        if (client_id and len(client_id) <= CLIENT_RID_MAX_LEN
-                and client_id not in self._arrived):  # the client's rid, if free
+        if (client_id and _CLIENT_RID.match(client_id)
+                and client_id not in self._arrived):  # the client's rid, if usable and free
             if program_id is not None:
                 self._driver.next_request_seq(program_id)  # its record, as for our own ids
             return client_id
@@ -262,6 +278,8 @@ class SchedulerGate:
         outcome: RequestOutcome,
         usage: Usage | None,
         ends_with_tool_call: bool,
+        *,
+        next_prefix: Mapping[str, Any] | None = None,
     ) -> None:
         self._metrics.count_request(outcome.value)
         if placement is not None:
@@ -288,6 +306,8 @@ class SchedulerGate:
             cached_tokens=usage.cached_tokens if usage is not None else None,
             ends_with_tool_call=ends_with_tool_call,
         ))
+        if next_prefix is not None and outcome is RequestOutcome.OK:
+            self._driver.prompt_split(program_id, next_prefix)
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
         self._metrics.observe_proxy_overhead(seconds, streaming)

@@ -12,6 +12,8 @@ Series (prefix ``thunder_``):
 * ``requests_total{outcome}``: finished LLM requests by outcome (ok, error, disconnected);
 * ``pauses_total``, ``restores_total``, ``migrations_total``, ``lease_expiries_total``,
   ``prewarms_total``, ``engine_lever_failures_total{lever}``;
+* ``prompt_splits_total{result}``: tool-call responses whose next prefix was prefilled while
+  the tool ran (``sent``) or not (``cached``: still resident; ``paused``: warmed on resume);
 * ``held_requests``: requests parked at the proxy now;
 * ``hold_seconds``: how long a program's request waited at the proxy before it was admitted
   (0 for one admitted at once);
@@ -112,6 +114,11 @@ class ServiceMetrics:
             "thunder_lease_expiries", "Programs ended because their lease expired", registry=r
         )
         self.prewarms = Counter("thunder_prewarms", "Prefix warm-ups sent", registry=r)
+        self.prompt_splits = Counter(
+            "thunder_prompt_splits",
+            "Tool-call responses whose next prefix was prefilled (sent) or not (cached, paused)",
+            ["result"], registry=r,
+        )
         self.lever_failures = Counter(
             "thunder_engine_lever_failures", "Engine levers that failed (logged, not fatal)",
             ["lever"], registry=r,

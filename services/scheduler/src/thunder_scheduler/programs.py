@@ -46,6 +46,10 @@ class ProgramRecord:
     """From its start event, once the core took it (labels the programs-ended counter)."""
     end_status: str | None = None
     """From its ``ProgramEnded``, until the core's ``Release`` (labels the same counter)."""
+    paused: bool = False
+    """Between a ``Pause`` and the next ``Resume``: the core took its KV away."""
+    split_keys: frozenset[int] = frozenset()
+    """Prefix keys of the last prompt-split prefill on ``backend`` (cleared by ``Pause``)."""
 
 
 class ProgramRecords:

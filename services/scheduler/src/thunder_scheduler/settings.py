@@ -40,6 +40,10 @@ Defaults and their sources:
 * ``tools_enabled`` False: the tool manager (Docker runtimes) is opt-in; its own settings are
   the ``[tools]`` TOML table or ``THUNDER_TOOLS__<FIELD>`` env vars, defaults and reasons in
   ``thunder_scheduler.tools.settings``.
+* ``prompt_split`` True: when a chat response of a program ends in tool calls, prefill the
+  next prompt's known prefix (messages + the assistant's tool-call message) on its engine while
+  the tool runs, at a priority below the program's own; skipped when that prefix is still
+  cached or the program is paused (then the pre-restore warm-up uses it). docs/prompt-split.md.
 * ``llamacpp_slot_offload`` False: pin each program to a llama.cpp slot and save / restore the
   slot's KV on pause / resume (and erase it at program end). Off by default: pinning makes a
   program wait for its slot.
@@ -203,6 +207,10 @@ class ServiceSettings(BaseSettings):
     prewarm_bodies_max: int = Field(
         default=4096, ge=0,
         description="programs whose last request body is kept for warm-up before a restore",
+    )
+    prompt_split: bool = Field(
+        default=True,
+        description="prefill a tool-call response's next prompt prefix while the tool runs",
     )
     llamacpp_slot_offload: bool = Field(
         default=False,

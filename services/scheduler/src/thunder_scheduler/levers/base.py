@@ -15,15 +15,16 @@ driver calls       when                                         what the shipped
 ``paused``         ``Pause``: the program leaves the engine     llama.cpp: save its slot
 ``resumed``        ``Resume``: it comes back (maybe elsewhere)  llama.cpp: restore; SGLang:
                                                                 close a session left behind
-``prefill``        ``Prewarm`` (and, next, a prefix while a     a prefill-only request
-                   tool runs)                                   (``prefill.py``)
+``prefill``        ``Prewarm``, and the prompt split: the next  a prefill-only request
+                   prefix while a tool runs                     (``prefill.py``)
 ``ended``          ``Release``: the program is gone             free its engine state (close
                                                                 session, erase slot) and
                                                                 forget it
 =================  ===========================================  ===============================
 
 The next levers slot in as methods of this interface: HiCache offload / load-back behind
-``paused`` / ``resumed``, a prefix prefill while a tool runs through ``prefill``.
+``paused`` / ``resumed``. The prompt split (``Driver.prompt_split``, docs/prompt-split.md)
+already goes through ``prefill``.
 
 Per-program state a lever keeps lives in the lever and is dropped by ``ended``;
 ``tracked_programs()`` says how many programs it holds state for (it must reach 0 when every

@@ -75,6 +75,11 @@ from thunder_core.contract import (
 from thunder_scheduler.backends.base import Backend
 from thunder_scheduler.gate import GateError, Placement, RequestGate, Usage
 from thunder_scheduler.json_limits import depth_error
+from thunder_scheduler.next_prompt import (
+    extended_prefix_body,
+    streamed_tool_call_message,
+    tool_call_message,
+)
 from thunder_scheduler.proxy.settings import ProxySettings
 from thunder_scheduler.proxy.streaming import SseScanner
 from thunder_scheduler.proxy.upstream import (
@@ -395,6 +400,8 @@ class _Exchange(Response):
         self._outcome = RequestOutcome.ERROR
         self._usage: Usage | None = None
         self._tool_call = False
+        self._next_prefix: dict[str, Any] | None = None  # prompt split: see next_prompt
+        self._prompt_body: dict[str, Any] = body
         self._upstream_open = False          # an upstream request is in flight
         self._response_started = False       # the status line went to the client
         self._response_complete = False      # the last byte went to the client
@@ -454,10 +461,16 @@ class _Exchange(Response):
             return
         gate = self._proxy.gate
         try:
-            gate.finish(
-                self._placement, self._program_id, self._request_id, self._outcome,
-                self._usage, self._tool_call,
-            )
+            if self._next_prefix is None:
+                gate.finish(
+                    self._placement, self._program_id, self._request_id, self._outcome,
+                    self._usage, self._tool_call,
+                )
+            else:
+                gate.finish(
+                    self._placement, self._program_id, self._request_id, self._outcome,
+                    self._usage, self._tool_call, next_prefix=self._next_prefix,
+                )
         except Exception:
             log.exception("gate.finish failed for request %s", self._request_id)
         refused_first = self._proxy.refused_first
@@ -515,6 +528,8 @@ class _Exchange(Response):
             if not wants_usage:
                 body["stream_options"] = {**options, "include_usage": True}
         plain = dict(body) if proxy.alternates is not None else body  # before decorate
+        if self._splits():
+            self._prompt_body = dict(body)  # undecorated: the split's prefix starts from it
 
         retried = False
         while True:
@@ -602,12 +617,17 @@ class _Exchange(Response):
         except orjson.JSONDecodeError:
             parsed = None
         self._usage, self._tool_call = response_usage(self._endpoint.native, parsed)
+        if self._tool_call and self._splits():
+            message = tool_call_message(parsed)
+            if message is not None:
+                self._next_prefix = extended_prefix_body(self._prompt_body, message)
         self._outcome = RequestOutcome.OK
 
     async def _relay_stream(
         self, send: Send, response: UpstreamResponse, upstream_sent_at: float, drop_usage: bool
     ) -> None:
-        scanner = SseScanner(native=self._endpoint.native, drop_usage_chunk=drop_usage)
+        scanner = SseScanner(native=self._endpoint.native, drop_usage_chunk=drop_usage,
+                             capture=self._splits())
         self._response_started = True
         await send(
             {
@@ -650,6 +670,16 @@ class _Exchange(Response):
         self._tool_call = scanner.ends_with_tool_call
         if failure is None:
             self._outcome = RequestOutcome.OK
+            if self._tool_call and scanner.captured is not None:
+                message = streamed_tool_call_message(scanner.captured)
+                if message is not None:
+                    self._next_prefix = extended_prefix_body(self._prompt_body, message)
+
+    def _splits(self) -> bool:
+        """Whether a tool-call response's next prefix is wanted (a program's chat request and
+        a gate that does the prompt split)."""
+        return (self._program_id is not None and self._endpoint is _CHAT
+                and bool(getattr(self._proxy.gate, "prompt_split", False)))
 
     @staticmethod
     def _serving_model(placement: Placement, serving: Sequence[Backend]) -> Placement:

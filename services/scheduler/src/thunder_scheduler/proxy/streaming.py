@@ -30,6 +30,8 @@ from thunder_scheduler.proxy.usage import choice_tool_call, meta_info_usage, ope
 
 __all__ = ["SseScanner"]
 
+CAPTURE_MAX_BYTES = 1 << 20
+"""A stream whose payloads exceed this is not captured (no prompt split for it)."""
 _DATA = b"data:"
 _DONE = b"[DONE]"
 _INTERESTING = (b'"usage"', b"tool_calls", b'finish_reason":"', b'finish_reason": "')
@@ -44,6 +46,8 @@ class SseScanner:
     """
 
     __slots__ = (
+        "_captured",
+        "_captured_bytes",
         "_drop_usage",
         "_dropping",
         "_event",
@@ -54,8 +58,12 @@ class SseScanner:
         "_usage",
     )
 
-    def __init__(self, *, native: bool, drop_usage_chunk: bool) -> None:
+    def __init__(self, *, native: bool, drop_usage_chunk: bool, capture: bool = False) -> None:
         self._native = native
+        # capture: keep the raw ``data:`` payloads (no parsing) so the caller can rebuild a
+        # tool-call message after the stream (``next_prompt``); bounded by CAPTURE_MAX_BYTES
+        self._captured: list[bytes] | None = [] if capture and not native else None
+        self._captured_bytes = 0
         self._drop_usage = drop_usage_chunk and not native
         self._line = b""                  # incomplete line carried between chunks
         self._event = bytearray()         # current event's bytes (drop mode only)
@@ -78,6 +86,11 @@ class SseScanner:
     @property
     def ends_with_tool_call(self) -> bool:
         return self._tool_call
+
+    @property
+    def captured(self) -> list[bytes] | None:
+        """The stream's payloads when capturing (None: not capturing, or over the bound)."""
+        return self._captured
 
     def feed(self, chunk: bytes) -> bytes:
         """Scan ``chunk``; return the bytes to forward to the client now."""
@@ -138,6 +151,12 @@ class SseScanner:
         """Learn from one ``data:`` payload; True when it is a usage-only chunk to drop."""
         if not payload or payload == _DONE:
             return False
+        if self._captured is not None:
+            self._captured_bytes += len(payload)
+            if self._captured_bytes > CAPTURE_MAX_BYTES:
+                self._captured = None
+            else:
+                self._captured.append(payload)
         if self._native:
             self._last_native = payload
             self._usage = None

@@ -30,12 +30,15 @@ program state, which only the caller knows:
   (acting or paused: the engine cannot tell which).
 
 SGLang keeps no such ledger; this is instrumentation only and changes no engine decision.
-Cost: one dict write per evicted block, one set insert per newly cached block, one lookup per
-missed block at admission.
+Cost, all in C loops: one dict write per evicted block, one lookup per missed block at
+admission; with the replay's attribution also one dict write per newly cached block and one
+lookup per missed block never evicted here.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Protocol
 
@@ -64,22 +67,24 @@ class Attribution(Protocol):
         a request of program ``evictor`` (None: the decode batch)."""
         ...
 
-    def seen_elsewhere(self, block: int) -> bool:
-        """Whether another engine has cached ``block``."""
+    def cached(self, blocks: tuple[int, ...]) -> None:
+        """This engine has just cached ``blocks`` (for other engines' ``moved``)."""
+        ...
+
+    def count_elsewhere(self, blocks: Sequence[int]) -> int:
+        """How many of ``blocks`` (missing here, never evicted here) another engine cached."""
         ...
 
 
 class MissLedger:
-    """Per engine: the eviction cause of every block evicted here, the blocks ever cached
-    here, the programs with a request in the engine, and the totals per cause."""
+    """Per engine: the eviction cause of every block evicted here, the programs with a request
+    in the engine, and the totals per cause."""
 
-    __slots__ = ("attribution", "ever_cached", "evicted", "evictor", "live_owners", "page_tokens",
-                 "totals")
+    __slots__ = ("attribution", "evicted", "evictor", "live_owners", "page_tokens", "totals")
 
     def __init__(self, page_tokens: int) -> None:
         self.page_tokens = page_tokens
         self.attribution: Attribution = EngineOnlyAttribution(self)
-        self.ever_cached: set[int] = set()
         self.evicted: dict[int, MissCause] = {}
         self.evictor: str | None = None      # who the current allocation is for
         self.live_owners: dict[str, int] = {}
@@ -101,16 +106,14 @@ class MissLedger:
             del self.live_owners[owner]
 
     def cached(self, blocks: tuple[int, ...]) -> None:
-        self.ever_cached.update(blocks)
+        self.attribution.cached(blocks)
 
     def evicting(self, blocks: tuple[int, ...], owner: str | None) -> None:
         if self.evictor == RETRACTION_EVICTOR:
             cause = MissCause.RETRACTION
         else:
             cause = self.attribution.eviction_cause(owner, self.evictor)
-        evicted = self.evicted
-        for b in blocks:
-            evicted[b] = cause
+        self.evicted.update(dict.fromkeys(blocks, cause))
 
     def admitted(self, prompt_blocks: tuple[int, ...], prompt_tokens: int, matched_blocks: int,
                  whole_blocks: int, readmission: bool) -> dict[str, int]:
@@ -123,14 +126,22 @@ class MissLedger:
         if readmission:
             out[MissCause.RETRACTION] = missed
         else:
-            evicted = self.evicted
-            elsewhere = self.attribution.seen_elsewhere
-            for i in range(matched_blocks, whole_blocks):
-                b = prompt_blocks[i]
-                why = evicted.get(b)
-                if why is None:
-                    why = MissCause.MOVED if elsewhere(b) else MissCause.FIRST_SIGHT
-                out[why] = out.get(why, 0) + page
+            # per block, but in C: a long prompt misses thousands of blocks at once
+            keys = prompt_blocks[matched_blocks:whole_blocks]
+            tags = list(map(self.evicted.get, keys))
+            n_fresh = tags.count(None)
+            fresh: Sequence[int] = keys
+            if n_fresh < len(tags):
+                for why, n in Counter(tags).items():
+                    if why is not None:
+                        out[why] = n * page
+                fresh = [b for b, why in zip(keys, tags, strict=True) if why is None]
+            if fresh:
+                n_moved = self.attribution.count_elsewhere(fresh)
+                if n_moved:
+                    out[MissCause.MOVED] = n_moved * page
+                if len(fresh) > n_moved:
+                    out[MissCause.FIRST_SIGHT] = (len(fresh) - n_moved) * page
             tail = prompt_tokens - whole_blocks * page
             if tail:
                 out[MissCause.FIRST_SIGHT] = out.get(MissCause.FIRST_SIGHT, 0) + tail
@@ -155,8 +166,11 @@ class EngineOnlyAttribution:
             return MissCause.OVER_ADMISSION
         return MissCause.EVICTED_AWAY
 
-    def seen_elsewhere(self, block: int) -> bool:
-        return False
+    def cached(self, blocks: tuple[int, ...]) -> None:
+        pass
+
+    def count_elsewhere(self, blocks: Sequence[int]) -> int:
+        return 0
 
 
 def owner_of(rid: str) -> str:

@@ -20,7 +20,8 @@ A block missing on one engine that another engine has cached is ``moved``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 from thunder_sim.engine import Engine
 from thunder_sim.engine.ledger import MissCause
@@ -32,12 +33,12 @@ class ProgramPhases:
         self.paused: set[str] = set()
         self.forcing: set[str] = set()
         self.ended: set[str] = set()
+        self.cached_on: dict[int, str] = {}     # block -> the engine that cached it last
 
     def attach(self, engines: Mapping[str, Engine]) -> None:
-        """Make every engine's ledger ask these phases (and the other engines)."""
+        """Make every engine's ledger ask these phases (and where blocks were cached)."""
         for name, engine in engines.items():
-            others = [e.memory.ledger.ever_cached for n, e in engines.items() if n != name]
-            engine.attribute_with(_EngineView(self, others))
+            engine.attribute_with(_EngineView(self, name))
 
     # -- updates from the replay ---------------------------------------------------------
 
@@ -80,16 +81,22 @@ class ProgramPhases:
 
 
 class _EngineView:
-    """One engine's ``Attribution``: the shared phases plus the other engines' caches."""
+    """One engine's ``Attribution``: the shared phases, and which engine cached each block."""
 
-    __slots__ = ("_others", "_phases")
+    __slots__ = ("_name", "_phases")
 
-    def __init__(self, phases: ProgramPhases, others: list[set[int]]) -> None:
+    def __init__(self, phases: ProgramPhases, name: str) -> None:
         self._phases = phases
-        self._others = others
+        self._name = name
 
     def eviction_cause(self, owner: str | None, evictor: str | None) -> MissCause:
         return self._phases.eviction_cause(owner, evictor)
 
-    def seen_elsewhere(self, block: int) -> bool:
-        return any(block in cached for cached in self._others)
+    def cached(self, blocks: tuple[int, ...]) -> None:
+        self._phases.cached_on.update(dict.fromkeys(blocks, self._name))
+
+    def count_elsewhere(self, blocks: Sequence[int]) -> int:
+        """A block missing here and never evicted here was last cached by another engine if
+        ``cached_on`` names one (it cannot name this one: it would have been evicted here)."""
+        where = Counter(map(self._phases.cached_on.get, blocks))
+        return len(blocks) - where[None] - where[self._name]
