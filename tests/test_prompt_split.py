@@ -172,3 +172,52 @@ def test_no_prefill_while_the_prefix_is_still_cached() -> None:
         until(lambda: f.splits("cached") == 1 or None, timeout_s=10, what="the second split")
         assert sum(len(f.prefills(e)) for e in f.engines) == 1
         assert f.splits("sent") == 1
+
+
+def _langgraph_cache_read(split: bool) -> int:
+    """Run a wrapped hand-built agent once; the cached prompt tokens of its last model call."""
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode, tools_condition
+
+    from thunder_langgraph import wrap
+
+    with fleet([[WRITE], "done"], prompt_split=split) as f:
+
+        @tool
+        def write(path: str, text: str) -> str:
+            """Write text to a file."""
+            if split:  # the tool runs while the engine prefills the next prefix
+                until(lambda: sum(len(e.prefills) for e in f.engines) or None,
+                      timeout_s=10, what="the prompt split's prefill")
+            return "ok"
+
+        model = ChatOpenAI(model="scripted", base_url=f"{f.service.url}/v1",
+                           api_key="unused", max_retries=0).bind_tools([write])
+
+        def agent(state: MessagesState) -> dict[str, Any]:
+            return {"messages": [model.invoke(state["messages"])]}
+
+        graph = StateGraph(MessagesState)
+        graph.add_node("agent", agent)
+        graph.add_node("tools", ToolNode([write]))
+        graph.add_edge(START, "agent")
+        graph.add_conditional_edges("agent", tools_condition)
+        graph.add_edge("tools", "agent")
+        app = wrap(graph.compile(), scheduler_url=f.service.url)
+        result = app.invoke({"messages": [("system", SYSTEM), ("user", "write it")]},
+                            {"configurable": {"thunder_program_id": "lg"}})
+        app.flush()
+        last = [m for m in result["messages"] if isinstance(m, AIMessage)][-1]
+        assert last.content == "done" and last.usage_metadata is not None
+        return int(last.usage_metadata["input_token_details"]["cache_read"])
+
+
+@pytest.mark.slow
+def test_a_langgraph_agent_finds_its_tool_call_prefix_cached() -> None:
+    """A wrapped LangGraph agent (real ChatOpenAI, streaming dispatch on): the message that
+    ChatOpenAI sends back for the tool call renders like the one the scheduler prefilled, so
+    the second model call reads it from the cache."""
+    assert _langgraph_cache_read(True) > _langgraph_cache_read(False)

@@ -212,3 +212,19 @@ def test_every_registered_policy_is_covered() -> None:
     """The suite runs over the registry itself: a new policy cannot be left out."""
     assert set(POLICIES) >= {"thunder", "thunderagent", "round_robin", "cache_aware",
                              "continuum", "autellix", "sticky"}
+
+
+pressure = st.one_of(
+    st.tuples(st.just("request"), st.sampled_from(PIDS), st.integers(200, 900)),
+    st.tuples(st.just("finish"), st.sampled_from(PIDS), st.integers(300, 1200),
+              st.integers(0, 300), st.just(0), st.just(True)),
+    st.tuples(st.just("tick"), st.floats(4.0, 12.0)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(pressure, min_size=10, max_size=60))
+def test_thunderagent_bound_under_memory_pressure(ops: list[Any]) -> None:
+    """Requests and growing responses only, ticks every 4-12 s: its own bound is exercised
+    (the general mix above rarely overflows its estimate right before a tick)."""
+    run("thunderagent", ops, 1, check=True)

@@ -54,7 +54,10 @@ def _render(messages: list[dict[str, Any]]) -> str:
         content = message.get("content")
         if isinstance(content, list):
             content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        parts.append(f"<{message.get('role')}>{content or ''}{message.get('tool_calls') or ''}")
+        # like a chat template: fields by name (key order and null vs "" content do not matter)
+        calls = message.get("tool_calls")
+        rendered = json.dumps(calls, sort_keys=True) if calls else ""
+        parts.append(f"<{message.get('role')}>{content or ''}{rendered}")
     return "\n".join(parts)
 
 

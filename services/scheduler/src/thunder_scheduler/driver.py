@@ -54,6 +54,7 @@ from thunder_scheduler.levers import (
     make_levers,
 )
 from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduler.next_prompt import SplitAction, split_action
 from thunder_scheduler.programs import ProgramRecord, ProgramRecords
 from thunder_scheduler.request_body import PROMPT_BLOCK_TOKENS, prompt_blocks
 from thunder_scheduler.tool_hooks import ProgramHooks, ToolHooks
@@ -408,15 +409,13 @@ class Driver:
         if not self.prompt_split_enabled or record is None or record.backend is None:
             return
         self.programs.remember_body(program_id, EnginePaths.CHAT_COMPLETIONS, prefix)
-        if record.paused:
-            self.metrics.prompt_splits.labels("paused").inc()
-            return  # the core took its KV away: the Prewarm before its Resume warms this
-        keys = prompt_blocks(prefix, PROMPT_BLOCK_TOKENS)
-        if keys and keys[-1] in record.split_keys:
-            self.metrics.prompt_splits.labels("cached").inc()
-            return  # a key names its whole prefix: this one was prefilled and is resident
         backend = self.backends.get(record.backend)
         if backend is None:
+            return
+        keys = () if record.paused else prompt_blocks(prefix, PROMPT_BLOCK_TOKENS)
+        action = split_action(record.paused, keys, record.split_keys)
+        self.metrics.prompt_splits.labels(action.value).inc()
+        if action is not SplitAction.SENT:
             return
         record.split_keys = frozenset(keys)
         self._prewarm_seq += 1
@@ -425,7 +424,6 @@ class Driver:
             path=EnginePaths.CHAT_COMPLETIONS, body=prefix,
             request_id=f"{program_id}:split-{self._prewarm_seq}", priority=own - 1,
         )
-        self.metrics.prompt_splits.labels("sent").inc()
         self._levers(backend).prefill(program_id, backend, request)
 
     def _release(self, command: Release) -> None:
