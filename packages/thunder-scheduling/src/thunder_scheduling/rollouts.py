@@ -12,8 +12,9 @@ members seen. The rules (docs/scheduling.md, "Rollout batches"):
   prompt's prefix is cached there), as long as it ``fits`` under the low watermark and the
   group's weight there stays within the group's **fair share**: ``low_watermark x the healthy
   fleet's capacity x live members of the group / live members of the batch``. Otherwise the
-  next sibling backend by weight is tried, and if none qualifies the policy places it
-  (spill). The first sample of a group is placed by the policy like any program.
+  next sibling backend by weight is tried, then (spill) the roomiest backend the group is not
+  on yet where it fits; if none, the policy places it. The first sample of a group is placed
+  by the policy like any program.
 * **Stragglers** (``is_straggler``; policies with ``rollout_aware``): once more than
   ``rollout_drain_fraction`` (default 0.5) of a batch's programs have ended, the batch is
   *draining*: its live programs come first in the restore order, last in the pause order, and
@@ -254,8 +255,8 @@ def group_backend(
 ) -> str | None:
     """Where a new member should go to reuse its group's prefix: the sibling backend with the
     most sibling weight where the program fits under ``low_watermark`` and the group stays
-    within its fair share (module docstring); ``None``: no sibling runs, or every sibling
-    backend is full for the group (the policy places it: spill)."""
+    within its fair share (module docstring); else (spill) the roomiest backend the group is not
+    on where it fits; ``None``: no sibling runs, or nowhere qualifies (the policy places it)."""
     siblings = book.siblings(program.program_id)
     if not siblings:
         return None
@@ -281,7 +282,15 @@ def group_backend(
             continue
         if fits(program, ledger, view, low_watermark):
             return name
-    return None
+    spill: str | None = None
+    spill_room = 0.0
+    for ledger in view.healthy():  # spill: the roomiest backend the group is not on yet
+        if ledger.name in weight_on or not fits(program, ledger, view, low_watermark):
+            continue
+        room = low_watermark * ledger.capacity_tokens - ledger.committed_tokens(view.now)
+        if spill is None or room > spill_room:
+            spill, spill_room = ledger.name, room
+    return spill
 
 
 __all__ = [
