@@ -97,6 +97,8 @@ class EngineCounters:
     num_retracted_reqs: int = 0
     num_requests: int = 0
     num_aborted_reqs: int = 0
+    load_back_tokens: int = 0        # HiCache: tokens loaded host -> device
+    load_back_s: float = 0.0         # HiCache: their transfer time (before overlap)
     miss_tokens: dict[str, int] = field(default_factory=dict)
     """Missed prompt tokens of every admission (retracted and aborted ones too) by cause."""
     ttft_s: list[float] = field(default_factory=list)
