@@ -216,6 +216,9 @@ class Engine:
         pool = self.memory.pool
         c = self.counters
         self._trim_gen_window()
+        host = self.memory.host
+        if host is not None:
+            c.hicache_backup_tokens = host.backup_tokens
         return LoadSnapshot(
             num_running_reqs=len(self._running) + (1 if self._chunked is not None else 0),
             num_waiting_reqs=len(self._waiting),
@@ -224,6 +227,8 @@ class Engine:
             token_usage=pool.used_tokens / pool.capacity_tokens,
             cache_hit_rate=c.cached_tokens / c.prompt_tokens if c.prompt_tokens else 0.0,
             gen_throughput=self._gen_window_tokens / self.config.gen_throughput_window_s,
+            hicache_host_used_tokens=host.used_tokens if host is not None else 0,
+            hicache_host_total_tokens=host.capacity_tokens if host is not None else 0,
         )
 
     def check_invariants(self) -> None:
@@ -628,7 +633,8 @@ class Engine:
             rid=st.rid, prompt_tokens=st.req.prompt_tokens, completion_tokens=st.output_tokens,
             cached_tokens=st.cached_tokens, recomputed_tokens=st.recomputed_tokens,
             finish_reason=reason, arrival_s=st.req.arrival_s, first_token_s=st.first_token_s,
-            finished_s=end, retractions=st.retractions, miss_tokens=st.miss_tokens)
+            finished_s=end, retractions=st.retractions, miss_tokens=st.miss_tokens,
+            host_cached_tokens=st.load_tokens)
 
     def _record_generation(self, end: float, tokens: int) -> None:
         self.counters.generation_tokens += tokens
