@@ -25,6 +25,7 @@ from thunder_sim.replay.live import LiveConfig, LiveReplay
 from thunder_sim.replay.metrics import RunReport
 from thunder_sim.replay.player import GapPolicy
 from thunder_sim.replay.report import table, write
+from thunder_sim.replay.tool_levers import TOOL_CALL_TRAILING_TOKENS, ToolLevers
 from thunder_sim.replay.trace import TRACE_DIR_ENV, TraceError, default_trace_dir
 from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
 
@@ -83,6 +84,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the preset's KV pool size C")
     v.add_argument("--check-invariants", action="store_true",
                    help="check every engine's KV accounting after each step (slow)")
+    v.add_argument("--streaming-dispatch", action="store_true",
+                   help="start each tool when the engine has produced its call's last argument "
+                        "token (rule: thunder_sim/replay/tool_levers.py)")
+    v.add_argument("--prompt-split", action="store_true",
+                   help="prefill the next prompt's known prefix while the tool runs "
+                        "(prefill-only, lowest priority)")
+    v.add_argument("--tool-call-trailing-tokens", type=int, default=TOOL_CALL_TRAILING_TOKENS,
+                   help="output tokens after a tool call's last argument token "
+                        f"(default {TOOL_CALL_TRAILING_TOKENS})")
     live = p.add_argument_group("live mode (with --target)")
     live.add_argument("--target", default=None,
                       help="base URL of an OpenAI/SGLang-compatible server (our scheduler, a "
@@ -130,7 +140,9 @@ def run_virtual(fit: FitResult, gaps: GapPolicy, args: argparse.Namespace,
             cfg = VirtualConfig(
                 policy=policy, preset=args.preset, replicas=args.replicas,
                 engine_overrides=overrides, concurrency=concurrency, gaps=gaps,
-                duration_s=args.duration_s, check_invariants=args.check_invariants)
+                duration_s=args.duration_s, check_invariants=args.check_invariants,
+                levers=ToolLevers(args.streaming_dispatch, args.prompt_split,
+                                  args.tool_call_trailing_tokens))
             total = None if args.duration_s else sum(p.total_steps for p in fit.programs)
             with tqdm(total=total, desc=f"{policy} x{concurrency}", unit="step",
                       disable=args.no_progress, file=sys.stderr) as bar:

@@ -20,6 +20,12 @@ Definitions (the ThunderAgent paper's metric is agent steps per minute):
   ``max_paused_share``: the largest share of a program's life (start to end, or to the end of
   the run) spent paused, over every program (fairness; NaN in live mode, which does not see
   pauses);
+- ``ftr`` (Sutradhara's time to the final answer), per completed session (root program): a
+  session's final answer is its last LLM step; FTR = from the user's message (the send time of
+  the session's last step whose input is a human message, or of its first step) to the first
+  token of that final answer; ``ftr_p50_s`` / ``ftr_p90_s`` over sessions (NaN in live mode);
+- ``session`` time: from a session's start to the end of its last step, subagents included;
+  ``session_p50_s`` / ``session_p90_s`` over completed sessions.
 """
 
 from __future__ import annotations
@@ -83,6 +89,8 @@ class RunRecorder:
     born_s: dict[str, float] = field(default_factory=dict)
     paused_total_s: dict[str, float] = field(default_factory=dict)
     paused_shares: list[float] = field(default_factory=list)
+    ftr_s: list[float] = field(default_factory=list)
+    session_s: list[float] = field(default_factory=list)
 
     def started(self, program_id: str, at: float) -> None:
         self.programs_started += 1
@@ -159,6 +167,11 @@ class RunReport:
     extra: dict[str, Any] = field(default_factory=dict)
     miss_tokens: dict[str, int] = field(default_factory=dict)
     max_paused_share: float = 0.0
+    sessions_done: int = 0
+    ftr_p50_s: float = math.nan
+    ftr_p90_s: float = math.nan
+    session_p50_s: float = math.nan
+    session_p90_s: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,4 +209,8 @@ def summarise(
         failed_steps=rec.failed_steps, time_scale=time_scale, fit=fit, extra=extra or {},
         miss_tokens=ordered_misses(misses) if misses else {},
         max_paused_share=max(rec.paused_shares, default=0.0),
+        sessions_done=len(rec.session_s),
+        ftr_p50_s=percentile(rec.ftr_s, 50), ftr_p90_s=percentile(rec.ftr_s, 90),
+        session_p50_s=percentile(rec.session_s, 50),
+        session_p90_s=percentile(rec.session_s, 90),
     )

@@ -23,6 +23,14 @@ a completed step carries its admission's causes into the report. A ``Resume`` co
 forced when the command says so (a ``forced`` attribute) or, for cores that do not say, when
 the core's ``forced_restores`` counter rose in that call and the program had waited the
 aging bound (``config.max_paused_s``).
+
+FTR (``metrics.py``): each root program remembers when its current user turn was sent (its
+first step, or a step whose input is a human message); when its last step completes, the
+report gets ``first token - turn sent`` and the session's start-to-end time.
+
+Sutradhara's tool levers (``tool_levers.py``, off by default): ``levers.streaming_dispatch``
+starts a tool's clock when the engine has produced the call's last argument token;
+``levers.prompt_split`` prefills the next prompt's known prefix while the tool runs.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ from thunder_sim.replay.metrics import (
 from thunder_sim.replay.phases import ProgramPhases
 from thunder_sim.replay.player import Action, Call, GapPolicy, Spawn, ToolBegin, ToolEnd, Wait, plan
 from thunder_sim.replay.setup import build_engines
+from thunder_sim.replay.tool_levers import ToolLevers, known_prefix_blocks, tool_call_end_token
 from thunder_sim.replay.trace import GapKind, TraceProgram, TraceStep, ideal_hit_tokens, instantiate
 
 PROGRAM_LEASE_S = 86_400.0
@@ -89,6 +98,7 @@ class VirtualConfig:
     fast_forward_s: float = 0.05
     max_decode_steps: int = 256
     check_invariants: bool = False      # validate every engine's KV accounting after each step
+    levers: ToolLevers = field(default_factory=ToolLevers)
     label: str = ""
 
     def __post_init__(self) -> None:
@@ -109,6 +119,10 @@ class _Run:
     children_left: int = 0
     last_blocks: tuple[int, ...] = ()
     last_tokens: int = 0
+    last_output_tokens: int = 0
+    turn_sent_s: float = 0.0            # when the current user turn's first step was sent
+    tool_clock_s: float | None = None   # streaming dispatch: when the next tool started
+    backend: str | None = None          # the engine of its last admission
 
 
 @dataclass(slots=True)
@@ -151,6 +165,9 @@ class VirtualReplay:
         self._tick_at = math.inf
         self._prewarms = 0
         self._held = 0
+        self._splits = 0
+        self._watch: dict[str, tuple[str, int]] = {}  # rid -> (backend, end token), streaming
+        self._produced: dict[str, int] = {}           # rid -> output tokens so far (watched)
 
     # -- loop -----------------------------------------------------------------------------
 
@@ -196,7 +213,7 @@ class VirtualReplay:
             if self._busy[name] is None and engine.has_work():
                 horizon = self._now + self.config.fast_forward_s
                 until = min(self._heap[0][0], horizon) if self._heap else horizon
-                res = engine.step(self._now, self.config.max_decode_steps, until)
+                res = engine.step(self._now, self._decode_cap(name), until)
                 if self.config.check_invariants:
                     engine.check_invariants()
                 if res.duration_s <= 0 and not res.finished:
@@ -207,6 +224,8 @@ class VirtualReplay:
         busy = self._busy[name]
         assert busy is not None
         self._busy[name] = None
+        if self._watch:
+            self._check_watches(busy[1])
         for fin in busy[1].finished:
             pending = self._pending.pop(fin.rid, None)
             if pending is None:
@@ -219,6 +238,13 @@ class VirtualReplay:
                 completion_tokens=fin.completion_tokens, cached_tokens=fin.cached_tokens,
                 ends_with_tool_call=run.idx < len(run.actions)
                 and isinstance(run.actions[run.idx], ToolBegin)))
+            self._watch.pop(fin.rid, None)
+            self._produced.pop(fin.rid, None)
+            if ok and run.parent is None and pending.step.index == len(run.program.steps) - 1 \
+                    and fin.first_token_s is not None:
+                self.recorder.ftr_s.append(fin.first_token_s - run.turn_sent_s)
+                self.recorder.session_s.append(
+                    self._now - self.recorder.born_s.get(run.program.program_id, self._now))
             if ok:
                 self.recorder.steps.append(StepRecord(
                     run.program.program_id, pending.step.index, pending.sent_s,
@@ -278,6 +304,8 @@ class VirtualReplay:
                 self.phases.resumed(cmd.program_id, forced=False)
                 for rid in getattr(cmd, "held_request_ids", ()):
                     pending = self._pending.pop(rid, None)
+                    self._watch.pop(rid, None)
+                    self._produced.pop(rid, None)
                     if pending is not None:
                         self.recorder.failed_steps += 1
                         self._at(self._now, _bind(self._advance, pending.run))
@@ -293,6 +321,9 @@ class VirtualReplay:
         step = pending.step
         priority = cmd.priority if cmd.priority is not None else self._priority.get(
             cmd.program_id, 0)
+        pending.run.backend = cmd.backend
+        if cmd.request_id in self._watch:
+            self._watch[cmd.request_id] = (cmd.backend, self._watch[cmd.request_id][1])
         self.engines[cmd.backend].submit(EngineRequest(
             rid=cmd.request_id, prompt_blocks=step.blocks, prompt_tokens=step.prompt_tokens,
             max_new_tokens=step.output_tokens, priority=priority, arrival_s=self._now,
@@ -348,8 +379,15 @@ class VirtualReplay:
                     self.recorder.capped_human_s += capped
                 else:
                     self.recorder.capped_tool_s += capped
-                if action.duration_s > 0:
-                    self._at(self._now + action.duration_s, lambda: self._advance(run))
+                end_s = self._now + action.duration_s
+                if action.kind is GapKind.TOOL and run.tool_clock_s is not None:
+                    end_s = max(self._now, run.tool_clock_s + action.duration_s)
+                run.tool_clock_s = None
+                if action.kind is GapKind.TOOL and self.config.levers.prompt_split \
+                        and end_s > self._now:
+                    self._split(run)
+                if end_s > self._now:
+                    self._at(end_s, lambda: self._advance(run))
                     return
             elif isinstance(action, ToolBegin):
                 self.phases.tool_started(pid)
@@ -378,10 +416,69 @@ class VirtualReplay:
         pid = run.program.program_id
         rid = engine_request_id(pid, step.index)
         run.last_blocks, run.last_tokens = step.blocks, step.prompt_tokens
+        run.last_output_tokens = step.output_tokens
+        if step.gap_kind is not GapKind.TOOL:
+            run.turn_sent_s = self._now
+        run.tool_clock_s = None
         self._pending[rid] = _Pending(run, step, rid, self._now)
+        if self.config.levers.streaming_dispatch and self._tool_follows(run):
+            end = tool_call_end_token(step.output_tokens, self.config.levers.trailing_tokens)
+            if end < step.output_tokens:
+                self._watch[rid] = ("", end)
+                self._produced[rid] = 0
         self._feed(RequestArrived(
             self._now, pid, rid, prompt_tokens_estimate=step.prompt_tokens,
             max_output_tokens=step.output_tokens, prompt_blocks=step.blocks))
+
+    # -- tool levers (tool_levers.py) -----------------------------------------------------
+
+    @staticmethod
+    def _tool_follows(run: _Run) -> bool:
+        """The step just sent ends in a tool call that runs for a trace gap (not a spawn)."""
+        nxt = run.actions[run.idx:run.idx + 2]
+        return len(nxt) == 2 and isinstance(nxt[0], ToolBegin) and isinstance(
+            nxt[1], Wait) and nxt[1].kind is GapKind.TOOL
+
+    def _decode_cap(self, name: str) -> int:
+        """Decode iterations the engine may fast-forward: never past a watched request's
+        tool-call end (every running request gains one token per decode iteration)."""
+        cap = self.config.max_decode_steps
+        for rid, (backend, end) in self._watch.items():
+            if backend == name:
+                cap = min(cap, max(1, end - self._produced[rid]))
+        return cap
+
+    def _check_watches(self, res: StepResult) -> None:
+        for prog in res.progress:
+            watch = self._watch.get(prog.rid)
+            if watch is None:
+                continue
+            self._produced[prog.rid] += prog.new_tokens
+            if self._produced[prog.rid] >= watch[1]:
+                del self._watch[prog.rid]
+                del self._produced[prog.rid]
+                pending = self._pending.get(prog.rid)
+                if pending is not None:
+                    pending.run.tool_clock_s = self._now
+
+    def _split(self, run: _Run) -> None:
+        """Prefill the next prompt's known prefix on the program's engine (prefill-only, lowest
+        priority) while its tool runs; skipped when cached there or the program is paused."""
+        pid = run.program.program_id
+        nxt = next((a.step for a in run.actions[run.idx:] if isinstance(a, Call)), None)
+        engine = self.engines.get(run.backend) if run.backend is not None else None
+        if nxt is None or engine is None or pid in self.phases.paused:
+            return
+        blocks = known_prefix_blocks(nxt.blocks, nxt.prompt_tokens, run.last_tokens,
+                                     run.last_output_tokens, run.program.block_tokens)
+        if not blocks or engine.memory.cache.match_len(blocks) >= len(blocks):
+            return
+        self._splits += 1
+        low = 1 if engine.config.schedule_low_priority_values_first else -1
+        engine.submit(EngineRequest(
+            rid=f"{pid}:split:{self._splits}", prompt_blocks=blocks,
+            prompt_tokens=len(blocks) * run.program.block_tokens, max_new_tokens=0,
+            priority=low * (2**31 - 1), arrival_s=self._now, owner=pid), self._now)
 
     # -- report ---------------------------------------------------------------------------
 
@@ -402,6 +499,7 @@ class VirtualReplay:
             recomputed_tokens=sum(e.counters.recomputed_tokens for e in self.engines.values()),
             ideal=ideal_hit_tokens(self._played), fit=self.fit,
             extra={"prewarms": self._prewarms, "held_requests": self._held,
+                   "prompt_splits": self._splits, "levers": cfg.levers.name,
                    "retractions": sum(e.counters.num_retracted_reqs
                                       for e in self.engines.values()),
                    "kv_pool_tokens": next(iter(self.engines.values())).capacity_tokens,

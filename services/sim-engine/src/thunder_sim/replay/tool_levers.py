@@ -1,0 +1,69 @@
+"""Sutradhara's two tool levers as the virtual replay models them: the modelling rules.
+
+The trace records each response's output length and that it ended in ``tool_use``, not where
+inside the output the call's arguments close nor how many calls it held (``output_types`` is a
+set). So the replay places them by rule:
+
+- **Where a tool call ends in the output** (``tool_call_end_token``): a response's tool call is
+  the tail of its output (chat models emit text / reasoning first, then the calls), and its
+  last argument token is followed by ``trailing_tokens`` tokens that carry no argument: the
+  closing of the JSON object and of the call, and the end of turn. Default 4, Qwen3's hermes
+  format (``}}``, ``\\n``, ``</tool_call>``, ``<|im_end|>``). The position is clamped to
+  ``[1, output_tokens]``. One call per tool-calling response: the trace does not record
+  parallel calls, and the replay's gap is the whole tool step.
+- **Streaming dispatch** (``--streaming-dispatch``): the tool starts when the engine has
+  produced that token (the replay follows each request's ``StepResult.progress`` and caps the
+  engine's fast-forward so the iteration that produces it ends there), not when the response
+  ends. The tool's duration stays the trace gap, so the next request is sent at
+  ``max(response end, tool start + gap)``. The scheduler still hears ``ToolStarted`` when the
+  response ends (the request is still running until then); only the tool's clock moves.
+- **Tool-aware prompt split** (``--prompt-split``): when a response ends in a tool call, the
+  next prompt is known up to the end of that response: ``known_prefix_tokens`` =
+  ``min(next prompt, this prompt + this output)``, of which the whole blocks (only whole blocks
+  are cached) are the next prompt's leading block keys. While the tool runs, the replay
+  prefills them on the program's engine as a prefill-only request (``max_new_tokens=0``) at
+  the lowest engine priority, unless they are all cached there already or the scheduler has
+  paused the program. The simulated engine never caches output blocks, so on an append-only
+  session the split always has this response's output to prefill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TOOL_CALL_TRAILING_TOKENS = 4
+"""Tokens after a tool call's last argument token (Qwen3 hermes format, see module doc)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolLevers:
+    streaming_dispatch: bool = False
+    prompt_split: bool = False
+    trailing_tokens: int = TOOL_CALL_TRAILING_TOKENS
+
+    def __post_init__(self) -> None:
+        if self.trailing_tokens < 0:
+            raise ValueError(
+                f"--tool-call-trailing-tokens must be >= 0, got {self.trailing_tokens}")
+
+    @property
+    def name(self) -> str:
+        """``none``, ``split``, ``stream`` or ``split+stream`` (labels of reports)."""
+        parts = [n for n, on in (("split", self.prompt_split),
+                                 ("stream", self.streaming_dispatch)) if on]
+        return "+".join(parts) or "none"
+
+
+def tool_call_end_token(output_tokens: int, trailing_tokens: int) -> int:
+    """The output position (1-based) of the tool call's last argument token."""
+    return max(1, min(output_tokens, output_tokens - trailing_tokens))
+
+
+def known_prefix_blocks(
+    next_blocks: tuple[int, ...], next_prompt_tokens: int, prompt_tokens: int,
+    output_tokens: int, block_tokens: int,
+) -> tuple[int, ...]:
+    """The whole blocks of the next prompt known when this response (``prompt_tokens`` in,
+    ``output_tokens`` out) ends in a tool call."""
+    known = min(next_prompt_tokens, prompt_tokens + output_tokens)
+    return next_blocks[: known // block_tokens]
