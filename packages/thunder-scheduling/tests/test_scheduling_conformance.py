@@ -32,9 +32,15 @@ from core_harness import Harness
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from thunder_core.contract import ProgramStatus
+from thunder_core.contract import (
+    ROLLOUT_GROUP_TAG,
+    ROLLOUT_SAMPLE_TAG,
+    ROLLOUT_TAG,
+    ProgramStatus,
+)
 from thunder_scheduling import policy_names
 from thunder_scheduling.commands import Command, Hold, Release
+from thunder_scheduling.events import RolloutCut, RolloutStarted
 from thunder_scheduling.policy import BasePolicy
 
 PIDS = [f"p{i}" for i in range(6)]
@@ -107,7 +113,15 @@ BOUNDS: dict[str, tuple[Callable[[Harness, bool], None], float]] = {
 """Policy -> (its own bound check, its longest wait for a held request)."""
 
 
-def run(policy: str, ops: list[tuple[Any, ...]], page: int, check: bool) -> list[Command]:
+def run(
+    policy: str,
+    ops: list[tuple[Any, ...]],
+    page: int,
+    check: bool,
+    rollout: tuple[float | None] | None = None,
+) -> list[Command]:
+    """``rollout``: the six programs start as one RL rollout batch (three groups of two, the
+    batch's ``cut_fraction`` given) before the ops, and a ``cut`` op cuts what is left."""
     h = Harness(
         policy,
         {"a": 2000, "b": 1500, "c": 1000},
@@ -122,6 +136,12 @@ def run(policy: str, ops: list[tuple[Any, ...]], page: int, check: bool) -> list
     held_since: dict[str, float] = {}
     calls = 0
     ticks_before = 0.0
+    if rollout is not None:
+        h.feed(RolloutStarted(h.now, "batch", size=len(PIDS), cut_fraction=rollout[0]))
+        for index, pid in enumerate(PIDS):
+            h.start(pid, tags={ROLLOUT_TAG: "batch", ROLLOUT_GROUP_TAG: str(index // 2),
+                               ROLLOUT_SAMPLE_TAG: str(index % 2)})
+            live.add(pid)
     for item in ops:
         kind = item[0]
         commands: list[Command] = []
@@ -160,6 +180,8 @@ def run(policy: str, ops: list[tuple[Any, ...]], page: int, check: bool) -> list
                                         healthy=item[2], page_size_tokens=page)
         elif kind == "capacity":
             commands = h.backend_update(item[1], item[2], page_size_tokens=page)
+        elif kind == "cut" and rollout is not None:
+            commands = h.feed(RolloutCut(h.now, "batch"))
         for release in h.of(Release, commands):
             live.discard(release.program_id)
             tools.pop(release.program_id, None)
@@ -206,6 +228,20 @@ def test_policy_conforms_under_any_event_sequence(
 @given(ops=st.lists(op, max_size=60), page=st.sampled_from([1, 16]))
 def test_policy_is_deterministic(policy: str, ops: list[Any], page: int) -> None:
     assert run(policy, ops, page, check=False) == run(policy, ops, page, check=False)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.one_of(op, st.tuples(st.just("cut"))), max_size=60),
+       page=st.sampled_from([1, 16, 64]),
+       cut_fraction=st.one_of(st.none(), st.sampled_from([0.5, 0.75, 1.0])))
+def test_policy_conforms_with_a_rollout_batch(
+    policy: str, ops: list[Any], page: int, cut_fraction: float | None
+) -> None:
+    """The same bounds with the six programs in one rollout batch (group placement,
+    stragglers, cut-off in play) and cuts among the events; the same commands twice."""
+    log = run(policy, ops, page, check=True, rollout=(cut_fraction,))
+    assert log == run(policy, ops, page, check=False, rollout=(cut_fraction,))
 
 
 def test_every_registered_policy_is_covered() -> None:

@@ -17,6 +17,10 @@ Every constant has its source:
   (``tool_time.py``); 0.2 keeps about the last 5-10 calls in view (effective window
   (2 - alpha) / alpha = 9 samples), the usual smoothing for noisy service times.
 * ``keep_terminated = 1000``: ended programs kept for ``GET /v1/programs`` and metrics.
+* ``rollout_drain_fraction = 0.5``: the issue's straggler rule ("once more than half of its
+  programs have ended"); ``rollout_priority_boost = 100``: a tenth of the paused-priority
+  offset, so a straggler outranks its batch's peers but never an active program over a paused
+  one's offset.
 """
 
 from __future__ import annotations
@@ -65,6 +69,11 @@ class SchedulerConfig:
     """Smoothing of the per-tool duration estimate (weight of the newest sample)."""
     keep_terminated: int = 1000
     """How many ended programs the snapshot keeps (oldest dropped first)."""
+    rollout_drain_fraction: float = 0.5
+    """A rollout batch is draining once more than this fraction of it ended: its live
+    programs are stragglers (first to restore, last to pause) under rollout-aware policies."""
+    rollout_priority_boost: int = 100
+    """Added to a straggler's engine priority while it is active."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "lease_s", "max_paused_s", "tick_s", "tool_ewma_alpha")
@@ -75,6 +84,16 @@ class SchedulerConfig:
         if self.tool_ewma_alpha > 1:
             raise ConfigError(
                 f"SchedulerConfig.tool_ewma_alpha must be in (0, 1], got {self.tool_ewma_alpha!r}"
+            )
+        drain = self.rollout_drain_fraction
+        if not isinstance(drain, int | float) or not 0 <= drain < 1:
+            raise ConfigError(
+                f"SchedulerConfig.rollout_drain_fraction must be in [0, 1), got {drain!r}"
+            )
+        if not isinstance(self.rollout_priority_boost, int) or self.rollout_priority_boost < 0:
+            raise ConfigError(
+                f"SchedulerConfig.rollout_priority_boost must be an int >= 0, "
+                f"got {self.rollout_priority_boost!r}"
             )
         if not isinstance(self.keep_terminated, int) or self.keep_terminated < 0:
             raise ConfigError(

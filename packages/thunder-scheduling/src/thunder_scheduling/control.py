@@ -24,6 +24,7 @@ from thunder_scheduling.config import SchedulerConfig
 from thunder_scheduling.policy import Policy, PolicyView
 from thunder_scheduling.program_table import Program
 from thunder_scheduling.queues import Entry, KeyedHeap
+from thunder_scheduling.rollouts import RolloutBook
 
 if TYPE_CHECKING:
     from thunder_scheduling.state import SchedulerState
@@ -79,6 +80,11 @@ class SchedulerControl:
     @property
     def config(self) -> SchedulerConfig:
         return self._s.config
+
+    @property
+    def rollouts(self) -> RolloutBook:
+        """Rollout batches and their members (``rollouts.py``)."""
+        return self._s._rollouts
 
     def ledger(self, backend: str) -> BackendLedger:
         return self._s._ledgers[backend]

@@ -108,6 +108,27 @@ class ProgramEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutStarted:
+    """An RL rollout batch was opened (``rollouts.py``): ``size`` programs are coming, tagged
+    with ``rollout``; with ``cut_fraction`` set, what is left is cut once that fraction of the
+    batch has ended. Optional: the first tagged ``ProgramStarted`` opens a batch too."""
+
+    at: float
+    rollout: str
+    size: int | None = None
+    cut_fraction: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutCut:
+    """The rest of an RL rollout batch is to be cut now (partial rollouts): every live member
+    is released (``Release(reason="rollout_cut")``)."""
+
+    at: float
+    rollout: str
+
+
+@dataclass(frozen=True, slots=True)
 class CacheHintReceived:
     """An adapter's cache hint about a program (``thunder_core.contract.CacheHint``; a
     ``conversation_ended`` hint arrives as ``ProgramEnded`` instead). ``kind`` is the
@@ -131,6 +152,8 @@ Event = (
     | ToolFinished
     | ProgramEnded
     | CacheHintReceived
+    | RolloutStarted
+    | RolloutCut
 )
 
 __all__ = [
@@ -143,6 +166,8 @@ __all__ = [
     "RequestArrived",
     "RequestFinished",
     "RequestOutcome",
+    "RolloutCut",
+    "RolloutStarted",
     "ToolFinished",
     "ToolStarted",
 ]

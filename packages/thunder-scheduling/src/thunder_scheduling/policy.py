@@ -48,7 +48,9 @@ A policy answers these questions (all have defaults in :class:`BasePolicy`):
     When the passes next need a ``tick`` even if nothing happens (``None``: never). The
     default: the aging bound of the oldest waiter, and ``tick_s`` from now while any wait.
 
-Attributes: ``pauses`` (overflow pausing on), ``high_watermark`` / ``low_watermark``
+Attributes: ``rollout_aware`` (the scheduler adds the rollout-batch rules of ``rollouts.py``
+to this policy's placement and keys; comparison baselines leave it False), ``pauses``
+(overflow pausing on), ``high_watermark`` / ``low_watermark``
 (fractions of capacity: pause when committed use exceeds high, pause down to low, admit and
 restore only up to low), ``acting_half_life_s`` (the half-life of ``WeightMode.DECAYING``),
 ``routes_requests`` (call ``route_request`` per request; program-aware policies leave it
@@ -175,6 +177,7 @@ class Policy(Protocol):
     restore_needs_fit: bool
     routes_requests: bool
     reads_prompt_blocks: bool
+    rollout_aware: bool
 
     def place(self, program: Program, view: PolicyView) -> str | None: ...
 
@@ -258,6 +261,9 @@ class BasePolicy:
     restore_needs_fit = False
     """Sticky ``place`` returns the previous backend whether or not the program fits."""
     routes_requests = False
+    rollout_aware = False
+    """True: the scheduler applies the rollout-batch rules (``rollouts.py``: group-aware
+    placement of new programs, stragglers first) on top of this policy's hooks."""
     reads_prompt_blocks = False
     """True when the policy reads ``RequestArrived.prompt_blocks`` (the driver computes the
     fingerprint only then, so other policies pay nothing for it)."""

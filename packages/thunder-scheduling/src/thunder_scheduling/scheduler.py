@@ -23,11 +23,14 @@ from thunder_scheduling.events import (
     ProgramStarted,
     RequestArrived,
     RequestFinished,
+    RolloutCut,
+    RolloutStarted,
     ToolFinished,
     ToolStarted,
 )
 from thunder_scheduling.program_table import Program, ToolCall
 from thunder_scheduling.queues import KeyedHeap
+from thunder_scheduling.rollouts import RolloutStatus, apply_cuts
 from thunder_scheduling.snapshot import (
     ProgramSnapshot,
     SchedulerSnapshot,
@@ -72,6 +75,10 @@ class ProgramScheduler(SchedulerState):
                 self._terminate(program, event.status, event.reason or "ended", now)
             case CacheHintReceived(kind="back_in", seconds=float() as seconds):
                 self._on_back_in(event.program_id, seconds, now)
+            case RolloutStarted():
+                self._rollouts.open(event.rollout, now, event.size, event.cut_fraction)
+            case RolloutCut():
+                self._rollouts.request_cut(event.rollout)
         self._decide(now)
         return self._flush()
 
@@ -125,6 +132,10 @@ class ProgramScheduler(SchedulerState):
         if program is None:
             return None
         return program_row(program, self._now, self._weight_of_active(program, self._now))
+
+    def rollout(self, rollout: str) -> RolloutStatus | None:
+        """A rollout batch's progress and the programs its cut-off ended (``None``: unknown)."""
+        return self._rollouts.status(rollout)
 
     def has_program(self, program_id: str) -> bool:
         return self._table.get(program_id) is not None
@@ -202,6 +213,7 @@ class ProgramScheduler(SchedulerState):
         program.tags = dict(ev.tags)
         program.parent_program_id = ev.parent_program_id
         program.lease_s = ev.lease_s
+        self._rollouts.join(program.program_id, program.tags, now)
         self._touch(program, now)
         self._sync(program, now)
 
@@ -344,6 +356,7 @@ class ProgramScheduler(SchedulerState):
     # -- decisions --------------------------------------------------------------------------------
 
     def _decide(self, now: float) -> None:
+        apply_cuts(self._control, now)
         self.policy.decide(self._control, now)
 
 

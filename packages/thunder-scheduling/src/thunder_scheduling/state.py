@@ -31,6 +31,7 @@ from thunder_scheduling.control import SchedulerControl
 from thunder_scheduling.policy import Policy, PolicyView
 from thunder_scheduling.program_table import Program, ProgramTable
 from thunder_scheduling.queues import KeyedHeap, WaitingQueue
+from thunder_scheduling.rollouts import RolloutBook, group_backend
 from thunder_scheduling.tool_time import ToolTimeEstimator
 
 
@@ -65,6 +66,7 @@ class SchedulerState:
         self._leases: dict[float, dict[str, float]] = {}
         self._lease_of: dict[str, float] = {}
         self._tools = ToolTimeEstimator(config.tool_ewma_alpha)
+        self._rollouts = RolloutBook(config.rollout_drain_fraction)
         self._now = float("-inf")
         self._out: list[Command] = []
         self._dirty: dict[str, None] = {}
@@ -164,7 +166,7 @@ class SchedulerState:
     def _enqueue(self, program: Program, now: float) -> None:
         program.status = ProgramStatus.PAUSED
         program.paused_since = now
-        self._waiting.add(program, self.policy.restore_key(program), now)
+        self._waiting.add(program, self._restore_key(program), now)
         self._sync(program, now)
 
     def _resume(self, program: Program, backend: str, now: float) -> None:
@@ -225,6 +227,10 @@ class SchedulerState:
         program.ended_at = now
         program.last_event_at = now
         self._table.end(program)
+        draining = self._rollouts.ended(program.program_id)
+        if draining is not None and self.policy.rollout_aware:
+            for program_id in draining.live():  # once per batch: stragglers re-keyed
+                self._sync(self._table_get(program_id), now)
         self._count("programs_ended")
         self._out.append(Release(program.program_id, program.backend, reason, held))
         self._room_changed = True
@@ -246,7 +252,7 @@ class SchedulerState:
                     ledger.mark(pid)
             ledger.add(pid, self._charge(program, ledger))
         if active_on is not None and not program.marked and self.policy.pauses:
-            key = self.policy.pause_key(program)
+            key = self._pause_key(program)
             if key is not None:
                 if self._in_pause_heap.get(pid) not in (None, active_on):
                     self._drop_from_pause_heap(pid)
@@ -257,7 +263,7 @@ class SchedulerState:
         else:
             self._drop_from_pause_heap(pid)
         if program.status is ProgramStatus.PAUSED:
-            self._waiting.rekey(program, self.policy.restore_key(program))
+            self._waiting.rekey(program, self._restore_key(program))
             if pid in self._waiting and program.paused_since is not None:
                 deadline = self.policy.aging_deadline(
                     program.started_at,
@@ -274,11 +280,38 @@ class SchedulerState:
             self._deadlines.push(program, (program.weight_switch_at,))
         else:
             self._deadlines.discard(pid)
-        priority = self.policy.engine_priority(program, self._view(now))
+        priority = self._engine_priority(program, now)
         if priority != program.engine_priority:
             program.engine_priority = priority
             if priority is not None:
                 self._out.append(SetPriority(pid, priority))
+
+    def _restore_key(self, program: Program) -> tuple[float, ...]:
+        """The policy's restore key; under a rollout-aware policy stragglers come first."""
+        key = self.policy.restore_key(program)
+        if not self.policy.rollout_aware:
+            return key
+        return (0 if self._rollouts.is_straggler(program.program_id) else 1, *key)
+
+    def _pause_key(self, program: Program) -> tuple[float, ...] | None:
+        """The policy's pause key; under a rollout-aware policy stragglers are paused last."""
+        key = self.policy.pause_key(program)
+        if key is None or not self.policy.rollout_aware:
+            return key
+        return (1 if self._rollouts.is_straggler(program.program_id) else 0, *key)
+
+    def _engine_priority(self, program: Program, now: float) -> int | None:
+        """The policy's engine priority; an active unmarked straggler gets the boost."""
+        priority = self.policy.engine_priority(program, self._view(now))
+        if (
+            priority is not None
+            and self.policy.rollout_aware
+            and program.status is ProgramStatus.ACTIVE
+            and not program.marked
+            and self._rollouts.is_straggler(program.program_id)
+        ):
+            return priority + self.config.rollout_priority_boost
+        return priority
 
     def _apply_weight_switch(self, program: Program, now: float) -> bool | None:
         if program.phase is not ProgramPhase.ACTING or program.weight_switch_at is None:
@@ -344,7 +377,14 @@ class SchedulerState:
     def _place(
         self, program: Program, now: float, restoring: bool, forced: bool = False
     ) -> str | None:
-        backend = self.policy.place(program, self._view(now, restoring, forced))
+        view = self._view(now, restoring, forced)
+        backend = None
+        if self.policy.rollout_aware and not forced and program.backend is None:
+            backend = group_backend(
+                self._rollouts, program, view, self.policy.low_watermark, self._table_get
+            )
+        if backend is None:
+            backend = self.policy.place(program, view)
         if backend is None:
             return None
         self._check_backend(backend, program)

@@ -12,7 +12,9 @@ chose them are in docs/scheduling.md ("The thunder policy"). What it ports and h
   with old waiters promoted first (ThunderAgent restored largest first);
 * ``place``: the previous backend when the program fits there, else best fit (ThunderAgent:
   the emptiest replica, ignoring locality); a program larger than the low watermark runs alone;
-* engine priority lowered by ``paused_priority_offset`` while marked or paused.
+* engine priority lowered by ``paused_priority_offset`` while marked or paused;
+* ``rollout_aware``: RL rollout batches get group-aware placement and stragglers first
+  (``rollouts.py``; ThunderAgent has no notion of a batch).
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class ThunderPolicy(BasePolicy):
     name = "thunder"
     pauses = True
     restore_needs_fit = True
+    rollout_aware = True
 
     def __init__(self, config: ThunderConfig | None = None) -> None:
         self.config = config or ThunderConfig()
