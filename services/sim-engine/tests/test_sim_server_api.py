@@ -284,3 +284,35 @@ async def test_metrics_expose_the_recompute_ledger(sim: Start) -> None:
     parsed = parse_metrics(text)
     assert parsed[f"{MISS_METRIC}/first_sight"] == values["first_sight"]
     assert parsed[MISS_METRIC] == sum(values.values())
+
+
+async def test_hicache_flags_server_info_and_metrics(sim: Start) -> None:
+    """With ``--enable-hierarchical-cache`` a prefix evicted from the device comes back from
+    host: counted as cached (``cache_source="host"``) and in ``load_back_tokens_total``."""
+    url = await sim(50.0, "--enable-hierarchical-cache", "--max-total-tokens", "1280",
+                    "--hicache-write-policy", "write_back")
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        info = (await c.get("/server_info")).json()
+        assert info["enable_hierarchical_cache"] is True and info["hicache_ratio"] == 2.0
+        assert info["hicache_size"] == 0 and info["hicache_write_policy"] == "write_back"
+
+        async def gen(keys: list[int]) -> dict[str, Any]:
+            trace = {"hash_ids": keys, "prompt_tokens": 64 * len(keys), "session": "s"}
+            r = await c.post("/generate", json={"thunder_trace": trace,
+                                                "sampling_params": {"max_new_tokens": 1}})
+            meta: dict[str, Any] = r.json()["meta_info"]
+            return meta
+
+        await gen(list(range(100, 108)))
+        await gen(list(range(500, 516)))          # evicts the first prompt's 8 blocks
+        again = await gen(list(range(100, 110)))
+        assert again["cached_tokens"] == 8 * 64
+        assert again["cached_tokens_details"] == {"device": 0, "host": 8 * 64}
+        text = (await c.get("/metrics")).text
+    parsed = {ln.split("{")[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+              if ln.startswith("sglang:") and "{" in ln}
+    assert parsed["sglang:load_back_tokens_total"] == 8 * 64
+    assert parsed["sglang:hicache_host_total_tokens"] == (2560 // 64 + 1) * 64
+    assert parsed["sglang:hicache_host_used_tokens"] > 0
+    assert ('sglang:cached_tokens_total{cache_source="host",engine_type="unified",'
+            f'model_name="Qwen/Qwen3-8B"}} {8 * 64}.0') in text

@@ -9,6 +9,11 @@ Each constant is a datasheet figure (dense, i.e. without 2:4 structured sparsity
 - H200 SXM 141GB: NVIDIA H200 datasheet, https://www.nvidia.com/en-us/data-center/h200/
   (same tensor-core figures as H100 SXM, "GPU Memory 141GB", "GPU Memory Bandwidth 4.8TB/s").
 
+``host_device_bytes_per_s`` is the host-to-device link HiCache loads back over: PCIe Gen5 x16
+on both, NVIDIA's datasheets list "PCIe Gen5: 128GB/s" (both directions together), so 64 GB/s
+one way. Achieved copy bandwidth is lower (pinned-memory copies reach about 50-55 GB/s on Gen5
+x16); the datasheet figure is kept, as for the other peaks.
+
 ``usable_memory_bytes`` is the device memory the CUDA driver reports (``nvidia-smi`` /
 ``torch.cuda.mem_get_info`` total): 81,559 MiB on H100 SXM 80GB and 143,771 MiB on H200,
 the values SGLang's ``get_device_memory_capacity`` sees when it sizes ``mem_fraction_static``.
@@ -28,9 +33,11 @@ class GpuSpec:
     fp8_dense_flops: float        # FLOP/s, dense tensor-core peak
     hbm_bytes_per_s: float        # HBM bandwidth, bytes/s
     usable_memory_bytes: int      # what the driver reports as total device memory
+    host_device_bytes_per_s: float = 64e9   # PCIe Gen5 x16, one direction (datasheet 128/2)
 
     def __post_init__(self) -> None:
-        if min(self.bf16_dense_flops, self.fp8_dense_flops, self.hbm_bytes_per_s) <= 0:
+        if min(self.bf16_dense_flops, self.fp8_dense_flops, self.hbm_bytes_per_s,
+               self.host_device_bytes_per_s) <= 0:
             raise ValueError(f"{self.name}: peak figures must be positive")
         if self.usable_memory_bytes <= 0:
             raise ValueError(f"{self.name}: memory must be positive")
@@ -42,6 +49,7 @@ H100_SXM = GpuSpec(
     fp8_dense_flops=1979e12,      # datasheet 3,958 TFLOPS with sparsity / 2
     hbm_bytes_per_s=3.35e12,      # datasheet 3.35 TB/s (HBM3)
     usable_memory_bytes=81_559 * MIB,  # 80 GB HBM3 as reported by the driver
+    host_device_bytes_per_s=64e9,  # datasheet "PCIe Gen5: 128GB/s" (both directions)
 )
 
 H200 = GpuSpec(
@@ -50,6 +58,7 @@ H200 = GpuSpec(
     fp8_dense_flops=1979e12,
     hbm_bytes_per_s=4.8e12,       # datasheet 4.8 TB/s (HBM3e)
     usable_memory_bytes=143_771 * MIB,  # 141 GB HBM3e as reported by the driver
+    host_device_bytes_per_s=64e9,  # datasheet "PCIe Gen5: 128GB/s" (both directions)
 )
 
 GPUS: dict[str, GpuSpec] = {"h100": H100_SXM, "h200": H200}

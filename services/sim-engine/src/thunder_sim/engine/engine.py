@@ -34,6 +34,12 @@ Every admission's missed prompt tokens are attributed to a cause by the recomput
 the caller knows about programs; ``counters.miss_tokens`` holds the totals and each
 ``FinishedRequest.miss_tokens`` its last admission's.
 
+HiCache (``--enable-hierarchical-cache``, ``host_cache.py``): off by default. When on, the
+radix cache gets a host tier; an admission whose device match continues in host memory loads
+those blocks back (they count as cached tokens, as in SGLang), and the prefill that follows
+pays for the transfer, overlapped layer by layer with its compute
+(``host_cache.overlapped_time_s``). ``counters.load_back_tokens`` / ``load_back_s`` count it.
+
 Deviation, to never deadlock: when nothing runs and the head request's prompt fits the pool
 but the output reservation does not, it is admitted anyway (decode retracts or aborts later,
 as SGLang aborts a lone request that outgrows the pool); if even its prompt cannot fit
@@ -54,6 +60,7 @@ from collections import deque
 
 from thunder_sim.costmodel.base import CostModel, PrefillChunk
 from thunder_sim.engine.config import EngineConfig
+from thunder_sim.engine.host_cache import HostCache, overlapped_time_s
 from thunder_sim.engine.kv_pool import KVPool
 from thunder_sim.engine.ledger import RETRACTION_EVICTOR, Attribution
 from thunder_sim.engine.memory import KVMemory
@@ -75,8 +82,12 @@ class Engine:
         self.config = config
         self.cost = cost
         self._page = config.page_tokens
+        host = None
+        if config.enable_hierarchical_cache:
+            host = HostCache(config.host_pool_tokens, config.page_tokens,
+                             config.hicache_write_policy)
         self.memory = KVMemory(KVPool(config.kv_pool_tokens, config.page_tokens),
-                               RadixCache(config.eviction_policy))
+                               RadixCache(config.eviction_policy), host)
         self.counters = EngineCounters()
         self.counters.miss_tokens = self.memory.ledger.totals
         self._waiting: list[ReqState] = []
@@ -181,6 +192,8 @@ class Engine:
             self._sessions[sid] = None
         freed = self.memory.cache.reset()
         self.memory.pool.free(freed)
+        if self.memory.host is not None:
+            self.memory.host.clear()
         return True
 
     def open_session(self, session_id: str) -> bool:
@@ -203,6 +216,9 @@ class Engine:
         pool = self.memory.pool
         c = self.counters
         self._trim_gen_window()
+        host = self.memory.host
+        if host is not None:
+            c.hicache_backup_tokens = host.backup_tokens
         return LoadSnapshot(
             num_running_reqs=len(self._running) + (1 if self._chunked is not None else 0),
             num_waiting_reqs=len(self._waiting),
@@ -211,6 +227,8 @@ class Engine:
             token_usage=pool.used_tokens / pool.capacity_tokens,
             cache_hit_rate=c.cached_tokens / c.prompt_tokens if c.prompt_tokens else 0.0,
             gen_throughput=self._gen_window_tokens / self.config.gen_throughput_window_s,
+            hicache_host_used_tokens=host.used_tokens if host is not None else 0,
+            hicache_host_total_tokens=host.capacity_tokens if host is not None else 0,
         )
 
     def check_invariants(self) -> None:
@@ -296,20 +314,25 @@ class Engine:
                     self._waiting.pop(0)
                     return self._stuck_abort(st, now)
                 break
-            evictable_before = mem.cache.evictable_blocks
-            cached = mem.attach_prefix(st)
-            # Locking the matched prefix removes it from what is evictable: re-check with it.
-            newly_locked = evictable_before - mem.cache.evictable_blocks
+            room_before = mem.pool.free_pages + mem.cache.evictable_blocks
+            mem.ledger.evictor = st.req.owner      # a load-back may evict
+            cached = mem.attach_prefix(st, avail_pages)
+            # Locking the matched prefix (and pages loaded back from host) removes it from what
+            # is available: re-check with it. Loaded pages are part of ``need`` already.
+            loaded_pages = st.load_tokens // p
+            newly_locked = room_before - mem.pool.free_pages - mem.cache.evictable_blocks
+            if loaded_pages:
+                extend -= st.load_tokens
             e = self._chunk_len(st, extend, rem_chunk, avail_pages - newly_locked)
             if avail_pages - newly_locked < 0 or (e <= 0 < extend) or (
-                    not alone and need + newly_locked * p >= rem_total):
+                    not alone and need + (newly_locked - loaded_pages) * p >= rem_total):
                 mem.release(st)
                 if alone:   # nothing runs and pinned KV leaves no room: it can never start
                     self._waiting.pop(0)
                     return self._stuck_abort(st, now)
                 break
             avail_pages -= newly_locked
-            rem_total -= need + newly_locked * p
+            rem_total -= need + (newly_locked - loaded_pages) * p
             st.target_tokens = st.req.prompt_tokens + st.output_tokens
             st.cached_tokens = cached
             if st.admissions:
@@ -351,6 +374,8 @@ class Engine:
     def _run_prefill(self, plan: list[tuple[ReqState, int]], now: float) -> StepResult:
         mem = self.memory
         chunks: list[PrefillChunk] = []
+        load_tokens = mem.load_pending_tokens     # loaded back by this plan's admissions
+        mem.load_pending_tokens = 0
         for st, e in plan:
             mem.ledger.evictor = st.req.owner
             ok = mem.ensure_free(mem.pages_to_grow(st, e))
@@ -359,6 +384,12 @@ class Engine:
             mem.grow(st, e)
             mem.cache_prompt(st)
         duration = self.cost.prefill_time_s(chunks)
+        if load_tokens:
+            cfg = self.config
+            load_s = load_tokens * cfg.kv_bytes_per_token / cfg.host_device_bytes_per_s
+            duration = overlapped_time_s(duration, load_s, cfg.num_layers)
+            self.counters.load_back_tokens += load_tokens
+            self.counters.load_back_s += load_s
         end = now + duration
         progress: list[TokenProgress] = []
         finished: list[FinishedRequest] = []
@@ -602,7 +633,8 @@ class Engine:
             rid=st.rid, prompt_tokens=st.req.prompt_tokens, completion_tokens=st.output_tokens,
             cached_tokens=st.cached_tokens, recomputed_tokens=st.recomputed_tokens,
             finish_reason=reason, arrival_s=st.req.arrival_s, first_token_s=st.first_token_s,
-            finished_s=end, retractions=st.retractions, miss_tokens=st.miss_tokens)
+            finished_s=end, retractions=st.retractions, miss_tokens=st.miss_tokens,
+            host_cached_tokens=st.load_tokens)
 
     def _record_generation(self, end: float, tokens: int) -> None:
         self.counters.generation_tokens += tokens

@@ -8,12 +8,19 @@ exceeds the pool (``KVPool.allocate`` raises if a caller skips the check).
 
 ``ledger`` (``ledger.py``) hears every block cached and evicted; the engine sets
 ``ledger.evictor`` to the program an allocation is for before it may evict.
+
+With HiCache on, ``host`` (``host_cache.py``) hears every block inserted, matched and evicted,
+and ``attach_prefix`` loads a host continuation of the device match back into the tree (its
+pages are allocated here, evicting device cache if needed); loaded blocks are matched blocks,
+so they count as cached tokens (SGLang's ``prefix_indices`` include them) and as hits in the
+ledger.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from thunder_sim.engine.host_cache import LOAD_BACK_THRESHOLD_TOKENS, HostCache
 from thunder_sim.engine.kv_pool import KVPool
 from thunder_sim.engine.ledger import MissLedger
 from thunder_sim.engine.radix_cache import RadixCache
@@ -21,15 +28,23 @@ from thunder_sim.engine.request_state import ReqState
 
 
 class KVMemory:
-    __slots__ = ("cache", "evicted_tokens", "ledger", "page_tokens", "pool")
+    __slots__ = ("cache", "evicted_tokens", "host", "ledger", "load_pending_tokens", "page_tokens",
+                 "pool")
 
-    def __init__(self, pool: KVPool, cache: RadixCache) -> None:
+    def __init__(self, pool: KVPool, cache: RadixCache, host: HostCache | None = None) -> None:
         self.pool = pool
         self.cache = cache
         self.page_tokens = pool.page_tokens
         self.evicted_tokens = 0
         self.ledger = MissLedger(pool.page_tokens)
-        cache.on_evict = self.ledger.evicting
+        self.host = host
+        self.load_pending_tokens = 0    # loaded back, not yet charged to a prefill
+        cache.on_evict = self.ledger.evicting if host is None else self._evicting
+
+    def _evicting(self, blocks: tuple[int, ...], owner: str | None) -> None:
+        self.ledger.evicting(blocks, owner)
+        assert self.host is not None
+        self.host.device_evicted(blocks)
 
     def available_tokens(self) -> int:
         """Free plus evictable tokens (SGLang's ``available_size() + evictable_size()``)."""
@@ -49,12 +64,38 @@ class KVMemory:
             self.evict(short)
         return self.pool.free_pages >= pages
 
-    def attach_prefix(self, st: ReqState) -> int:
-        """Match the request's whole prompt blocks, lock the path; returns cached tokens."""
+    def attach_prefix(self, st: ReqState, load_quota_pages: int = 0) -> int:
+        """Match the request's whole prompt blocks, lock the path; returns cached tokens.
+        With a host tier, a host continuation of at least ``LOAD_BACK_THRESHOLD_TOKENS`` that
+        fits ``load_quota_pages`` (less the pages the lock takes) and the pool is loaded back
+        (all or nothing, ``HiRadixCache.load_back``); ``st.load_tokens`` says how much."""
         assert st.node is None and st.own_pages == 0
         blocks = st.req.prompt_blocks[: st.whole_blocks]
-        node, matched = self.cache.match(blocks, st.req.priority, st.req.owner)
-        self.cache.lock(node)
+        cache = self.cache
+        node, matched = cache.match(blocks, st.req.priority, st.req.owner)
+        evictable_before = cache.evictable_blocks
+        cache.lock(node)
+        st.load_tokens = 0
+        host = self.host
+        if host is not None:
+            host.device_hit(blocks[:matched])
+            n = host.match_len(blocks[matched:])
+            quota = load_quota_pages - (evictable_before - cache.evictable_blocks)
+            if n * self.page_tokens >= LOAD_BACK_THRESHOLD_TOKENS and n <= quota \
+                    and self.ensure_free(n) and host.match_len(blocks[matched:matched + n]) == n:
+                loaded = blocks[matched:matched + n]
+                self.pool.allocate(n)
+                new_node, new_blocks = cache.insert(blocks[:matched + n], st.req.priority,
+                                                    st.req.owner)
+                assert new_blocks == n, "host blocks were already on the device"
+                host.load(loaded)
+                self.ledger.cached(loaded)
+                cache.lock(new_node)
+                cache.unlock(node)
+                node = new_node
+                matched += n
+                st.load_tokens = n * self.page_tokens
+                self.load_pending_tokens += st.load_tokens
         st.node = node
         st.tree_blocks = matched
         st.kv_tokens = matched * self.page_tokens
@@ -83,6 +124,8 @@ class KVMemory:
                                              st.req.owner)
         if new_blocks:
             self.ledger.cached(st.req.prompt_blocks[n - new_blocks:n])
+            if self.host is not None:
+                self.host.device_hit(st.req.prompt_blocks[n - new_blocks:n])
         moved = n - st.tree_blocks
         duplicates = moved - new_blocks
         st.own_pages -= moved

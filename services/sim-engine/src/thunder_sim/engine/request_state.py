@@ -22,6 +22,7 @@ class ReqState:
         "cached_tokens",
         "first_token_s",
         "kv_tokens",
+        "load_tokens",
         "miss_tokens",
         "node",
         "output_tokens",
@@ -47,6 +48,7 @@ class ReqState:
         self.tree_blocks = 0
         self.own_pages = 0
         self.cached_tokens = 0          # radix match at the last admission
+        self.load_tokens = 0            # of which loaded back from the host tier (HiCache)
         self.recomputed_tokens = 0
         self.retractions = 0
         self.first_token_s: float | None = None

@@ -56,6 +56,7 @@ class FinishedRequest:
     finished_s: float
     retractions: int = 0
     miss_tokens: dict[str, int] = field(default_factory=dict)
+    host_cached_tokens: int = 0     # of cached_tokens, loaded back from HiCache's host tier
     """Why the ``prompt_tokens - cached_tokens`` missed tokens of the last admission were not
     hits: cause (``ledger.MissCause``) -> tokens, summing to exactly that difference."""
 
@@ -83,6 +84,8 @@ class LoadSnapshot:
     token_usage: float
     cache_hit_rate: float           # cumulative cached / prompt tokens
     gen_throughput: float           # output tokens per modelled second, recent window
+    hicache_host_used_tokens: int = 0     # HiCache host pool in use (0 when off)
+    hicache_host_total_tokens: int = 0    # HiCache host pool capacity (0 when off)
 
 
 @dataclass
@@ -97,6 +100,9 @@ class EngineCounters:
     num_retracted_reqs: int = 0
     num_requests: int = 0
     num_aborted_reqs: int = 0
+    load_back_tokens: int = 0        # HiCache: tokens loaded host -> device
+    load_back_s: float = 0.0         # HiCache: their transfer time (before overlap)
+    hicache_backup_tokens: int = 0   # HiCache: tokens written device -> host
     miss_tokens: dict[str, int] = field(default_factory=dict)
     """Missed prompt tokens of every admission (retracted and aborted ones too) by cause."""
     ttft_s: list[float] = field(default_factory=list)

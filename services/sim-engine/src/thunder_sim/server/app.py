@@ -60,6 +60,10 @@ class ServerInfo:
     host: str = "127.0.0.1"
     port: int = 30000
     default_max_tokens: int = 128
+    enable_hierarchical_cache: bool = False
+    hicache_ratio: float = 2.0
+    hicache_size: int = 0
+    hicache_write_policy: str = "write_through"
 
     def limits(self) -> Limits:
         return Limits(self.page_size, self.context_length, self.max_total_num_tokens,
@@ -134,6 +138,11 @@ class NativeApi:
             "chunked_prefill_size": i.chunked_prefill_size,
             "max_prefill_tokens": i.max_prefill_tokens, "enable_cache_report": True,
             "enable_metrics": True, "disaggregation_mode": "null",
+            "enable_hierarchical_cache": i.enable_hierarchical_cache,
+            "hicache_ratio": i.hicache_ratio, "hicache_size": i.hicache_size,
+            "hicache_write_policy": i.hicache_write_policy,
+            "hicache_io_backend": "kernel", "hicache_mem_layout": "layer_first",
+            "hicache_storage_backend": None,
             "thunder_sim_preset": i.preset, "thunder_sim_accelerator": i.accelerator,
             "thunder_sim_time_scale": self.runner.clock.time_scale,
         }

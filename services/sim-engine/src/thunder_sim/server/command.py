@@ -75,6 +75,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="order the waiting queue by request priority, as SGLang's flag")
     p.add_argument("--radix-eviction-policy", choices=["lru", "priority"], default=None,
                    help="which cached prefix is evicted first, as SGLang's flag (None: lru)")
+    p.add_argument("--enable-hierarchical-cache", action="store_true",
+                   help="HiCache: back the radix cache with a host-memory KV pool, as SGLang's "
+                        "flag (off by default)")
+    p.add_argument("--hicache-ratio", type=float, default=2.0,
+                   help="host pool size / device pool size, as SGLang's flag (default 2.0)")
+    p.add_argument("--hicache-size", type=int, default=0,
+                   help="host pool size in GB, overrides --hicache-ratio when > 0 (SGLang's)")
+    p.add_argument("--hicache-write-policy", default="write_through",
+                   choices=["write_through", "write_back", "write_through_selective"],
+                   help="when device KV is written to host, as SGLang's flag")
     p.add_argument("--default-max-tokens", type=int, default=128,
                    help="output length of chat requests without max_tokens (the simulator "
                         "has no EOS); 128 is SGLang's SamplingParams default")
@@ -132,6 +142,10 @@ def build(args: argparse.Namespace) -> tuple[EngineLike, ServerInfo]:
             overrides[field] = getattr(args, flag)
     if args.enable_priority_scheduling:
         overrides["enable_priority_scheduling"] = True
+    if args.enable_hierarchical_cache:
+        overrides.update(enable_hierarchical_cache=True, hicache_ratio=args.hicache_ratio,
+                         hicache_size=args.hicache_size,
+                         hicache_write_policy=args.hicache_write_policy)
     try:
         config = EngineConfig.from_preset(args.preset, **overrides)
     except ValueError as e:
@@ -153,6 +167,10 @@ def build(args: argparse.Namespace) -> tuple[EngineLike, ServerInfo]:
         host=args.host,
         port=args.port,
         default_max_tokens=args.default_max_tokens,
+        enable_hierarchical_cache=config.enable_hierarchical_cache,
+        hicache_ratio=config.hicache_ratio,
+        hicache_size=config.hicache_size,
+        hicache_write_policy=config.hicache_write_policy,
     )
     return engine, info
 

@@ -81,7 +81,8 @@ def meta_info(ticket: Ticket, f: FinishedRequest | None) -> dict[str, Any]:
         "cached_tokens": cached,
     }
     if cached > 0:
-        meta["cached_tokens_details"] = {"device": cached, "host": 0}
+        host = f.host_cached_tokens if f is not None else 0
+        meta["cached_tokens_details"] = {"device": cached - host, "host": host}
     if f is not None:
         meta["e2e_latency"] = f.finished_s - f.arrival_s
     return meta

@@ -10,7 +10,12 @@ Names, label sets and buckets are those of ``sglang/srt/observability/metrics_co
   ``model_name, engine_type`` plus ``is_streaming`` ("true"/"false") on
   ``prompt_tokens_total``, ``generation_tokens_total``, ``num_requests_total``,
   ``time_to_first_token_seconds``, ``e2e_request_latency_seconds``, and ``cache_source``
-  ("device", the only tier simulated) on ``cached_tokens_total``; ``num_aborted_requests_total``.
+  ("device", or "host" for tokens HiCache loaded back) on ``cached_tokens_total``;
+  ``num_aborted_requests_total``.
+- with ``--enable-hierarchical-cache``: the gauges ``hicache_host_used_tokens`` and
+  ``hicache_host_total_tokens`` and the counters ``load_back_tokens_total`` ("tokens loaded from
+  CPU to GPU", ``metrics/collector.py``) and ``hicache_backup_tokens_total`` (tokens written to
+  host). Not modelled: ``load_back_duration_seconds`` and ``hicache_backup_bytes_total``.
 Latencies are modelled seconds (what the GPU would show), not wall seconds.
 
 Simulator health is exported under ``thunder_sim_`` (event-loop lag, time scale, steps), and
@@ -94,6 +99,15 @@ class _SchedulerCollector(Collector):
                 counters.num_retracted_reqs)
         yield c("sglang:evicted_tokens", "The number of device KV token slots freed by "
                 "eviction.", counters.evicted_tokens)
+        if load.hicache_host_total_tokens:
+            yield g("sglang:hicache_host_used_tokens", "Tokens held in the HiCache host pool.",
+                    load.hicache_host_used_tokens)
+            yield g("sglang:hicache_host_total_tokens", "Capacity of the HiCache host pool in "
+                    "tokens.", load.hicache_host_total_tokens)
+            yield c("sglang:load_back_tokens", "The number of tokens loaded from CPU to GPU.",
+                    counters.load_back_tokens)
+            yield c("sglang:hicache_backup_tokens", "The number of tokens backed up from GPU "
+                    "to CPU.", counters.hicache_backup_tokens)
         lag = self.runner.lag
         g, c = self._sim_gauge, self._sim_counter
         yield g("thunder_sim_time_scale", "Modelled seconds per wall second.",
@@ -175,6 +189,7 @@ class SimMetrics:
                               child(self.num_requests, s)) for s in (True, False)}
         self._latencies = {s: (hchild(self.ttft, s), hchild(self.e2e, s)) for s in (True, False)}
         self._cached_device = self.cached_tokens.labels(**base, cache_source="device")
+        self._cached_host: Counter | None = None     # created on first use, as SGLang's
         self._aborted = self.aborted.labels(**base)
 
     def on_finish(self, ticket: Ticket, f: FinishedRequest) -> None:
@@ -183,8 +198,12 @@ class SimMetrics:
         prompt.inc(f.prompt_tokens)
         generation.inc(f.completion_tokens)
         requests.inc()
-        if f.cached_tokens > 0:
-            self._cached_device.inc(f.cached_tokens)
+        if f.cached_tokens > f.host_cached_tokens:
+            self._cached_device.inc(f.cached_tokens - f.host_cached_tokens)
+        if f.host_cached_tokens > 0:
+            if self._cached_host is None:
+                self._cached_host = self.cached_tokens.labels(**self._base, cache_source="host")
+            self._cached_host.inc(f.host_cached_tokens)
         if f.finish_reason == FinishReason.ABORT:
             self._aborted.inc()
         if f.first_token_s is not None:
