@@ -15,6 +15,8 @@ from thunder_core.contract import (
     ProgramEndStatus,
     ProgramStatus,
 )
+from thunder_scheduling import make_scheduler
+from thunder_scheduling.checkpoint import export_all, restore
 from thunder_scheduling.commands import Admit, Pause, Release, SetPriority
 from thunder_scheduling.events import ProgramEnded, RolloutCut, RolloutStarted
 from thunder_scheduling.rollouts import CUT_REASON, membership
@@ -208,6 +210,7 @@ def test_a_cut_releases_what_is_left_and_reports_it() -> None:
     assert h.program(pids[1]).status is ProgramStatus.TERMINATED
     assert h.program(pids[1]).end_status is ProgramEndStatus.CANCELLED
     assert h.program("plain").status is ProgramStatus.ACTIVE
+    assert h.counters().rollout_cut_programs == 3
 
 
 def test_the_cut_fraction_cuts_the_batch_by_itself() -> None:
@@ -249,3 +252,15 @@ def test_cutting_an_unknown_batch_is_refused() -> None:
     h = Harness("thunder")
     with pytest.raises(ValueError, match="unknown rollout"):
         h.feed(RolloutCut(h.now, "nope"))
+
+
+def test_a_restored_core_knows_the_batch_from_its_members_tags() -> None:
+    h = Harness("thunder", {"a": 100_000})
+    pids = start_batch(h, "r", 2, 2)
+    h.end(pids[0])
+    globals_, programs = export_all(h.scheduler)
+    fresh = make_scheduler("thunder")
+    restore(fresh, globals_, programs, h.now)
+    status = fresh.rollout("r")
+    assert status is not None
+    assert status.live_program_ids == tuple(pids[1:])

@@ -18,6 +18,9 @@ What a restore gives back:
 * open tool calls with their expected ends, the acting weight and its switch deadline, and the
   per-tool duration estimates.
 
+Rollout batches come back from their members' tags (live members only: a batch's ended count,
+declared size, cut-off and cut list start afresh).
+
 What it does not: requests in flight or held when the process died are gone (their clients'
 connections died with it), so a restored program has none, and a program that was *marked* for
 pause comes back unmarked (the next overflow check decides again).
@@ -190,6 +193,7 @@ def restore(
         if c.backend is not None and c.backend not in core._ledgers:
             program.backend = None
             program.status = ProgramStatus.PAUSED
+        core._rollouts.join(program.program_id, program.tags, now)
         restored.append(program)
     for program in restored:  # active first, so the ledgers hold their charges
         if program.status is ProgramStatus.ACTIVE:
@@ -203,7 +207,7 @@ def restore(
         if program.backend is not None and program.pause_count > 0:
             core._ledgers[program.backend].paused_here += 1
         program.paused_since = since
-        core._waiting.add(program, core.policy.restore_key(program), since)
+        core._waiting.add(program, core._restore_key(program), since)
         core._sync(program, now)
     for program in sorted(restored, key=lambda p: (p.last_event_at, p.seq)):
         core._touch(program, program.last_event_at)  # lease groups stay in time order

@@ -92,6 +92,8 @@ class Counters:
     programs_ended: int = 0
     backend_flushes: int = 0
     """Backends whose KV cache was emptied (weight updates): ``BackendFlushed``."""
+    rollout_cut_programs: int = 0
+    """Programs a rollout batch's cut-off ended (``Release(reason="rollout_cut")``)."""
     max_paused_s: float = 0.0
     """Longest completed pause so far (seconds): compare with the aging bound."""
 
