@@ -129,6 +129,17 @@ def test_host_blocks_on_device_are_not_evicted_from_host() -> None:
     assert host.match_len((3,)) == 0
 
 
+def test_a_block_recomputed_while_in_host_is_on_device_again() -> None:
+    host = HostCache(capacity_tokens=4 * P, page_tokens=P, policy="write_back")
+    host.device_evicted((1, 2))
+    host.device_hit((1, 2))                    # prefilled again (no load-back)
+    host.device_evicted((3, 4))
+    host.device_evicted((5, 6))                # room is made from host-only blocks only
+    assert host.match_len((3, 4)) == 0 and host.match_len((5, 6)) == 2
+    host.device_evicted((1, 2))
+    assert host.match_len((1, 2)) == 2
+
+
 # ---------------------------------------------------------------- validity
 
 def test_unlimited_host_pool_recomputes_no_token_twice() -> None:

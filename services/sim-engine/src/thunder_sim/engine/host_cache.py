@@ -121,13 +121,20 @@ class HostCache:
 
     def device_hit(self, blocks: Sequence[int]) -> None:
         """Blocks inserted into or matched on the device (``inc_hit_count``)."""
-        if self.policy == "write_back":
-            return
-        threshold = 1 if self.policy == "write_through" else SELECTIVE_THRESHOLD_HITS
         on_dev = self._on_device
         todo = [b for b in blocks if b not in on_dev]
         if not todo:
             return
+        lru = self._lru
+        back = [b for b in todo if b in lru]
+        if back:            # recomputed while a host copy existed (load-back was skipped)
+            for b in back:
+                del lru[b]
+            on_dev.update(back)
+            todo = [b for b in todo if b not in on_dev]
+        if self.policy == "write_back" or not todo:
+            return
+        threshold = 1 if self.policy == "write_through" else SELECTIVE_THRESHOLD_HITS
         if threshold > 1:
             hits = self._hits
             ready = []
