@@ -64,7 +64,11 @@ def main() -> int:
                     help="modelled s per run, recycling sessions (default: every session once, "
                          "so every run's FTR is over the same sessions)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--name", default=None, help="default ftr-<workload>-<replicas>r")
+    ap.add_argument("--priority-scheduling", action="store_true",
+                    help="engines with --enable-priority-scheduling (the split's lowest "
+                         "priority then orders it behind real requests; off: FCFS)")
+    ap.add_argument("--name", default=None,
+                    help="default ftr-<workload>-<replicas>r[-prio]")
     args = ap.parse_args()
     wl = workload(args.workload, args.seed, args.sessions)
     fit = wl.load()
@@ -80,6 +84,8 @@ def main() -> int:
             cfg = VirtualConfig(policy=args.policy, replicas=args.replicas,
                                 concurrency=concurrency, gaps=wl.gaps,
                                 duration_s=args.duration_s, levers=levers,
+                                engine_overrides={"enable_priority_scheduling": True}
+                                if args.priority_scheduling else {},
                                 label=f"{load} {levers.name}")
             t0 = time.perf_counter()
             r = VirtualReplay(fit.programs, cfg, fit=fit.describe()).run()
@@ -87,13 +93,15 @@ def main() -> int:
             print(f"{load} x{concurrency} {levers.name}: FTR p50 {r.ftr_p50_s:.2f} s over "
                   f"{r.sessions_done} sessions ({time.perf_counter() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
-    name = args.name or f"ftr-{wl.name}-{args.replicas}r"
+    name = args.name or f"ftr-{wl.name}-{args.replicas}r" + (
+        "-prio" if args.priority_scheduling else "")
     OUT.mkdir(parents=True, exist_ok=True)
     md = OUT / f"{name}.md"
     md.write_text("\n".join([
         f"# FTR with Sutradhara's tool levers: {name}", "",
         f"Command: `nice .venv/bin/python bench/replay/ftr.py {' '.join(sys.argv[1:])}` "
-        f"(virtual mode, policy `{args.policy}`, {args.replicas} replicas; "
+        f"(virtual mode, policy `{args.policy}`, {args.replicas} replicas, engine priority "
+        f"scheduling {'on' if args.priority_scheduling else 'off (FCFS)'}; "
         f"{time.perf_counter() - started:.0f} s wall; load average {load_before} before, "
         f"{load_avg()} after)", "",
         f"Workload `{wl.name}`: {wl.rule} (`bench/replay/workloads.py`).", "",
