@@ -18,6 +18,10 @@ everything with side effects, on one event loop:
   admitted, resume and end (``tool_hooks.py``).
 
 Decision latency (wall time of each ``handle`` / ``tick``) goes to the metrics histogram.
+
+Why this file is a little over 400 lines: it is one concept, the loop that feeds events and
+applies commands; every piece with state of its own already lives beside it (``programs``,
+``held``, ``prefills``, ``tool_hooks``, ``background``, ``levers/``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import httpx
 
 from thunder_core.contract import (
     RUNTIME_SPEC_TAG,
-    EnginePaths,
     Framework,
     ProgramEndStatus,
     ProgramStatus,
@@ -50,13 +53,11 @@ from thunder_scheduler.levers import (
     EngineHints,
     EngineLevers,
     LeverContext,
-    PrefillRequest,
     make_levers,
 )
 from thunder_scheduler.metrics import ServiceMetrics
-from thunder_scheduler.next_prompt import SplitAction, split_action
+from thunder_scheduler.prefills import EnginePrefills
 from thunder_scheduler.programs import ProgramRecord, ProgramRecords
-from thunder_scheduler.request_body import PROMPT_BLOCK_TOKENS, prompt_blocks
 from thunder_scheduler.tool_hooks import ProgramHooks, ToolHooks
 from thunder_scheduling.commands import (
     Admit,
@@ -120,9 +121,12 @@ class Driver:
         self._held = HeldRequests()
         self._wake = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
-        self._prewarm_seq = 0
         self.prompt_split_enabled = prompt_split and prewarm_http is not None
         """Prefill a tool-call response's next prefix while the tool runs (``prompt_split``)."""
+        self._prefills = EnginePrefills(
+            self.programs, self.backends, self._levers, metrics,
+            lambda: self.prompt_split_enabled,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -387,44 +391,12 @@ class Driver:
             levers.resumed(command.program_id, backend)
 
     def _prewarm(self, program_id: str, backend_name: str) -> None:
-        last = self.programs.last_body(program_id)
-        backend = self.backends.get(backend_name)
-        if last is None or backend is None:
-            log.debug("no warm-up for %s on %s (no body or backend)", program_id, backend_name)
-            return
-        self._prewarm_seq += 1
-        request = PrefillRequest(
-            path=last[0], body=last[1], request_id=f"{program_id}:warm-{self._prewarm_seq}",
-            priority=self.priority_of(program_id),
-        )
-        self._levers(backend).prefill(program_id, backend, request)
+        self._prefills.prewarm(program_id, backend_name)
 
     def prompt_split(self, program_id: str, prefix: Mapping[str, Any]) -> None:
         """A response of ``program_id`` ended in tool calls; ``prefix`` is its next prompt's
-        known prefix (a chat body, ``next_prompt``). It becomes the body a later ``Prewarm``
-        (pre-restore) warms, and, unless the program is paused or that prefix is still
-        cached, it is prefilled now on the program's engine at a priority below the
-        program's own (docs/prompt-split.md)."""
-        record = self.programs.get(program_id)
-        if not self.prompt_split_enabled or record is None or record.backend is None:
-            return
-        self.programs.remember_body(program_id, EnginePaths.CHAT_COMPLETIONS, prefix)
-        backend = self.backends.get(record.backend)
-        if backend is None:
-            return
-        keys = () if record.paused else prompt_blocks(prefix, PROMPT_BLOCK_TOKENS)
-        action = split_action(record.paused, keys, record.split_keys)
-        self.metrics.prompt_splits.labels(action.value).inc()
-        if action is not SplitAction.SENT:
-            return
-        record.split_keys = frozenset(keys)
-        self._prewarm_seq += 1
-        own = record.priority if record.priority is not None else 0
-        request = PrefillRequest(
-            path=EnginePaths.CHAT_COMPLETIONS, body=prefix,
-            request_id=f"{program_id}:split-{self._prewarm_seq}", priority=own - 1,
-        )
-        self._levers(backend).prefill(program_id, backend, request)
+        known prefix (see ``prefills.EnginePrefills.prompt_split``)."""
+        self._prefills.prompt_split(program_id, prefix)
 
     def _release(self, command: Release) -> None:
         pid = command.program_id
