@@ -56,7 +56,7 @@ def test_ftr_runs_from_the_last_human_message() -> None:
     assert replay.recorder.ftr_s == [pytest.approx(steps[3].first_token_s - steps[2].sent_s)]
 
 
-def test_a_subagent_or_an_unfinished_session_has_no_ftr() -> None:
+def test_an_unfinished_session_has_no_ftr() -> None:
     replay, _ = play(TWO_STEPS, duration_s=0.5)
     assert replay.recorder.ftr_s == [] and replay.recorder.session_s == []
 
