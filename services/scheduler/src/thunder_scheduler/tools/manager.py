@@ -140,6 +140,8 @@ class ToolManager:
         self._background: set[asyncio.Task[Any]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._closing = False
+        """Set by ``close()``: no refill may start after it (its runtime would outlive close)."""
         self.reconciled: dict[str, int] = {"adopted": 0, "reclaimed": 0}
 
     # -- lifecycle of the manager ---------------------------------------------------------
@@ -183,6 +185,7 @@ class ToolManager:
 
     async def close(self) -> None:
         """Stop background work and tear down every runtime this manager made."""
+        self._closing = True
         tasks = [*self._refills.values(), *self._preparing.values()]
         if self._poller is not None:
             tasks.append(self._poller)
@@ -520,7 +523,7 @@ class ToolManager:
     # -- pools ----------------------------------------------------------------------------
 
     def _schedule_refill(self, spec_name: str) -> None:
-        if self.backend is None:
+        if self.backend is None or self._closing:
             return
         current = self._refills.get(spec_name)
         if current is None or current.done():
@@ -542,11 +545,21 @@ class ToolManager:
                 return
             self.pools.add_filling(spec_name, batch)
             self._creating += batch  # reserved now, before any create yields
+            creates = asyncio.gather(
+                *(self._create(entry, POOL_OWNER, "pool") for _ in range(batch)),
+                return_exceptions=True,
+            )
             try:
-                results = await asyncio.gather(
-                    *(self._create(entry, POOL_OWNER, "pool") for _ in range(batch)),
-                    return_exceptions=True,
-                )
+                # Shielded: a cancel (``close()``) must not drop runtimes that were made (or
+                # are being made) before it landed; they are awaited and destroyed instead.
+                results = await asyncio.shield(creates)
+            except asyncio.CancelledError:
+                made = await creates
+                await asyncio.gather(*(
+                    self._destroy_quietly(r.backend_runtime, "shutdown")
+                    for r in made if isinstance(r, Runtime)
+                ))
+                raise
             finally:
                 self.pools.add_filling(spec_name, -batch)
                 self._creating -= batch
