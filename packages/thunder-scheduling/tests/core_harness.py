@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from hypothesis import strategies as st
+
 from thunder_scheduling import make_scheduler
 from thunder_scheduling.commands import Admit, Command, Hold, Pause, Release, Resume
 from thunder_scheduling.events import (
@@ -168,3 +170,22 @@ class Harness:
                 pass
         if arrived is not None and answered != 1:
             raise ContractViolation(f"request {arrived} answered {answered} times: {commands}")
+
+PIDS = [f"p{i}" for i in range(6)]
+"""The program ids the property suites draw from."""
+
+op = st.one_of(  # one step of a random event sequence (see the suites' run())
+    st.tuples(st.just("request"), st.sampled_from(PIDS), st.integers(1, 1500)),
+    st.tuples(
+        st.just("finish"), st.sampled_from(PIDS), st.integers(0, 1500), st.integers(0, 400),
+        st.integers(0, 800), st.booleans(),
+    ),
+    st.tuples(st.just("tool"), st.sampled_from(PIDS), st.sampled_from(["bash", "pytest"]),
+              st.one_of(st.none(), st.floats(0.5, 30.0))),
+    st.tuples(st.just("tool_end"), st.sampled_from(PIDS)),
+    st.tuples(st.just("end"), st.sampled_from(PIDS)),
+    st.tuples(st.just("tick"), st.floats(0.0, 40.0)),
+    st.tuples(st.just("advance"), st.floats(0.0, 5.0)),
+    st.tuples(st.just("health"), st.sampled_from(["b", "c"]), st.booleans()),
+    st.tuples(st.just("capacity"), st.sampled_from(["a", "b"]), st.integers(400, 3000)),
+)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from core_harness import Harness
+from core_harness import PIDS, Harness, op
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,28 +43,12 @@ from thunder_scheduling.commands import Command, Hold, Release
 from thunder_scheduling.events import RolloutCut, RolloutStarted
 from thunder_scheduling.policy import BasePolicy
 
-PIDS = [f"p{i}" for i in range(6)]
 MAX_PAUSED_S = 60.0
 TA_TIMEOUT_S, TA_TICK_S = 60.0, 5.0
 KNOBS: dict[str, dict[str, Any]] = {
     "thunderagent": {"wait_timeout_s": TA_TIMEOUT_S, "scheduler_interval_s": TA_TICK_S},
 }
 
-op = st.one_of(
-    st.tuples(st.just("request"), st.sampled_from(PIDS), st.integers(1, 1500)),
-    st.tuples(
-        st.just("finish"), st.sampled_from(PIDS), st.integers(0, 1500), st.integers(0, 400),
-        st.integers(0, 800), st.booleans(),
-    ),
-    st.tuples(st.just("tool"), st.sampled_from(PIDS), st.sampled_from(["bash", "pytest"]),
-              st.one_of(st.none(), st.floats(0.5, 30.0))),
-    st.tuples(st.just("tool_end"), st.sampled_from(PIDS)),
-    st.tuples(st.just("end"), st.sampled_from(PIDS)),
-    st.tuples(st.just("tick"), st.floats(0.0, 40.0)),
-    st.tuples(st.just("advance"), st.floats(0.0, 5.0)),
-    st.tuples(st.just("health"), st.sampled_from(["b", "c"]), st.booleans()),
-    st.tuples(st.just("capacity"), st.sampled_from(["a", "b"]), st.integers(400, 3000)),
-)
 
 
 def standard_passes(h: Harness) -> bool:

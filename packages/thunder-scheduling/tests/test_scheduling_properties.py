@@ -16,31 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from core_harness import Harness
+from core_harness import Harness, op
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thunder_core.contract import ProgramStatus
 from thunder_scheduling.commands import Command, Release
 
-PIDS = [f"p{i}" for i in range(6)]
 HIGH, LOW, MAX_PAUSED_S = 0.9, 0.7, 60.0
 
-op = st.one_of(
-    st.tuples(st.just("request"), st.sampled_from(PIDS), st.integers(1, 1500)),
-    st.tuples(
-        st.just("finish"), st.sampled_from(PIDS), st.integers(0, 1500), st.integers(0, 400),
-        st.integers(0, 800), st.booleans(),
-    ),
-    st.tuples(st.just("tool"), st.sampled_from(PIDS), st.sampled_from(["bash", "pytest"]),
-              st.one_of(st.none(), st.floats(0.5, 30.0))),
-    st.tuples(st.just("tool_end"), st.sampled_from(PIDS)),
-    st.tuples(st.just("end"), st.sampled_from(PIDS)),
-    st.tuples(st.just("tick"), st.floats(0.0, 40.0)),
-    st.tuples(st.just("advance"), st.floats(0.0, 5.0)),
-    st.tuples(st.just("health"), st.sampled_from(["b", "c"]), st.booleans()),
-    st.tuples(st.just("capacity"), st.sampled_from(["a", "b"]), st.integers(400, 3000)),
-)
 
 
 def run(
