@@ -64,6 +64,7 @@ from thunder_scheduling.events import (
     ToolFinished,
     ToolStarted,
 )
+from thunder_scheduling.prompt_split import SplitAction, split_action
 from thunder_sim.engine import Engine, EngineRequest, FinishReason, StepResult
 from thunder_sim.replay.metrics import (
     RunRecorder,
@@ -166,6 +167,7 @@ class VirtualReplay:
         self._prewarms = 0
         self._held = 0
         self._splits = 0
+        self._split_actions: dict[str, int] = {}
         self._watch: dict[str, tuple[str, int]] = {}  # rid -> (backend, end token), streaming
         self._produced: dict[str, int] = {}           # rid -> output tokens so far (watched)
 
@@ -463,15 +465,25 @@ class VirtualReplay:
 
     def _split(self, run: _Run) -> None:
         """Prefill the next prompt's known prefix on the program's engine (prefill-only, lowest
-        priority) while its tool runs; skipped when cached there or the program is paused."""
+        priority) while its tool runs, as ``thunder_scheduling.prompt_split`` decides (the
+        replay knows what its engine caches: the uncached part is exact)."""
         pid = run.program.program_id
         nxt = next((a.step for a in run.actions[run.idx:] if isinstance(a, Call)), None)
         engine = self.engines.get(run.backend) if run.backend is not None else None
-        if nxt is None or engine is None or pid in self.phases.paused:
+        if nxt is None or engine is None:
             return
         blocks = known_prefix_blocks(nxt.blocks, nxt.prompt_tokens, run.last_tokens,
                                      run.last_output_tokens, run.program.block_tokens)
-        if not blocks or engine.memory.cache.match_len(blocks) >= len(blocks):
+        if not blocks:
+            return
+        missing = len(blocks) - engine.memory.cache.match_len(blocks)
+        room = getattr(self.scheduler, "split_room", None)
+        action = split_action(
+            paused=pid in self.phases.paused, cached=missing == 0,
+            uncached_tokens=missing * run.program.block_tokens,
+            room=room(pid, self._now) if room is not None else None)
+        self._split_actions[action.value] = self._split_actions.get(action.value, 0) + 1
+        if action is not SplitAction.SENT:
             return
         self._splits += 1
         low = 1 if engine.config.schedule_low_priority_values_first else -1
@@ -500,6 +512,7 @@ class VirtualReplay:
             ideal=ideal_hit_tokens(self._played), fit=self.fit,
             extra={"prewarms": self._prewarms, "held_requests": self._held,
                    "prompt_splits": self._splits, "levers": cfg.levers.name,
+                   "split_actions": dict(sorted(self._split_actions.items())),
                    "retractions": sum(e.counters.num_retracted_reqs
                                       for e in self.engines.values()),
                    "kv_pool_tokens": next(iter(self.engines.values())).capacity_tokens,
