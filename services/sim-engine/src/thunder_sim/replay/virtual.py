@@ -77,7 +77,12 @@ from thunder_sim.replay.metrics import (
 from thunder_sim.replay.phases import ProgramPhases
 from thunder_sim.replay.player import Action, Call, GapPolicy, Spawn, ToolBegin, ToolEnd, Wait, plan
 from thunder_sim.replay.setup import build_engines
-from thunder_sim.replay.tool_levers import ToolLevers, known_prefix_blocks, tool_call_end_token
+from thunder_sim.replay.tool_levers import (
+    ToolLevers,
+    call_durations,
+    known_prefix_blocks,
+    tool_call_ends,
+)
 from thunder_sim.replay.trace import GapKind, TraceProgram, TraceStep, ideal_hit_tokens, instantiate
 
 PROGRAM_LEASE_S = 86_400.0
@@ -122,7 +127,8 @@ class _Run:
     last_tokens: int = 0
     last_output_tokens: int = 0
     turn_sent_s: float = 0.0            # when the current user turn's first step was sent
-    tool_clock_s: float | None = None   # streaming dispatch: when the next tool started
+    call_starts: dict[int, float] = field(default_factory=dict)  # streaming: call -> start
+    tool_step: int = 0                  # the step whose response called the next tool
     backend: str | None = None          # the engine of its last admission
 
 
@@ -168,8 +174,9 @@ class VirtualReplay:
         self._held = 0
         self._splits = 0
         self._split_actions: dict[str, int] = {}
-        self._watch: dict[str, tuple[str, int]] = {}  # rid -> (backend, end token), streaming
+        self._watch: dict[str, tuple[str, tuple[int, ...]]] = {}  # rid -> (backend, call ends)
         self._produced: dict[str, int] = {}           # rid -> output tokens so far (watched)
+        self._reached: dict[str, int] = {}            # rid -> calls whose end was produced
 
     # -- loop -----------------------------------------------------------------------------
 
@@ -240,8 +247,7 @@ class VirtualReplay:
                 completion_tokens=fin.completion_tokens, cached_tokens=fin.cached_tokens,
                 ends_with_tool_call=run.idx < len(run.actions)
                 and isinstance(run.actions[run.idx], ToolBegin)))
-            self._watch.pop(fin.rid, None)
-            self._produced.pop(fin.rid, None)
+            self._unwatch(fin.rid)
             if ok and run.parent is None and pending.step.index == len(run.program.steps) - 1 \
                     and fin.first_token_s is not None:
                 self.recorder.ftr_s.append(fin.first_token_s - run.turn_sent_s)
@@ -306,8 +312,7 @@ class VirtualReplay:
                 self.phases.resumed(cmd.program_id, forced=False)
                 for rid in getattr(cmd, "held_request_ids", ()):
                     pending = self._pending.pop(rid, None)
-                    self._watch.pop(rid, None)
-                    self._produced.pop(rid, None)
+                    self._unwatch(rid)
                     if pending is not None:
                         self.recorder.failed_steps += 1
                         self._at(self._now, _bind(self._advance, pending.run))
@@ -382,9 +387,9 @@ class VirtualReplay:
                 else:
                     self.recorder.capped_tool_s += capped
                 end_s = self._now + action.duration_s
-                if action.kind is GapKind.TOOL and run.tool_clock_s is not None:
-                    end_s = max(self._now, run.tool_clock_s + action.duration_s)
-                run.tool_clock_s = None
+                if action.kind is GapKind.TOOL:
+                    end_s = self._tool_step_end(run, action.duration_s)
+                run.call_starts = {}
                 if action.kind is GapKind.TOOL and self.config.levers.prompt_split \
                         and end_s > self._now:
                     self._split(run)
@@ -421,13 +426,17 @@ class VirtualReplay:
         run.last_output_tokens = step.output_tokens
         if step.gap_kind is not GapKind.TOOL:
             run.turn_sent_s = self._now
-        run.tool_clock_s = None
+        run.call_starts = {}
+        run.tool_step = step.index
         self._pending[rid] = _Pending(run, step, rid, self._now)
-        if self.config.levers.streaming_dispatch and self._tool_follows(run):
-            end = tool_call_end_token(step.output_tokens, self.config.levers.trailing_tokens)
-            if end < step.output_tokens:
-                self._watch[rid] = ("", end)
+        levers = self.config.levers
+        if levers.streaming_dispatch and self._tool_follows(run):
+            ends = tool_call_ends(step.output_tokens, levers.trailing_tokens,
+                                  levers.parallel_calls)
+            if ends[0] < step.output_tokens:
+                self._watch[rid] = ("", ends)
                 self._produced[rid] = 0
+                self._reached[rid] = 0
         self._feed(RequestArrived(
             self._now, pid, rid, prompt_tokens_estimate=step.prompt_tokens,
             max_output_tokens=step.output_tokens, prompt_blocks=step.blocks))
@@ -445,9 +454,9 @@ class VirtualReplay:
         """Decode iterations the engine may fast-forward: never past a watched request's
         tool-call end (every running request gains one token per decode iteration)."""
         cap = self.config.max_decode_steps
-        for rid, (backend, end) in self._watch.items():
+        for rid, (backend, ends) in self._watch.items():
             if backend == name:
-                cap = min(cap, max(1, end - self._produced[rid]))
+                cap = min(cap, max(1, ends[self._reached[rid]] - self._produced[rid]))
         return cap
 
     def _check_watches(self, res: StepResult) -> None:
@@ -456,12 +465,28 @@ class VirtualReplay:
             if watch is None:
                 continue
             self._produced[prog.rid] += prog.new_tokens
-            if self._produced[prog.rid] >= watch[1]:
-                del self._watch[prog.rid]
-                del self._produced[prog.rid]
-                pending = self._pending.get(prog.rid)
+            ends, reached = watch[1], self._reached[prog.rid]
+            pending = self._pending.get(prog.rid)
+            while reached < len(ends) and self._produced[prog.rid] >= ends[reached]:
                 if pending is not None:
-                    pending.run.tool_clock_s = self._now
+                    pending.run.call_starts[reached] = self._now
+                reached += 1
+            self._reached[prog.rid] = reached
+            if reached == len(ends) or ends[reached] >= pending_output(pending):
+                self._unwatch(prog.rid)
+
+    def _unwatch(self, rid: str) -> None:
+        self._watch.pop(rid, None)
+        self._produced.pop(rid, None)
+        self._reached.pop(rid, None)
+
+    def _tool_step_end(self, run: _Run, gap_s: float) -> float:
+        """When the tool step that starts now ends: its calls run ``call_durations``, each
+        from its start (streaming dispatch: when its last argument token was produced; else
+        now, the response's end)."""
+        durations = call_durations(gap_s, self.config.levers.parallel_calls, run.tool_step)
+        return max([self._now, *(run.call_starts.get(j, self._now) + d
+                                  for j, d in enumerate(durations))])
 
     def _split(self, run: _Run) -> None:
         """Prefill the next prompt's known prefix on the program's engine (prefill-only, lowest
@@ -527,6 +552,11 @@ def _sum_dicts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
     for d in dicts:
         add_misses(out, d)
     return ordered_misses(out)
+
+
+def pending_output(pending: _Pending | None) -> int:
+    """The output tokens of a watched request (0 when it is gone: stop watching)."""
+    return pending.step.output_tokens if pending is not None else 0
 
 
 def _bind(fn: Callable[[_Run], None], run: _Run) -> Callable[[], None]:
