@@ -8,7 +8,12 @@ from core_harness import Harness
 from thunder_core.contract import ProgramEndStatus, ProgramPhase, ProgramStatus
 from thunder_scheduling import ConfigError, UnknownProgram, make_scheduler, policy_names
 from thunder_scheduling.commands import Admit, Hold, Pause, Release, Resume
-from thunder_scheduling.events import ProgramEnded, RequestOutcome, ToolStarted
+from thunder_scheduling.events import (
+    BackendUpdated,
+    ProgramEnded,
+    RequestOutcome,
+    ToolStarted,
+)
 
 
 def test_registry_lists_every_policy_and_rejects_unknown_names_and_knobs() -> None:
@@ -166,3 +171,15 @@ def test_aging_fires_exactly_at_the_deadline_it_reports() -> None:
     assert h.now - 300.0 < 166.17591186942903
     h.tick()
     assert h.program("late").status is ProgramStatus.ACTIVE
+
+
+def test_backend_host_tier_is_recorded_and_bad_values_are_refused() -> None:
+    h = Harness("thunder")
+    h.feed(BackendUpdated(h.now, "b0", True, 1000, 1, host_capacity_tokens=3000,
+                          host_load_tokens_per_s=2e6))
+    ledger = h.scheduler._ledgers["b0"]
+    assert (ledger.host_capacity_tokens, ledger.host_load_tokens_per_s) == (3000, 2e6)
+    with pytest.raises(ValueError, match="host_capacity_tokens must be >= 0"):
+        h.feed(BackendUpdated(h.now, "b0", True, 1000, 1, host_capacity_tokens=-1))
+    with pytest.raises(ValueError, match="host_load_tokens_per_s must be > 0"):
+        h.feed(BackendUpdated(h.now, "b0", True, 1000, 1, host_load_tokens_per_s=0.0))

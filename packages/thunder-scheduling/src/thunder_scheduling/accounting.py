@@ -109,6 +109,9 @@ class BackendLedger:
         self.capacity_tokens = 0
         self.page_size_tokens = 1
         self.reported_used_tokens: int | None = None
+        self.host_capacity_tokens = 0
+        """The backend's host KV tier (``BackendUpdated.host_capacity_tokens``); 0: none."""
+        self.host_load_tokens_per_s: float | None = None
         self.full_tokens = 0
         self.estimated_tokens = 0
         """Part of ``full_tokens`` charged from estimates (no exact usage yet): 'reserved'."""

@@ -30,6 +30,12 @@ class BackendUpdated:
     capacity_tokens: int
     page_size_tokens: int = 1
     used_tokens: int | None = None   # engine-reported KV use, informational
+    host_capacity_tokens: int = 0
+    """KV tokens the engine can keep in host memory behind its device pool (SGLang HiCache's
+    host pool, llama.cpp's saved slots); 0: no host tier. The second budget (``kv_tiers.py``)."""
+    host_load_tokens_per_s: float | None = None
+    """Host-to-device load-back rate in tokens per second (link bandwidth / KV bytes per
+    token), when the backend knows it; None: the policy's configured default."""
 
 
 @dataclass(frozen=True, slots=True)

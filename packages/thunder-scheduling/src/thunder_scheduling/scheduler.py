@@ -199,6 +199,11 @@ class ProgramScheduler(SchedulerState):
             raise ValueError(
                 f"backend {ev.backend!r}: capacity_tokens must be >= 0 and page_size_tokens >= 1"
             )
+        if ev.host_capacity_tokens < 0:
+            raise ValueError(f"backend {ev.backend!r}: host_capacity_tokens must be >= 0")
+        rate = ev.host_load_tokens_per_s
+        if rate is not None and not rate > 0:
+            raise ValueError(f"backend {ev.backend!r}: host_load_tokens_per_s must be > 0")
         was_healthy = ledger.healthy
         page_changed = ledger.page_size_tokens != ev.page_size_tokens
         if ev.capacity_tokens > ledger.capacity_tokens or (ev.healthy and not was_healthy):
@@ -206,6 +211,8 @@ class ProgramScheduler(SchedulerState):
         ledger.capacity_tokens = ev.capacity_tokens
         ledger.page_size_tokens = ev.page_size_tokens
         ledger.reported_used_tokens = ev.used_tokens
+        ledger.host_capacity_tokens = ev.host_capacity_tokens
+        ledger.host_load_tokens_per_s = ev.host_load_tokens_per_s
         ledger.healthy = ev.healthy
         if page_changed:
             for program_id in list(ledger.charges):
