@@ -155,3 +155,16 @@ def test_kvflow_prefetches_from_host_and_pauses_the_latest_return_first() -> Non
         long_tool(k, pid, 3_000, tool_s=tool_s)
     k.backend_update("a", 5_000)  # over the pool: the program furthest from running goes
     assert [p.program_id for p in k.of(Pause)] == ["late"]
+
+
+def test_a_long_waiter_whose_kv_is_gone_is_not_promoted_ahead_of_one_held_in_host() -> None:
+    h = Harness("thunder", {"a": 10_000}, max_paused_s=300.0)
+    h.host_update("a", 4_500)
+    assert shrink_to_pause(h, ("p1", "p2", "p3")) == ["p1", "p2"]  # p1 gone, p2 in host
+    h.advance(200.0)  # both past thunder's promotion (150 s), within the aging bound
+    h.end("p3")  # room for one
+    h.tick(0.0)
+    assert h.program("p2").status.value == "active"  # loads back from host
+    assert h.program("p1").status.value == "paused"
+    h.tick(100.0)  # the aging bound forces p1 back anyway
+    assert h.program("p1").status.value == "active"
