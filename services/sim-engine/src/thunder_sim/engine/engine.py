@@ -192,6 +192,7 @@ class Engine:
             self._sessions[sid] = None
         freed = self.memory.cache.reset()
         self.memory.pool.free(freed)
+        self.memory.ledger.evicted.clear()   # what was evicted before is gone with the rest
         if self.memory.host is not None:
             self.memory.host.clear()
         return True

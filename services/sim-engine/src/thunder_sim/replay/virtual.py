@@ -175,18 +175,14 @@ class VirtualReplay:
         for name, engine in sorted(self.engines.items()):
             self._feed(BackendUpdated(0.0, name, True, engine.capacity_tokens,
                                       engine.config.page_tokens))
-        for _ in range(self.config.concurrency):
-            if not self._start_next_session():
-                break
+        self._begin()
         end = self.config.duration_s if self.config.duration_s is not None else math.inf
         while True:
             self._start_idle_engines()
             t_ev = self._heap[0][0] if self._heap else math.inf
             engine_name, t_eng = self._earliest_engine()
             t = min(t_ev, t_eng)
-            if t == math.inf or t > end or (
-                    not self._runs and self._next_session >= len(self._sessions)
-                    and self.config.duration_s is None):
+            if t == math.inf or t > end or self._all_played():
                 break
             self._now = t
             if engine_name is not None and t_eng <= t_ev:
@@ -196,6 +192,27 @@ class VirtualReplay:
         finish = min(end, self._now) if end != math.inf else self._now
         self.recorder.close(finish)
         return self._report(finish)
+
+    # -- workload hooks (closed loop here; ``rollout.py`` plays RL batches through them) ---
+
+    def _begin(self) -> None:
+        """Start the first programs: ``concurrency`` sessions."""
+        for _ in range(self.config.concurrency):
+            if not self._start_next_session():
+                break
+
+    def _root_ended(self, run: _Run) -> None:
+        """A session (root program) ended: its slot takes the next session."""
+        self._start_next_session()
+
+    def _all_played(self) -> bool:
+        """Nothing is left to play (a run with ``duration_s`` stops at that time instead)."""
+        return (not self._runs and self._next_session >= len(self._sessions)
+                and self.config.duration_s is None)
+
+    def _program_tags(self, program: TraceProgram) -> dict[str, str]:
+        """The tags sent on the program's ``ProgramStarted`` (none in the closed loop)."""
+        return {}
 
     def _earliest_engine(self) -> tuple[str | None, float]:
         best: str | None = None
@@ -361,6 +378,7 @@ class VirtualReplay:
         self.recorder.started(program.program_id, self._now)
         self._feed(ProgramStarted(
             self._now, program.program_id, framework="replay",
+            tags=self._program_tags(program),
             parent_program_id=parent.program.program_id if parent else None,
             lease_s=PROGRAM_LEASE_S))
         self._advance(run)
@@ -410,7 +428,7 @@ class VirtualReplay:
             if parent.children_left == 0:
                 self._advance(parent)
         else:
-            self._start_next_session()
+            self._root_ended(run)
 
     def _call(self, run: _Run, step: TraceStep) -> None:
         pid = run.program.program_id

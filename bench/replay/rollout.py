@@ -1,0 +1,186 @@
+"""RL rollout throughput on the simulated H100 / Qwen3-8B fleet, virtual mode.
+
+Batches of GRPO groups (``thunder_sim.replay.rollout``: each group replays one session's first
+prompt, then its samples diverge by the documented rule) played to the end, a weight update
+(every engine flushed, the core told) between batches, for each policy at each replica count.
+Writes ``bench/results/rollout/<name>-<replicas>r.{md,json,png}`` and checks the targets of
+issue 12 for ``--target-policy`` (appended to the Markdown).
+
+    .venv/bin/python bench/replay/rollout.py [--replicas 2,4] [--batches 3] [--samples 4] \\
+        [--multiple 3] [--policies round_robin,cache_aware,thunderagent,thunder] [--seed 1]
+
+**Sessions**: the ``short`` workload's (``workloads.py``: mini-SWE-agent-like programs, every
+token count x 0.25, scaled peak <= 30,000 tokens, tool gaps capped at 1 s; the regime the
+ThunderAgent paper's RL rollouts ran, mini-SWE-agent), each trimmed to its first
+``--max-steps`` LLM steps (default 40: an RL framework caps a trajectory's turns).
+
+**Batch size** = ``--multiple`` x the programs whose contexts fit the KV pools, rounded to whole
+groups: programs that fit = floor(replicas x KV pool tokens / mean peak context of a probe batch
+built by the same rule from every session), as in ``compare.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from workloads import workload
+
+from thunder_sim.costmodel.presets import get_preset
+from thunder_sim.replay.cli import describe_run
+from thunder_sim.replay.fit import ContextFit
+from thunder_sim.replay.rollout import RolloutReplay, RolloutReport, RolloutShape, build_batches
+from thunder_sim.replay.trace import default_trace_dir
+from thunder_sim.replay.virtual import VirtualConfig
+
+OUT = Path(__file__).resolve().parents[1] / "results" / "rollout"
+POLICIES = "round_robin,cache_aware,thunderagent,thunder"
+TARGETS = {"round_robin": 1.8, "cache_aware": 1.8, "thunderagent": 1.2}
+TAIL_TARGET = 0.25
+
+
+def load_avg() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f} (1/5/15 min, {os.cpu_count()} CPUs)"
+
+
+def batch_groups(programs: int, multiple: float, samples: int) -> int:
+    return max(1, round(multiple * programs / samples))
+
+
+def markdown(reports: list[RolloutReport], target: str) -> str:
+    lines = ["| policy | batch | programs | makespan s | trajectories/h | tail | hit rate | "
+             "recomputed tokens |", "|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        for b in r.batches:
+            lines.append(f"| {r.run.policy} | {b.batch} | {b.programs} | {b.makespan_s:,.0f} | "
+                         f"{b.trajectories_per_hour:,.0f} | {b.tail_share:.0%} | "
+                         f"{b.hit_rate:.3f} | {b.recomputed_tokens:,} |")
+        lines.append(f"| **{r.run.policy}** | all | {sum(b.programs for b in r.batches)} | "
+                     f"{sum(b.makespan_s for b in r.batches):,.0f} | "
+                     f"**{r.trajectories_per_hour:,.0f}** | max {r.max_tail_share:.0%} | "
+                     f"{r.hit_rate:.3f} | {r.recomputed_tokens:,} |")
+    lines += ["", "Recomputed tokens: prompt tokens missed for any cause but first sight "
+              "(the engines' recompute ledger), per batch; by cause, in % of the batch's prompt "
+              "tokens, in the JSON file (`batches[].miss_tokens`).", ""]
+    by = {r.run.policy: r for r in reports}
+    own = by.get(target)
+    if own is None:
+        return "\n".join(lines)
+    lines += [f"Targets for `{target}` (measured in this run):", ""]
+    for ref, goal in TARGETS.items():
+        other = by.get(ref)
+        if other is None or not other.trajectories_per_hour:
+            continue
+        x = own.trajectories_per_hour / other.trajectories_per_hour
+        lines.append(f"- trajectories/h {x:.2f}x `{ref}` (target >= {goal}x): "
+                     f"{'MET' if x >= goal else 'MISSED'}")
+    tails = ", ".join(f"{b.tail_share:.0%}" for b in own.batches)
+    ok = own.max_tail_share <= TAIL_TARGET
+    lines.append(f"- tail (last 10% of programs' share of the makespan) per batch {tails} "
+                 f"(target <= {TAIL_TARGET:.0%}): {'MET' if ok else 'MISSED'}")
+    lost = [b.batch for b in own.batches if b.programs != own.batches[0].programs]
+    lines.append(f"- weight updates: {own.flushes} (every engine flushed, `BackendFlushed` to "
+                 f"the core); programs lost: {'none' if not lost else ', '.join(lost)}")
+    return "\n".join(lines)
+
+
+def plot(reports: list[RolloutReport], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.8 / max(1, len(reports))
+    for i, r in enumerate(reports):
+        xs = [j + i * width for j in range(len(r.batches))]
+        ax1.bar(xs, [b.trajectories_per_hour for b in r.batches], width, label=r.run.policy)
+        ax2.bar(xs, [100 * b.tail_share for b in r.batches], width, label=r.run.policy)
+    for ax, title in ((ax1, "trajectories per modelled hour"),
+                      (ax2, "tail: last 10% of programs, % of makespan")):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(reports[0].batches))])
+        ax.set_xticklabels([b.batch for b in reports[0].batches])
+        ax.set_title(title)
+    ax2.axhline(100 * TAIL_TARGET, color="k", linestyle="--", linewidth=1)
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--replicas", default="2,4")
+    ap.add_argument("--policies", default=POLICIES)
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=4, help="samples per prompt (GRPO group)")
+    ap.add_argument("--multiple", type=float, default=3.0,
+                    help="batch size in multiples of the programs that fit the KV pools")
+    ap.add_argument("--max-steps", type=int, default=40)
+    ap.add_argument("--length-sigma", type=float, default=0.5)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--knobs", default="{}",
+                    help='JSON policy -> knobs, e.g. {"thunder": {"max_paused_s": 120}}')
+    ap.add_argument("--target-policy", default="thunder")
+    ap.add_argument("--name", default="rollout")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    knobs: dict[str, dict[str, Any]] = json.loads(args.knobs)
+    wl = workload("short", args.seed)
+    fit = ContextFit(context_tokens=wl.fit.context_tokens, token_scale=wl.fit.token_scale,
+                     max_steps=args.max_steps, seed=args.seed).load(default_trace_dir())
+    pool = get_preset("h100-qwen3-8b").kv_pool_tokens
+    probe = build_batches(fit.programs, RolloutShape(
+        groups=len(fit.programs), samples=args.samples, batches=1,
+        length_sigma=args.length_sigma, seed=args.seed))[0]
+    mean_peak = sum(t.program.peak_context_tokens for t in probe) / len(probe)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for replicas in (int(r) for r in args.replicas.split(",")):
+        fits = max(1, math.floor(replicas * pool / mean_peak))
+        shape = RolloutShape(groups=batch_groups(fits, args.multiple, args.samples),
+                             samples=args.samples, batches=args.batches,
+                             length_sigma=args.length_sigma, seed=args.seed)
+        batches = build_batches(fit.programs, shape)
+        load_before = load_avg()
+        started = time.perf_counter()
+        reports = []
+        for policy in args.policies.split(","):
+            cfg = VirtualConfig(policy=policy, policy_knobs=knobs.get(policy, {}),
+                                replicas=replicas, gaps=wl.gaps, label=policy)
+            t0 = time.perf_counter()
+            r = RolloutReplay(batches, cfg, shape, fit=fit.describe()).run_rollouts()
+            reports.append(r)
+            print(f"{policy} {replicas}r: {r.trajectories_per_hour:,.0f} trajectories/h, max "
+                  f"tail {r.max_tail_share:.0%}, hit {r.hit_rate:.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        name = f"{args.name}-{replicas}r"
+        pre = (f"# Rollout: {name}\n\nCommand: `.venv/bin/python bench/replay/rollout.py "
+               f"{' '.join(sys.argv[1:])}` (virtual mode, this file: {replicas} replicas; "
+               f"{time.perf_counter() - started:.0f} s wall; load average {load_before} "
+               f"before, {load_avg()} after)\n\n"
+               f"{describe_run(fit, wl.gaps, None)}\n\n"
+               f"Batches: {shape.batches} x {shape.groups} groups x {shape.samples} samples = "
+               f"{shape.batch_programs} programs each (rule: `thunder_sim/replay/rollout.py`; "
+               f"length sigma {shape.length_sigma}, seed {shape.seed}); KV pool {pool:,} tokens "
+               f"per H100 engine (h100-qwen3-8b, page 64); mean peak context of the rollout "
+               f"programs {mean_peak:,.0f} tokens; programs that fit = floor({replicas} x "
+               f"{pool:,} / {mean_peak:,.0f}) = {fits}; batch = {args.multiple:g}x, rounded to "
+               f"whole groups. Policy knobs {json.dumps(knobs) if knobs else 'defaults'}.\n\n")
+        md = args.out / f"{name}.md"
+        md.write_text(pre + markdown(reports, args.target_policy) + "\n")
+        (args.out / f"{name}.json").write_text(json.dumps(
+            [r.as_dict() for r in reports], indent=1, default=str) + "\n")
+        plot(reports, args.out / f"{name}.png")
+        print(f"wrote {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
