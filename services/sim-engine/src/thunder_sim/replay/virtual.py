@@ -523,8 +523,29 @@ class VirtualReplay:
                    "kv_pool_tokens": next(iter(self.engines.values())).capacity_tokens,
                    "engine_miss_tokens": _sum_dicts(
                        e.counters.miss_tokens for e in self.engines.values()),
+                   **engine_time(self.engines.values(), duration_s),
                    **self._scheduler_counters()},
         )
+
+
+def engine_time(engines: Iterable[Engine], duration_s: float) -> dict[str, float]:
+    """Where the engines' time went: shares of prefill, decode and idle (engine-seconds over
+    ``engines x duration_s``), the time-weighted mean decode batch and the mean context of a
+    decoding request. A decode iteration reads every running request's KV, so its cost per
+    output token is about (weights + batch context) / batch: a larger batch amortises the
+    weights, and KV held by programs in tools is memory no decoding request can use."""
+    engines = list(engines)
+    total = len(engines) * duration_s
+    prefill = sum(e.counters.prefill_s for e in engines)
+    decode = sum(e.counters.decode_s for e in engines)
+    batch = sum(e.counters.decode_batch_s for e in engines)
+    context = sum(e.counters.decode_context_s for e in engines)
+    if total <= 0:
+        return {}
+    return {"prefill_share": round(prefill / total, 4), "decode_share": round(decode / total, 4),
+            "idle_share": round(max(0.0, 1 - (prefill + decode) / total), 4),
+            "decode_batch_mean": round(batch / decode, 2) if decode else 0.0,
+            "decode_context_per_request": round(context / batch) if batch else 0}
 
 
 def _sum_dicts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
