@@ -11,8 +11,11 @@ docs/scheduling.md.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 from thunder_core.contract import ProgramPhase, ProgramStatus
-from thunder_scheduling.accounting import BackendLedger
+from thunder_scheduling.accounting import BackendLedger, WeightMode
 from thunder_scheduling.commands import Command, Hold
 from thunder_scheduling.events import (
     BackendFlushed,
@@ -29,6 +32,7 @@ from thunder_scheduling.events import (
     ToolStarted,
 )
 from thunder_scheduling.program_table import Program, ToolCall
+from thunder_scheduling.prompt_split import SplitRoom
 from thunder_scheduling.queues import KeyedHeap
 from thunder_scheduling.rollouts import RolloutStatus, apply_cuts
 from thunder_scheduling.snapshot import (
@@ -132,6 +136,37 @@ class ProgramScheduler(SchedulerState):
         if program is None:
             return None
         return program_row(program, self._now, self._weight_of_active(program, self._now))
+
+    def split_room(self, program_id: str, now: float,
+                   tool_names: Iterable[str] = ()) -> SplitRoom | None:
+        """The room for ``program_id``'s prompt split on its backend at ``now``
+        (``prompt_split.py``):
+        ``tool_names`` are the calls its last response holds, for the tool-time estimate when
+        no ``ToolStarted`` came yet. None when it is not live, not active or has no backend.
+        O(programs on the backend)."""
+        program = self._table.get(program_id)
+        if program is None or program.status is not ProgramStatus.ACTIVE \
+                or program.backend is None:
+            return None
+        now = max(now, self._now)
+        ledger = self._ledgers[program.backend]
+        expected: float | None = None
+        if program.tools:
+            end = program.expected_tool_end_at()
+            expected = None if end is None else max(0.0, end - now)
+        else:
+            estimates = [self._tools.estimate_s(name) for name in tool_names]
+            if estimates and all(e is not None for e in estimates):
+                expected = max(e for e in estimates if e is not None)
+        keep = math.inf
+        if program.weight_mode is WeightMode.NONE:
+            keep = 0.0
+        elif program.weight_mode is WeightMode.DECAYING:
+            half_life = self.policy.acting_half_life_s
+            since = program.acting_since if program.acting_since is not None else now
+            keep = math.inf if half_life is None else max(0.0, since + half_life - now)
+        return SplitRoom(program.backend, float(ledger.capacity_tokens - ledger.raw_tokens()),
+                         expected, keep)
 
     def rollout(self, rollout: str) -> RolloutStatus | None:
         """A rollout batch's progress and the programs its cut-off ended (``None``: unknown)."""

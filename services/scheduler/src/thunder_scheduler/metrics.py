@@ -18,7 +18,8 @@ Series (prefix ``thunder_``):
   done by an engine call of ours (llama.cpp slot save / restore; SGLang HiCache moves KV
   itself, docs/host-tier.md);
 * ``prompt_splits_total{result}``: tool-call responses whose next prefix was prefilled while
-  the tool ran (``sent``) or not (``cached``: still resident; ``paused``: warmed on resume);
+  the tool ran (``sent``) or not (``cached``: still resident; ``paused``: warmed on resume;
+  ``tool_long``, ``no_room``: the guard of ``thunder_scheduling.prompt_split``);
 * ``held_requests``: requests parked at the proxy now;
 * ``hold_seconds``: how long a program's request waited at the proxy before it was admitted
   (0 for one admitted at once);
@@ -134,7 +135,8 @@ class ServiceMetrics:
         )
         self.prompt_splits = Counter(
             "thunder_prompt_splits",
-            "Tool-call responses whose next prefix was prefilled (sent) or not (cached, paused)",
+            "Tool-call responses whose next prefix was prefilled (sent) or not (cached, paused, "
+            "tool_long, no_room)",
             ["result"], registry=r,
         )
         self.lever_failures = Counter(
