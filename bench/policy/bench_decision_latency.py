@@ -1,4 +1,10 @@
-"""Decision latency of the pure scheduling core: wall time of one ``handle()`` call.
+"""Decision latency of the pure scheduling core: wall and CPU time of one ``handle()`` call.
+
+Both clocks are read around every call: wall time (``perf_counter_ns``) is what a request
+waits, CPU time of this thread (``thread_time_ns``) is what the code costs. On a shared,
+loaded machine the wall-time tail measures the other processes (a descheduled thread keeps its
+wall clock running), so the verdict against the target is given for both and the CPU-time one
+is the code's.
 
 Setup: ``--programs`` live agent programs (default 10,000) on 2 and 4 backends whose KV pools
 hold about a third of them (3x oversubscription, so pauses, holds and restores happen). Each
@@ -55,14 +61,18 @@ def run(
     order = list(context)
     seq = 0
     samples: list[int] = []
+    cpu_samples: list[int] = []
     next_tick = 1.0
 
     def feed(event: object, measure: bool) -> None:
+        started_cpu = time.thread_time_ns()
         started = time.perf_counter_ns()
         commands = scheduler.handle(event)  # type: ignore[arg-type]
         elapsed = time.perf_counter_ns() - started
+        elapsed_cpu = time.thread_time_ns() - started_cpu
         if measure:
             samples.append(elapsed)
+            cpu_samples.append(elapsed_cpu)
         for command in commands:
             if isinstance(command, Admit):
                 admitted.add(command.request_id)
@@ -117,12 +127,16 @@ def run(
             state[pid] = f"flight:{rid}"
         done += 1
     samples.sort()
+    cpu_samples.sort()
     counters = scheduler.snapshot().counters
     return {
         "p50_us": samples[len(samples) // 2] / 1000,
         "p99_us": samples[int(len(samples) * 0.99)] / 1000,
         "max_us": samples[-1] / 1000,
         "mean_us": statistics.fmean(samples) / 1000,
+        "cpu_p50_us": cpu_samples[len(cpu_samples) // 2] / 1000,
+        "cpu_p99_us": cpu_samples[int(len(cpu_samples) * 0.99)] / 1000,
+        "cpu_max_us": cpu_samples[-1] / 1000,
         "pauses": counters.pauses,
         "restores": counters.restores,
         "held": counters.held_requests,
@@ -135,7 +149,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--warmup", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--policies", default="thunder,sticky,continuum,autellix")
+    parser.add_argument("--policies", default="thunder,thunderagent,sticky,continuum,autellix")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-gc-freeze", action="store_true",
                         help="leave the cyclic GC as is (default: gc.freeze() after set-up)")
@@ -161,7 +175,8 @@ def main() -> None:
     lines = [
         "# Decision latency of the scheduling core",
         "",
-        f"Wall time of one `ProgramScheduler.handle()` call with {args.programs:,} live programs,"
+        "Wall and CPU time (this thread's) of one `ProgramScheduler.handle()` call with"
+        f" {args.programs:,} live programs,"
         f" {args.events:,} measured events after {args.warmup:,} warm-up events, seed {args.seed};"
         " KV pools sized for a third of the programs (3x oversubscription). Target: p99 < 1 ms.",
         "",
@@ -172,16 +187,19 @@ def main() -> None:
         "",
         f"Command: `{command}`",
         "",
-        "| backends | policy | p50 (us) | p99 (us) | max (us) | mean (us) | pauses | restores |"
-        " held requests | p99 vs 1 ms |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| backends | policy | wall p50 (us) | wall p99 (us) | wall max (us) | wall mean (us) |"
+        " CPU p50 (us) | CPU p99 (us) | CPU max (us) | pauses | restores | held requests |"
+        " p99 < 1 ms: CPU / wall |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for backends, policy, r in rows:
-        ok = "met" if r["p99_us"] < 1000 else "MISSED"
+        ok_cpu = "met" if r["cpu_p99_us"] < 1000 else "MISSED"
+        ok_wall = "met" if r["p99_us"] < 1000 else "MISSED"
         lines.append(
             f"| {backends} | {policy} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['max_us']:.0f} |"
-            f" {r['mean_us']:.1f} | {r['pauses']:.0f} | {r['restores']:.0f} | {r['held']:.0f}"
-            f" | {ok} |"
+            f" {r['mean_us']:.1f} | {r['cpu_p50_us']:.1f} | {r['cpu_p99_us']:.1f} |"
+            f" {r['cpu_max_us']:.0f} | {r['pauses']:.0f} | {r['restores']:.0f} | {r['held']:.0f}"
+            f" | {ok_cpu} / {ok_wall} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -12,7 +12,14 @@ prompts ~5k), all of them are replayed in a seeded shuffle, and tool gaps are ca
 1,200 modelled s per run. Sessions are recycled with fresh block keys, so at 3x on 2
 replicas (117 programs) every slot stays busy with a new program when one ends.
 
-Both use human gaps of 0 (``player.py``) and the same seed; programs that fit the pools are
+``parallel``: the ``short`` programs with every tool-calling response rewritten to hold 4
+parallel tool calls (``PARALLEL_CALLS``): the calls split the response's output evenly and run
+the step's gap, half, a third and a quarter of it, the longest rotating with the step
+(``thunder_sim/replay/tool_levers.py`` states the rule). The trace records one ``tool_use``
+per response and no call positions, so this is a rewrite, not a measurement: the regime where
+streaming dispatch matters most (several calls in one response, started one by one).
+
+All use human gaps of 0 (``player.py``) and the same seed; programs that fit the pools are
 counted from each workload's own mean peak context (``compare.fitting_programs``).
 """
 
@@ -32,13 +39,15 @@ class Workload:
     gaps: GapPolicy
     duration_s: float
     rule: str
+    parallel_calls: int = 1
+    """Tool calls per tool-calling response (``ToolLevers.parallel_calls``)."""
 
     def load(self) -> FitResult:
         return self.fit.load(default_trace_dir())
 
 
 def workload(name: str, seed: int = 1, sessions: int | None = None) -> Workload:
-    """``long`` or ``short`` (``sessions`` overrides how many sessions are drawn)."""
+    """``long``, ``short`` or ``parallel`` (``sessions`` overrides how many are drawn)."""
     if name == "long":
         return Workload(
             "long", ContextFit(context_tokens=QWEN3_8B_YARN_CONTEXT_TOKENS,
@@ -53,7 +62,17 @@ def workload(name: str, seed: int = 1, sessions: int | None = None) -> Workload:
             GapPolicy(tool_gap_cap_s=1.0), 1200.0,
             "short programs: every token count x 0.25, sessions whose scaled peak exceeds "
             "30,000 tokens dropped, tool gaps capped at 1 s")
-    raise ValueError(f"unknown workload {name!r}; choose long or short")
+    if name == "parallel":
+        short = workload("short", seed, sessions)
+        return Workload(
+            "parallel", short.fit, short.gaps, short.duration_s,
+            f"{short.rule}; every tool-calling response holds {PARALLEL_CALLS} parallel calls "
+            f"(ends evenly spread over the output, durations g, g/2, g/3, g/4 of the step's "
+            f"gap g, longest rotating with the step)", PARALLEL_CALLS)
+    raise ValueError(f"unknown workload {name!r}; choose long, short or parallel")
 
 
-WORKLOADS = ("long", "short")
+PARALLEL_CALLS = 4
+"""Calls per tool-calling response in the ``parallel`` workload."""
+
+WORKLOADS = ("long", "short", "parallel")

@@ -139,3 +139,62 @@ async def test_prompt_split_off_sends_nothing() -> None:
     driver.prompt_split("p", {"messages": [{"role": "user", "content": "go"}]})
     assert driver.tracked()["background_tasks"] == 0 and driver.programs.last_body("p") is None
     await http.aclose()
+
+
+async def test_prompt_split_follows_the_cores_room_rule() -> None:
+    """With the real core: Thunder lets an acting program's KV decay, so a split for a tool it
+    cannot predict (no call of it observed yet) is held back (``tool_long``); a tool it has
+    seen take 2 s is split; a split bigger than the room left is held back (``no_room``)."""
+    from thunder_scheduling import make_scheduler
+    from thunder_scheduling.events import (
+        BackendUpdated,
+        ProgramStarted,
+        RequestArrived,
+        RequestFinished,
+        ToolFinished,
+        ToolStarted,
+    )
+
+    sent: list[dict[str, Any]] = []
+
+    def engine(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(engine))
+    backend = SGLangBackend("gpu1", "http://gpu1:30000", http)
+    metrics = ServiceMetrics()
+    clock = ManualClock(0.0)
+    driver = Driver(make_scheduler("thunder"), {"gpu1": backend}, clock, metrics,
+                    prewarm_http=http)
+    driver.feed(BackendUpdated(at=0.0, backend="gpu1", healthy=True, capacity_tokens=10_000,
+                               page_size_tokens=1))
+    driver.feed(ProgramStarted(at=0.0, program_id="p"))
+
+    def respond(n: int, at: float) -> None:
+        rid = f"p:{n}"
+        driver.arrive("p", rid, RequestArrived(at=at, program_id="p", request_id=rid,
+                                               prompt_tokens_estimate=1000))
+        driver.feed(RequestFinished(at=at, program_id="p", request_id=rid, prompt_tokens=1000,
+                                    completion_tokens=100, ends_with_tool_call=True))
+
+    def prefix(call_id: str) -> dict[str, Any]:
+        call = {"id": call_id, "type": "function",
+                "function": {"name": "grep", "arguments": "{}"}}
+        return {"model": "m", "messages": [{"role": "user", "content": "go"},
+                                           {"role": "assistant", "content": None,
+                                            "tool_calls": [call]}]}
+
+    respond(1, 0.0)
+    driver.prompt_split("p", prefix("c1"), uncached_tokens=100)
+    assert _split_count(metrics, "tool_long") == 1
+    driver.feed(ToolStarted(at=0.0, program_id="p", call_id="c1", tool_name="grep"))
+    clock.advance(2.0)
+    driver.feed(ToolFinished(at=2.0, program_id="p", call_id="c1"))
+    respond(2, 2.0)
+    driver.prompt_split("p", prefix("c2"), uncached_tokens=100)
+    driver.prompt_split("p", prefix("c3"), uncached_tokens=20_000)
+    await until_async(lambda: driver.tracked()["background_tasks"] == 0)
+    await http.aclose()
+    assert [_split_count(metrics, r) for r in ("sent", "no_room")] == [1, 1]
+    assert [body["rid"] for body in sent] == ["p:split-1"]

@@ -75,12 +75,3 @@ def test_the_scanner_captures_payloads_only_when_asked() -> None:
     assert capturing.feed(stream) == stream
     assert capturing.captured == [_chunk({"content": "a"}), _chunk({}, "stop")]
     assert SseScanner(native=False, drop_usage_chunk=False).captured is None
-
-
-def test_split_action_sends_unless_paused_or_covered_by_the_last_split() -> None:
-    from thunder_scheduler.next_prompt import SplitAction, split_action
-
-    assert split_action(False, (1, 2, 3), frozenset()) is SplitAction.SENT
-    assert split_action(False, (1, 2, 3), frozenset({1, 2, 3, 4})) is SplitAction.CACHED
-    assert split_action(False, (1, 2, 5), frozenset({1, 2, 3})) is SplitAction.SENT
-    assert split_action(True, (1, 2, 3), frozenset({1, 2, 3})) is SplitAction.PAUSED

@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 
 from thunder_sim.replay.metrics import StepRecord
-from thunder_sim.replay.tool_levers import ToolLevers, known_prefix_blocks, tool_call_end_token
+from thunder_sim.replay.tool_levers import (
+    ToolLevers,
+    call_durations,
+    known_prefix_blocks,
+    tool_call_end_token,
+    tool_call_ends,
+)
 from thunder_sim.replay.trace import TraceProgram, parse_session
 from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
 
@@ -26,7 +32,8 @@ def session(*steps: tuple[int, int, str, float], sid: str = "s") -> TraceProgram
 
 def play(program: TraceProgram, levers: ToolLevers | None = None,
          **kw: Any) -> tuple[VirtualReplay, list[StepRecord]]:
-    cfg = VirtualConfig(policy="sticky", replicas=1, concurrency=1, engine_overrides=POOL,
+    kw.setdefault("policy", "sticky")
+    cfg = VirtualConfig(replicas=1, concurrency=1, engine_overrides=POOL,
                         check_invariants=True, levers=levers or ToolLevers(), **kw)
     replay = VirtualReplay([program], cfg)
     report = replay.run()
@@ -115,3 +122,47 @@ def test_prompt_split_is_skipped_when_the_prefix_is_cached() -> None:
     program = session((10, 100, "text", 0), (10, 50, "tool_result", 5.0))
     on, _ = play(program, ToolLevers(prompt_split=True))
     assert on._report(0.0).extra["prompt_splits"] == 0
+
+
+def test_parallel_call_rule() -> None:
+    assert tool_call_ends(100, 4, 1) == (96,)
+    assert tool_call_ends(100, 4, 4) == (24, 48, 72, 96)
+    assert tool_call_ends(3, 4, 4) == (1, 1, 1, 1)
+    assert call_durations(8.0, 4, 0) == pytest.approx((8.0, 4.0, 8 / 3, 2.0))
+    assert call_durations(8.0, 4, 1) == pytest.approx((2.0, 8.0, 4.0, 8 / 3))
+    assert call_durations(8.0, 1, 7) == (8.0,)
+    with pytest.raises(ValueError, match="--parallel-calls"):
+        ToolLevers(parallel_calls=0)
+
+
+def test_parallel_calls_change_nothing_without_streaming_dispatch() -> None:
+    one, _ = play(TWO_STEPS)
+    four, _ = play(TWO_STEPS, ToolLevers(parallel_calls=4))
+    assert four.recorder.ftr_s == one.recorder.ftr_s
+
+
+def test_streaming_dispatch_starts_each_parallel_call_at_its_own_end_token() -> None:
+    # Step 0 calls the tool: with 4 calls the longest (5 s) is call 1, whose arguments close at
+    # output token 24 of 100; the step ends 5 s after that, not 5 s after token 96.
+    _, (first, _) = play(TWO_STEPS)
+    one, (_, final_one) = play(TWO_STEPS, ToolLevers(streaming_dispatch=True))
+    four, (_, final_four) = play(TWO_STEPS, ToolLevers(streaming_dispatch=True,
+                                                       parallel_calls=4))
+    assert final_four.sent_s < final_one.sent_s - 0.5 * (first.finished_s - first.sent_s) * 0.5
+    assert final_four.sent_s > first.sent_s + 5.0
+    assert four.recorder.ftr_s[0] < one.recorder.ftr_s[0]
+
+
+def test_the_replays_split_follows_the_cores_rule_for_long_tools() -> None:
+    # Thunder lets an acting program's KV decay with a 30 s half-life: a 100 s tool is not
+    # split (tool_long, thunder_scheduling.prompt_split); a 1 s tool is, once the core has
+    # seen the tool take 1 s.
+    long_tool = session((10, 128, "text", 0), (14, 128, "tool_result", 100.0),
+                        (18, 50, "tool_result", 100.0))
+    on, _ = play(long_tool, ToolLevers(prompt_split=True), policy="thunder")
+    assert on._report(0.0).extra["prompt_splits"] == 0
+    assert on._report(0.0).extra["split_actions"]["tool_long"] == 2
+    short_tool = session((10, 128, "text", 0), (14, 128, "tool_result", 1.0),
+                         (18, 50, "tool_result", 1.0))
+    on, _ = play(short_tool, ToolLevers(prompt_split=True), policy="thunder")
+    assert on._report(0.0).extra["split_actions"] == {"sent": 1, "tool_long": 1}

@@ -11,8 +11,11 @@ docs/scheduling.md.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 from thunder_core.contract import ProgramPhase, ProgramStatus
-from thunder_scheduling.accounting import BackendLedger
+from thunder_scheduling.accounting import BackendLedger, WeightMode
 from thunder_scheduling.commands import Command, Hold
 from thunder_scheduling.events import (
     BackendFlushed,
@@ -28,7 +31,9 @@ from thunder_scheduling.events import (
     ToolFinished,
     ToolStarted,
 )
+from thunder_scheduling.kv_tiers import KvTier
 from thunder_scheduling.program_table import Program, ToolCall
+from thunder_scheduling.prompt_split import SplitRoom
 from thunder_scheduling.queues import KeyedHeap
 from thunder_scheduling.rollouts import RolloutStatus, apply_cuts
 from thunder_scheduling.snapshot import (
@@ -133,9 +138,49 @@ class ProgramScheduler(SchedulerState):
             return None
         return program_row(program, self._now, self._weight_of_active(program, self._now))
 
+    def split_room(self, program_id: str, now: float,
+                   tool_names: Iterable[str] = ()) -> SplitRoom | None:
+        """The room for ``program_id``'s prompt split on its backend at ``now``
+        (``prompt_split.py``):
+        ``tool_names`` are the calls its last response holds, for the tool-time estimate when
+        no ``ToolStarted`` came yet. None when it is not live, not active or has no backend.
+        O(programs on the backend)."""
+        program = self._table.get(program_id)
+        if program is None or program.status is not ProgramStatus.ACTIVE \
+                or program.backend is None:
+            return None
+        now = max(now, self._now)
+        ledger = self._ledgers[program.backend]
+        expected: float | None = None
+        if program.tools:
+            end = program.expected_tool_end_at()
+            expected = None if end is None else max(0.0, end - now)
+        else:
+            estimates = [self._tools.estimate_s(name) for name in tool_names]
+            if estimates and all(e is not None for e in estimates):
+                expected = max(e for e in estimates if e is not None)
+        keep = math.inf
+        if program.weight_mode is WeightMode.NONE:
+            keep = 0.0
+        elif program.weight_mode is WeightMode.DECAYING:
+            half_life = self.policy.acting_half_life_s
+            since = program.acting_since if program.acting_since is not None else now
+            keep = math.inf if half_life is None else max(0.0, since + half_life - now)
+        return SplitRoom(program.backend, float(ledger.capacity_tokens - ledger.raw_tokens()),
+                         expected, keep)
+
     def rollout(self, rollout: str) -> RolloutStatus | None:
         """A rollout batch's progress and the programs its cut-off ended (``None``: unknown)."""
         return self._rollouts.status(rollout)
+
+    def kv_tier(self, program_id: str) -> KvTier:
+        """Where the core believes the program's KV is (``kv_tiers.py``); an unknown or ended
+        program's is gone."""
+        return self._tiers.tier(program_id)
+
+    def host_used_tokens(self, backend: str) -> int:
+        """Tokens of programs the core believes held in ``backend``'s host tier."""
+        return self._tiers.host_used(backend)
 
     def has_program(self, program_id: str) -> bool:
         return self._table.get(program_id) is not None
@@ -178,6 +223,9 @@ class ProgramScheduler(SchedulerState):
         ledger.reported_used_tokens = ev.used_tokens
         ledger.host_capacity_tokens = ev.host_capacity_tokens
         ledger.host_load_tokens_per_s = ev.host_load_tokens_per_s
+        self._tiers_gone(self._tiers.configure(
+            ev.backend, ev.capacity_tokens, ev.host_capacity_tokens, ev.host_load_tokens_per_s
+        ), now)
         ledger.healthy = ev.healthy
         if page_changed:
             for program_id in list(ledger.charges):
@@ -206,6 +254,7 @@ class ProgramScheduler(SchedulerState):
             program.responded_on.discard(ev.backend)
         for program_id in list(ledger.charges):
             self._sync(self._table_get(program_id), now)
+        self._tiers_gone(self._tiers.flushed(ev.backend), now)
         self.policy.backend_flushed(ev.backend)
         self._count("backend_flushes")
         self._dirty[ev.backend] = None

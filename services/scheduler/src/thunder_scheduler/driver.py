@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -78,6 +78,7 @@ from thunder_scheduling.events import (
     ToolStarted,
 )
 from thunder_scheduling.interface import SchedulingCore
+from thunder_scheduling.prompt_split import SplitRoom
 from thunder_scheduling.rollouts import CUT_REASON as ROLLOUT_CUT_REASON
 
 __all__ = ["Driver", "ProgramHooks", "ProgramRecord"]
@@ -127,6 +128,7 @@ class Driver:
         self._prefills = EnginePrefills(
             self.programs, self.backends, self._levers, metrics,
             lambda: self.prompt_split_enabled,
+            self._split_room,
         )
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -391,13 +393,21 @@ class Driver:
         for levers in self.levers.values():  # a migration leaves state on the old kind too
             levers.resumed(command.program_id, backend)
 
+    def _split_room(self, program_id: str, tool_names: Iterable[str]) -> SplitRoom | None:
+        room_of = getattr(self.core, "split_room", None)  # a scripted core may lack it
+        if room_of is None:
+            return None
+        room: SplitRoom | None = room_of(program_id, self.clock.now(), tool_names)
+        return room
+
     def _prewarm(self, program_id: str, backend_name: str) -> None:
         self._prefills.prewarm(program_id, backend_name)
 
-    def prompt_split(self, program_id: str, prefix: Mapping[str, Any]) -> None:
+    def prompt_split(self, program_id: str, prefix: Mapping[str, Any],
+                     uncached_tokens: int = 0) -> None:
         """A response of ``program_id`` ended in tool calls; ``prefix`` is its next prompt's
         known prefix (see ``prefills.EnginePrefills.prompt_split``)."""
-        self._prefills.prompt_split(program_id, prefix)
+        self._prefills.prompt_split(program_id, prefix, uncached_tokens)
 
     def _release(self, command: Release) -> None:
         pid = command.program_id

@@ -307,7 +307,8 @@ class SchedulerGate:
             ends_with_tool_call=ends_with_tool_call,
         ))
         if next_prefix is not None and outcome is RequestOutcome.OK:
-            self._driver.prompt_split(program_id, next_prefix)
+            self._driver.prompt_split(
+                program_id, next_prefix, usage.completion_tokens if usage is not None else 0)
 
     def observe_proxy_overhead(self, seconds: float, streaming: bool) -> None:
         self._metrics.observe_proxy_overhead(seconds, streaming)

@@ -13,7 +13,8 @@ Series (prefix ``thunder_``):
 * ``pauses_total``, ``restores_total``, ``migrations_total``, ``lease_expiries_total``,
   ``prewarms_total``, ``engine_lever_failures_total{lever}``;
 * ``prompt_splits_total{result}``: tool-call responses whose next prefix was prefilled while
-  the tool ran (``sent``) or not (``cached``: still resident; ``paused``: warmed on resume);
+  the tool ran (``sent``) or not (``cached``: still resident; ``paused``: warmed on resume;
+  ``tool_long``, ``no_room``: the guard of ``thunder_scheduling.prompt_split``);
 * ``held_requests``: requests parked at the proxy now;
 * ``hold_seconds``: how long a program's request waited at the proxy before it was admitted
   (0 for one admitted at once);
@@ -116,7 +117,8 @@ class ServiceMetrics:
         self.prewarms = Counter("thunder_prewarms", "Prefix warm-ups sent", registry=r)
         self.prompt_splits = Counter(
             "thunder_prompt_splits",
-            "Tool-call responses whose next prefix was prefilled (sent) or not (cached, paused)",
+            "Tool-call responses whose next prefix was prefilled (sent) or not (cached, paused, "
+            "tool_long, no_room)",
             ["result"], registry=r,
         )
         self.lever_failures = Counter(

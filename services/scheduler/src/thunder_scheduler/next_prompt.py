@@ -2,7 +2,8 @@
 
 When a chat response ends in tool calls, the program's next request is, up to the tool
 results, already known: the request's ``messages`` plus the assistant's tool-call message. The
-driver prefills that prefix on the program's engine while the tool runs (``Driver.prompt_split``).
+driver prefills that prefix on the program's engine while the tool runs (``Driver.prompt_split``;
+whether it does is ``thunder_scheduling.prompt_split``).
 This module only builds it; pure functions of the request body and the response:
 
 * :func:`tool_call_message`: the assistant message of a complete (non-streaming) chat response,
@@ -24,15 +25,12 @@ shares the prefilled prefix only up to the first differing token.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from enum import StrEnum
 from typing import Any, Final
 
 import orjson
 
 __all__ = [
-    "SplitAction",
     "extended_prefix_body",
-    "split_action",
     "streamed_tool_call_message",
     "tool_call_message",
 ]
@@ -127,26 +125,3 @@ def extended_prefix_body(body: Mapping[str, Any], message: Mapping[str, Any]
     extended = {k: v for k, v in body.items() if k not in _OUTPUT_FIELDS}
     extended["messages"] = [*messages, dict(message)]
     return extended
-
-
-class SplitAction(StrEnum):
-    """What the driver does with a known next prefix (the label of its counter)."""
-
-    SENT = "sent"
-    """Prefill it now on the program's engine."""
-    CACHED = "cached"
-    """Nothing: the last split prefill of this program covered it and nothing paused it since."""
-    PAUSED = "paused"
-    """Nothing now: the core took the program's KV away; the pre-restore warm-up sends it."""
-
-
-def split_action(paused: bool, prefix_keys: tuple[int, ...],
-                 split_keys: frozenset[int]) -> SplitAction:
-    """The decision (``prefix_keys``: the prefix's fingerprint, ``request_body.prompt_blocks``;
-    ``split_keys``: the fingerprint of the program's last split prefill, emptied by a pause).
-    A key names its whole prefix, so the prefix is resident when its last key is there."""
-    if paused:
-        return SplitAction.PAUSED
-    if prefix_keys and prefix_keys[-1] in split_keys:
-        return SplitAction.CACHED
-    return SplitAction.SENT

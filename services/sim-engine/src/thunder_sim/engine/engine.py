@@ -391,6 +391,7 @@ class Engine:
             duration = overlapped_time_s(duration, load_s, cfg.num_layers)
             self.counters.load_back_tokens += load_tokens
             self.counters.load_back_s += load_s
+        self.counters.prefill_s += duration
         end = now + duration
         progress: list[TokenProgress] = []
         finished: list[FinishedRequest] = []
@@ -457,6 +458,7 @@ class Engine:
             ratio = self._ratio
             gen = 0
             j = 0
+            seg_s = seg_ctx_s = 0.0
             stop = slow = False
             while j < last:
                 if (iters or j) and (now + duration >= limit_s or (
@@ -472,6 +474,8 @@ class Engine:
                 d = decode_time(n, ctx)
                 end = now + duration + d
                 duration += d
+                seg_s += d
+                seg_ctx_s += ctx * d
                 ctx += n
                 window.append((end, n))
                 gen += n
@@ -489,6 +493,9 @@ class Engine:
                 self._ratio = ratio
                 self._gen_window_tokens += gen
                 counters.generation_tokens += gen
+                counters.decode_s += seg_s
+                counters.decode_batch_s += n * seg_s
+                counters.decode_context_s += seg_ctx_s
                 iters += j
                 if j == last and any(
                         s.output_tokens >= s.req.max_new_tokens for s in running):
@@ -551,6 +558,10 @@ class Engine:
             return 0.0, running, finished, retracted
         n = len(running)
         duration = self.cost.decode_time_s(n, self._ctx_tokens)
+        counters = self.counters
+        counters.decode_s += duration
+        counters.decode_batch_s += n * duration
+        counters.decode_context_s += self._ctx_tokens * duration
         end = now + duration
         mem.pool.allocate(need)
         done: list[ReqState] = []

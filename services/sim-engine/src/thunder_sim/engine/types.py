@@ -103,6 +103,10 @@ class EngineCounters:
     load_back_tokens: int = 0        # HiCache: tokens loaded host -> device
     load_back_s: float = 0.0         # HiCache: their transfer time (before overlap)
     hicache_backup_tokens: int = 0   # HiCache: tokens written device -> host
+    prefill_s: float = 0.0           # engine time in prefill iterations (load-back included)
+    decode_s: float = 0.0            # engine time in decode iterations
+    decode_batch_s: float = 0.0      # sum of batch size x iteration time (mean batch = / decode_s)
+    decode_context_s: float = 0.0    # sum of the batch's context tokens x iteration time
     miss_tokens: dict[str, int] = field(default_factory=dict)
     """Missed prompt tokens of every admission (retracted and aborted ones too) by cause."""
     ttft_s: list[float] = field(default_factory=list)

@@ -107,6 +107,21 @@ def ledger_table(reports: Sequence[RunReport]) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def engine_time_table(reports: Sequence[RunReport]) -> str:
+    """Where the engines' time went (``virtual.engine_time``); '' when no run has it."""
+    rows_of = [r for r in reports if "decode_share" in r.extra]
+    if not rows_of:
+        return ""
+    head = ("| policy | replicas | programs | prefill % | decode % | idle % | mean decode batch "
+            "| context per decoding request |")
+    rule = "|---|---|---|---|---|---|---|---|"
+    rows = [f"| {r.policy} | {r.replicas} | {r.concurrency} | "
+            f"{100 * r.extra['prefill_share']:.1f} | {100 * r.extra['decode_share']:.1f} | "
+            f"{100 * r.extra['idle_share']:.1f} | {r.extra['decode_batch_mean']:.1f} | "
+            f"{r.extra['decode_context_per_request']:,} |" for r in rows_of]
+    return "\n".join([head, rule, *rows])
+
+
 def plot_ledger(reports: Sequence[RunReport], path: Path, title: str) -> bool:
     """Stacked bars of missed prompt tokens by cause (share of prompt tokens), one bar per
     policy, one panel per (replicas, programs); False (no file) without a ledger."""
@@ -219,6 +234,13 @@ def write(
         parts += ["", "Recompute ledger: missed prompt tokens (prompt - cached, completed steps) "
                   "by cause, % of prompt tokens; the causes add up to `miss %` = 100 x "
                   "(1 - hit rate) (definitions: `thunder_sim/engine/ledger.py`):", "", ledger]
+    engine_time = engine_time_table(reports)
+    if engine_time:
+        parts += ["", "Engine time: shares of engine-seconds in prefill, decode and idle; the "
+                  "time-weighted mean decode batch per engine and the mean context of a decoding "
+                  "request (a decode iteration reads every running request's KV, so its cost "
+                  "per output token is about (weights + batch context) / batch):", "",
+                  engine_time]
     if baseline is not None:
         rel = ratios(reports, baseline)
         if rel:

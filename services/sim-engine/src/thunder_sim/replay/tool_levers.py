@@ -9,14 +9,27 @@ set). So the replay places them by rule:
   last argument token is followed by ``trailing_tokens`` tokens that carry no argument: the
   closing of the JSON object and of the call, and the end of turn. Default 4, Qwen3's hermes
   format (``}}``, ``\\n``, ``</tool_call>``, ``<|im_end|>``). The position is clamped to
-  ``[1, output_tokens]``. One call per tool-calling response: the trace does not record
-  parallel calls, and the replay's gap is the whole tool step.
+  ``[1, output_tokens]``. One call per tool-calling response by default: the trace does not
+  record parallel calls, and the replay's gap is the whole tool step.
+- **Parallel calls** (``parallel_calls = p``, the ``parallel`` workload of
+  ``bench/replay/workloads.py``): every tool-calling response holds ``p`` calls that split its
+  output evenly, in order (``tool_call_ends``): call ``j`` (1-based) ends at token
+  ``ceil(j * (output_tokens - trailing_tokens) / p)``, clamped to ``[1, output_tokens]``,
+  so the last call ends where the single call would. The step's trace gap ``g`` is the
+  longest call; the calls run ``g``, ``g/2``, ..., ``g/p`` (``call_durations``), the longest
+  being call ``(step index mod p) + 1`` and the rest following in that rotation, so over a
+  session the longest call sits at every position equally often. Without streaming dispatch
+  every call starts when the response ends and the step lasts ``g``, exactly as with one
+  call; with it, each call starts when its own last argument token is produced and the step
+  ends when the last call does. The scheduler hears the step as one tool call
+  (``ToolStarted`` / ``ToolFinished``, as before).
 - **Streaming dispatch** (``--streaming-dispatch``): the tool starts when the engine has
   produced that token (the replay follows each request's ``StepResult.progress`` and caps the
   engine's fast-forward so the iteration that produces it ends there), not when the response
   ends. The tool's duration stays the trace gap, so the next request is sent at
-  ``max(response end, tool start + gap)``. The scheduler still hears ``ToolStarted`` when the
-  response ends (the request is still running until then); only the tool's clock moves.
+  ``max(response end, max over calls of (call start + call duration))``. The scheduler still
+  hears ``ToolStarted`` when the response ends (the request is still running until then);
+  only the tool's clock moves.
 - **Tool-aware prompt split** (``--prompt-split``): when a response ends in a tool call, the
   next prompt is known up to the end of that response: ``known_prefix_tokens`` =
   ``min(next prompt, this prompt + this output)``, of which the whole blocks (only whole blocks
@@ -40,11 +53,15 @@ class ToolLevers:
     streaming_dispatch: bool = False
     prompt_split: bool = False
     trailing_tokens: int = TOOL_CALL_TRAILING_TOKENS
+    parallel_calls: int = 1
+    """Tool calls per tool-calling response (a workload rule, not a lever: module doc)."""
 
     def __post_init__(self) -> None:
         if self.trailing_tokens < 0:
             raise ValueError(
                 f"--tool-call-trailing-tokens must be >= 0, got {self.trailing_tokens}")
+        if self.parallel_calls < 1:
+            raise ValueError(f"--parallel-calls must be >= 1, got {self.parallel_calls}")
 
     @property
     def name(self) -> str:
@@ -57,6 +74,19 @@ class ToolLevers:
 def tool_call_end_token(output_tokens: int, trailing_tokens: int) -> int:
     """The output position (1-based) of the tool call's last argument token."""
     return max(1, min(output_tokens, output_tokens - trailing_tokens))
+
+
+def tool_call_ends(output_tokens: int, trailing_tokens: int, calls: int) -> tuple[int, ...]:
+    """The output positions (1-based, non-decreasing) of each of ``calls`` parallel calls'
+    last argument token; the last is ``tool_call_end_token``."""
+    span = max(0, output_tokens - trailing_tokens)
+    return tuple(max(1, min(output_tokens, -(-j * span // calls))) for j in range(1, calls + 1))
+
+
+def call_durations(gap_s: float, calls: int, step_index: int) -> tuple[float, ...]:
+    """How long each of ``calls`` parallel calls runs when the step's gap is ``gap_s``: ``g``,
+    ``g/2``, ..., ``g/p``, rotated so call ``(step_index mod p) + 1`` is the longest."""
+    return tuple(gap_s / ((j - step_index) % calls + 1) for j in range(calls))
 
 
 def known_prefix_blocks(

@@ -64,6 +64,7 @@ from thunder_scheduling.events import (
     ToolFinished,
     ToolStarted,
 )
+from thunder_scheduling.prompt_split import SplitAction, split_action
 from thunder_sim.engine import Engine, EngineRequest, FinishReason, StepResult
 from thunder_sim.replay.metrics import (
     RunRecorder,
@@ -76,7 +77,12 @@ from thunder_sim.replay.metrics import (
 from thunder_sim.replay.phases import ProgramPhases
 from thunder_sim.replay.player import Action, Call, GapPolicy, Spawn, ToolBegin, ToolEnd, Wait, plan
 from thunder_sim.replay.setup import build_engines
-from thunder_sim.replay.tool_levers import ToolLevers, known_prefix_blocks, tool_call_end_token
+from thunder_sim.replay.tool_levers import (
+    ToolLevers,
+    call_durations,
+    known_prefix_blocks,
+    tool_call_ends,
+)
 from thunder_sim.replay.trace import GapKind, TraceProgram, TraceStep, ideal_hit_tokens, instantiate
 
 PROGRAM_LEASE_S = 86_400.0
@@ -121,7 +127,8 @@ class _Run:
     last_tokens: int = 0
     last_output_tokens: int = 0
     turn_sent_s: float = 0.0            # when the current user turn's first step was sent
-    tool_clock_s: float | None = None   # streaming dispatch: when the next tool started
+    call_starts: dict[int, float] = field(default_factory=dict)  # streaming: call -> start
+    tool_step: int = 0                  # the step whose response called the next tool
     backend: str | None = None          # the engine of its last admission
 
 
@@ -166,15 +173,16 @@ class VirtualReplay:
         self._prewarms = 0
         self._held = 0
         self._splits = 0
-        self._watch: dict[str, tuple[str, int]] = {}  # rid -> (backend, end token), streaming
+        self._split_actions: dict[str, int] = {}
+        self._watch: dict[str, tuple[str, tuple[int, ...]]] = {}  # rid -> (backend, call ends)
         self._produced: dict[str, int] = {}           # rid -> output tokens so far (watched)
+        self._reached: dict[str, int] = {}            # rid -> calls whose end was produced
 
     # -- loop -----------------------------------------------------------------------------
 
     def run(self) -> RunReport:
         for name, engine in sorted(self.engines.items()):
-            self._feed(BackendUpdated(0.0, name, True, engine.capacity_tokens,
-                                      engine.config.page_tokens))
+            self._feed(backend_updated(name, engine))
         self._begin()
         end = self.config.duration_s if self.config.duration_s is not None else math.inf
         while True:
@@ -255,8 +263,7 @@ class VirtualReplay:
                 completion_tokens=fin.completion_tokens, cached_tokens=fin.cached_tokens,
                 ends_with_tool_call=run.idx < len(run.actions)
                 and isinstance(run.actions[run.idx], ToolBegin)))
-            self._watch.pop(fin.rid, None)
-            self._produced.pop(fin.rid, None)
+            self._unwatch(fin.rid)
             if ok and run.parent is None and pending.step.index == len(run.program.steps) - 1 \
                     and fin.first_token_s is not None:
                 self.recorder.ftr_s.append(fin.first_token_s - run.turn_sent_s)
@@ -321,8 +328,7 @@ class VirtualReplay:
                 self.phases.resumed(cmd.program_id, forced=False)
                 for rid in getattr(cmd, "held_request_ids", ()):
                     pending = self._pending.pop(rid, None)
-                    self._watch.pop(rid, None)
-                    self._produced.pop(rid, None)
+                    self._unwatch(rid)
                     if pending is not None:
                         self.recorder.failed_steps += 1
                         self._at(self._now, _bind(self._advance, pending.run))
@@ -398,9 +404,9 @@ class VirtualReplay:
                 else:
                     self.recorder.capped_tool_s += capped
                 end_s = self._now + action.duration_s
-                if action.kind is GapKind.TOOL and run.tool_clock_s is not None:
-                    end_s = max(self._now, run.tool_clock_s + action.duration_s)
-                run.tool_clock_s = None
+                if action.kind is GapKind.TOOL:
+                    end_s = self._tool_step_end(run, action.duration_s)
+                run.call_starts = {}
                 if action.kind is GapKind.TOOL and self.config.levers.prompt_split \
                         and end_s > self._now:
                     self._split(run)
@@ -437,13 +443,17 @@ class VirtualReplay:
         run.last_output_tokens = step.output_tokens
         if step.gap_kind is not GapKind.TOOL:
             run.turn_sent_s = self._now
-        run.tool_clock_s = None
+        run.call_starts = {}
+        run.tool_step = step.index
         self._pending[rid] = _Pending(run, step, rid, self._now)
-        if self.config.levers.streaming_dispatch and self._tool_follows(run):
-            end = tool_call_end_token(step.output_tokens, self.config.levers.trailing_tokens)
-            if end < step.output_tokens:
-                self._watch[rid] = ("", end)
+        levers = self.config.levers
+        if levers.streaming_dispatch and self._tool_follows(run):
+            ends = tool_call_ends(step.output_tokens, levers.trailing_tokens,
+                                  levers.parallel_calls)
+            if ends[0] < step.output_tokens:
+                self._watch[rid] = ("", ends)
                 self._produced[rid] = 0
+                self._reached[rid] = 0
         self._feed(RequestArrived(
             self._now, pid, rid, prompt_tokens_estimate=step.prompt_tokens,
             max_output_tokens=step.output_tokens, prompt_blocks=step.blocks))
@@ -461,9 +471,9 @@ class VirtualReplay:
         """Decode iterations the engine may fast-forward: never past a watched request's
         tool-call end (every running request gains one token per decode iteration)."""
         cap = self.config.max_decode_steps
-        for rid, (backend, end) in self._watch.items():
+        for rid, (backend, ends) in self._watch.items():
             if backend == name:
-                cap = min(cap, max(1, end - self._produced[rid]))
+                cap = min(cap, max(1, ends[self._reached[rid]] - self._produced[rid]))
         return cap
 
     def _check_watches(self, res: StepResult) -> None:
@@ -472,24 +482,50 @@ class VirtualReplay:
             if watch is None:
                 continue
             self._produced[prog.rid] += prog.new_tokens
-            if self._produced[prog.rid] >= watch[1]:
-                del self._watch[prog.rid]
-                del self._produced[prog.rid]
-                pending = self._pending.get(prog.rid)
+            ends, reached = watch[1], self._reached[prog.rid]
+            pending = self._pending.get(prog.rid)
+            while reached < len(ends) and self._produced[prog.rid] >= ends[reached]:
                 if pending is not None:
-                    pending.run.tool_clock_s = self._now
+                    pending.run.call_starts[reached] = self._now
+                reached += 1
+            self._reached[prog.rid] = reached
+            if reached == len(ends) or ends[reached] >= pending_output(pending):
+                self._unwatch(prog.rid)
+
+    def _unwatch(self, rid: str) -> None:
+        self._watch.pop(rid, None)
+        self._produced.pop(rid, None)
+        self._reached.pop(rid, None)
+
+    def _tool_step_end(self, run: _Run, gap_s: float) -> float:
+        """When the tool step that starts now ends: its calls run ``call_durations``, each
+        from its start (streaming dispatch: when its last argument token was produced; else
+        now, the response's end)."""
+        durations = call_durations(gap_s, self.config.levers.parallel_calls, run.tool_step)
+        return max([self._now, *(run.call_starts.get(j, self._now) + d
+                                  for j, d in enumerate(durations))])
 
     def _split(self, run: _Run) -> None:
         """Prefill the next prompt's known prefix on the program's engine (prefill-only, lowest
-        priority) while its tool runs; skipped when cached there or the program is paused."""
+        priority) while its tool runs, as ``thunder_scheduling.prompt_split`` decides (the
+        replay knows what its engine caches: the uncached part is exact)."""
         pid = run.program.program_id
         nxt = next((a.step for a in run.actions[run.idx:] if isinstance(a, Call)), None)
         engine = self.engines.get(run.backend) if run.backend is not None else None
-        if nxt is None or engine is None or pid in self.phases.paused:
+        if nxt is None or engine is None:
             return
         blocks = known_prefix_blocks(nxt.blocks, nxt.prompt_tokens, run.last_tokens,
                                      run.last_output_tokens, run.program.block_tokens)
-        if not blocks or engine.memory.cache.match_len(blocks) >= len(blocks):
+        if not blocks:
+            return
+        missing = len(blocks) - engine.memory.cache.match_len(blocks)
+        room = getattr(self.scheduler, "split_room", None)
+        action = split_action(
+            paused=pid in self.phases.paused, cached=missing == 0,
+            uncached_tokens=missing * run.program.block_tokens,
+            room=room(pid, self._now) if room is not None else None)
+        self._split_actions[action.value] = self._split_actions.get(action.value, 0) + 1
+        if action is not SplitAction.SENT:
             return
         self._splits += 1
         low = 1 if engine.config.schedule_low_priority_values_first else -1
@@ -518,13 +554,46 @@ class VirtualReplay:
             ideal=ideal_hit_tokens(self._played), fit=self.fit,
             extra={"prewarms": self._prewarms, "held_requests": self._held,
                    "prompt_splits": self._splits, "levers": cfg.levers.name,
+                   "split_actions": dict(sorted(self._split_actions.items())),
                    "retractions": sum(e.counters.num_retracted_reqs
                                       for e in self.engines.values()),
                    "kv_pool_tokens": next(iter(self.engines.values())).capacity_tokens,
                    "engine_miss_tokens": _sum_dicts(
                        e.counters.miss_tokens for e in self.engines.values()),
+                   **engine_time(self.engines.values(), duration_s),
                    **self._scheduler_counters()},
         )
+
+
+def backend_updated(name: str, engine: Engine, at: float = 0.0) -> BackendUpdated:
+    """What the backend monitor reports for ``engine``: its device pool and, with HiCache on,
+    its host pool and load-back rate (link bandwidth / KV bytes per token)."""
+    cfg = engine.config
+    host = cfg.host_pool_tokens if cfg.enable_hierarchical_cache else 0
+    rate = (cfg.host_device_bytes_per_s / cfg.kv_bytes_per_token
+            if host and cfg.kv_bytes_per_token > 0 else None)
+    return BackendUpdated(at, name, True, engine.capacity_tokens, cfg.page_tokens,
+                          host_capacity_tokens=host, host_load_tokens_per_s=rate)
+
+
+def engine_time(engines: Iterable[Engine], duration_s: float) -> dict[str, float]:
+    """Where the engines' time went: shares of prefill, decode and idle (engine-seconds over
+    ``engines x duration_s``), the time-weighted mean decode batch and the mean context of a
+    decoding request. A decode iteration reads every running request's KV, so its cost per
+    output token is about (weights + batch context) / batch: a larger batch amortises the
+    weights, and KV held by programs in tools is memory no decoding request can use."""
+    engines = list(engines)
+    total = len(engines) * duration_s
+    prefill = sum(e.counters.prefill_s for e in engines)
+    decode = sum(e.counters.decode_s for e in engines)
+    batch = sum(e.counters.decode_batch_s for e in engines)
+    context = sum(e.counters.decode_context_s for e in engines)
+    if total <= 0:
+        return {}
+    return {"prefill_share": round(prefill / total, 4), "decode_share": round(decode / total, 4),
+            "idle_share": round(max(0.0, 1 - (prefill + decode) / total), 4),
+            "decode_batch_mean": round(batch / decode, 2) if decode else 0.0,
+            "decode_context_per_request": round(context / batch) if batch else 0}
 
 
 def _sum_dicts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
@@ -532,6 +601,11 @@ def _sum_dicts(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
     for d in dicts:
         add_misses(out, d)
     return ordered_misses(out)
+
+
+def pending_output(pending: _Pending | None) -> int:
+    """The output tokens of a watched request (0 when it is gone: stop watching)."""
+    return pending.step.output_tokens if pending is not None else 0
 
 
 def _bind(fn: Callable[[_Run], None], run: _Run) -> Callable[[], None]:
