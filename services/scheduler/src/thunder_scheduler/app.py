@@ -113,6 +113,8 @@ def backend_options(settings: ServiceSettings, kind: str) -> dict[str, Any]:
             "priority_scheduling": settings.vllm_priority_scheduling,
             "cached_tokens_in_usage": settings.vllm_cached_tokens_in_usage,
         }
+    if kind == BackendKind.LLAMACPP.value and settings.llamacpp_slot_offload:
+        return {"slot_store_ratio": settings.llamacpp_slot_store_ratio}
     return {}
 
 
