@@ -81,6 +81,7 @@ from thunder_scheduling.events import (
 )
 from thunder_scheduling.interface import SchedulingCore
 from thunder_scheduling.prompt_split import SplitRoom
+from thunder_scheduling.rollouts import CUT_REASON as ROLLOUT_CUT_REASON
 
 __all__ = ["Driver", "ProgramHooks", "ProgramRecord"]
 
@@ -436,6 +437,8 @@ class Driver:
         if "lease" in command.reason:
             self.metrics.lease_expiries.inc()
             status = "lease_expired"
+        elif command.reason == ROLLOUT_CUT_REASON:
+            status = ProgramEndStatus.CANCELLED.value
         self.metrics.program_ended(record.framework or Framework.OTHER.value, status)
         self._held.fail_program(pid, GateError(409, f"program {pid!r} was released "
                                                     f"({command.reason})"))
