@@ -21,6 +21,7 @@ from thunder_scheduling.accounting import (
 from thunder_scheduling.commands import (
     Admit,
     Command,
+    Offload,
     Pause,
     Release,
     Resume,
@@ -104,7 +105,11 @@ class SchedulerState:
     def _set_acting_weight(self, program: Program, now: float) -> None:
         weight = self.policy.acting_weight(program, self._view(now))
         if weight.tier is KvTier.HOST and program.backend is not None:
+            was_host = program.kv_tier is KvTier.HOST
             self._to_host(program, program.backend, now)
+            if program.kv_tier is KvTier.HOST and not was_host:  # the driver moves it
+                self._out.append(
+                    Offload(program.program_id, program.backend, program.context_tokens))
         elif weight.tier is KvTier.GONE:
             self._tiers.drop(program.program_id)
             program.kv_tier = KvTier.GONE
@@ -181,7 +186,8 @@ class SchedulerState:
         else:
             self._tiers.drop(program.program_id)
             program.kv_tier = KvTier.GONE
-        self._out.append(Pause(program.program_id, backend, program.context_tokens, reason))
+        self._out.append(Pause(program.program_id, backend, program.context_tokens, reason,
+                               kv_tier=program.kv_tier.value))
         self._enqueue(program, now)
         self._room_changed = True
 
