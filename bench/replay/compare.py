@@ -33,6 +33,7 @@ from workloads import WORKLOADS, workload
 
 from thunder_scheduling.registry import policy_names
 from thunder_sim.costmodel.presets import get_preset
+from thunder_sim.engine import EngineConfig
 from thunder_sim.engine.ledger import MissCause
 from thunder_sim.replay.cli import describe_run
 from thunder_sim.replay.metrics import RunReport
@@ -46,6 +47,19 @@ SCHEDULER_MADE = tuple(c.value for c in MissCause if c is not MissCause.FIRST_SI
 
 def fitting_programs(replicas: int, pool_tokens: int, mean_peak_tokens: float) -> int:
     return max(1, math.floor(replicas * pool_tokens / mean_peak_tokens))
+
+
+def hicache_line(hc: str) -> str:
+    """What the engines' host tier is, when HiCache is on (empty when off)."""
+    if hc != "on":
+        return ""
+    cfg = EngineConfig.from_preset("h100-qwen3-8b", enable_hierarchical_cache=True)
+    rate = cfg.host_device_bytes_per_s / cfg.kv_bytes_per_token
+    return (f"HiCache on every engine (`--enable-hierarchical-cache`, ratio "
+            f"{cfg.hicache_ratio:g}, {cfg.hicache_write_policy}): host pool "
+            f"{cfg.host_pool_tokens:,} tokens per engine, load-back "
+            f"{cfg.host_device_bytes_per_s / 1e9:g} GB/s = {rate:,.0f} tokens/s; the scheduler "
+            f"gets both on `BackendUpdated`.\n\n")
 
 
 def load_avg() -> str:
@@ -119,17 +133,26 @@ def main() -> int:
     ap.add_argument("--anchor", default="thunderagent",
                     help="the policy the target ratio is measured against")
     ap.add_argument("--name", default="compare")
+    ap.add_argument("--hicache", default="off",
+                    help="comma list of off / on: engines without / with SGLang's HiCache host "
+                         "tier (--enable-hierarchical-cache, host pool = 2x the device pool)")
+    ap.add_argument("--out", default=str(OUT), help="directory of the results files")
     args = ap.parse_args()
     knobs: dict[str, dict[str, Any]] = json.loads(args.knobs)
     policies = policy_names() if args.policies == "all" else args.policies.split(",")
     pool = get_preset("h100-qwen3-8b").kv_pool_tokens
     multiples = [int(m) for m in args.multiples.split(",")]
+    hicache = args.hicache.split(",")
+    if any(h not in ("off", "on") for h in hicache):
+        ap.error(f"--hicache takes off, on or off,on; got {args.hicache!r}")
+    out = Path(args.out)
     for wl_name in args.workload.split(","):
         wl = workload(wl_name, args.seed, args.sessions)
         fit = wl.load()
         duration_s = args.duration_s or wl.duration_s
         mean_peak = sum(p.peak_context_tokens for p in fit.programs) / len(fit.programs)
-        for replicas in (int(r) for r in args.replicas.split(",")):
+        for replicas, hc in ((int(r), h) for r in args.replicas.split(",") for h in hicache):
+            overrides = {"enable_hierarchical_cache": True} if hc == "on" else {}
             fits = fitting_programs(replicas, pool, mean_peak)
             reports = []
             load_before = load_avg()
@@ -138,18 +161,20 @@ def main() -> int:
                 for mult in multiples:
                     cfg = VirtualConfig(policy=policy, policy_knobs=knobs.get(policy, {}),
                                         replicas=replicas, concurrency=fits * mult,
-                                        gaps=wl.gaps, duration_s=duration_s)
+                                        gaps=wl.gaps, duration_s=duration_s,
+                                        engine_overrides=overrides)
                     t0 = time.perf_counter()
                     r = VirtualReplay(fit.programs, cfg, fit=fit.describe()).run()
                     reports.append(r)
-                    print(f"{wl.name} {policy} {replicas}r x{r.concurrency}: "
+                    print(f"{wl.name} {policy} {replicas}r hicache {hc} x{r.concurrency}: "
                           f"{r.steps_per_min:.1f} steps/min hit {r.hit_rate:.3f}/"
                           f"{r.ideal_hit_rate:.3f} pauses {r.pauses} "
                           f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
             pre = (f"Command: `.venv/bin/python bench/replay/compare.py "
                    f"{' '.join(sys.argv[1:])}` (virtual mode, this file: workload "
-                   f"{wl.name}, {replicas} replicas; {time.perf_counter() - started:.0f} s "
-                   f"wall; load average {load_before} before, {load_avg()} after)\n\n"
+                   f"{wl.name}, {replicas} replicas, HiCache {hc}; "
+                   f"{time.perf_counter() - started:.0f} s wall; load average {load_before} "
+                   f"before, {load_avg()} after)\n\n{hicache_line(hc)}"
                    f"Workload `{wl.name}`: {wl.rule} (`bench/replay/workloads.py`).\n\n"
                    f"{describe_run(fit, wl.gaps, None)}\n\n"
                    f"KV pool {pool:,} tokens per H100 engine (h100-qwen3-8b preset, page 64); "
@@ -159,7 +184,8 @@ def main() -> int:
                    f"{', '.join(f'{m}x = {m * fits}' for m in multiples)}; run length "
                    f"{duration_s:g} modelled s; seed {args.seed}; policy knobs "
                    f"{json.dumps(knobs) if knobs else 'defaults'}")
-            paths = write(reports, OUT, f"{args.name}-{wl.name}-{replicas}r", pre,
+            suffix = "-hicache" if hc == "on" else ""
+            paths = write(reports, out, f"{args.name}-{wl.name}-{replicas}r{suffix}", pre,
                           baseline="round_robin")
             md = paths[0]
             md.write_text(md.read_text() + "\n"

@@ -49,6 +49,8 @@ class Harness:
         """Admitted request id -> (program id, backend)."""
         self.log: list[Command] = []
         self._ids = itertools.count(1)
+        self.host_tokens: dict[str, int] = {}
+        """Per backend: the host tier its updates report (``host_update``)."""
         for name, capacity in (backends or {"a": 1000}).items():
             self.backend_update(name, capacity, page_size_tokens=page_size_tokens)
 
@@ -74,7 +76,16 @@ class Harness:
     def backend_update(
         self, name: str, capacity: int, healthy: bool = True, page_size_tokens: int = 1
     ) -> list[Command]:
-        return self.feed(BackendUpdated(self.now, name, healthy, capacity, page_size_tokens))
+        return self.feed(BackendUpdated(
+            self.now, name, healthy, capacity, page_size_tokens,
+            host_capacity_tokens=self.host_tokens.get(name, 0),
+        ))
+
+    def host_update(self, name: str, host_tokens: int) -> list[Command]:
+        """The backend now reports a host KV tier of ``host_tokens`` (0: none)."""
+        self.host_tokens[name] = host_tokens
+        b = self.backend(name)
+        return self.backend_update(name, b.capacity_tokens, b.healthy, b.page_size_tokens)
 
     def start(self, pid: str, **kw: Any) -> list[Command]:
         return self.feed(ProgramStarted(self.now, pid, **kw))
@@ -188,4 +199,6 @@ op = st.one_of(  # one step of a random event sequence (see the suites' run())
     st.tuples(st.just("advance"), st.floats(0.0, 5.0)),
     st.tuples(st.just("health"), st.sampled_from(["b", "c"]), st.booleans()),
     st.tuples(st.just("capacity"), st.sampled_from(["a", "b"]), st.integers(400, 3000)),
+    st.tuples(st.just("host"), st.sampled_from(["a", "b", "c"]),
+              st.sampled_from([0, 500, 2500, 6000])),
 )

@@ -164,6 +164,8 @@ def run(
                                         healthy=item[2], page_size_tokens=page)
         elif kind == "capacity":
             commands = h.backend_update(item[1], item[2], page_size_tokens=page)
+        elif kind == "host":
+            commands = h.host_update(item[1], item[2])
         elif kind == "cut" and rollout is not None:
             commands = h.feed(RolloutCut(h.now, "batch"))
         for release in h.of(Release, commands):

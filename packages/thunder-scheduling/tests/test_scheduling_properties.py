@@ -80,6 +80,8 @@ def run(
                              page_size_tokens=page)
         elif kind == "capacity":
             h.backend_update(item[1], item[2], page_size_tokens=page)
+        elif kind == "host":
+            h.host_update(item[1], item[2])
         if check:
             check_invariants(h, live, watermark=policy == "thunder")
     return h.log

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import pytest
 
 from thunder_core.contract import ProgramEndStatus
@@ -23,6 +24,8 @@ from thunder_scheduler.backends.base import (
     SlotOpResult,
     SlotState,
 )
+from thunder_scheduler.backends.monitor import BackendState
+from thunder_scheduler.backends.sglang import SGLangBackend
 from thunder_scheduler.clock import ManualClock
 from thunder_scheduler.driver import Driver
 from thunder_scheduler.gate import GateError
@@ -30,6 +33,7 @@ from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduling.commands import (
     Admit,
     Hold,
+    Offload,
     Pause,
     Prewarm,
     Release,
@@ -37,6 +41,7 @@ from thunder_scheduling.commands import (
     SetPriority,
 )
 from thunder_scheduling.events import (
+    BackendUpdated,
     ProgramEnded,
     ProgramStarted,
     RequestArrived,
@@ -44,6 +49,7 @@ from thunder_scheduling.events import (
 )
 from thunder_testkit import until_async
 from thunder_testkit.cores import ScriptedCore
+from thunder_testkit.engines import FakeSGLang
 
 
 class FakeSlotBackend:
@@ -311,3 +317,154 @@ async def test_a_shared_slot_is_erased_only_by_its_last_program() -> None:
     driver.feed(ProgramEnded(at=2.0, program_id="q"))
     await _settle()
     assert backend.calls[-1] == ("release", "q", 0)  # the last one erases it
+
+
+# -- the host tier: the core's KV place drives the slot (docs/host-tier.md) ----------------------
+
+
+def _slot_driver(core: ScriptedCore, backend: FakeSlotBackend) -> Driver:
+    driver = _driver(core, backend, slot_offload=True, total_slots=lambda name: 2)
+    driver.arrive("p", "p:1", _arrived("p", "p:1"))
+    return driver
+
+
+async def _step(driver: Driver, at: float) -> None:
+    driver.feed(ProgramEnded(at=at, program_id="x"))  # any event: the next scripted commands
+    await _settle()
+
+
+async def test_kv_to_host_saves_the_slot_and_the_prewarm_restores_it_before_the_return() -> None:
+    backend = FakeSlotBackend("a")
+    core = ScriptedCore([
+        [Admit("p", "p:1", "a")],
+        [Pause("p", "a", 100, kv_tier="host")],
+        [Prewarm("p", "a")],                        # ahead of the predicted tool end
+        [Resume("p", "a", "a", migrated=False)],
+    ])
+    driver = _slot_driver(core, backend)
+    for at in (1.0, 2.0, 3.0):
+        await _step(driver, at)
+    assert [call[0] for call in backend.calls] == ["save", "restore"]  # not restored twice
+    assert _sample(driver, "thunder_paused_kv_total", place="host") == 1
+    assert _sample(driver, "thunder_host_kv_transfers_total", direction="offload") == 1
+    assert _sample(driver, "thunder_host_kv_transfers_total", direction="load_back") == 1
+    assert _sample(driver, "thunder_prewarms_total") == 0  # the restore was the warm-up
+
+
+@pytest.mark.parametrize("tier", ["device", "gone"])
+async def test_kv_kept_on_the_device_or_dropped_is_not_saved(tier: str) -> None:
+    backend = FakeSlotBackend("a")
+    core = ScriptedCore([
+        [Admit("p", "p:1", "a")],
+        [Pause("p", "a", 100, kv_tier=tier)],
+        [Prewarm("p", "a")],
+        [Resume("p", "a", "a", migrated=False)],
+    ])
+    driver = _slot_driver(core, backend)
+    for at in (1.0, 2.0, 3.0):
+        await _step(driver, at)
+    assert backend.calls == []
+    assert _sample(driver, "thunder_paused_kv_total", place=tier) == 1
+
+
+async def test_a_save_from_an_earlier_pause_is_not_restored_once_the_kv_is_gone() -> None:
+    backend = FakeSlotBackend("a")
+    core = ScriptedCore([
+        [Admit("p", "p:1", "a")],
+        [Pause("p", "a", 100, kv_tier="host")],
+        [Resume("p", "a", "a", migrated=False)],
+        [Pause("p", "a", 200, kv_tier="gone")],
+        [Resume("p", "a", "a", migrated=False)],
+    ])
+    driver = _slot_driver(core, backend)
+    for at in (1.0, 2.0, 3.0, 4.0):
+        await _step(driver, at)
+    assert [call[0] for call in backend.calls] == ["save", "restore"]
+
+
+async def test_a_pause_because_the_backend_went_away_calls_no_lever() -> None:
+    backend = FakeSlotBackend("a")
+    core = ScriptedCore([[Admit("p", "p:1", "a")], [Pause("p", "a", 100, "backend_unhealthy")]])
+    driver = _slot_driver(core, backend)
+    await _step(driver, 1.0)
+    assert backend.calls == []
+    assert _sample(driver, "thunder_paused_kv_total", place="gone") == 1
+
+
+async def test_an_acting_program_offloaded_to_host_has_its_slot_saved() -> None:
+    backend = FakeSlotBackend("a")
+    core = ScriptedCore([
+        [Admit("p", "p:1", "a")],
+        [Offload("p", "a", 100)],
+        [Prewarm("p", "a")],
+    ])
+    driver = _slot_driver(core, backend)
+    await _step(driver, 1.0)
+    await _step(driver, 2.0)
+    assert [call[0] for call in backend.calls] == ["save", "restore"]
+
+
+async def test_an_ended_program_s_saved_slot_is_erased_and_its_file_truncated() -> None:
+    backend = FakeSlotBackend("a")
+    core = ScriptedCore([
+        [Admit("p", "p:1", "a")],
+        [Pause("p", "a", 100, kv_tier="host")],
+        [Release("p", "a", "ended")],
+    ])
+    driver = _slot_driver(core, backend)
+    await _step(driver, 1.0)
+    await _step(driver, 2.0)
+    save, release, truncate = backend.calls
+    assert release == ("release", "p", 0)
+    assert truncate == ("save", 0, save[2])  # the erased slot saved over the program's file
+    assert driver.tracked()["levers.llamacpp"] == 0
+
+
+async def test_a_saved_file_waits_for_its_shared_slot_to_be_erased_then_is_truncated() -> None:
+    backend = FakeSlotBackend("a")
+    core = ScriptedCore([
+        [Admit("p", "p:1", "a")],
+        [Admit("q", "q:1", "a")],
+        [Pause("p", "a", 100, kv_tier="host")],
+        [Release("p", "a", "ended")],
+        [Release("q", "a", "ended")],
+    ])
+    driver = _driver(core, backend, slot_offload=True, total_slots=lambda name: 1)
+    driver.arrive("p", "p:1", _arrived("p", "p:1"))
+    driver.arrive("q", "q:1", _arrived("q", "q:1"))
+    await _step(driver, 1.0)
+    await _step(driver, 2.0)
+    save = backend.calls[0]
+    assert backend.calls[1:] == [("release", "p", None)]  # q still uses slot 0
+    assert driver.tracked()["levers.llamacpp"] == 2       # q's pin and p's file
+    await _step(driver, 3.0)
+    assert backend.calls[2:] == [("release", "q", 0), ("save", 0, save[2])]
+    assert driver.tracked()["levers.llamacpp"] == 0
+
+
+async def test_backend_updates_carry_the_host_tier_to_the_core() -> None:
+    core = ScriptedCore()
+    driver = _driver(core, FakeSlotBackend("a"))
+    info = BackendInfo(1000, 1, ("m",), 500, host_capacity_tokens=4000)
+    await driver.on_backend_change("a", BackendState("a", True, info, None, None, 0, 0.0))
+    [event] = core.events
+    assert isinstance(event, BackendUpdated)
+    assert (event.capacity_tokens, event.host_capacity_tokens) == (1000, 4000)
+
+
+@pytest.mark.parametrize(("tier", "closed"), [("host", True), ("gone", True), ("device", False)])
+async def test_an_sglang_program_paused_off_the_device_releases_its_session(
+    tier: str, closed: bool,
+) -> None:
+    fake = FakeSGLang(enable_session_radix_cache=True)
+    backend = SGLangBackend("a", "http://a:30000", httpx.AsyncClient(transport=fake.transport()))
+    await backend.probe()
+    core = ScriptedCore([[Pause("p", "a", 100, kv_tier=tier)]])
+    driver = Driver(core, {"a": backend}, ManualClock(0.0), ServiceMetrics())
+    session = (await driver.engine_hints("p", backend)).session_id
+    assert session in fake.open_sessions
+    await _step(driver, 1.0)
+    # unreferenced, HiCache demotes its radix nodes to host before the running programs'
+    assert (session not in fake.open_sessions) is closed
+    assert driver.levers[BackendKind.SGLANG].hints("p", backend).session_id == (
+        None if closed else session)

@@ -221,6 +221,12 @@ class Paths:
     RUNTIME: Final = "/v1/programs/{program_id}/runtimes/{runtime_id}"
     RUNTIME_EXEC: Final = "/v1/programs/{program_id}/runtimes/{runtime_id}/exec"
     RUNTIME_SPECS: Final = "/v1/runtime-specs"
+    ROLLOUTS: Final = "/v1/rollouts"
+    """``RolloutStart``: open an RL rollout batch (its size, an optional cut-off)."""
+    ROLLOUT: Final = "/v1/rollouts/{rollout}"
+    """``RolloutView``: a batch's progress and the programs its cut-off ended."""
+    ROLLOUT_CUT: Final = "/v1/rollouts/{rollout}/cut"
+    """Cut the rest of a batch now (partial rollouts): every live member is ended."""
     THUNDERAGENT_RELEASE: Final = "/programs/release"
     HEALTH: Final = "/health"
     READY: Final = "/ready"
@@ -419,6 +425,33 @@ class ProgramList(BaseModel):
     programs: list[ProgramView]
 
 
+class RolloutStart(_Event):
+    """``POST /v1/rollouts``: an RL rollout batch opens. Its programs carry the batch id in
+    their ``rollout`` tag (``ROLLOUT_TAG``); ``size`` is how many are coming (without it, the
+    members seen so far); with ``cut_fraction`` the rest is cut once that fraction ended."""
+
+    rollout: ProgramIdField
+    size: int | None = Field(default=None, ge=1, le=1_000_000)
+    cut_fraction: float | None = Field(default=None, gt=0, le=1)
+
+    @field_validator("rollout")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return validate_program_id(value)
+
+
+class RolloutView(BaseModel):
+    """A rollout batch as the scheduler sees it."""
+
+    rollout: str
+    num_programs: int
+    num_ended: int
+    draining: bool
+    """More than the drain fraction ended: the live members are stragglers."""
+    cut_program_ids: list[str] = Field(default_factory=list)
+    live_program_ids: list[str] = Field(default_factory=list)
+
+
 class ErrorObject(BaseModel):
     """OpenAI's error object: ``message``, ``type``, ``code`` (and ``param``); ``detail`` is
     ours (the offending fields of a validation error)."""
@@ -513,6 +546,8 @@ __all__ = [
     "ProgramStart",
     "ProgramStatus",
     "ProgramView",
+    "RolloutStart",
+    "RolloutView",
     "RouterPaths",
     "ThunderAgentRelease",
     "ToolEnd",

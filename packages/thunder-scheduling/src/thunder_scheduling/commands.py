@@ -49,6 +49,22 @@ class Pause:
     reason: str = "overflow"
     """``overflow`` (the backend's KV is over its watermark) or ``backend_unhealthy`` (the
     backend went away: skip engine levers such as slot save)."""
+    kv_tier: str | None = None
+    """Where the core put the program's KV: ``device`` (left there), ``host`` (the backend's
+    host tier: HiCache host pool, llama.cpp saved slot; loaded back by a ``Prewarm`` before the
+    program returns) or ``gone`` (recomputed); None when the policy does not choose (the
+    driver then offloads where the engine has a host tier)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Offload:
+    """A program that stays placed (acting: in a tool) has its KV moved to ``backend``'s host
+    tier (InferCept's swap-out during an interception); a ``Prewarm`` before its predicted
+    return loads it back."""
+
+    program_id: str
+    backend: str
+    context_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +104,8 @@ class Release:
     """Requests still parked at the proxy: the driver fails them (the program is gone)."""
 
 
-Command = Admit | Hold | Pause | Resume | Prewarm | SetPriority | Release
+Command = Admit | Hold | Pause | Offload | Resume | Prewarm | SetPriority | Release
 
-__all__ = ["Admit", "Command", "Hold", "Pause", "Prewarm", "Release", "Resume", "SetPriority"]
+__all__ = [
+    "Admit", "Command", "Hold", "Offload", "Pause", "Prewarm", "Release", "Resume", "SetPriority",
+]

@@ -41,6 +41,9 @@ A policy answers these questions (all have defaults in :class:`BasePolicy`):
     (overflow relief, aging, restores, all driven by the hooks above); a policy whose
     algorithm does not fit them (a fixed tick, a bin-packing restore) brings its own, working
     through ``SchedulerControl`` (``control.py``: the only things a pass may read and do).
+``pause_tier(program, view) -> KvTier``
+    Where a program being paused keeps its KV (``kv_tiers.py``): host where its backend has
+    a host tier with room, else gone (the default); the scheduler tracks it.
 ``aging_deadline(started_at, paused_since, paused_before_s, max_paused_s) -> float``
     When the scheduler's aging forces a waiting program back (room made for it). Default:
     ``max_paused_s`` after the wait began; must depend only on these numbers.
@@ -75,6 +78,7 @@ from typing import TYPE_CHECKING, Protocol
 from thunder_core.contract import ProgramPhase
 from thunder_scheduling.accounting import BackendLedger, WeightMode
 from thunder_scheduling.events import RequestArrived
+from thunder_scheduling.kv_tiers import KvTier, KvTiers
 from thunder_scheduling.program_table import Program
 
 if TYPE_CHECKING:
@@ -89,7 +93,12 @@ class ActingWeight:
     switch_at: float | None = None
     then: WeightMode = WeightMode.FULL
     prewarm_at_switch: bool = False
-    """At the switch, emit ``Prewarm`` if the program was paused since its last request."""
+    """At the switch, emit ``Prewarm`` if the program was paused since its last request, or
+    its KV was offloaded to host (``tier``)."""
+    tier: KvTier | None = None
+    """Where the program's KV goes while it acts (``kv_tiers.py``): ``HOST`` offloads it
+    (it weighs nothing on the device until its request or the switch), ``GONE`` lets it go;
+    ``None`` / ``DEVICE``: it stays where it is."""
 
 
 class PolicyView:
@@ -106,6 +115,7 @@ class PolicyView:
         "now",
         "prewarm_lead_s",
         "restoring",
+        "tiers",
     )
 
     def __init__(
@@ -120,8 +130,11 @@ class PolicyView:
         forced: bool = False,
         prewarm_lead_s: float = 0.0,
         programs_on: Callable[[str], list[Program]] | None = None,
+        tiers: KvTiers | None = None,
     ) -> None:
         self.now = now
+        self.tiers = tiers if tiers is not None else KvTiers()
+        """Where programs' KV is and each backend's host budget (read-only)."""
         self._programs_on = programs_on
         self.prewarm_lead_s = prewarm_lead_s
         self._ledgers = ledgers
@@ -188,6 +201,8 @@ class Policy(Protocol):
     def acting_weight(self, program: Program, view: PolicyView) -> ActingWeight: ...
 
     def engine_priority(self, program: Program, view: PolicyView) -> int | None: ...
+
+    def pause_tier(self, program: Program, view: PolicyView) -> KvTier: ...
 
     def route_request(
         self, program: Program, request: RequestArrived, view: PolicyView
@@ -287,6 +302,13 @@ class BasePolicy:
 
     def engine_priority(self, program: Program, view: PolicyView) -> int | None:
         return None
+
+    def pause_tier(self, program: Program, view: PolicyView) -> KvTier:
+        """Where a paused program's KV goes: to host where its backend has a host tier with
+        room (the engine backs it up and keeps it there, LRU), else it is gone."""
+        if view.tiers.host_room(program.backend, program.context_tokens):
+            return KvTier.HOST
+        return KvTier.GONE
 
     def route_request(
         self, program: Program, request: RequestArrived, view: PolicyView

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from thunder_core.contract import ProgramEndStatus, ProgramPhase, ProgramStatus
 from thunder_scheduling.accounting import WeightMode
+from thunder_scheduling.kv_tiers import KvTier
 
 
 @dataclass(slots=True, eq=False)
@@ -68,6 +69,8 @@ class Program:
     """The last response ended in a tool call (``RequestFinished.ends_with_tool_call``)."""
     paused_in_spell: bool = False
     """Paused since the program last sent a request (its KV may be cold: prewarm it)."""
+    kv_tier: KvTier = KvTier.GONE
+    """Where the core believes its KV is (``kv_tiers.py``): device, host or gone."""
 
     paused_since: float | None = None
     pause_count: int = 0

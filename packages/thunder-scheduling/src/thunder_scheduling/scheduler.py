@@ -31,6 +31,7 @@ from thunder_scheduling.events import (
     ToolFinished,
     ToolStarted,
 )
+from thunder_scheduling.kv_tiers import KvTier
 from thunder_scheduling.program_table import Program, ToolCall
 from thunder_scheduling.prompt_split import SplitRoom
 from thunder_scheduling.queues import KeyedHeap
@@ -172,6 +173,15 @@ class ProgramScheduler(SchedulerState):
         """A rollout batch's progress and the programs its cut-off ended (``None``: unknown)."""
         return self._rollouts.status(rollout)
 
+    def kv_tier(self, program_id: str) -> KvTier:
+        """Where the core believes the program's KV is (``kv_tiers.py``); an unknown or ended
+        program's is gone."""
+        return self._tiers.tier(program_id)
+
+    def host_used_tokens(self, backend: str) -> int:
+        """Tokens of programs the core believes held in ``backend``'s host tier."""
+        return self._tiers.host_used(backend)
+
     def has_program(self, program_id: str) -> bool:
         return self._table.get(program_id) is not None
 
@@ -213,6 +223,9 @@ class ProgramScheduler(SchedulerState):
         ledger.reported_used_tokens = ev.used_tokens
         ledger.host_capacity_tokens = ev.host_capacity_tokens
         ledger.host_load_tokens_per_s = ev.host_load_tokens_per_s
+        self._tiers_gone(self._tiers.configure(
+            ev.backend, ev.capacity_tokens, ev.host_capacity_tokens, ev.host_load_tokens_per_s
+        ), now)
         ledger.healthy = ev.healthy
         if page_changed:
             for program_id in list(ledger.charges):
@@ -241,6 +254,7 @@ class ProgramScheduler(SchedulerState):
             program.responded_on.discard(ev.backend)
         for program_id in list(ledger.charges):
             self._sync(self._table_get(program_id), now)
+        self._tiers_gone(self._tiers.flushed(ev.backend), now)
         self.policy.backend_flushed(ev.backend)
         self._count("backend_flushes")
         self._dirty[ev.backend] = None

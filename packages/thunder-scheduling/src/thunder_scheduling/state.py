@@ -21,6 +21,7 @@ from thunder_scheduling.accounting import (
 from thunder_scheduling.commands import (
     Admit,
     Command,
+    Offload,
     Pause,
     Release,
     Resume,
@@ -28,6 +29,7 @@ from thunder_scheduling.commands import (
 )
 from thunder_scheduling.config import SchedulerConfig
 from thunder_scheduling.control import SchedulerControl
+from thunder_scheduling.kv_tiers import KvTier, KvTiers
 from thunder_scheduling.policy import Policy, PolicyView
 from thunder_scheduling.program_table import Program, ProgramTable
 from thunder_scheduling.queues import KeyedHeap, WaitingQueue
@@ -67,6 +69,7 @@ class SchedulerState:
         self._lease_of: dict[str, float] = {}
         self._tools = ToolTimeEstimator(config.tool_ewma_alpha)
         self._rollouts = RolloutBook(config.rollout_drain_fraction)
+        self._tiers = KvTiers()
         self._now = float("-inf")
         self._out: list[Command] = []
         self._dirty: dict[str, None] = {}
@@ -101,6 +104,20 @@ class SchedulerState:
 
     def _set_acting_weight(self, program: Program, now: float) -> None:
         weight = self.policy.acting_weight(program, self._view(now))
+        if weight.tier is KvTier.HOST and program.backend is not None:
+            was_host = program.kv_tier is KvTier.HOST
+            self._to_host(program, program.backend, now)
+            if program.kv_tier is KvTier.HOST and not was_host:  # the driver moves it
+                self._out.append(
+                    Offload(program.program_id, program.backend, program.context_tokens))
+        elif weight.tier is KvTier.GONE:
+            self._tiers.drop(program.program_id)
+            program.kv_tier = KvTier.GONE
+        elif program.kv_tier is KvTier.HOST and program.status is ProgramStatus.ACTIVE:
+            assert program.backend is not None  # offloaded earlier in this spell: kept now
+            self._tiers.on_device(program.program_id, program.backend, program.context_tokens)
+            program.kv_tier = KvTier.DEVICE
+            self._dirty[program.backend] = None  # it weighs on the device again
         program.weight_mode = weight.mode
         program.weight_switch_at = weight.switch_at
         program.weight_then = weight.then
@@ -124,6 +141,8 @@ class SchedulerState:
         assert program.backend is not None
         program.in_flight[request_id] = None
         self._count("admitted_requests")
+        self._tiers.on_device(program.program_id, program.backend, program.context_tokens)
+        program.kv_tier = KvTier.DEVICE
         self._out.append(
             Admit(program.program_id, request_id, program.backend, program.engine_priority)
         )
@@ -159,7 +178,14 @@ class SchedulerState:
         program.paused_in_spell = True
         ledger.paused_here += 1
         self._count("pauses")
-        self._out.append(Pause(program.program_id, backend, program.context_tokens, reason))
+        if reason == "overflow" and self.policy.pause_tier(
+                program, self._view(now)) is KvTier.HOST:
+            self._to_host(program, backend, now)
+        else:
+            self._tiers.drop(program.program_id)
+            program.kv_tier = KvTier.GONE
+        self._out.append(Pause(program.program_id, backend, program.context_tokens, reason,
+                               kv_tier=program.kv_tier.value))
         self._enqueue(program, now)
         self._room_changed = True
 
@@ -183,6 +209,10 @@ class SchedulerState:
         program.paused_since = None
         program.status = ProgramStatus.ACTIVE
         program.backend = backend
+        if program.kv_tier is not KvTier.GONE:
+            self._tiers.on_device(  # loaded back on its return
+                program.program_id, backend, program.context_tokens)
+            program.kv_tier = KvTier.DEVICE
         if previous is not None and was_paused:
             self._ledgers[previous].paused_here -= 1
             migrated = previous != backend
@@ -227,6 +257,8 @@ class SchedulerState:
         program.ended_at = now
         program.last_event_at = now
         self._table.end(program)
+        self._tiers.drop(program.program_id)
+        program.kv_tier = KvTier.GONE
         draining = self._rollouts.ended(program.program_id)
         if draining is not None and self.policy.rollout_aware:
             for program_id in draining.live():  # once per batch: stragglers re-keyed
@@ -236,6 +268,22 @@ class SchedulerState:
         self._room_changed = True
         if program.backend is not None:
             self._dirty[program.backend] = None
+
+    def _to_host(self, program: Program, backend: str, now: float) -> None:
+        """The program's KV goes to ``backend``'s host tier; programs pushed out are gone."""
+        pushed = self._tiers.to_host(
+            program.program_id, backend, ceil_to_page(
+                program.context_tokens, self._ledgers[backend].page_size_tokens))
+        program.kv_tier = self._tiers.tier(program.program_id)
+        self._tiers_gone(pushed, now)
+
+    def _tiers_gone(self, program_ids: list[str], now: float) -> None:
+        for program_id in program_ids:
+            other = self._table.get(program_id)
+            if other is not None and other.kv_tier is not KvTier.GONE:
+                other.kv_tier = KvTier.GONE
+                if other.status is ProgramStatus.PAUSED:
+                    self._sync(other, now)  # its restore key may read the tier
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -318,7 +366,13 @@ class SchedulerState:
             return None
         program.weight_mode = program.weight_then
         program.weight_switch_at = None
-        prewarm = program.prewarm_at_switch and program.paused_in_spell
+        offloaded = program.kv_tier is KvTier.HOST
+        prewarm = program.prewarm_at_switch and (program.paused_in_spell or offloaded)
+        if prewarm and offloaded and program.status is ProgramStatus.ACTIVE:
+            assert program.backend is not None
+            self._tiers.on_device(  # the prewarm loads it
+                program.program_id, program.backend, program.context_tokens)
+            program.kv_tier = KvTier.DEVICE
         self._sync(program, now)
         return prewarm
 
@@ -370,6 +424,7 @@ class SchedulerState:
                 forced=forced,
                 prewarm_lead_s=self.config.prewarm_lead_s,
                 programs_on=self._control.programs_on,
+                tiers=self._tiers,
             )
             self._views[key] = view
         return view

@@ -70,6 +70,10 @@ class FakeSGLang(FakeEngine):
     enable_priority_scheduling: bool = False
     schedule_low_priority_values_first: bool = False
     enable_session_radix_cache: bool = False
+    server_info_extra: dict[str, Any] = field(default_factory=dict)
+    """Merged into ``/server_info`` (e.g. the HiCache flags)."""
+    metrics_extra: list[str] = field(default_factory=list)
+    """Sample lines appended to ``/metrics``."""
 
     def route(self, request: httpx.Request, path: str, body: Any) -> httpx.Response:
         if path == "/server_info":
@@ -106,6 +110,7 @@ class FakeSGLang(FakeEngine):
                     "internal_states": states,
                     "version": "0.5.23",
                     "frontend": "python",
+                    **self.server_info_extra,
                 },
             )
         if path == "/v1/loads":
@@ -156,7 +161,8 @@ class FakeSGLang(FakeEngine):
                 ]
             text = (
                 "# HELP sglang:prompt_tokens_total Number of prefill tokens processed.\n"
-                "# TYPE sglang:prompt_tokens_total counter\n" + "\n".join(lines) + "\n"
+                "# TYPE sglang:prompt_tokens_total counter\n"
+                + "\n".join(lines + self.metrics_extra) + "\n"
             )
             return httpx.Response(200, text=text)
         if path == "/abort_request" and request.method == "POST":

@@ -64,6 +64,7 @@ from thunder_scheduler.proxy.fast_path import AdmitCheck, FastPathApp
 from thunder_scheduler.proxy.routes import PROXY_PREFIXES, ProxyEndpoints
 from thunder_scheduler.proxy.upstream import UpstreamClient, create_upstream_client
 from thunder_scheduler.quota import ProgramQuota
+from thunder_scheduler.rollout_api import create_rollout_router
 from thunder_scheduler.router_api import ROUTER_PREFIXES, RouterApi, create_router_api
 from thunder_scheduler.settings import ServiceSettings, SettingsError, setting_names
 from thunder_scheduling.config import ConfigError, SchedulerConfig, UnknownKnob
@@ -112,6 +113,8 @@ def backend_options(settings: ServiceSettings, kind: str) -> dict[str, Any]:
             "priority_scheduling": settings.vllm_priority_scheduling,
             "cached_tokens_in_usage": settings.vllm_cached_tokens_in_usage,
         }
+    if kind == BackendKind.LLAMACPP.value and settings.llamacpp_slot_offload:
+        return {"slot_store_ratio": settings.llamacpp_slot_store_ratio}
     return {}
 
 
@@ -315,6 +318,7 @@ def create_app(
         lambda: driver, require_admin, quota=quota, max_lease_s=settings.max_lease_s,
         max_tags_bytes=settings.max_tags_bytes,
     ))
+    app.include_router(create_rollout_router(lambda: driver, require_admin))
     if tools is not None:
         from thunder_scheduler.tools.api import create_tools_router
 

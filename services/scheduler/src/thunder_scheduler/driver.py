@@ -53,6 +53,7 @@ from thunder_scheduler.levers import (
     LEVER_TIMEOUT_S,
     EngineHints,
     EngineLevers,
+    KVPlace,
     LeverContext,
     make_levers,
 )
@@ -64,6 +65,7 @@ from thunder_scheduling.commands import (
     Admit,
     Command,
     Hold,
+    Offload,
     Pause,
     Prewarm,
     Release,
@@ -80,10 +82,20 @@ from thunder_scheduling.events import (
 )
 from thunder_scheduling.interface import SchedulingCore
 from thunder_scheduling.prompt_split import SplitRoom
+from thunder_scheduling.rollouts import CUT_REASON as ROLLOUT_CUT_REASON
 
 __all__ = ["Driver", "ProgramHooks", "ProgramRecord"]
 
 log = logging.getLogger(__name__)
+
+def kv_place(command: Pause) -> KVPlace:
+    """Where the core put a paused program's KV: nowhere when its backend went away (no engine
+    lever runs), else the core's choice; a policy that does not choose gets the host tier
+    where the engine has one (the levers do nothing where it has none)."""
+    if command.reason == "backend_unhealthy":
+        return KVPlace.GONE
+    return KVPlace(command.kv_tier) if command.kv_tier is not None else KVPlace.HOST
+
 
 class Driver:
     """Runs one ``SchedulingCore`` on the event loop (see the module docstring)."""
@@ -313,6 +325,7 @@ class Driver:
             capacity_tokens=info.capacity_tokens if info is not None else 0,
             page_size_tokens=info.page_size_tokens if info is not None else 1,
             used_tokens=used,
+            host_capacity_tokens=info.host_capacity_tokens if info is not None else 0,
         ))
 
     # -- the ticker ------------------------------------------------------------------------------
@@ -357,8 +370,14 @@ class Driver:
                 if record is not None:
                     record.paused, record.split_keys = True, frozenset()
                 backend = self.backends.get(command.backend)
+                place = kv_place(command)
+                self.metrics.paused_kv.labels(place.value).inc()
                 if backend is not None:
-                    self._levers(backend).paused(command.program_id, backend)
+                    self._levers(backend).paused(command.program_id, backend, place)
+            case Offload():
+                backend = self.backends.get(command.backend)
+                if backend is not None:
+                    self._levers(backend).paused(command.program_id, backend, KVPlace.HOST)
             case Resume():
                 self.metrics.restores.inc()
                 if command.migrated:
@@ -413,6 +432,9 @@ class Driver:
         return room
 
     def _prewarm(self, program_id: str, backend_name: str) -> None:
+        backend = self.backends.get(backend_name)
+        if backend is not None and self._levers(backend).load_back(program_id, backend):
+            return  # the engine loads the offloaded KV back itself (llama.cpp slot restore)
         self._prefills.prewarm(program_id, backend_name)
 
     def prompt_split(self, program_id: str, prefix: Mapping[str, Any],
@@ -428,6 +450,8 @@ class Driver:
         if "lease" in command.reason:
             self.metrics.lease_expiries.inc()
             status = "lease_expired"
+        elif command.reason == ROLLOUT_CUT_REASON:
+            status = ProgramEndStatus.CANCELLED.value
         self.metrics.program_ended(record.framework or Framework.OTHER.value, status)
         self._held.fail_program(pid, GateError(409, f"program {pid!r} was released "
                                                     f"({command.reason})"))

@@ -65,6 +65,7 @@ LIFECYCLE_PREFIXES = (
     Paths.PROGRAMS,
     Paths.THUNDERAGENT_RELEASE.rsplit("/", 1)[0] + "/",  # ThunderAgent's /programs/...
     Paths.RUNTIME_SPECS,
+    Paths.ROLLOUTS,   # rollout_api.py: the same key and body limit
     "/admin",
 )
 

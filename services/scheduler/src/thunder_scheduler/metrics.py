@@ -7,11 +7,16 @@ Series (prefix ``thunder_``):
 * ``tokens_total{kind}``: engine-reported tokens, kind = prompt, completion, cached;
 * ``cache_hit_rate``: cached / prompt tokens over the service's life (token-weighted);
 * ``backend_kv_used_tokens{backend}``, ``backend_kv_capacity_tokens{backend}``,
+  ``backend_host_kv_capacity_tokens{backend}`` (the host tier, 0 without one),
   ``backend_healthy{backend}``: from the backend monitor;
 * ``proxy_overhead_seconds{streaming}``: latency the proxy itself added to a request;
 * ``requests_total{outcome}``: finished LLM requests by outcome (ok, error, disconnected);
 * ``pauses_total``, ``restores_total``, ``migrations_total``, ``lease_expiries_total``,
   ``prewarms_total``, ``engine_lever_failures_total{lever}``;
+* ``paused_kv_total{place}``: pauses by where the core put the program's KV (device, host,
+  gone); ``host_kv_transfers_total{direction}``: offloads to and load-backs from a host tier
+  done by an engine call of ours (llama.cpp slot save / restore; SGLang HiCache moves KV
+  itself, docs/host-tier.md);
 * ``prompt_splits_total{result}``: tool-call responses whose next prefix was prefilled while
   the tool ran (``sent``) or not (``cached``: still resident; ``paused``: warmed on resume;
   ``tool_long``, ``no_room``: the guard of ``thunder_scheduling.prompt_split``);
@@ -98,6 +103,10 @@ class ServiceMetrics:
             "thunder_backend_kv_capacity_tokens", "KV pool size of a backend", ["backend"],
             registry=r,
         )
+        self.backend_host_capacity = Gauge(
+            "thunder_backend_host_kv_capacity_tokens",
+            "KV tokens a backend can keep in its host tier (0: none)", ["backend"], registry=r,
+        )
         self.backend_healthy = Gauge(
             "thunder_backend_healthy", "1 when the backend is healthy", ["backend"], registry=r
         )
@@ -117,6 +126,15 @@ class ServiceMetrics:
             "thunder_lease_expiries", "Programs ended because their lease expired", registry=r
         )
         self.prewarms = Counter("thunder_prewarms", "Prefix warm-ups sent", registry=r)
+        self.paused_kv = Counter(
+            "thunder_paused_kv", "Pauses by where the program's KV was put (device, host, gone)",
+            ["place"], registry=r,
+        )
+        self.host_transfers = Counter(
+            "thunder_host_kv_transfers",
+            "Engine calls that moved a program's KV to (offload) or from (load_back) a host tier",
+            ["direction"], registry=r,
+        )
         self.prompt_splits = Counter(
             "thunder_prompt_splits",
             "Tool-call responses whose next prefix was prefilled (sent) or not (cached, paused, "
@@ -225,11 +243,14 @@ class ServiceMetrics:
             self.programs.labels(status, phase).set(count)
 
     def set_backend(
-        self, name: str, healthy: bool, capacity_tokens: int | None, used_tokens: int | None
+        self, name: str, healthy: bool, capacity_tokens: int | None, used_tokens: int | None,
+        host_capacity_tokens: int | None = None,
     ) -> None:
         self.backend_healthy.labels(name).set(1 if healthy else 0)
         if capacity_tokens is not None:
             self.backend_capacity.labels(name).set(capacity_tokens)
+        if host_capacity_tokens is not None:
+            self.backend_host_capacity.labels(name).set(host_capacity_tokens)
         if used_tokens is not None:
             self.backend_used.labels(name).set(used_tokens)
 

@@ -33,6 +33,7 @@ def backend_report(monitor: BackendMonitor) -> dict[str, dict[str, Any]]:
         report[name] = {
             "healthy": state.healthy and info is not None,
             "capacity_tokens": info.capacity_tokens if info is not None else None,
+            "host_capacity_tokens": info.host_capacity_tokens if info is not None else None,
             "page_size_tokens": info.page_size_tokens if info is not None else None,
             "models": list(info.models) if info is not None else [],
             "used_tokens": state.load.used_tokens if state.load is not None else None,
@@ -75,6 +76,7 @@ def create_ops_router(
                 state.healthy,
                 state.info.capacity_tokens if state.info is not None else None,
                 state.load.used_tokens if state.load is not None else None,
+                state.info.host_capacity_tokens if state.info is not None else None,
             )
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

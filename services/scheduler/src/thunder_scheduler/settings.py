@@ -46,7 +46,12 @@ Defaults and their sources:
   cached or the program is paused (then the pre-restore warm-up uses it). docs/prompt-split.md.
 * ``llamacpp_slot_offload`` False: pin each program to a llama.cpp slot and save / restore the
   slot's KV on pause / resume (and erase it at program end). Off by default: pinning makes a
-  program wait for its slot.
+  program wait for its slot. ``llamacpp_slot_store_ratio`` 4.0: with slot offload on, the saved
+  slots are a host tier of this many times the engine's KV capacity (``host_capacity_tokens``;
+  llama.cpp bounds neither ``--slot-save-path`` nor reports its size, so this is the operator's
+  statement of the disk the scheduler may fill; 4 is our choice: saved slots are files, so a
+  larger multiple than HiCache's default host/device ratio of 2, and at SmolLM2-135M's 23 KB
+  per token 4x a 16k-token engine is about 1.5 GB). 0: never save a slot.
 * ``vllm_priority_scheduling`` / ``vllm_cached_tokens_in_usage`` False: what the vLLM servers
   were started with (``--scheduling-policy priority``, ``--enable-prompt-tokens-details``).
   vLLM does not publish either, so the operator states them; the defaults are vLLM's own
@@ -215,6 +220,11 @@ class ServiceSettings(BaseSettings):
     llamacpp_slot_offload: bool = Field(
         default=False,
         description="pin programs to llama.cpp slots; save / restore their KV on pause / resume",
+    )
+    llamacpp_slot_store_ratio: float = Field(
+        default=4.0, ge=0,
+        description="with slot offload: saved slots hold up to this many times the engine's KV "
+        "capacity (the host tier; 0: never save)",
     )
     vllm_priority_scheduling: bool = Field(
         default=False, description="the vLLM servers run --scheduling-policy priority"

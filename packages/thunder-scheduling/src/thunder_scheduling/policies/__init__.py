@@ -17,6 +17,8 @@ from typing import Any
 
 from thunder_scheduling.policies.autellix import AutellixConfig, AutellixPolicy
 from thunder_scheduling.policies.continuum import ContinuumConfig, ContinuumPolicy
+from thunder_scheduling.policies.infercept import InferCeptConfig, InferCeptPolicy
+from thunder_scheduling.policies.kvflow import KVFlowConfig, KVFlowPolicy
 from thunder_scheduling.policies.sticky import StickyConfig, StickyPolicy
 from thunder_scheduling.policies.thunder import ThunderConfig, ThunderPolicy
 from thunder_scheduling.policies.thunderagent import ThunderAgentConfig, ThunderAgentPolicy
@@ -27,6 +29,8 @@ POLICIES: dict[str, tuple[type[Any], type[Any]]] = {
     "continuum": (ContinuumPolicy, ContinuumConfig),
     "autellix": (AutellixPolicy, AutellixConfig),
     "thunderagent": (ThunderAgentPolicy, ThunderAgentConfig),
+    "infercept": (InferCeptPolicy, InferCeptConfig),
+    "kvflow": (KVFlowPolicy, KVFlowConfig),
 }
 
 _OPTIONAL = {

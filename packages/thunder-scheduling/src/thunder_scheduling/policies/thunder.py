@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from thunder_core.contract import ProgramStatus
 from thunder_scheduling.accounting import WeightMode
 from thunder_scheduling.config import ConfigError
+from thunder_scheduling.kv_tiers import KvTier, TierRates, offload_weight
 from thunder_scheduling.policy import (
     ActingWeight,
     BasePolicy,
@@ -35,6 +36,8 @@ from thunder_scheduling.policy import (
     is_reasoning,
 )
 from thunder_scheduling.program_table import Program
+
+TIER_RATES = TierRates()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,8 @@ class ThunderPolicy(BasePolicy):
             return ranked[0].name if ranked else None
         if usable and previous is not None and fits(program, previous, view, low):
             return previous.name
+        if usable and program.kv_tier is not KvTier.GONE:
+            return None  # its KV is kept there (a host tier): wait for room rather than move
         if program.backend is not None:
             chosen = best_fit(program, view, low)
             return None if chosen is None else chosen.name
@@ -153,7 +158,12 @@ class ThunderPolicy(BasePolicy):
         return max(paused_since + self.config.share_grace_s, at_share)
 
     def restore_key(self, program: Program) -> tuple[float, ...]:
-        return (0 if is_reasoning(program) else 1, program.context_tokens, program.seq)
+        return (
+            0 if program.kv_tier is KvTier.HOST else 1,  # a host tier: cheap to load back
+            0 if is_reasoning(program) else 1,
+            program.context_tokens,
+            program.seq,
+        )
 
     def pause_key(self, program: Program) -> tuple[float, ...] | None:
         if self.config.pause_order == "away_longest" and not is_reasoning(program):
@@ -164,6 +174,9 @@ class ThunderPolicy(BasePolicy):
         return (1 if is_reasoning(program) else 0, program.context_tokens, program.seq)
 
     def acting_weight(self, program: Program, view: PolicyView) -> ActingWeight:
+        offloaded = offload_weight(program, view, TIER_RATES, self.config.unknown_tool_s)
+        if offloaded is not None:
+            return offloaded  # a host tier: offloaded while it acts (kv_tiers.py)
         expected_end = program.expected_tool_end_at()
         if expected_end is None:
             return ActingWeight(WeightMode.DECAYING)

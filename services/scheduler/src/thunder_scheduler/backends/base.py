@@ -69,6 +69,9 @@ class BackendCapabilities:
     """A zero/one-token prefill warms a prefix (the next request reports it cached)."""
     cached_tokens_in_usage: bool
     """``usage.prompt_tokens_details.cached_tokens`` is filled in responses."""
+    hierarchical_cache: bool = False
+    """SGLang HiCache: KV evicted from the device goes to a host pool and a prefix match there
+    loads it back (``BackendInfo.host_capacity_tokens`` > 0)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,9 @@ class BackendInfo:
     """Model names the engine answers to (``/v1/models`` ids or served-model names)."""
     max_context_tokens: int | None
     """Longest context one request may use, when the engine says."""
+    host_capacity_tokens: int = 0
+    """KV tokens the engine can keep outside its device pool and load back (SGLang HiCache's
+    host pool; llama.cpp's saved slots, when slot offload is on); 0: no host tier."""
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     """The engine's own answer(s), for ``/ready`` and debugging."""
 

@@ -27,6 +27,12 @@ size of the default per-slot KV layout that an explicit ``-np N`` gives. With
 pool of ``-c`` tokens, which ``/props`` does not reveal: pass ``capacity_tokens`` to
 the constructor for such a server.
 
+Host tier: a saved slot is KV kept outside the device pool and restored on demand, so with
+``slot_store_ratio`` > 0 (the service passes ``--llamacpp-slot-store-ratio`` when
+``--llamacpp-slot-offload`` is on) ``BackendInfo.host_capacity_tokens`` is that multiple of
+the capacity. llama.cpp puts no bound on ``--slot-save-path`` and reports none, so the operator
+states how much of it the scheduler may fill.
+
 Requests: the body field ``id_slot`` pins a request to a slot (set when
 ``RequestHints.slot_id`` is). There is no abort endpoint: closing the connection
 cancels the task, so :meth:`LlamaCppBackend.abort` is a no-op. ``release_program``
@@ -82,10 +88,14 @@ class LlamaCppBackend:
         http: httpx.AsyncClient,
         *,
         capacity_tokens: int | None = None,
+        slot_store_ratio: float = 0.0,
         timeout_s: float = _http.DEFAULT_CONTROL_TIMEOUT_S,
     ) -> None:
         if capacity_tokens is not None and capacity_tokens <= 0:
             raise ValueError(f"capacity_tokens must be positive, got {capacity_tokens}")
+        if not slot_store_ratio >= 0:
+            raise ValueError(f"slot_store_ratio must be >= 0, got {slot_store_ratio}")
+        self._slot_store_ratio = slot_store_ratio
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._http = http
@@ -144,6 +154,7 @@ class LlamaCppBackend:
             page_size_tokens=1,
             models=(str(alias),) if alias else (),
             max_context_tokens=slot_ctx,
+            host_capacity_tokens=int(capacity * self._slot_store_ratio),
             raw={
                 "total_slots": total_slots,
                 "slot_n_ctx": slot_ctx,

@@ -34,6 +34,13 @@ Field names were read in the sglang 0.5.23 wheel:
   driver opens one session per program (:meth:`SGLangBackend.open_session`) before its
   first request carries ``session_id`` and closes it in ``release_program``.
 
+* HiCache (``--enable-hierarchical-cache``): the host pool's size in tokens is computed from
+  ``/server_info`` as SGLang sizes it (``sglang_hicache.py``), else read from the gauge
+  ``sglang:hicache_host_total_tokens`` on ``/metrics``; it becomes
+  ``BackendInfo.host_capacity_tokens`` (0 when HiCache is off or its size cannot be read: the
+  engine is then scheduled without a host tier, and a log line says why). Capability
+  ``hierarchical_cache`` says the tier is there (docs/host-tier.md: what the levers do with it).
+
 Request fields (``entrypoints/openai/protocol.py``, ``GenerateReqInput``): ``rid``,
 ``priority`` and ``session_id`` on ``/generate``, ``/v1/chat/completions`` and
 ``/v1/completions``.
@@ -50,6 +57,7 @@ order disagree; we follow the queue order, the lever the flag exists to set.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -65,8 +73,15 @@ from thunder_scheduler.backends.base import (
     BackendUnavailable,
     RequestHints,
 )
+from thunder_scheduler.backends.sglang_hicache import (
+    HOST_TOTAL_TOKENS_METRIC,
+    HostTierUnknown,
+    host_pool_tokens,
+)
 
 __all__ = ["SGLangBackend"]
+
+log = logging.getLogger(__name__)
 
 SESSION_CAPACITY_OF_STR_LEN = 1 << 20
 """``capacity_of_str_len`` sent with ``/open_session``: SGLang sizes the session's text
@@ -102,6 +117,7 @@ class SGLangBackend:
             slot_offload=False,
             prefix_warmup=True,
             cached_tokens_in_usage=False,
+            hierarchical_cache=False,
         )
 
     async def _server_info(self) -> dict[str, Any]:
@@ -137,11 +153,13 @@ class SGLangBackend:
         if not isinstance(context, int) or context <= 0:
             context = info.get("max_req_input_len")
         max_context = context if isinstance(context, int) and context > 0 else None
+        host_tokens = await self._host_capacity(info)
         self.capabilities = replace(
             self.capabilities,
             cached_tokens_in_usage=bool(info.get("enable_cache_report", False)),
             request_priority=bool(info.get("enable_priority_scheduling", False)),
             sessions=bool(info.get("enable_session_radix_cache", False)),
+            hierarchical_cache=host_tokens > 0,
         )
         self._priority_sign = -1 if info.get("schedule_low_priority_values_first") else 1
         self._capacity_tokens = capacity
@@ -150,8 +168,33 @@ class SGLangBackend:
             page_size_tokens=page_size,
             models=models,
             max_context_tokens=max_context,
+            host_capacity_tokens=host_tokens,
             raw=info,
         )
+
+    async def _host_capacity(self, info: dict[str, Any]) -> int:
+        """HiCache's host pool in tokens: from ``/server_info``, else the engine's gauge, else 0
+        (logged: the engine is scheduled without a host tier, never refused for it)."""
+        try:
+            return host_pool_tokens(info)
+        except HostTierUnknown as exc:
+            reason = str(exc)
+        gauge: float | None = None
+        try:
+            response = await _http.send(
+                self._http, self.name, "GET", f"{self.base_url}/metrics", timeout_s=self._timeout_s
+            )
+            gauge = sum_samples(parse_samples(self.name, response.text), HOST_TOTAL_TOKENS_METRIC)
+        except BackendUnavailable as exc:
+            reason += f"; /metrics: {exc.reason}"
+        if gauge is not None and gauge >= 1:
+            log.info("backend %s: HiCache host pool from %s (%s in /server_info): %d tokens",
+                     self.name, HOST_TOTAL_TOKENS_METRIC, reason, int(gauge))
+            return int(gauge)
+        log.warning("backend %s: HiCache is on but its host pool size is unknown (%s; no %s "
+                    "gauge): scheduling it without a host tier", self.name, reason,
+                    HOST_TOTAL_TOKENS_METRIC)
+        return 0
 
     def _capacity_from(self, info: dict[str, Any]) -> int:
         states = info.get("internal_states")

@@ -9,6 +9,7 @@ from thunder_scheduler.levers.base import (
     BaseLevers,
     EngineHints,
     EngineLevers,
+    KVPlace,
     LeverContext,
     PrefillRequest,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "LEVER_TIMEOUT_S",
     "EngineHints",
     "EngineLevers",
+    "KVPlace",
     "LeverContext",
     "PrefillRequest",
     "make_levers",

@@ -12,19 +12,26 @@ driver calls       when                                         what the shipped
 ``admitted``       the core placed a request of the program     llama.cpp: pin a slot
 ``prepare``        before a request is forwarded (awaited)      SGLang: open the session
 ``hints``          decorating a request for the engine          session id / slot id
-``paused``         ``Pause``: the program leaves the engine     llama.cpp: save its slot
-``resumed``        ``Resume``: it comes back (maybe elsewhere)  llama.cpp: restore; SGLang:
-                                                                close a session left behind
-``prefill``        ``Prewarm``, and the prompt split: the next  a prefill-only request
-                   prefix while a tool runs                     (``prefill.py``)
+``paused``         ``Pause``: the program leaves the engine;    by ``KVPlace``: host: llama.cpp
+                   where its KV goes (``KVPlace``); also        saves its slot, SGLang releases
+                   ``Offload`` (an acting program's KV to       its session refs (HiCache
+                   host, place ``HOST``)                        demotes it to host first)
+``load_back``      ``Prewarm``: before it returns, first        llama.cpp: restore its saved
+                   (True: loaded, no prefill needed)            slot; others: False
+``resumed``        ``Resume``: it comes back (maybe elsewhere)  llama.cpp: restore if not yet;
+                                                                SGLang: close a session left
+                                                                behind
+``prefill``        ``Prewarm`` when ``load_back`` did not, and  a prefill-only request
+                   the prompt split: the next prefix while a    (``prefill.py``; on SGLang
+                   tool runs                                    HiCache it loads host KV back)
 ``ended``          ``Release``: the program is gone             free its engine state (close
                                                                 session, erase slot) and
                                                                 forget it
 =================  ===========================================  ===============================
 
-The next levers slot in as methods of this interface: HiCache offload / load-back behind
-``paused`` / ``resumed``. The prompt split (``Driver.prompt_split``, docs/prompt-split.md)
-already goes through ``prefill``.
+The host tier (docs/host-tier.md) goes through ``paused`` (where the KV goes) and
+``load_back`` / ``prefill`` (bringing it back ahead of need). The prompt split
+(``Driver.prompt_split``, docs/prompt-split.md) goes through ``prefill``.
 
 Per-program state a lever keeps lives in the lever and is dropped by ``ended``;
 ``tracked_programs()`` says how many programs it holds state for (it must reach 0 when every
@@ -36,6 +43,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Final, Protocol
 
 import httpx
@@ -49,6 +57,7 @@ __all__ = [
     "BaseLevers",
     "EngineHints",
     "EngineLevers",
+    "KVPlace",
     "LeverContext",
     "PrefillRequest",
 ]
@@ -57,6 +66,17 @@ log = logging.getLogger(__name__)
 
 LEVER_TIMEOUT_S: Final = 30.0
 """Upper bound on one engine lever call (prefill, session open, slot save/restore, release)."""
+
+
+class KVPlace(StrEnum):
+    """Where a paused program's KV is to be kept (the core's choice, carried out by ``paused``)."""
+
+    DEVICE = "device"
+    """Left in the engine's device pool: no engine call."""
+    HOST = "host"
+    """Offloaded to the engine's host tier, to be loaded back before the program returns."""
+    GONE = "gone"
+    """Dropped: the engine may evict it; it is recomputed when the program returns."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +127,12 @@ class EngineLevers(Protocol):
 
     def hints(self, program_id: str, backend: Backend) -> EngineHints: ...
 
-    def paused(self, program_id: str, backend: Backend) -> None: ...
+    def paused(self, program_id: str, backend: Backend, place: KVPlace) -> None: ...
+
+    def load_back(self, program_id: str, backend: Backend) -> bool:
+        """Bring the program's offloaded KV back to ``backend``'s device by an engine call of
+        its own; False when this engine has none (the driver sends a prefill instead)."""
+        ...
 
     def resumed(self, program_id: str, backend: Backend) -> None: ...
 
@@ -140,8 +165,11 @@ class BaseLevers:
     def hints(self, program_id: str, backend: Backend) -> EngineHints:
         return EngineHints()
 
-    def paused(self, program_id: str, backend: Backend) -> None:
+    def paused(self, program_id: str, backend: Backend, place: KVPlace) -> None:
         return None
+
+    def load_back(self, program_id: str, backend: Backend) -> bool:
+        return False
 
     def resumed(self, program_id: str, backend: Backend) -> None:
         return None

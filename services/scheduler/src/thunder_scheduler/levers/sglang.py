@@ -6,6 +6,17 @@ requests share it). A migration (``resumed`` on another backend) closes the old 
 closes it (``Backend.release_program`` with the session id). A refused open is counted under
 ``session_open`` and the program runs without a session on that backend; the refusal is
 forgotten when the program ends.
+
+A pause whose KV goes to the host tier or is dropped (:class:`KVPlace` ``HOST`` / ``GONE``)
+closes the session too: ``/close_session`` releases the session's references on its radix
+nodes (``managers/scheduler.py::close_session`` -> ``release_radix_session``), and
+referenced nodes are the last ones evicted (``mem_cache/unified_cache/components/full.py::
+_session_ref_eviction_strategy``), so without it a paused program's KV would outstay the
+running programs'. Unreferenced, it is evicted in the engine's own order, and under HiCache an
+evicted node that is backed up (write-through) or written back at eviction (write-back) is
+demoted to host memory, not dropped (``unified_cache/unified_tree_core.py::
+evict_device_leaf``). The next request, or the warm-up before a restore, opens a new session.
+``DEVICE`` keeps the session. docs/host-tier.md has the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +26,13 @@ import logging
 import uuid
 
 from thunder_scheduler.backends.base import Backend, BackendKind, SessionLever
-from thunder_scheduler.levers.base import LEVER_TIMEOUT_S, BaseLevers, EngineHints, LeverContext
+from thunder_scheduler.levers.base import (
+    LEVER_TIMEOUT_S,
+    BaseLevers,
+    EngineHints,
+    KVPlace,
+    LeverContext,
+)
 
 __all__ = ["SGLangLevers"]
 
@@ -79,6 +96,15 @@ class SGLangLevers(BaseLevers):
         backend = self.ctx.backends.get(session[0])
         if backend is not None:
             self.ctx.spawn("session_close", backend.release_program(program_id, session[1], None))
+
+    def paused(self, program_id: str, backend: Backend, place: KVPlace) -> None:
+        if place is KVPlace.DEVICE:
+            return
+        session = self._sessions.pop(program_id, None)
+        if session is not None:
+            log.debug("paused %s (KV to %s): closing its session %s on %s", program_id,
+                      place.value, session[1], session[0])
+            self._close(program_id, session)
 
     def resumed(self, program_id: str, backend: Backend) -> None:
         session = self._sessions.get(program_id)

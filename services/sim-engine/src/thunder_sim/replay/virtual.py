@@ -183,8 +183,7 @@ class VirtualReplay:
 
     def run(self) -> RunReport:
         for name, engine in sorted(self.engines.items()):
-            self._feed(BackendUpdated(0.0, name, True, engine.capacity_tokens,
-                                      engine.config.page_tokens))
+            self._feed(backend_updated(name, engine))
         self._begin()
         end = self.config.duration_s if self.config.duration_s is not None else math.inf
         while True:
@@ -575,6 +574,17 @@ class VirtualReplay:
                    **engine_time(self.engines.values(), duration_s),
                    **self._scheduler_counters()},
         )
+
+
+def backend_updated(name: str, engine: Engine, at: float = 0.0) -> BackendUpdated:
+    """What the backend monitor reports for ``engine``: its device pool and, with HiCache on,
+    its host pool and load-back rate (link bandwidth / KV bytes per token)."""
+    cfg = engine.config
+    host = cfg.host_pool_tokens if cfg.enable_hierarchical_cache else 0
+    rate = (cfg.host_device_bytes_per_s / cfg.kv_bytes_per_token
+            if host and cfg.kv_bytes_per_token > 0 else None)
+    return BackendUpdated(at, name, True, engine.capacity_tokens, cfg.page_tokens,
+                          host_capacity_tokens=host, host_load_tokens_per_s=rate)
 
 
 def engine_time(engines: Iterable[Engine], duration_s: float) -> dict[str, float]:
