@@ -12,13 +12,14 @@ In order:
    service knows it only from its own last split of the program); nothing to do;
 3. **tool long**: the program's tool is expected to run (``SplitRoom.expected_tool_s``, the
    core's estimate: a running call's expected end, else the per-tool average of the calls
-   the response holds; a tool never seen and not announced is sent, as before the rule) past the time the core keeps counting the
-   program's KV at half weight or more (``SplitRoom.keep_s``: forever under a full acting
-   weight, never under none, the half-life minus the time already acting under a decaying
-   one). A policy that lets an acting program's charge decay (Thunder) admits others into
-   that program's room during a long tool; a prefill of its prefix there takes KV the active
-   programs need, and its recency makes the engine evict theirs instead of this one's
-   (measured: long sessions at 3x, bench/results/sutradhara/README.md);
+   the response holds; a tool never seen and not announced is sent, as before the rule)
+   past the time the core keeps counting the program's KV at half weight or more
+   (``SplitRoom.keep_s``: forever under a full acting weight, never under none, the
+   half-life minus the time already acting under a decaying one). A policy that lets an
+   acting program's charge decay (Thunder) admits others into that program's room during a
+   long tool; a prefill of its prefix there takes KV the active programs need, and its
+   recency makes the engine evict theirs instead of this one's (measured: long sessions at
+   3x, bench/results/sutradhara/README.md);
 4. **no room**: the part to compute (``uncached_tokens``) does not fit in what the backend has
    left once every active program's context counts at full weight, this program's included
    (``SplitRoom.free_tokens``: capacity minus the unweighted charges, ``BackendLedger``): a
