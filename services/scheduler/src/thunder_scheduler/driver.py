@@ -89,9 +89,10 @@ __all__ = ["Driver", "ProgramHooks", "ProgramRecord"]
 log = logging.getLogger(__name__)
 
 def kv_place(command: Pause) -> KVPlace:
-    """Where the core put a paused program's KV: nowhere when its backend went away (no engine
-    lever runs), else the core's choice; a policy that does not choose gets the host tier
-    where the engine has one (the levers do nothing where it has none)."""
+    """Where the core put a paused program's KV: nowhere when its backend went away (and no
+    engine lever is called: the engine is not there to answer), else the core's choice; a
+    policy that does not choose gets the host tier where the engine has one (the levers do
+    nothing where it has none)."""
     if command.reason == "backend_unhealthy":
         return KVPlace.GONE
     return KVPlace(command.kv_tier) if command.kv_tier is not None else KVPlace.HOST
@@ -372,7 +373,7 @@ class Driver:
                 backend = self.backends.get(command.backend)
                 place = kv_place(command)
                 self.metrics.paused_kv.labels(place.value).inc()
-                if backend is not None:
+                if backend is not None and command.reason != "backend_unhealthy":
                     self._levers(backend).paused(command.program_id, backend, place)
             case Offload():
                 backend = self.backends.get(command.backend)
