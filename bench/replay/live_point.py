@@ -11,7 +11,13 @@ runs' recompute ledgers side by side: the engines' own ledger over every admissi
 virtual one folded to what an engine knows alone (``engine_only``).
 
     .venv/bin/python bench/replay/live_point.py [--workload long] [--multiple 3] \\
-        [--time-scale 10] [--duration-s 900] [--replicas 2] [--policy thunder]
+        [--time-scale 10] [--duration-s 900] [--replicas 2] [--policy thunder] [--hicache]
+
+``--hicache``: every engine runs SGLang's HiCache (``--enable-hierarchical-cache``, host pool
+2x the device pool), live and virtual; the file then also says where the scheduler put paused
+KV (``thunder_paused_kv_total{place}``), how many warm-ups it sent and how many tokens the
+engines loaded back from host (``sglang:load_back_tokens_total``), and gets ``-hicache`` in
+its name.
 
 Every process is started and stopped by ``thunder_core.launcher`` (SIGTERM, then SIGKILL
 after 10 s).
@@ -33,6 +39,7 @@ from compare import OUT, fitting_programs, load_avg
 from workloads import WORKLOADS, workload
 
 from thunder_core.launcher import ChildProcess, stop_all
+from thunder_scheduler.backends._prometheus import Sample, parse_samples, sum_samples
 from thunder_sim.costmodel.presets import get_preset
 from thunder_sim.engine.ledger import MissCause
 from thunder_sim.replay.cli import describe_run
@@ -94,6 +101,28 @@ def ledger_side_by_side(live: RunReport, virtual: RunReport) -> str:
             "away):\n\n" + "\n".join(rows))
 
 
+def host_tier_counts(target: str, engine_urls: list[str]) -> str:
+    """The live run's host tier, from the scheduler's and the engines' ``/metrics``."""
+
+    def samples(url: str) -> list[Sample]:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:
+            return parse_samples(url, resp.read().decode())
+
+    scheduler = samples(target)
+    places = {s.labels.get("place", "?"): int(s.value) for s in scheduler
+              if s.name == "thunder_paused_kv_total"}
+    prewarms = int(sum_samples(scheduler, "thunder_prewarms_total") or 0)
+    host = [int(s.value) for s in scheduler
+            if s.name == "thunder_backend_host_kv_capacity_tokens"]
+    loaded = sum(int(sum_samples(samples(u), "sglang:load_back_tokens_total") or 0)
+                 for u in engine_urls)
+    return (f"\nHost tier, live: the scheduler read host pools of "
+            f"{', '.join(f'{h:,}' for h in host)} tokens from the engines' `/server_info`; "
+            f"pauses by where the KV went "
+            f"{places or 'none'}; warm-ups sent {prewarms:,}; tokens the engines loaded back "
+            f"from host {loaded:,}.\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", default="long", choices=WORKLOADS)
@@ -112,7 +141,10 @@ def main() -> int:
                     help="keep the engines' and the scheduler's logs and the final program "
                          "list (programs.json) in this folder (default: a temp dir, deleted)")
     ap.add_argument("--scheduler-log-level", default="warning")
+    ap.add_argument("--hicache", action="store_true",
+                    help="engines with SGLang's HiCache host tier (live and virtual)")
     args = ap.parse_args()
+    hicache_args = ["--enable-hierarchical-cache"] if args.hicache else []
     wl = workload(args.workload, args.seed, args.sessions)
     fit = wl.load()
     gaps = wl.gaps if args.tool_gap_cap_s is None else GapPolicy(
@@ -132,7 +164,7 @@ def main() -> int:
             proc = ChildProcess(
                 [sys.executable, "-m", "thunder_sim", "serve", "--preset", "h100-qwen3-8b",
                  "--host", "127.0.0.1", "--port", "0", "--time-scale", str(args.time_scale),
-                 "--context-length", "131072"],
+                 "--context-length", "131072", *hicache_args],
                 name=f"sim-{i}", ready=SIM_READY, log=log_dir / f"sim-{i}.log")
             procs.append(proc)
             urls.append(proc.wait_ready(START_TIMEOUT_S))
@@ -150,6 +182,7 @@ def main() -> int:
             duration_s=duration_s, engine_urls=tuple(urls), policy=args.policy,
             replicas=args.replicas), fit=fit.describe()).run())
         live_wall = time.perf_counter() - t0
+        tiers = host_tier_counts(target, urls) if args.hicache else ""
         if tmp is None:
             with urllib.request.urlopen(f"{target}/v1/programs", timeout=30) as resp:
                 (log_dir / "programs.json").write_bytes(resp.read())
@@ -159,7 +192,9 @@ def main() -> int:
             tmp.cleanup()
     virtual = VirtualReplay(fit.programs, VirtualConfig(
         policy=args.policy, replicas=args.replicas, concurrency=concurrency, gaps=gaps,
-        duration_s=duration_s), fit=fit.describe()).run()
+        duration_s=duration_s,
+        engine_overrides={"enable_hierarchical_cache": True} if args.hicache else {},
+    ), fit=fit.describe()).run()
     pre = (f"Command: `.venv/bin/python bench/replay/live_point.py {' '.join(sys.argv[1:])}`; "
            f"live run {live_wall:.0f} s wall at time scale {args.time_scale:g}; load average "
            f"{load_before} before, {load_avg()} after\n\n"
@@ -174,11 +209,11 @@ def main() -> int:
     agree = (f"Live / virtual: steps/min {live.steps_per_min / virtual.steps_per_min:.2f}, "
              f"hit rate {live.hit_rate / virtual.hit_rate:.2f}"
              if virtual.steps_per_min and virtual.hit_rate else "")
-    name = f"live-vs-virtual-{wl.name}-{args.policy}"
+    name = f"live-vs-virtual-{wl.name}-{args.policy}{'-hicache' if args.hicache else ''}"
     paths = write([live, virtual], OUT, name, pre)
     md = paths[0]
     md.write_text(md.read_text() + "\n" + agree + "\n\n" + ledger_side_by_side(live, virtual)
-                  + "\n")
+                  + "\n" + tiers)
     for path in paths:
         print(f"wrote {path}")
     for r in (live, virtual):

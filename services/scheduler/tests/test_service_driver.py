@@ -452,14 +452,17 @@ async def test_backend_updates_carry_the_host_tier_to_the_core() -> None:
     assert (event.capacity_tokens, event.host_capacity_tokens) == (1000, 4000)
 
 
-@pytest.mark.parametrize(("tier", "closed"), [("host", True), ("gone", True), ("device", False)])
+@pytest.mark.parametrize(("tier", "reason", "closed"), [
+    ("host", "overflow", True), ("gone", "overflow", True), ("device", "overflow", False),
+    ("gone", "backend_unhealthy", False),  # the engine is not there to answer
+])
 async def test_an_sglang_program_paused_off_the_device_releases_its_session(
-    tier: str, closed: bool,
+    tier: str, reason: str, closed: bool,
 ) -> None:
     fake = FakeSGLang(enable_session_radix_cache=True)
     backend = SGLangBackend("a", "http://a:30000", httpx.AsyncClient(transport=fake.transport()))
     await backend.probe()
-    core = ScriptedCore([[Pause("p", "a", 100, kv_tier=tier)]])
+    core = ScriptedCore([[Pause("p", "a", 100, reason, kv_tier=tier)]])
     driver = Driver(core, {"a": backend}, ManualClock(0.0), ServiceMetrics())
     session = (await driver.engine_hints("p", backend)).session_id
     assert session in fake.open_sessions

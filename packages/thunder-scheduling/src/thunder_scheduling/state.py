@@ -21,6 +21,7 @@ from thunder_scheduling.accounting import (
 from thunder_scheduling.commands import (
     Admit,
     Command,
+    Offload,
     Pause,
     Release,
     Resume,
@@ -104,13 +105,18 @@ class SchedulerState:
     def _set_acting_weight(self, program: Program, now: float) -> None:
         weight = self.policy.acting_weight(program, self._view(now))
         if weight.tier is KvTier.HOST and program.backend is not None:
+            was_host = program.kv_tier is KvTier.HOST
             self._to_host(program, program.backend, now)
+            if program.kv_tier is KvTier.HOST and not was_host:  # the driver moves it
+                self._out.append(
+                    Offload(program.program_id, program.backend, program.context_tokens))
         elif weight.tier is KvTier.GONE:
             self._tiers.drop(program.program_id)
             program.kv_tier = KvTier.GONE
         elif program.kv_tier is KvTier.HOST and program.status is ProgramStatus.ACTIVE:
             assert program.backend is not None  # offloaded earlier in this spell: kept now
-            self._tiers.on_device(program.program_id, program.backend, program.context_tokens)
+            self._tiers_gone(self._tiers.on_device(
+                program.program_id, program.backend, program.context_tokens), now)
             program.kv_tier = KvTier.DEVICE
             self._dirty[program.backend] = None  # it weighs on the device again
         program.weight_mode = weight.mode
@@ -136,7 +142,8 @@ class SchedulerState:
         assert program.backend is not None
         program.in_flight[request_id] = None
         self._count("admitted_requests")
-        self._tiers.on_device(program.program_id, program.backend, program.context_tokens)
+        self._tiers_gone(self._tiers.on_device(
+            program.program_id, program.backend, program.context_tokens), self._now)
         program.kv_tier = KvTier.DEVICE
         self._out.append(
             Admit(program.program_id, request_id, program.backend, program.engine_priority)
@@ -179,7 +186,8 @@ class SchedulerState:
         else:
             self._tiers.drop(program.program_id)
             program.kv_tier = KvTier.GONE
-        self._out.append(Pause(program.program_id, backend, program.context_tokens, reason))
+        self._out.append(Pause(program.program_id, backend, program.context_tokens, reason,
+                               kv_tier=program.kv_tier.value))
         self._enqueue(program, now)
         self._room_changed = True
 
@@ -204,8 +212,8 @@ class SchedulerState:
         program.status = ProgramStatus.ACTIVE
         program.backend = backend
         if program.kv_tier is not KvTier.GONE:
-            self._tiers.on_device(  # loaded back on its return
-                program.program_id, backend, program.context_tokens)
+            self._tiers_gone(self._tiers.on_device(  # loaded back on its return
+                program.program_id, backend, program.context_tokens), now)
             program.kv_tier = KvTier.DEVICE
         if previous is not None and was_paused:
             self._ledgers[previous].paused_here -= 1
@@ -364,8 +372,8 @@ class SchedulerState:
         prewarm = program.prewarm_at_switch and (program.paused_in_spell or offloaded)
         if prewarm and offloaded and program.status is ProgramStatus.ACTIVE:
             assert program.backend is not None
-            self._tiers.on_device(  # the prewarm loads it
-                program.program_id, program.backend, program.context_tokens)
+            self._tiers_gone(self._tiers.on_device(  # the prewarm loads it
+                program.program_id, program.backend, program.context_tokens), now)
             program.kv_tier = KvTier.DEVICE
         self._sync(program, now)
         return prewarm

@@ -38,6 +38,7 @@ import httpx
 from thunder_core.contract import (
     RUNTIME_SPEC_TAG,
     Framework,
+    HintKind,
     ProgramEndStatus,
     ProgramStatus,
     ProgramView,
@@ -88,9 +89,10 @@ __all__ = ["Driver", "ProgramHooks", "ProgramRecord"]
 log = logging.getLogger(__name__)
 
 def kv_place(command: Pause) -> KVPlace:
-    """Where the core put a paused program's KV: nowhere when its backend went away (no engine
-    lever runs), else the core's choice; a policy that does not choose gets the host tier
-    where the engine has one (the levers do nothing where it has none)."""
+    """Where the core put a paused program's KV: nowhere when its backend went away (and no
+    engine lever is called: the engine is not there to answer), else the core's choice; a
+    policy that does not choose gets the host tier where the engine has one (the levers do
+    nothing where it has none)."""
     if command.reason == "backend_unhealthy":
         return KVPlace.GONE
     return KVPlace(command.kv_tier) if command.kv_tier is not None else KVPlace.HOST
@@ -371,7 +373,7 @@ class Driver:
                 backend = self.backends.get(command.backend)
                 place = kv_place(command)
                 self.metrics.paused_kv.labels(place.value).inc()
-                if backend is not None:
+                if backend is not None and command.reason != "backend_unhealthy":
                     self._levers(backend).paused(command.program_id, backend, place)
             case Offload():
                 backend = self.backends.get(command.backend)
@@ -397,6 +399,8 @@ class Driver:
         backend = self.backends.get(command.backend)
         if backend is not None:
             self._levers(backend).admitted(pid, backend)
+        if record.shared_prefix is not None:
+            self._prefills.warm_shared_prefix(pid)
         self._held.admit(command)
         self._update_held()
 
@@ -410,6 +414,16 @@ class Driver:
             return
         for levers in self.levers.values():  # a migration leaves state on the old kind too
             levers.resumed(command.program_id, backend)
+
+    def hinted(self, program_id: str, kind: str, prefix_id: str | None = None) -> None:
+        """The engine levers of a cache hint the core was just fed (docs/cache-hints.md):
+        ``shared_prefix`` warms the prefix at the top priority, ``context_compacted`` forgets
+        what a warm-up would re-send; ``back_in`` acts through the core (expected tool end:
+        pre-restore, the split's rule)."""
+        if kind == HintKind.SHARED_PREFIX and prefix_id is not None:
+            self._prefills.shared_prefix(program_id, prefix_id)
+        elif kind == HintKind.CONTEXT_COMPACTED:
+            self._prefills.context_compacted(program_id)
 
     def _split_room(self, program_id: str, tool_names: Iterable[str]) -> SplitRoom | None:
         room_of = getattr(self.core, "split_room", None)  # a scripted core may lack it
