@@ -149,7 +149,7 @@ def plot(points: list[tuple[str, dict[str, float], dict[str, float]]], path: Pat
         xs = range(len(names))
         ax.bar([x - 0.2 for x in xs], [off.get(p, 0) for p in names], 0.4, label="no HiCache")
         ax.bar([x + 0.2 for x in xs], [on[p] for p in names], 0.4, label="HiCache")
-        ax.set_xticks(list(xs), [n.replace("_", "\n") for n in names], fontsize=7)
+        ax.set_xticks(list(xs), names, fontsize=7, rotation=35, ha="right")
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("steps/min", fontsize=8)
     for ax in list(axes.flat)[len(points):]:
