@@ -28,22 +28,26 @@ def test_waste_picks_device_for_a_short_call_host_for_a_long_one_and_gone_withou
 
 def test_host_budget_is_an_lru_that_pushes_the_oldest_out_and_forgets_ended_programs() -> None:
     tiers = KvTiers(mirrors_device=True)
-    assert tiers.configure("a", device_tokens=1_000, host_tokens=3_000,
-                           load_tokens_per_s=None) == []
-    assert tiers.host_budget("a") == 2_000  # write-through mirrors the device pool
+    assert tiers.configure("a", host_tokens=3_000, load_tokens_per_s=None) == []
+    assert tiers.on_device("p0", "a", 1_000) == []
+    assert tiers.host_budget("a") == 2_000  # write-through mirrors what is on the device
     assert tiers.to_host("p1", "a", 800) == []
     assert tiers.to_host("p2", "a", 800) == []
     assert tiers.to_host("p3", "a", 800) == ["p1"]  # 2,400 > 2,000: the oldest is gone
     assert [tiers.tier(p) for p in ("p1", "p2", "p3")] == [KvTier.GONE, KvTier.HOST,
                                                            KvTier.HOST]
-    tiers.on_device("p2", "a", 900)  # loaded back: no longer counted in host
-    assert tiers.tier("p2") is KvTier.DEVICE and tiers.host_used("a") == 800
-    assert tiers.to_host("p4", "a", 2_500) == []  # larger than the budget: never held
-    assert tiers.tier("p4") is KvTier.GONE
-    tiers.drop("p3")
-    assert tiers.tier("p3") is KvTier.GONE and tiers.host_used("a") == 0
-    assert set(tiers.flushed("a")) == {"p2"}
-    assert KvTiers(mirrors_device=False).configure("b", 1_000, 3_000, None) == []
+    assert tiers.on_device("p4", "a", 600) == ["p2"]  # its mirror takes host room too
+    tiers.drop("p0")
+    assert tiers.on_device("p3", "a", 900) == []  # loaded back: counted on the device
+    assert tiers.tier("p3") is KvTier.DEVICE and tiers.host_used("a") == 0
+    assert tiers.to_host("p5", "a", 2_500) == []  # larger than the budget: never held
+    assert tiers.tier("p5") is KvTier.GONE
+    assert set(tiers.flushed("a")) == {"p3", "p4"}
+    assert tiers.host_budget("a") == 3_000
+    no_mirror = KvTiers(mirrors_device=False)
+    no_mirror.configure("b", 3_000, None)
+    no_mirror.on_device("p1", "b", 1_000)
+    assert no_mirror.host_budget("b") == 3_000
 
 
 def long_tool(h: Harness, pid: str, tokens: int, tool_s: float) -> None:
@@ -66,7 +70,7 @@ def shrink_to_pause(h: Harness, pids: tuple[str, ...]) -> list[str]:
 
 def test_paused_programs_go_to_host_and_fall_out_oldest_first_when_it_is_full() -> None:
     h = Harness("thunder", {"a": 10_000})
-    h.host_update("a", 5_000)  # at 2,500 on the device: a host budget of 2,500
+    h.host_update("a", 4_500)  # less p3's 2,000 on the device: a host budget of 2,500
     paused = shrink_to_pause(h, ("p1", "p2", "p3"))
     assert paused == ["p1", "p2"]
     assert [h.scheduler.kv_tier(p) for p in paused] == [KvTier.GONE, KvTier.HOST]
@@ -108,7 +112,7 @@ def test_thunder_without_a_host_tier_keeps_its_decaying_weight_and_sends_no_prew
 
 def test_thunder_waits_for_the_backend_holding_a_programs_kv_in_host_instead_of_moving() -> None:
     h = Harness("thunder", {"a": 10_000})
-    h.host_update("a", 5_000)
+    h.host_update("a", 4_500)
     assert shrink_to_pause(h, ("p1", "p2", "p3")) == ["p1", "p2"]  # p1 gone, p2 in host
     h.backend_update("b", 10_000)  # room appears on another backend only
     h.tick(1.0)
@@ -151,3 +155,16 @@ def test_kvflow_prefetches_from_host_and_pauses_the_latest_return_first() -> Non
         long_tool(k, pid, 3_000, tool_s=tool_s)
     k.backend_update("a", 5_000)  # over the pool: the program furthest from running goes
     assert [p.program_id for p in k.of(Pause)] == ["late"]
+
+
+def test_a_long_waiter_whose_kv_is_gone_is_not_promoted_ahead_of_one_held_in_host() -> None:
+    h = Harness("thunder", {"a": 10_000}, max_paused_s=300.0)
+    h.host_update("a", 4_500)
+    assert shrink_to_pause(h, ("p1", "p2", "p3")) == ["p1", "p2"]  # p1 gone, p2 in host
+    h.advance(200.0)  # both past thunder's promotion (150 s), within the aging bound
+    h.end("p3")  # room for one
+    h.tick(0.0)
+    assert h.program("p2").status.value == "active"  # loads back from host
+    assert h.program("p1").status.value == "paused"
+    h.tick(100.0)  # the aging bound forces p1 back anyway
+    assert h.program("p1").status.value == "active"

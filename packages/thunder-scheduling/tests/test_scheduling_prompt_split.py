@@ -32,7 +32,7 @@ def test_a_tool_that_outlasts_the_cores_keeping_of_the_kv_skips_the_split() -> N
     assert split_action(paused=False, cached=False, uncached_tokens=1,
                         room=_room(expected=31.0, keep=30.0)) is SplitAction.TOOL_LONG
     assert split_action(paused=False, cached=False, uncached_tokens=1,
-                        room=_room(expected=None, keep=30.0)) is SplitAction.TOOL_LONG
+                        room=_room(expected=None, keep=30.0)) is SplitAction.SENT
     assert split_action(paused=False, cached=False, uncached_tokens=1,
                         room=_room(expected=29.0, keep=30.0)) is SplitAction.SENT
     assert split_action(paused=False, cached=False, uncached_tokens=1,

@@ -142,9 +142,9 @@ async def test_prompt_split_off_sends_nothing() -> None:
 
 
 async def test_prompt_split_follows_the_cores_room_rule() -> None:
-    """With the real core: Thunder lets an acting program's KV decay, so a split for a tool it
-    cannot predict (no call of it observed yet) is held back (``tool_long``); a tool it has
-    seen take 2 s is split; a split bigger than the room left is held back (``no_room``)."""
+    """With the real core: Thunder lets an acting program's KV decay (30 s half-life), so a
+    split for a tool announced to take 120 s is held back (``tool_long``); a tool it has seen
+    take 2 s is split; a split bigger than the room left is held back (``no_room``)."""
     from thunder_scheduling import make_scheduler
     from thunder_scheduling.events import (
         BackendUpdated,
@@ -186,8 +186,11 @@ async def test_prompt_split_follows_the_cores_room_rule() -> None:
                                             "tool_calls": [call]}]}
 
     respond(1, 0.0)
-    driver.prompt_split("p", prefix("c1"), uncached_tokens=100)
+    driver.feed(ToolStarted(at=0.0, program_id="p", call_id="c0", tool_name="fetch",
+                            expected_duration_s=120.0))
+    driver.prompt_split("p", prefix("c0"), uncached_tokens=100)
     assert _split_count(metrics, "tool_long") == 1
+    driver.feed(ToolFinished(at=0.0, program_id="p", call_id="c0"))
     driver.feed(ToolStarted(at=0.0, program_id="p", call_id="c1", tool_name="grep"))
     clock.advance(2.0)
     driver.feed(ToolFinished(at=2.0, program_id="p", call_id="c1"))

@@ -154,15 +154,14 @@ def test_streaming_dispatch_starts_each_parallel_call_at_its_own_end_token() -> 
 
 
 def test_the_replays_split_follows_the_cores_rule_for_long_tools() -> None:
-    # Thunder lets an acting program's KV decay with a 30 s half-life: a 100 s tool is not
-    # split (tool_long, thunder_scheduling.prompt_split); a 1 s tool is, once the core has
-    # seen the tool take 1 s.
+    # Thunder lets an acting program's KV decay with a 30 s half-life: once the core has seen
+    # the tool take 100 s, the next call of it is not split (tool_long,
+    # thunder_scheduling.prompt_split); a tool seen taking 1 s is. A tool never seen is split.
     long_tool = session((10, 128, "text", 0), (14, 128, "tool_result", 100.0),
                         (18, 50, "tool_result", 100.0))
     on, _ = play(long_tool, ToolLevers(prompt_split=True), policy="thunder")
-    assert on._report(0.0).extra["prompt_splits"] == 0
-    assert on._report(0.0).extra["split_actions"]["tool_long"] == 2
+    assert on._report(0.0).extra["split_actions"] == {"sent": 1, "tool_long": 1}
     short_tool = session((10, 128, "text", 0), (14, 128, "tool_result", 1.0),
                          (18, 50, "tool_result", 1.0))
     on, _ = play(short_tool, ToolLevers(prompt_split=True), policy="thunder")
-    assert on._report(0.0).extra["split_actions"] == {"sent": 1, "tool_long": 1}
+    assert on._report(0.0).extra["split_actions"] == {"sent": 2}

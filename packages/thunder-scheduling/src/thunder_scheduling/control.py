@@ -21,6 +21,7 @@ from thunder_core.contract import ProgramEndStatus
 from thunder_scheduling.accounting import BackendLedger
 from thunder_scheduling.commands import Prewarm
 from thunder_scheduling.config import SchedulerConfig
+from thunder_scheduling.kv_tiers import KvTiers
 from thunder_scheduling.policy import Policy, PolicyView
 from thunder_scheduling.program_table import Program
 from thunder_scheduling.queues import Entry, KeyedHeap
@@ -85,6 +86,11 @@ class SchedulerControl:
     def rollouts(self) -> RolloutBook:
         """Rollout batches and their members (``rollouts.py``)."""
         return self._s._rollouts
+
+    @property
+    def tiers(self) -> KvTiers:
+        """Where programs' KV is and each backend's host budget (``kv_tiers.py``)."""
+        return self._s._tiers
 
     def ledger(self, backend: str) -> BackendLedger:
         return self._s._ledgers[backend]

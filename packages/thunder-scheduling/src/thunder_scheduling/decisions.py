@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from thunder_core.contract import ProgramEndStatus, ProgramStatus
 from thunder_scheduling.accounting import BackendLedger
+from thunder_scheduling.kv_tiers import KvTier
 from thunder_scheduling.policy import fits
 
 if TYPE_CHECKING:
@@ -173,6 +174,13 @@ def cancel_marks(ctl: SchedulerControl, now: float) -> None:
                 ctl.unmark(ctl.program(program_id), now)
 
 
+def gone_on_host(ctl: SchedulerControl, program: Program) -> bool:
+    """A waiter whose KV is gone while its backend keeps others' in host memory: promoting
+    it (a soft rule) would recompute it ahead of programs that load back cheaply and push
+    host entries out; only the aging bound (the hard rule) forces it ahead of them."""
+    return program.kv_tier is KvTier.GONE and ctl.tiers.has_host(program.backend)
+
+
 def restore(ctl: SchedulerControl, now: float) -> None:
     cancel_marks(ctl, now)
     if not ctl.waiting_count() or not ctl.restore_scan_due(now):
@@ -183,6 +191,8 @@ def restore(ctl: SchedulerControl, now: float) -> None:
     promote_after_s = policy.promote_after_s
     if promote_after_s is not None:
         while (oldest := ctl.oldest_waiting()) is not None and oldest[1] <= now - promote_after_s:
+            if gone_on_host(ctl, oldest[0]):
+                break  # cheaper restores first; the aging bound still brings it back
             backend = ctl.place(oldest[0], now, restoring=True)
             if backend is None:
                 return  # head-of-line: room accumulates for the longest waiter

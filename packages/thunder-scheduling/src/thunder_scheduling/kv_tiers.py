@@ -12,10 +12,12 @@ steers admission (an offloaded program weighs nothing on the device budget until
 predicted return) and the load-back ahead of need (``Prewarm`` before a predicted tool end,
 which on a HiCache engine is a host hit loaded back).
 
-The host budget is the host pool minus the device pool when the engine mirrors every device
-block in host memory (SGLang's default ``write_through``: a device block is backed up when it
-is inserted, so the host pool holds the device's copy too); ``mirrors_device=False`` for
-``write_back`` engines and llama.cpp slots.
+The host budget is the host pool minus the KV of the programs on the device when the engine
+mirrors every device block in host memory (SGLang's default ``write_through``: a device block
+is backed up when it is inserted, so the host pool holds the device's copy too, and what a
+backend keeps at all is its host pool); ``mirrors_device=False`` for ``write_back`` engines
+and llama.cpp slots (the budget is then the whole host tier). A program admitted to the device
+can so push the oldest host entries out.
 
 **Waste** (InferCept, arXiv 2402.01869, sec. 4 "min-waste interception"; code
 WukLab/InferCept ``vllm/core/scheduler_v2.py``): the memory-time (token-seconds) one program's
@@ -96,15 +98,24 @@ def choose_tier(
 
 
 class _HostPool:
-    __slots__ = ("budget", "device_used", "entries", "load_tokens_per_s", "used")
+    __slots__ = ("device_used", "entries", "host_tokens", "load_tokens_per_s", "mirrors", "used")
 
     def __init__(self) -> None:
-        self.budget = 0
+        self.host_tokens = 0
+        self.mirrors = True
         self.used = 0
         self.device_used = 0
         self.load_tokens_per_s: float | None = None
         self.entries: OrderedDict[str, int] = OrderedDict()
         """Programs whose KV is held in host memory, least recently offloaded first."""
+
+    @property
+    def budget(self) -> int:
+        """Host tokens for programs off the device: the pool less the device's mirror (the
+        programs the core believes on the device) where the engine mirrors it."""
+        if self.host_tokens <= 0:
+            return 0
+        return max(0, self.host_tokens - (self.device_used if self.mirrors else 0))
 
 
 class KvTiers:
@@ -155,22 +166,26 @@ class KvTiers:
     # -- changes (the scheduler's) --------------------------------------------------------------
 
     def configure(
-        self, backend: str, device_tokens: int, host_tokens: int, load_tokens_per_s: float | None
+        self, backend: str, host_tokens: int, load_tokens_per_s: float | None
     ) -> list[str]:
         """A backend's budgets changed; returns the programs pushed out of its host."""
         pool = self._pools.setdefault(backend, _HostPool())
-        mirror = device_tokens if self.mirrors_device else 0
-        pool.budget = max(0, host_tokens - mirror) if host_tokens > 0 else 0
+        pool.host_tokens = host_tokens
+        pool.mirrors = self.mirrors_device
         pool.load_tokens_per_s = load_tokens_per_s
         return self._shrink(pool)
 
-    def on_device(self, program_id: str, backend: str, tokens: int) -> None:
+    def on_device(self, program_id: str, backend: str, tokens: int) -> list[str]:
+        """The program's KV is on ``backend``'s device (``tokens`` of it); returns the
+        programs pushed out of the host by its mirror."""
         self._leave_host(program_id)
         self._leave_device(program_id)
         pool = self._pools.get(backend)
-        if pool is not None:
-            self._on_device[program_id] = (backend, tokens)
-            pool.device_used += tokens
+        if pool is None:
+            return []
+        self._on_device[program_id] = (backend, tokens)
+        pool.device_used += tokens
+        return self._shrink(pool)
 
     def to_host(self, program_id: str, backend: str, tokens: int) -> list[str]:
         """The program's KV goes to ``backend``'s host memory (most recent); returns the

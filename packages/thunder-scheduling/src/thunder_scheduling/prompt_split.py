@@ -12,13 +12,14 @@ In order:
    service knows it only from its own last split of the program); nothing to do;
 3. **tool long**: the program's tool is expected to run (``SplitRoom.expected_tool_s``, the
    core's estimate: a running call's expected end, else the per-tool average of the calls
-   the response holds; unknown counts as long) past the time the core keeps counting the
-   program's KV at half weight or more (``SplitRoom.keep_s``: forever under a full acting
-   weight, never under none, the half-life minus the time already acting under a decaying
-   one). A policy that lets an acting program's charge decay (Thunder) admits others into
-   that program's room during a long tool; a prefill of its prefix there takes KV the active
-   programs need, and its recency makes the engine evict theirs instead of this one's
-   (measured: long sessions at 3x, bench/results/sutradhara/README.md);
+   the response holds; a tool never seen and not announced is sent, as before the rule)
+   past the time the core keeps counting the program's KV at half weight or more
+   (``SplitRoom.keep_s``: forever under a full acting weight, never under none, the
+   half-life minus the time already acting under a decaying one). A policy that lets an
+   acting program's charge decay (Thunder) admits others into that program's room during a
+   long tool; a prefill of its prefix there takes KV the active programs need, and its
+   recency makes the engine evict theirs instead of this one's (measured: long sessions at
+   3x, bench/results/sutradhara/README.md);
 4. **no room**: the part to compute (``uncached_tokens``) does not fit in what the backend has
    left once every active program's context counts at full weight, this program's included
    (``SplitRoom.free_tokens``: capacity minus the unweighted charges, ``BackendLedger``): a
@@ -31,7 +32,6 @@ the room rule is skipped.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -77,8 +77,7 @@ def split_action(*, paused: bool, cached: bool, uncached_tokens: int,
         return SplitAction.CACHED
     if room is None:
         return SplitAction.SENT
-    if room.keep_s != math.inf and (
-            room.expected_tool_s is None or room.expected_tool_s > room.keep_s):
+    if room.expected_tool_s is not None and room.expected_tool_s > room.keep_s:
         return SplitAction.TOOL_LONG
     if uncached_tokens > room.free_tokens:
         return SplitAction.NO_ROOM

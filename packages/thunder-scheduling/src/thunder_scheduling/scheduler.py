@@ -224,7 +224,7 @@ class ProgramScheduler(SchedulerState):
         ledger.host_capacity_tokens = ev.host_capacity_tokens
         ledger.host_load_tokens_per_s = ev.host_load_tokens_per_s
         self._tiers_gone(self._tiers.configure(
-            ev.backend, ev.capacity_tokens, ev.host_capacity_tokens, ev.host_load_tokens_per_s
+            ev.backend, ev.host_capacity_tokens, ev.host_load_tokens_per_s
         ), now)
         ledger.healthy = ev.healthy
         if page_changed:

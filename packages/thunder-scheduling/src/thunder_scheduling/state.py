@@ -115,7 +115,8 @@ class SchedulerState:
             program.kv_tier = KvTier.GONE
         elif program.kv_tier is KvTier.HOST and program.status is ProgramStatus.ACTIVE:
             assert program.backend is not None  # offloaded earlier in this spell: kept now
-            self._tiers.on_device(program.program_id, program.backend, program.context_tokens)
+            self._tiers_gone(self._tiers.on_device(
+                program.program_id, program.backend, program.context_tokens), now)
             program.kv_tier = KvTier.DEVICE
             self._dirty[program.backend] = None  # it weighs on the device again
         program.weight_mode = weight.mode
@@ -141,7 +142,8 @@ class SchedulerState:
         assert program.backend is not None
         program.in_flight[request_id] = None
         self._count("admitted_requests")
-        self._tiers.on_device(program.program_id, program.backend, program.context_tokens)
+        self._tiers_gone(self._tiers.on_device(
+            program.program_id, program.backend, program.context_tokens), self._now)
         program.kv_tier = KvTier.DEVICE
         self._out.append(
             Admit(program.program_id, request_id, program.backend, program.engine_priority)
@@ -210,8 +212,8 @@ class SchedulerState:
         program.status = ProgramStatus.ACTIVE
         program.backend = backend
         if program.kv_tier is not KvTier.GONE:
-            self._tiers.on_device(  # loaded back on its return
-                program.program_id, backend, program.context_tokens)
+            self._tiers_gone(self._tiers.on_device(  # loaded back on its return
+                program.program_id, backend, program.context_tokens), now)
             program.kv_tier = KvTier.DEVICE
         if previous is not None and was_paused:
             self._ledgers[previous].paused_here -= 1
@@ -370,8 +372,8 @@ class SchedulerState:
         prewarm = program.prewarm_at_switch and (program.paused_in_spell or offloaded)
         if prewarm and offloaded and program.status is ProgramStatus.ACTIVE:
             assert program.backend is not None
-            self._tiers.on_device(  # the prewarm loads it
-                program.program_id, program.backend, program.context_tokens)
+            self._tiers_gone(self._tiers.on_device(  # the prewarm loads it
+                program.program_id, program.backend, program.context_tokens), now)
             program.kv_tier = KvTier.DEVICE
         self._sync(program, now)
         return prewarm
@@ -388,11 +390,13 @@ class SchedulerState:
         if program.phase is ProgramPhase.ACTING and not program.in_flight:
             mode = program.weight_mode
         since = program.acting_since if program.acting_since is not None else 0.0
-        return Charge(tokens, mode, since, shared, not program.tokens_exact)
+        return Charge(tokens, mode, since, shared, not program.tokens_exact,
+                      self._rollouts.prefix_group(program.program_id) if shared else "")
 
     def _weight_if_active(self, program: Program, ledger: BackendLedger, now: float) -> float:
         charge = self._charge(program, ledger)
-        extra_shared = max(0, charge.shared_tokens - ledger.shared_pool_tokens)
+        extra_shared = max(
+            0, charge.shared_tokens - ledger.shared_prefix_of(charge.shared_group))
         if charge.mode is WeightMode.FULL:
             return float(charge.tokens + extra_shared)
         if charge.mode is WeightMode.NONE:

@@ -38,6 +38,7 @@ import httpx
 from thunder_core.contract import (
     RUNTIME_SPEC_TAG,
     Framework,
+    HintKind,
     ProgramEndStatus,
     ProgramStatus,
     ProgramView,
@@ -398,6 +399,8 @@ class Driver:
         backend = self.backends.get(command.backend)
         if backend is not None:
             self._levers(backend).admitted(pid, backend)
+        if record.shared_prefix is not None:
+            self._prefills.warm_shared_prefix(pid)
         self._held.admit(command)
         self._update_held()
 
@@ -411,6 +414,16 @@ class Driver:
             return
         for levers in self.levers.values():  # a migration leaves state on the old kind too
             levers.resumed(command.program_id, backend)
+
+    def hinted(self, program_id: str, kind: str, prefix_id: str | None = None) -> None:
+        """The engine levers of a cache hint the core was just fed (docs/cache-hints.md):
+        ``shared_prefix`` warms the prefix at the top priority, ``context_compacted`` forgets
+        what a warm-up would re-send; ``back_in`` acts through the core (expected tool end:
+        pre-restore, the split's rule)."""
+        if kind == HintKind.SHARED_PREFIX and prefix_id is not None:
+            self._prefills.shared_prefix(program_id, prefix_id)
+        elif kind == HintKind.CONTEXT_COMPACTED:
+            self._prefills.context_compacted(program_id)
 
     def _split_room(self, program_id: str, tool_names: Iterable[str]) -> SplitRoom | None:
         room_of = getattr(self.core, "split_room", None)  # a scripted core may lack it

@@ -187,7 +187,7 @@ def create_lifecycle_router(
     async def hint_program(program_id: str, request: Request) -> ProgramView:
         """Cache hints (``CacheHints``): 400 with the reason when a hint is malformed.
         ``conversation_ended`` ends the program (the end path); the others reach the core as
-        ``CacheHintReceived``."""
+        ``CacheHintReceived`` and the driver's engine levers (``Driver.hinted``)."""
         driver = get_driver()
         require_live(driver, program_id)
         try:
@@ -205,6 +205,7 @@ def create_lifecycle_router(
                 at=driver.now(), program_id=program_id, kind=hint.kind.value,
                 seconds=hint.seconds, prefix_id=hint.prefix_id, prefix_tokens=hint.prefix_tokens,
             ))
+            driver.hinted(program_id, hint.kind.value, hint.prefix_id)
         return view_or_404(driver, program_id)
 
     def end(driver: Driver, program_id: str, status: ProgramEndStatus, reason: str | None) -> Any:

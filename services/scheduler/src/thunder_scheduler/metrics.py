@@ -20,6 +20,8 @@ Series (prefix ``thunder_``):
 * ``prompt_splits_total{result}``: tool-call responses whose next prefix was prefilled while
   the tool ran (``sent``) or not (``cached``: still resident; ``paused``: warmed on resume;
   ``tool_long``, ``no_room``: the guard of ``thunder_scheduling.prompt_split``);
+* ``cache_hint_levers_total{hint,result}``: engine levers run for cache hints
+  (``shared_prefix``: ``sent`` / ``cached`` / ``mismatch``; ``context_compacted``: ``forgotten``);
 * ``held_requests``: requests parked at the proxy now;
 * ``hold_seconds``: how long a program's request waited at the proxy before it was admitted
   (0 for one admitted at once);
@@ -138,6 +140,12 @@ class ServiceMetrics:
             "Tool-call responses whose next prefix was prefilled (sent) or not (cached, paused, "
             "tool_long, no_room)",
             ["result"], registry=r,
+        )
+        self.cache_hint_levers = Counter(
+            "thunder_cache_hint_levers",
+            "Engine levers run for cache hints (hint, result: shared_prefix sent / cached / "
+            "mismatch; context_compacted forgotten)",
+            ["hint", "result"], registry=r,
         )
         self.lever_failures = Counter(
             "thunder_engine_lever_failures", "Engine levers that failed (logged, not fatal)",

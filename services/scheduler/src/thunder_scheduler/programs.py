@@ -50,6 +50,8 @@ class ProgramRecord:
     """Between a ``Pause`` and the next ``Resume``: the core took its KV away."""
     split_keys: frozenset[int] = frozenset()
     """Prefix keys of the last prompt-split prefill on ``backend`` (cleared by ``Pause``)."""
+    shared_prefix: str | None = None
+    """A ``shared_prefix`` hint's id not warmed yet (``prefills.EnginePrefills``)."""
 
 
 class ProgramRecords:
@@ -96,6 +98,10 @@ class ProgramRecords:
 
     def last_body(self, program_id: str) -> tuple[str, dict[str, Any]] | None:
         return self._bodies.get(program_id)
+
+    def forget_body(self, program_id: str) -> None:
+        """Drop the program's last request (its context was rewritten: nothing to warm)."""
+        self._bodies.pop(program_id, None)
 
     # -- runtime ids ----------------------------------------------------------------------------
 

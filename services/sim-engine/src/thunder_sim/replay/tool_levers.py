@@ -37,7 +37,17 @@ set). So the replay places them by rule:
   prefills them on the program's engine as a prefill-only request (``max_new_tokens=0``) at
   the lowest engine priority, unless they are all cached there already or the scheduler has
   paused the program. The simulated engine never caches output blocks, so on an append-only
-  session the split always has this response's output to prefill.
+  session the split always has this response's output to prefill. Whether it is sent is
+  ``thunder_scheduling.prompt_split`` (the live driver's rule), fed what the engine caches.
+- **Cache hints** (``cache_hints``): what an adapter says with ``POST .../hints``, delivered to
+  the core as the lifecycle API delivers it (``CacheHintReceived``). ``back_in``: right after
+  each ``ToolStarted`` the replay sends ``back_in`` with the tool step's duration (the
+  adapter's ``thunder_expected_duration_s``, here exact: an oracle, the best case), so the
+  core knows when the program returns (Thunder: its acting weight goes back to full and the
+  program is pre-restored ``prewarm_lead_s`` before that; the split's rule reads the expected
+  time). ``conversation_ended`` is the program's end, which the replay always sends.
+  ``shared_prefix`` has nothing to act on here: the trace's sessions share no prompt blocks
+  (keys are per session), and ``context_compacted`` has no event in the trace.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ TOOL_CALL_TRAILING_TOKENS = 4
 class ToolLevers:
     streaming_dispatch: bool = False
     prompt_split: bool = False
+    cache_hints: bool = False
     trailing_tokens: int = TOOL_CALL_TRAILING_TOKENS
     parallel_calls: int = 1
     """Tool calls per tool-calling response (a workload rule, not a lever: module doc)."""
@@ -65,9 +76,10 @@ class ToolLevers:
 
     @property
     def name(self) -> str:
-        """``none``, ``split``, ``stream`` or ``split+stream`` (labels of reports)."""
+        """``none`` or the levers on joined by ``+``: ``split``, ``stream``, ``cache``."""
         parts = [n for n, on in (("split", self.prompt_split),
-                                 ("stream", self.streaming_dispatch)) if on]
+                                 ("stream", self.streaming_dispatch),
+                                 ("cache", self.cache_hints)) if on]
         return "+".join(parts) or "none"
 
 

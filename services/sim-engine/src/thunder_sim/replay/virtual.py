@@ -56,6 +56,7 @@ from thunder_scheduling.commands import (
 )
 from thunder_scheduling.events import (
     BackendUpdated,
+    CacheHintReceived,
     Event,
     ProgramEnded,
     ProgramStarted,
@@ -416,6 +417,8 @@ class VirtualReplay:
             elif isinstance(action, ToolBegin):
                 self.phases.tool_started(pid)
                 self._feed(ToolStarted(self._now, pid, action.call_id, action.tool_name))
+                if self.config.levers.cache_hints:
+                    self._hint_back_in(run)
             elif isinstance(action, ToolEnd):
                 self.phases.tool_finished(pid)
                 self._feed(ToolFinished(self._now, pid, action.call_id))
@@ -466,6 +469,14 @@ class VirtualReplay:
         nxt = run.actions[run.idx:run.idx + 2]
         return len(nxt) == 2 and isinstance(nxt[0], ToolBegin) and isinstance(
             nxt[1], Wait) and nxt[1].kind is GapKind.TOOL
+
+    def _hint_back_in(self, run: _Run) -> None:
+        """The adapter's ``back_in`` hint for the tool step that just started: its duration
+        (``tool_levers.py``: cache hints)."""
+        nxt = run.actions[run.idx] if run.idx < len(run.actions) else None
+        if isinstance(nxt, Wait) and nxt.kind is GapKind.TOOL and nxt.duration_s > 0:
+            self._feed(CacheHintReceived(self._now, run.program.program_id, "back_in",
+                                         seconds=nxt.duration_s))
 
     def _decode_cap(self, name: str) -> int:
         """Decode iterations the engine may fast-forward: never past a watched request's

@@ -64,6 +64,9 @@ class ServerInfo:
     hicache_ratio: float = 2.0
     hicache_size: int = 0
     hicache_write_policy: str = "write_through"
+    enable_priority_scheduling: bool = False
+    schedule_low_priority_values_first: bool = False
+    radix_eviction_policy: str = "lru"
 
     def limits(self) -> Limits:
         return Limits(self.page_size, self.context_length, self.max_total_num_tokens,
@@ -143,6 +146,9 @@ class NativeApi:
             "hicache_write_policy": i.hicache_write_policy,
             "hicache_io_backend": "kernel", "hicache_mem_layout": "layer_first",
             "hicache_storage_backend": None,
+            "enable_priority_scheduling": i.enable_priority_scheduling,
+            "schedule_low_priority_values_first": i.schedule_low_priority_values_first,
+            "radix_eviction_policy": i.radix_eviction_policy,
             "thunder_sim_preset": i.preset, "thunder_sim_accelerator": i.accelerator,
             "thunder_sim_time_scale": self.runner.clock.time_scale,
         }

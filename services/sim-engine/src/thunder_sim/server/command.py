@@ -171,6 +171,9 @@ def build(args: argparse.Namespace) -> tuple[EngineLike, ServerInfo]:
         hicache_ratio=config.hicache_ratio,
         hicache_size=config.hicache_size,
         hicache_write_policy=config.hicache_write_policy,
+        enable_priority_scheduling=config.enable_priority_scheduling,
+        schedule_low_priority_values_first=config.schedule_low_priority_values_first,
+        radix_eviction_policy=config.eviction_policy,
     )
     return engine, info
 
