@@ -4,7 +4,7 @@
 * the SGLang backend reports HiCache's host pool, as the engine's own gauge counts it, to the
   core (``/ready``, ``BackendUpdated``); sized by ``--hicache-size`` (GB), which
   ``/server_info`` cannot turn into tokens here, it falls back to that gauge;
-* a program paused with its KV put in host (the driver's ``Pause(kv_tier="host")``) loses its
+* a program paused with its KV put in host (the driver's ``Pause(kv_tier=HOST)``) loses its
   device KV to another program, and the warm-up the core's ``Prewarm`` sends before its return
   loads it back from host: its next request finds the whole prefix cached, and the engine's
   recompute ledger shows no token of it prefilled again. The same run without HiCache is the
@@ -33,6 +33,7 @@ from thunder_scheduler.driver import Driver
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduling.commands import Pause, Prewarm
 from thunder_scheduling.events import ProgramEnded
+from thunder_scheduling.kv_tiers import KvTier
 from thunder_testkit import until, until_async
 from thunder_testkit.cores import ScriptedCore
 
@@ -98,7 +99,7 @@ async def test_a_program_paused_to_host_is_loaded_back_before_it_returns(
         backend = SGLangBackend("s", url, http)
         info = await backend.probe()
         assert (info.host_capacity_tokens > 0) is hicache
-        core = ScriptedCore([[Pause("A", "s", A_TOKENS, kv_tier="host")], [Prewarm("A", "s")]])
+        core = ScriptedCore([[Pause("A", "s", A_TOKENS, kv_tier=KvTier.HOST)], [Prewarm("A", "s")]])
         driver = Driver(core, {"s": backend}, ManualClock(0.0), ServiceMetrics(),
                         prewarm_http=http)
         driver.remember_body("A", EnginePaths.GENERATE, {"input_ids": a_prompt})
