@@ -35,7 +35,15 @@ from workloads import workload
 from thunder_sim.costmodel.presets import get_preset
 from thunder_sim.replay.cli import describe_run
 from thunder_sim.replay.fit import ContextFit
-from thunder_sim.replay.rollout import RolloutReplay, RolloutReport, RolloutShape, build_batches
+from thunder_sim.replay.player import GapPolicy
+from thunder_sim.replay.rollout import (
+    RolloutReplay,
+    RolloutReport,
+    RolloutShape,
+    Trajectory,
+    build_batches,
+    tail_share,
+)
 from thunder_sim.replay.trace import default_trace_dir
 from thunder_sim.replay.virtual import VirtualConfig
 
@@ -54,7 +62,20 @@ def batch_groups(programs: int, multiple: float, samples: int) -> int:
     return max(1, round(multiple * programs / samples))
 
 
-def markdown(reports: list[RolloutReport], target: str) -> str:
+def solo_bounds(batch: list[Trajectory], gaps: GapPolicy) -> tuple[float, float]:
+    """Each trajectory alone on one engine, all starting at 0: the longest one's time (no
+    schedule can end the batch sooner) and the tail those end times give (the share of the
+    makespan the last 10% take when nothing contends: what the lengths alone make of it)."""
+    ends = []
+    for t in batch:
+        shape = RolloutShape(groups=1, samples=1, batches=1)
+        one = RolloutReplay([[t]], VirtualConfig(policy="sticky", replicas=1, gaps=gaps), shape)
+        ends.append(one.run_rollouts().batches[0].makespan_s)
+    return max(ends), tail_share(ends, 0.0)
+
+
+def markdown(reports: list[RolloutReport], target: str,
+             bounds: list[tuple[float, float]]) -> str:
     lines = ["| policy | batch | programs | makespan s | trajectories/h | tail | hit rate | "
              "recomputed tokens |", "|---|---|---|---|---|---|---|---|"]
     for r in reports:
@@ -66,6 +87,24 @@ def markdown(reports: list[RolloutReport], target: str) -> str:
                      f"{sum(b.makespan_s for b in r.batches):,.0f} | "
                      f"**{r.trajectories_per_hour:,.0f}** | max {r.max_tail_share:.0%} | "
                      f"{r.hit_rate:.3f} | {r.recomputed_tokens:,} |")
+    lines += ["", "Where the engines' time went over the whole run (all batches; "
+              "`thunder_sim/replay/virtual.py` `engine_time`):", "",
+              "| policy | prefill | decode | idle | mean decode batch | pauses | migrations |",
+              "|---|---|---|---|---|---|---|"]
+    for r in reports:
+        x = r.run.extra
+        lines.append(f"| {r.run.policy} | {x.get('prefill_share', math.nan):.0%} | "
+                     f"{x.get('decode_share', math.nan):.0%} | "
+                     f"{x.get('idle_share', math.nan):.0%} | "
+                     f"{x.get('decode_batch_mean', math.nan):.1f} | {r.run.pauses} | "
+                     f"{r.run.migrations} |")
+    if bounds:
+        lines += ["", "Alone (each trajectory by itself on one engine, all starting at 0): "
+                  + "; ".join(f"{b.batch}: longest {crit:,.0f} s, tail {tail:.0%}"
+                              for b, (crit, tail) in zip(reports[0].batches, bounds,
+                                                         strict=True))
+                  + ". No schedule ends a batch before its longest trajectory, and with nothing "
+                  "contending the lengths alone give that tail."]
     lines += ["", "Recomputed tokens: prompt tokens missed for any cause but first sight "
               "(the engines' recompute ledger), per batch; by cause, in % of the batch's prompt "
               "tokens, in the JSON file (`batches[].miss_tokens`).", ""]
@@ -128,6 +167,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--knobs", default="{}",
                     help='JSON policy -> knobs, e.g. {"thunder": {"max_paused_s": 120}}')
+    ap.add_argument("--no-alone", dest="alone", action="store_false",
+                    help="skip replaying each trajectory alone (the longest one bounds the "
+                         "makespan)")
     ap.add_argument("--target-policy", default="thunder")
     ap.add_argument("--name", default="rollout")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -151,6 +193,7 @@ def main() -> int:
         load_before = load_avg()
         started = time.perf_counter()
         reports = []
+        bounds = [solo_bounds(batch, wl.gaps) for batch in batches] if args.alone else []
         for policy in args.policies.split(","):
             cfg = VirtualConfig(policy=policy, policy_knobs=knobs.get(policy, {}),
                                 replicas=replicas, gaps=wl.gaps, label=policy)
@@ -174,7 +217,7 @@ def main() -> int:
                f"{pool:,} / {mean_peak:,.0f}) = {fits}; batch = {args.multiple:g}x, rounded to "
                f"whole groups. Policy knobs {json.dumps(knobs) if knobs else 'defaults'}.\n\n")
         md = args.out / f"{name}.md"
-        md.write_text(pre + markdown(reports, args.target_policy) + "\n")
+        md.write_text(pre + markdown(reports, args.target_policy, bounds) + "\n")
         (args.out / f"{name}.json").write_text(json.dumps(
             [r.as_dict() for r in reports], indent=1, default=str) + "\n")
         plot(reports, args.out / f"{name}.png")

@@ -264,3 +264,38 @@ def test_a_restored_core_knows_the_batch_from_its_members_tags() -> None:
     status = fresh.rollout("r")
     assert status is not None
     assert status.live_program_ids == tuple(pids[1:])
+
+
+# -- shared prefixes -----------------------------------------------------------------------------
+
+
+def test_each_group_prompt_is_counted_once_per_backend() -> None:
+    """Two GRPO groups with different prompts on one backend: the KV holds both prompts once
+    each, so the shared pool is their sum (the common system prompt rule, the largest of them,
+    would under-count the second group's prompt)."""
+    h = Harness("sticky", {"a": 1_000_000})
+    prompts = {0: 6_400, 1: 3_200}
+    start_batch(h, "b", 2, 3)
+    for g, prompt in prompts.items():
+        for s in range(3):
+            pid = f"b-g{g}-s{s}"
+            h.request(pid, prompt + 100)
+            h.finish(pid, prompt + 100, 50, cached=0 if s == 0 else prompt)
+    backend = h.backend("a")
+    assert backend.shared_prefix_tokens == 6_400 + 3_200
+    own = sum(6_400 + 150 if s == 0 else 150 for s in range(3)) + sum(
+        3_200 + 150 if s == 0 else 150 for s in range(3))
+    assert backend.raw_active_tokens == own + 6_400 + 3_200
+    # the group's pool goes when its last sharer leaves; the other group's stays
+    for s in (1, 2):
+        h.end(f"b-g1-s{s}")
+    assert h.backend("a").shared_prefix_tokens == 6_400
+
+
+def test_programs_outside_a_batch_still_share_the_largest_prefix_once() -> None:
+    h = Harness("sticky", {"a": 1_000_000})
+    for pid, cached in (("p", 0), ("q", 1_280), ("r", 640)):
+        h.start(pid)
+        h.request(pid, 2_000)
+        h.finish(pid, 2_000, 10, cached=cached)
+    assert h.backend("a").shared_prefix_tokens == 1_280

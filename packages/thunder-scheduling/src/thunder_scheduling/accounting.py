@@ -45,6 +45,9 @@ class Charge:
     shared_tokens: int
     estimated: bool
     """Charged from an estimate (no exact usage on this context yet): counted as reserved."""
+    shared_group: str = ""
+    """Whose prefix ``shared_tokens`` is: programs of one group share one prefix (an RL
+    rollout's GRPO group, ``rollouts.prefix_group``); ``""``: the common system prompt."""
 
 
 def decay_factor(now: float, since: float, half_life_s: float | None) -> float:
@@ -117,8 +120,10 @@ class BackendLedger:
         """Part of ``full_tokens`` charged from estimates (no exact usage yet): 'reserved'."""
         self._half_life_s = half_life_s
         self._decaying = DecayedSum(half_life_s) if half_life_s is not None else None
-        self._shared_counts: dict[int, int] = {}
+        self._shared_counts: dict[str, dict[int, int]] = {}
+        """Per prefix group: how many charges share a prefix of each size."""
         self.shared_pool_tokens = 0
+        """The largest shared prefix of each group, summed over the groups."""
         self.charges: dict[str, Charge] = {}
         """Active programs on this backend and their charge."""
         self.marked: dict[str, None] = {}
@@ -157,6 +162,10 @@ class BackendLedger:
     def raw_tokens(self) -> int:
         """Unweighted charges plus the shared pool (what the KV would hold if nothing decayed)."""
         return sum(c.tokens for c in self.charges.values()) + self.shared_pool_tokens
+
+    def shared_prefix_of(self, group: str) -> int:
+        """The prefix of ``group`` already in the pool (its largest shared prefix here)."""
+        return max(self._shared_counts.get(group, ()), default=0)
 
     def unmarked_count(self) -> int:
         return len(self.charges) - len(self.marked)
@@ -214,9 +223,10 @@ class BackendLedger:
         if charge.estimated:
             self.estimated_tokens += charge.tokens
         if charge.shared_tokens:
-            count = self._shared_counts.get(charge.shared_tokens, 0)
-            self._shared_counts[charge.shared_tokens] = count + 1
-            self.shared_pool_tokens = max(self.shared_pool_tokens, charge.shared_tokens)
+            counts = self._shared_counts.setdefault(charge.shared_group, {})
+            before = max(counts, default=0)
+            counts[charge.shared_tokens] = counts.get(charge.shared_tokens, 0) + 1
+            self.shared_pool_tokens += max(0, charge.shared_tokens - before)
 
     def remove(self, program_id: str) -> Charge:
         charge = self.charges.pop(program_id)
@@ -232,12 +242,16 @@ class BackendLedger:
         if charge.estimated:
             self.estimated_tokens -= charge.tokens
         if charge.shared_tokens:
-            count = self._shared_counts[charge.shared_tokens] - 1
+            counts = self._shared_counts[charge.shared_group]
+            count = counts[charge.shared_tokens] - 1
             if count:
-                self._shared_counts[charge.shared_tokens] = count
+                counts[charge.shared_tokens] = count
             else:
-                del self._shared_counts[charge.shared_tokens]
-                self.shared_pool_tokens = max(self._shared_counts, default=0)
+                before = max(counts)
+                del counts[charge.shared_tokens]
+                self.shared_pool_tokens -= before - max(counts, default=0)
+                if not counts:
+                    del self._shared_counts[charge.shared_group]
         return charge
 
 

@@ -211,6 +211,15 @@ class RolloutBook:
             pid for pid in batch.groups[group] if pid != program_id and pid not in batch.ended
         ]
 
+    def prefix_group(self, program_id: str) -> str:
+        """The prefix group of a live member (``rollout/group``: the siblings share their
+        prompt), ``""`` for any other program (the common system prompt). The ledger counts
+        the largest shared prefix of each group once per backend (``accounting.py``)."""
+        batch = self._batch_of.get(program_id)
+        if batch is None:
+            return ""
+        return f"{batch.rollout}/{batch.members[program_id].group}"
+
     def group_share(self, program_id: str) -> float:
         """The group's fair share of the fleet, as a fraction: its live members over the
         batch's live members (the program itself counted live)."""

@@ -390,11 +390,13 @@ class SchedulerState:
         if program.phase is ProgramPhase.ACTING and not program.in_flight:
             mode = program.weight_mode
         since = program.acting_since if program.acting_since is not None else 0.0
-        return Charge(tokens, mode, since, shared, not program.tokens_exact)
+        return Charge(tokens, mode, since, shared, not program.tokens_exact,
+                      self._rollouts.prefix_group(program.program_id) if shared else "")
 
     def _weight_if_active(self, program: Program, ledger: BackendLedger, now: float) -> float:
         charge = self._charge(program, ledger)
-        extra_shared = max(0, charge.shared_tokens - ledger.shared_pool_tokens)
+        extra_shared = max(
+            0, charge.shared_tokens - ledger.shared_prefix_of(charge.shared_group))
         if charge.mode is WeightMode.FULL:
             return float(charge.tokens + extra_shared)
         if charge.mode is WeightMode.NONE:
