@@ -94,10 +94,14 @@ def main() -> int:
             ref = before.get(("thunder", conc))
             if th_off is not None and ref is not None:
                 change = th_off["steps_per_min"] / ref["steps_per_min"] - 1
+                same = [p for p in POLICIES if (p, conc) in before and (p, conc) in off]
+                worst = min((off[(p, conc)]["steps_per_min"] / before[(p, conc)]["steps_per_min"]
+                             - 1, p) for p in same)
                 checks.append(f"- {where}, no HiCache: thunder {th_off['steps_per_min']:.1f} "
                               f"steps/min vs {ref['steps_per_min']:.1f} in "
                               f"`bench/results/replay/compare-{name}.md` ({100 * change:+.1f}%; "
-                              f"target: not worse): {verdict(change >= -0.005)}")
+                              f"largest change over {', '.join(same)}: {100 * worst[0]:+.1f}% "
+                              f"({worst[1]}); target: not worse): {verdict(worst[0] >= -0.005)}")
     header = ("| workload, replicas, load (programs) | " + " | ".join(POLICIES)
               + " | thunder / TA (HiCache) | / infercept | / kvflow | thunder recomputed |")
     md = [
