@@ -2,12 +2,12 @@
 ``llama-server`` (SmolLM2-135M, one slot, ``--cache-ram 0`` so that only a slot restore can
 bring a prefix back):
 
-program A runs on slot 0; the core pauses it with its KV in host (``Pause(kv_tier="host")``:
+program A runs on slot 0; the core pauses it with its KV in host (``Pause(kv_tier=HOST)``:
 the driver saves the slot); program B takes the slot and overwrites A's KV; the core's
 ``Prewarm`` ahead of A's predicted return restores the slot (no prefill), and A's next request
 finds its prefix cached. When A ends its saved file waits, B still using the slot; when B
 ends, the slot is erased and A's file truncated (an empty slot saved over it). The
-control is the same run with the KV put nowhere (``kv_tier="gone"``): A returns to a cold slot.
+control is the same run with the KV put nowhere (``kv_tier=GONE``): A returns to a cold slot.
 
 The core is scripted (``thunder_testkit.cores.ScriptedCore``) so the pause lands between A's
 and B's requests; the choice of place is the core's, tested in ``packages/thunder-scheduling``.
@@ -29,6 +29,7 @@ from thunder_scheduler.driver import Driver
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduling.commands import Admit, Pause, Prewarm, Release
 from thunder_scheduling.events import ProgramEnded, RequestArrived
+from thunder_scheduling.kv_tiers import KvTier
 from thunder_testkit import until_async
 from thunder_testkit.cores import ScriptedCore
 
@@ -75,7 +76,7 @@ async def test_a_paused_program_comes_back_from_its_saved_slot_with_its_prefix_c
         core = ScriptedCore([
             [Admit("A", "A:1", "l")],
             [Admit("B", "B:1", "l")],
-            [Pause("A", "l", 400, kv_tier=tier)],
+            [Pause("A", "l", 400, kv_tier=KvTier(tier))],
             [Prewarm("A", "l")],
             [Release("A", "l", "ended")],
             [Release("B", "l", "ended")],

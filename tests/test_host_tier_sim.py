@@ -4,7 +4,7 @@
 * the SGLang backend reports HiCache's host pool, as the engine's own gauge counts it, to the
   core (``/ready``, ``BackendUpdated``); sized by ``--hicache-size`` (GB), which
   ``/server_info`` cannot turn into tokens here, it falls back to that gauge;
-* a program paused with its KV put in host (the driver's ``Pause(kv_tier="host")``) loses its
+* a program paused with its KV put in host (the driver's ``Pause(kv_tier=HOST)``) loses its
   device KV to another program, and the warm-up the core's ``Prewarm`` sends before its return
   loads it back from host: its next request finds the whole prefix cached, and the engine's
   recompute ledger shows no token of it prefilled again. The same run without HiCache is the
@@ -12,7 +12,9 @@
 
 The driver runs with a scripted core (``thunder_testkit.cores.ScriptedCore``) so that the pause
 happens exactly where the test needs it; the policy that chooses the place is tested in
-``packages/thunder-scheduling``.
+``packages/thunder-scheduling``. The last test runs the whole service with the real core
+(``thunder``): a program in a long tool call loses the device to another and comes back to its
+prefix cached, loaded from host.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from thunder_scheduler.driver import Driver
 from thunder_scheduler.metrics import ServiceMetrics
 from thunder_scheduling.commands import Pause, Prewarm
 from thunder_scheduling.events import ProgramEnded
+from thunder_scheduling.kv_tiers import KvTier
 from thunder_testkit import until, until_async
 from thunder_testkit.cores import ScriptedCore
 
@@ -98,7 +101,7 @@ async def test_a_program_paused_to_host_is_loaded_back_before_it_returns(
         backend = SGLangBackend("s", url, http)
         info = await backend.probe()
         assert (info.host_capacity_tokens > 0) is hicache
-        core = ScriptedCore([[Pause("A", "s", A_TOKENS, kv_tier="host")], [Prewarm("A", "s")]])
+        core = ScriptedCore([[Pause("A", "s", A_TOKENS, kv_tier=KvTier.HOST)], [Prewarm("A", "s")]])
         driver = Driver(core, {"s": backend}, ManualClock(0.0), ServiceMetrics(),
                         prewarm_http=http)
         driver.remember_body("A", EnginePaths.GENERATE, {"input_ids": a_prompt})
@@ -122,3 +125,45 @@ async def test_a_program_paused_to_host_is_loaded_back_before_it_returns(
         assert loaded == 0
         assert recomputed >= A_TOKENS - PAGE      # the control: the warm-up recomputed it
     assert back["cached_tokens"] >= A_TOKENS - PAGE  # either way A returns to a warm cache
+
+
+def test_the_whole_service_offloads_a_long_tool_call_and_loads_it_back_before_its_end(
+    sim_fleet: SimFleet, scheduler_service: Any,
+) -> None:
+    """The real core (``thunder``) decides: program P starts a 60 s tool call and program Q
+    needs the device; the core puts P's KV in the engine's host tier (a pause or an offload
+    with ``kv_tier`` host), Q's prefill evicts it from the device into host, and when P returns its
+    whole prefix is cached, loaded back from host, none of it prefilled again. (When the
+    load-back happens, at the core's warm-up or at P's request, is the policy's timing.)"""
+    scale = 20.0
+    [url] = sim_fleet(1, time_scale=scale, extra_args=[
+        "--max-total-tokens", "8192", "--page-size", str(PAGE), "--enable-hierarchical-cache",
+        "--hicache-ratio", "4"])
+    service: RunningService = scheduler_service(
+        backends=[f"s@sglang={url}"], policy="thunder", time_scale=scale,
+        monitor_interval_s=0.2)
+    p_prompt = list(range(1000, 4000))        # 3,000 tokens
+    q_prompt = list(range(50_000, 57_500))    # 7,500 tokens: P's KV cannot stay on the device
+    with httpx.Client(base_url=service.url, timeout=60) as http:
+        until(lambda: http.get("/ready").status_code == 200, timeout_s=30, what="/ready")
+
+        def generate(program: str, ids: list[int]) -> dict[str, Any]:
+            response = http.post(EnginePaths.GENERATE, headers={"X-Thunder-Program-Id": program},
+                                 json={"input_ids": ids, "sampling_params": {"max_new_tokens": 1}})
+            assert response.status_code == 200, response.text
+            return dict(response.json()["meta_info"])
+
+        generate("P", p_prompt)
+        started = http.post("/v1/programs/P/tools", json={
+            "call_id": "build", "tool_name": "build", "expected_duration_s": 60.0})
+        assert started.status_code == 200, started.text
+        generate("Q", q_prompt)
+        assert _metric(url, "sglang:evicted_tokens_total") >= 2_000  # P's KV left the device
+        ended = http.post("/v1/programs/P/tools/build/end", json={})
+        assert ended.status_code == 200, ended.text
+        back = generate("P", [*p_prompt, *range(9000, 9100)])
+        host = http.get("/ready").json()["backends"]["s"]["host_capacity_tokens"]
+    assert host == (8192 * 4 // PAGE + 1) * PAGE  # what the core budgets the host tier with
+    assert back["cached_tokens"] >= len(p_prompt) - PAGE
+    assert _metric(url, "sglang:load_back_tokens_total") >= 2_000  # from host, not recomputed
+    assert _metric(url, "thunder_sim_prompt_miss_tokens_total", cause="evicted_away") == 0

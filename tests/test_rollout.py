@@ -50,6 +50,8 @@ def test_a_batch_starts_tagged_programs_and_cuts_what_is_left(
         assert view.tags == {ROLLOUT_TAG: "step3", ROLLOUT_GROUP_TAG: "1",
                              ROLLOUT_SAMPLE_TAG: "2"}
         assert batch.headers(0, 1) == {"X-Thunder-Program-Id": "step3-g0-s1"}
+        opened = client.get_rollout("step3")   # start() opened the batch with its size
+        assert (opened.num_programs, opened.live_program_ids) == (6, batch.program_ids())
 
         batch.finish(0, 0)
         batch.finish(0, 0)  # a second finish is a no-op, not an error

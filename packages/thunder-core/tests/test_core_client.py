@@ -101,3 +101,28 @@ async def test_async_client_mirrors_the_sync_one() -> None:
         "/v1/programs", "/v1/programs/p1/tools", "/v1/programs/p1/tools/c/end",
         "/v1/programs/p1/end",
     ]
+
+
+def test_rollout_calls_send_the_documented_paths_and_bodies() -> None:
+    log: list[tuple[str, str, Any]] = []
+    rollout = {"rollout": "step-1", "num_programs": 8, "num_ended": 0, "draining": False,
+               "cut_program_ids": [], "live_program_ids": []}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        log.append((request.method, request.url.path,
+                    json.loads(request.content) if request.content else None))
+        return httpx.Response(200, json=rollout)
+
+    with ThunderClient("http://s.test", transport=httpx.MockTransport(handler)) as client:
+        assert client.open_rollout("step-1", size=8).num_programs == 8
+        client.open_rollout("step-1", cut_fraction=0.9)
+        assert client.get_rollout("step-1").rollout == "step-1"
+        assert client.cut_rollout("step-1").cut_program_ids == []
+        with pytest.raises(ValueError, match="size"):
+            client.open_rollout("step-1", size=0)   # refused before anything is sent
+    assert log == [
+        ("POST", "/v1/rollouts", {"rollout": "step-1", "size": 8}),
+        ("POST", "/v1/rollouts", {"rollout": "step-1", "cut_fraction": 0.9}),
+        ("GET", "/v1/rollouts/step-1", None),
+        ("POST", "/v1/rollouts/step-1/cut", {}),
+    ]

@@ -8,6 +8,7 @@ from core_harness import Harness
 from test_scheduling_kv_tiers import long_tool, shrink_to_pause
 
 from thunder_scheduling.commands import Offload, Pause, Prewarm
+from thunder_scheduling.kv_tiers import KvTier
 
 
 def test_each_pause_says_where_the_programs_kv_went() -> None:
@@ -15,14 +16,15 @@ def test_each_pause_says_where_the_programs_kv_went() -> None:
     h.host_update("a", 5_000)
     assert shrink_to_pause(h, ("p1", "p2", "p3")) == ["p1", "p2"]
     # p1 went to host first, then was pushed out by p2 (its Pause said host at the time)
-    assert [(p.program_id, p.kv_tier) for p in h.of(Pause)] == [("p1", "host"), ("p2", "host")]
+    assert [(p.program_id, p.kv_tier) for p in h.of(Pause)] == [("p1", KvTier.HOST),
+                                                                ("p2", KvTier.HOST)]
     assert h.scheduler.host_used_tokens("a") == 2_000
 
 
 def test_without_a_host_tier_pauses_say_gone() -> None:
     h = Harness("thunder", {"a": 10_000})
     shrink_to_pause(h, ("p1", "p2", "p3"))
-    assert {p.kv_tier for p in h.of(Pause)} == {"gone"}
+    assert {p.kv_tier for p in h.of(Pause)} == {KvTier.GONE}
 
 
 def test_a_long_call_offloaded_to_host_is_one_offload_then_one_prewarm() -> None:

@@ -106,11 +106,15 @@ async def test_unreadable_server_info_falls_back_to_the_engine_s_gauge(
     assert "hicache_ratio is not a number" in caplog.text
 
 
+@pytest.mark.parametrize("metrics", [
+    {"status_overrides": {"/metrics": 404}},
+    {"metrics_extra": ['sglang:hicache_host_total_tokens{dp_rank="0"} +Inf']},
+    {"metrics_extra": ['sglang:hicache_host_total_tokens{dp_rank="0"} NaN']},
+], ids=["no-metrics", "inf", "nan"])
 async def test_unreadable_size_and_no_gauge_degrade_to_no_host_tier_with_a_log_line(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, metrics: dict[str, Any],
 ) -> None:
-    fake = FakeSGLang(server_info_extra={**HICACHE, "hicache_ratio": None},
-                      status_overrides={"/metrics": 404})
+    fake = FakeSGLang(server_info_extra={**HICACHE, "hicache_ratio": None}, **metrics)
     backend = _backend(fake)
     with caplog.at_level(logging.WARNING, logger="thunder_scheduler.backends.sglang"):
         info = await backend.probe()

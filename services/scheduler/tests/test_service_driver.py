@@ -47,6 +47,7 @@ from thunder_scheduling.events import (
     RequestArrived,
     ToolStarted,
 )
+from thunder_scheduling.kv_tiers import KvTier
 from thunder_testkit import until_async
 from thunder_testkit.cores import ScriptedCore
 from thunder_testkit.engines import FakeSGLang
@@ -337,7 +338,7 @@ async def test_kv_to_host_saves_the_slot_and_the_prewarm_restores_it_before_the_
     backend = FakeSlotBackend("a")
     core = ScriptedCore([
         [Admit("p", "p:1", "a")],
-        [Pause("p", "a", 100, kv_tier="host")],
+        [Pause("p", "a", 100, kv_tier=KvTier.HOST)],
         [Prewarm("p", "a")],                        # ahead of the predicted tool end
         [Resume("p", "a", "a", migrated=False)],
     ])
@@ -356,7 +357,7 @@ async def test_kv_kept_on_the_device_or_dropped_is_not_saved(tier: str) -> None:
     backend = FakeSlotBackend("a")
     core = ScriptedCore([
         [Admit("p", "p:1", "a")],
-        [Pause("p", "a", 100, kv_tier=tier)],
+        [Pause("p", "a", 100, kv_tier=KvTier(tier))],
         [Prewarm("p", "a")],
         [Resume("p", "a", "a", migrated=False)],
     ])
@@ -371,9 +372,9 @@ async def test_a_save_from_an_earlier_pause_is_not_restored_once_the_kv_is_gone(
     backend = FakeSlotBackend("a")
     core = ScriptedCore([
         [Admit("p", "p:1", "a")],
-        [Pause("p", "a", 100, kv_tier="host")],
+        [Pause("p", "a", 100, kv_tier=KvTier.HOST)],
         [Resume("p", "a", "a", migrated=False)],
-        [Pause("p", "a", 200, kv_tier="gone")],
+        [Pause("p", "a", 200, kv_tier=KvTier.GONE)],
         [Resume("p", "a", "a", migrated=False)],
     ])
     driver = _slot_driver(core, backend)
@@ -408,7 +409,7 @@ async def test_an_ended_program_s_saved_slot_is_erased_and_its_file_truncated() 
     backend = FakeSlotBackend("a")
     core = ScriptedCore([
         [Admit("p", "p:1", "a")],
-        [Pause("p", "a", 100, kv_tier="host")],
+        [Pause("p", "a", 100, kv_tier=KvTier.HOST)],
         [Release("p", "a", "ended")],
     ])
     driver = _slot_driver(core, backend)
@@ -425,7 +426,7 @@ async def test_a_saved_file_waits_for_its_shared_slot_to_be_erased_then_is_trunc
     core = ScriptedCore([
         [Admit("p", "p:1", "a")],
         [Admit("q", "q:1", "a")],
-        [Pause("p", "a", 100, kv_tier="host")],
+        [Pause("p", "a", 100, kv_tier=KvTier.HOST)],
         [Release("p", "a", "ended")],
         [Release("q", "a", "ended")],
     ])
@@ -462,7 +463,7 @@ async def test_an_sglang_program_paused_off_the_device_releases_its_session(
     fake = FakeSGLang(enable_session_radix_cache=True)
     backend = SGLangBackend("a", "http://a:30000", httpx.AsyncClient(transport=fake.transport()))
     await backend.probe()
-    core = ScriptedCore([[Pause("p", "a", 100, reason, kv_tier=tier)]])
+    core = ScriptedCore([[Pause("p", "a", 100, reason, kv_tier=KvTier(tier))]])
     driver = Driver(core, {"a": backend}, ManualClock(0.0), ServiceMetrics())
     session = (await driver.engine_hints("p", backend)).session_id
     assert session in fake.open_sessions

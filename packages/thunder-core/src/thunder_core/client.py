@@ -25,6 +25,8 @@ from thunder_core.contract import (
     ProgramList,
     ProgramStart,
     ProgramView,
+    RolloutStart,
+    RolloutView,
     ThunderAgentRelease,
     ToolEnd,
     ToolEndStatus,
@@ -221,6 +223,22 @@ class ThunderClient:
 
     def get_program(self, program_id: str) -> ProgramView:
         return ProgramView.model_validate(self._get(Paths.PROGRAM.format(program_id=program_id)))
+
+    def open_rollout(self, rollout: str, *, size: int | None = None,
+                     cut_fraction: float | None = None) -> RolloutView:
+        """Open an RL rollout batch (``POST /v1/rollouts``): ``size`` programs tagged with
+        it are coming; with ``cut_fraction`` the rest is cut once that fraction ended."""
+        body = RolloutStart(rollout=rollout, size=size, cut_fraction=cut_fraction)
+        return RolloutView.model_validate(
+            self._post(Paths.ROLLOUTS, body.model_dump(exclude_none=True)))
+
+    def get_rollout(self, rollout: str) -> RolloutView:
+        return RolloutView.model_validate(self._get(Paths.ROLLOUT.format(rollout=rollout)))
+
+    def cut_rollout(self, rollout: str) -> RolloutView:
+        """End every live program of the batch now (``cancelled``); the view names them."""
+        return RolloutView.model_validate(
+            self._post(Paths.ROLLOUT_CUT.format(rollout=rollout), {}))
 
     def list_programs(self) -> list[ProgramView]:
         return ProgramList.model_validate(self._get(Paths.PROGRAMS)).programs

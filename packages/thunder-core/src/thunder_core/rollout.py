@@ -4,8 +4,9 @@ group and sample.
 In agentic RL a step starts a whole batch at once (prompts x samples per prompt; the samples of
 one prompt form a GRPO group and share its prefix), every trajectory is a multi-turn agent
 program, and the step ends when the last one ends. :class:`RolloutBatch` starts the batch's
-programs through the lifecycle API with the tags ``rollout``, ``rollout_group`` and
-``rollout_sample`` (``thunder_core.contract``), hands out their ids (send one as the
+programs through the lifecycle API (after opening the batch with its size,
+``POST /v1/rollouts``) with the tags ``rollout``, ``rollout_group`` and ``rollout_sample``
+(``thunder_core.contract``), hands out their ids (send one as the
 ``X-Thunder-Program-Id`` header, or the ``program_id`` body field of ``/generate``), and ends
 them: one by one as trajectories finish, or all that are left at once (:meth:`cut`, for
 partial rollouts: they end ``cancelled``, and the ids come back).
@@ -94,6 +95,7 @@ class RolloutBatch:
         if self._started:
             raise RuntimeError(f"rollout batch {self.batch_id!r} already started")
         self._started = True
+        self.client.open_rollout(self.batch_id, size=self.groups * self.samples_per_group)
         for group, sample in self.samples():
             pid = self.program_id(group, sample)
             self.client.start_program(pid, framework=self.framework, priority=self.priority,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from thunder_scheduling.kv_tiers import KvTier
+
 
 @dataclass(frozen=True, slots=True)
 class Admit:
@@ -49,11 +51,11 @@ class Pause:
     reason: str = "overflow"
     """``overflow`` (the backend's KV is over its watermark) or ``backend_unhealthy`` (the
     backend went away: skip engine levers such as slot save)."""
-    kv_tier: str | None = None
-    """Where the core put the program's KV: ``device`` (left there), ``host`` (the backend's
+    kv_tier: KvTier | None = None
+    """Where the core put the program's KV: ``DEVICE`` (left there), ``HOST`` (the backend's
     host tier: HiCache host pool, llama.cpp saved slot; loaded back by a ``Prewarm`` before the
-    program returns) or ``gone`` (recomputed); None when the policy does not choose (the
-    driver then offloads where the engine has a host tier)."""
+    program returns) or ``GONE`` (recomputed); None when the core does not say (the driver
+    then offloads where the engine has a host tier)."""
 
 
 @dataclass(frozen=True, slots=True)

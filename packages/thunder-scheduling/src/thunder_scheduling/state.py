@@ -187,7 +187,7 @@ class SchedulerState:
             self._tiers.drop(program.program_id)
             program.kv_tier = KvTier.GONE
         self._out.append(Pause(program.program_id, backend, program.context_tokens, reason,
-                               kv_tier=program.kv_tier.value))
+                               kv_tier=program.kv_tier))
         self._enqueue(program, now)
         self._room_changed = True
 

@@ -53,7 +53,6 @@ from thunder_scheduler.levers import (
     LEVER_TIMEOUT_S,
     EngineHints,
     EngineLevers,
-    KVPlace,
     LeverContext,
     make_levers,
 )
@@ -81,6 +80,7 @@ from thunder_scheduling.events import (
     ToolStarted,
 )
 from thunder_scheduling.interface import SchedulingCore
+from thunder_scheduling.kv_tiers import KvTier
 from thunder_scheduling.prompt_split import SplitRoom
 from thunder_scheduling.rollouts import CUT_REASON as ROLLOUT_CUT_REASON
 
@@ -88,14 +88,14 @@ __all__ = ["Driver", "ProgramHooks", "ProgramRecord"]
 
 log = logging.getLogger(__name__)
 
-def kv_place(command: Pause) -> KVPlace:
+def kv_place(command: Pause) -> KvTier:
     """Where the core put a paused program's KV: nowhere when its backend went away (and no
     engine lever is called: the engine is not there to answer), else the core's choice; a
     policy that does not choose gets the host tier where the engine has one (the levers do
     nothing where it has none)."""
     if command.reason == "backend_unhealthy":
-        return KVPlace.GONE
-    return KVPlace(command.kv_tier) if command.kv_tier is not None else KVPlace.HOST
+        return KvTier.GONE
+    return KvTier(command.kv_tier) if command.kv_tier is not None else KvTier.HOST
 
 
 class Driver:
@@ -378,7 +378,7 @@ class Driver:
             case Offload():
                 backend = self.backends.get(command.backend)
                 if backend is not None:
-                    self._levers(backend).paused(command.program_id, backend, KVPlace.HOST)
+                    self._levers(backend).paused(command.program_id, backend, KvTier.HOST)
             case Resume():
                 self.metrics.restores.inc()
                 if command.migrated:

@@ -58,6 +58,7 @@ order disagree; we follow the queue order, the lever the flag exists to set.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -187,7 +188,7 @@ class SGLangBackend:
             gauge = sum_samples(parse_samples(self.name, response.text), HOST_TOTAL_TOKENS_METRIC)
         except BackendUnavailable as exc:
             reason += f"; /metrics: {exc.reason}"
-        if gauge is not None and gauge >= 1:
+        if gauge is not None and math.isfinite(gauge) and gauge >= 1:
             log.info("backend %s: HiCache host pool from %s (%s in /server_info): %d tokens",
                      self.name, HOST_TOTAL_TOKENS_METRIC, reason, int(gauge))
             return int(gauge)

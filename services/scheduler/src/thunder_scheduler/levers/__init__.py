@@ -9,7 +9,6 @@ from thunder_scheduler.levers.base import (
     BaseLevers,
     EngineHints,
     EngineLevers,
-    KVPlace,
     LeverContext,
     PrefillRequest,
 )
@@ -34,7 +33,6 @@ __all__ = [
     "LEVER_TIMEOUT_S",
     "EngineHints",
     "EngineLevers",
-    "KVPlace",
     "LeverContext",
     "PrefillRequest",
     "make_levers",

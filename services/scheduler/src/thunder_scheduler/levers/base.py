@@ -12,8 +12,8 @@ driver calls       when                                         what the shipped
 ``admitted``       the core placed a request of the program     llama.cpp: pin a slot
 ``prepare``        before a request is forwarded (awaited)      SGLang: open the session
 ``hints``          decorating a request for the engine          session id / slot id
-``paused``         ``Pause``: the program leaves the engine;    by ``KVPlace``: host: llama.cpp
-                   where its KV goes (``KVPlace``); also        saves its slot, SGLang releases
+``paused``         ``Pause``: the program leaves the engine;    by ``KvTier``:  host: llama.cpp
+                   where its KV goes (``KvTier``); also        saves its slot, SGLang releases
                    ``Offload`` (an acting program's KV to       its session refs (HiCache
                    host, place ``HOST``)                        demotes it to host first)
 ``load_back``      ``Prewarm``: before it returns, first        llama.cpp: restore its saved
@@ -43,7 +43,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Final, Protocol
 
 import httpx
@@ -51,13 +50,13 @@ import httpx
 from thunder_scheduler.backends.base import Backend, BackendKind, RequestHints
 from thunder_scheduler.levers.prefill import send_prefill
 from thunder_scheduler.metrics import ServiceMetrics
+from thunder_scheduling.kv_tiers import KvTier
 
 __all__ = [
     "LEVER_TIMEOUT_S",
     "BaseLevers",
     "EngineHints",
     "EngineLevers",
-    "KVPlace",
     "LeverContext",
     "PrefillRequest",
 ]
@@ -66,17 +65,6 @@ log = logging.getLogger(__name__)
 
 LEVER_TIMEOUT_S: Final = 30.0
 """Upper bound on one engine lever call (prefill, session open, slot save/restore, release)."""
-
-
-class KVPlace(StrEnum):
-    """Where a paused program's KV is to be kept (the core's choice, carried out by ``paused``)."""
-
-    DEVICE = "device"
-    """Left in the engine's device pool: no engine call."""
-    HOST = "host"
-    """Offloaded to the engine's host tier, to be loaded back before the program returns."""
-    GONE = "gone"
-    """Dropped: the engine may evict it; it is recomputed when the program returns."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +115,7 @@ class EngineLevers(Protocol):
 
     def hints(self, program_id: str, backend: Backend) -> EngineHints: ...
 
-    def paused(self, program_id: str, backend: Backend, place: KVPlace) -> None: ...
+    def paused(self, program_id: str, backend: Backend, place: KvTier) -> None: ...
 
     def load_back(self, program_id: str, backend: Backend) -> bool:
         """Bring the program's offloaded KV back to ``backend``'s device by an engine call of
@@ -165,7 +153,7 @@ class BaseLevers:
     def hints(self, program_id: str, backend: Backend) -> EngineHints:
         return EngineHints()
 
-    def paused(self, program_id: str, backend: Backend, place: KVPlace) -> None:
+    def paused(self, program_id: str, backend: Backend, place: KvTier) -> None:
         return None
 
     def load_back(self, program_id: str, backend: Backend) -> bool:

@@ -3,7 +3,7 @@
 With ``slot_offload`` on (``--llamacpp-slot-offload``) and the backend's slot count known, a
 program is pinned at its first admission on a backend to the least used slot (ties: lowest
 id), and its requests carry ``id_slot``. The core's choice of where a paused program's KV goes
-(:class:`KVPlace`) drives the slot:
+(:class:`KvTier`) drives the slot:
 
 * ``HOST``: ``paused`` saves the slot to ``thunder-<sha256(program)[:32]>.bin`` (the engine's
   ``--slot-save-path``);
@@ -30,7 +30,8 @@ import logging
 from dataclasses import dataclass
 
 from thunder_scheduler.backends.base import Backend, BackendKind, SlotOffload
-from thunder_scheduler.levers.base import BaseLevers, EngineHints, KVPlace, LeverContext
+from thunder_scheduler.levers.base import BaseLevers, EngineHints, LeverContext
+from thunder_scheduling.kv_tiers import KvTier
 
 __all__ = ["LlamaCppLevers"]
 
@@ -91,12 +92,12 @@ class LlamaCppLevers(BaseLevers):
             return None
         return slot, offload
 
-    def paused(self, program_id: str, backend: Backend, place: KVPlace) -> None:
+    def paused(self, program_id: str, backend: Backend, place: KvTier) -> None:
         own = self._own_slot(program_id, backend)
         if own is None:
             return
         slot, offload = own
-        if place is not KVPlace.HOST:
+        if place is not KvTier.HOST:
             slot.saved = False  # DEVICE: still in the slot; GONE: recomputed, never restored
             return
         slot.written = True

@@ -7,7 +7,7 @@ closes it (``Backend.release_program`` with the session id). A refused open is c
 ``session_open`` and the program runs without a session on that backend; the refusal is
 forgotten when the program ends.
 
-A pause whose KV goes to the host tier or is dropped (:class:`KVPlace` ``HOST`` / ``GONE``)
+A pause whose KV goes to the host tier or is dropped (:class:`KvTier` ``HOST`` / ``GONE``)
 closes the session too: ``/close_session`` releases the session's references on its radix
 nodes (``managers/scheduler.py::close_session`` -> ``release_radix_session``), and
 referenced nodes are the last ones evicted (``mem_cache/unified_cache/components/full.py::
@@ -30,9 +30,9 @@ from thunder_scheduler.levers.base import (
     LEVER_TIMEOUT_S,
     BaseLevers,
     EngineHints,
-    KVPlace,
     LeverContext,
 )
+from thunder_scheduling.kv_tiers import KvTier
 
 __all__ = ["SGLangLevers"]
 
@@ -97,8 +97,8 @@ class SGLangLevers(BaseLevers):
         if backend is not None:
             self.ctx.spawn("session_close", backend.release_program(program_id, session[1], None))
 
-    def paused(self, program_id: str, backend: Backend, place: KVPlace) -> None:
-        if place is KVPlace.DEVICE:
+    def paused(self, program_id: str, backend: Backend, place: KvTier) -> None:
+        if place is KvTier.DEVICE:
             return
         session = self._sessions.pop(program_id, None)
         if session is not None:

@@ -89,7 +89,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "token (rule: thunder_sim/replay/tool_levers.py)")
     v.add_argument("--prompt-split", action="store_true",
                    help="prefill the next prompt's known prefix while the tool runs "
-                        "(prefill-only, lowest priority)")
+                        "(prefill-only, lowest priority; rule: thunder_scheduling.prompt_split)")
+    v.add_argument("--cache-hints", action="store_true",
+                   help="send the adapter's back_in hint (the tool's duration) after each tool "
+                        "start (thunder_sim/replay/tool_levers.py)")
+    v.add_argument("--parallel-calls", type=int, default=1,
+                   help="tool calls per tool-calling response, placed and timed by the rule of "
+                        "thunder_sim/replay/tool_levers.py (default 1)")
     v.add_argument("--tool-call-trailing-tokens", type=int, default=TOOL_CALL_TRAILING_TOKENS,
                    help="output tokens after a tool call's last argument token "
                         f"(default {TOOL_CALL_TRAILING_TOKENS})")
@@ -141,8 +147,11 @@ def run_virtual(fit: FitResult, gaps: GapPolicy, args: argparse.Namespace,
                 policy=policy, preset=args.preset, replicas=args.replicas,
                 engine_overrides=overrides, concurrency=concurrency, gaps=gaps,
                 duration_s=args.duration_s, check_invariants=args.check_invariants,
-                levers=ToolLevers(args.streaming_dispatch, args.prompt_split,
-                                  args.tool_call_trailing_tokens))
+                levers=ToolLevers(streaming_dispatch=args.streaming_dispatch,
+                                  prompt_split=args.prompt_split,
+                                  cache_hints=args.cache_hints,
+                                  trailing_tokens=args.tool_call_trailing_tokens,
+                                  parallel_calls=args.parallel_calls))
             total = None if args.duration_s else sum(p.total_steps for p in fit.programs)
             with tqdm(total=total, desc=f"{policy} x{concurrency}", unit="step",
                       disable=args.no_progress, file=sys.stderr) as bar:
