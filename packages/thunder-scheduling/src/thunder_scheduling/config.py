@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,28 @@ def _check_positive(obj: object, *names: str) -> None:
             raise ConfigError(
                 f"{type(obj).__name__}.{name} must be a positive number, got {value!r}"
             )
+
+
+class HasWatermarks(Protocol):
+    """A policy config with the overflow watermarks (thunder, infercept, kvflow)."""
+
+    @property
+    def high_watermark(self) -> float: ...
+
+    @property
+    def low_watermark(self) -> float: ...
+
+
+def check_watermarks(config: HasWatermarks) -> None:
+    """A policy config's ``high_watermark`` and ``low_watermark``: each in (0, 1], low <= high."""
+    owner = type(config).__name__
+    for name in ("high_watermark", "low_watermark"):
+        value = getattr(config, name)
+        if not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ConfigError(f"{owner}.{name} must be in (0, 1], got {value!r}")
+    low, high = config.low_watermark, config.high_watermark
+    if low > high:
+        raise ConfigError(f"{owner}.low_watermark ({low}) must not exceed high_watermark ({high})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,4 +128,4 @@ class SchedulerConfig:
         return frozenset(f.name for f in fields(cls))
 
 
-__all__ = ["ConfigError", "SchedulerConfig", "UnknownKnob"]
+__all__ = ["ConfigError", "SchedulerConfig", "UnknownKnob", "check_watermarks"]

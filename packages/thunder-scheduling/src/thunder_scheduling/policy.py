@@ -263,6 +263,23 @@ def best_fit(program: Program, view: PolicyView, watermark: float) -> BackendLed
     return best
 
 
+def stay_else_least_committed(
+    program: Program, view: PolicyView, watermark: float
+) -> str | None:
+    """The program's previous backend while it fits there (forced: while healthy), else the
+    healthy backend with the least committed tokens where it fits (forced: the least
+    committed one): a least-loaded router in front of single-engine schedulers."""
+    previous = view.backends().get(program.backend) if program.backend else None
+    if previous is not None and previous.healthy and previous.capacity_tokens > 0 and (
+        view.forced or fits(program, previous, view, watermark)
+    ):
+        return previous.name
+    ranked = sorted(view.healthy(), key=lambda b: b.committed_tokens(view.now))
+    if view.forced:
+        return ranked[0].name if ranked else None
+    return next((b.name for b in ranked if fits(program, b, view, watermark)), None)
+
+
 class BasePolicy:
     """Defaults for every hook: sticky placement, no pausing, FIFO queue, full weights."""
 
@@ -354,4 +371,5 @@ __all__ = [
     "free_room",
     "is_reasoning",
     "most_free",
+    "stay_else_least_committed",
 ]

@@ -44,9 +44,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from thunder_scheduling.accounting import WeightMode
-from thunder_scheduling.config import ConfigError
+from thunder_scheduling.config import check_watermarks
 from thunder_scheduling.kv_tiers import KvTier, TierRates, choose_tier
-from thunder_scheduling.policy import ActingWeight, BasePolicy, PolicyView, fits, is_reasoning
+from thunder_scheduling.policy import (
+    ActingWeight,
+    BasePolicy,
+    PolicyView,
+    is_reasoning,
+    stay_else_least_committed,
+)
 from thunder_scheduling.program_table import Program
 
 
@@ -61,15 +67,7 @@ class InferCeptConfig:
     """Swap rate when the backend reports none (its profiled ``per_token_swap_latency``)."""
 
     def __post_init__(self) -> None:
-        for name in ("high_watermark", "low_watermark"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0 < value <= 1:
-                raise ConfigError(f"InferCeptConfig.{name} must be in (0, 1], got {value!r}")
-        if self.low_watermark > self.high_watermark:
-            raise ConfigError(
-                f"InferCeptConfig.low_watermark ({self.low_watermark}) must not exceed "
-                f"high_watermark ({self.high_watermark})"
-            )
+        check_watermarks(self)
         TierRates(self.prefill_tokens_per_s, self.load_tokens_per_s)
 
 
@@ -86,16 +84,7 @@ class InferCeptPolicy(BasePolicy):
         self.rates = TierRates(self.config.prefill_tokens_per_s, self.config.load_tokens_per_s)
 
     def place(self, program: Program, view: PolicyView) -> str | None:
-        low = self.low_watermark
-        previous = view.backends().get(program.backend) if program.backend else None
-        if previous is not None and previous.healthy and previous.capacity_tokens > 0 and (
-            view.forced or fits(program, previous, view, low)
-        ):
-            return previous.name
-        ranked = sorted(view.healthy(), key=lambda b: b.committed_tokens(view.now))
-        if view.forced:
-            return ranked[0].name if ranked else None
-        return next((b.name for b in ranked if fits(program, b, view, low)), None)
+        return stay_else_least_committed(program, view, self.low_watermark)
 
     def restore_key(self, program: Program) -> tuple[float, ...]:
         return (program.started_at, program.seq)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from thunder_core.contract import ProgramStatus
 from thunder_scheduling.accounting import WeightMode
-from thunder_scheduling.config import ConfigError
+from thunder_scheduling.config import ConfigError, check_watermarks
 from thunder_scheduling.kv_tiers import KvTier, TierRates, offload_weight
 from thunder_scheduling.policy import (
     ActingWeight,
@@ -76,15 +76,7 @@ class ThunderConfig:
             raise ConfigError(
                 f"ThunderConfig.share_grace_s must be >= 0, got {self.share_grace_s!r}"
             )
-        for name in ("high_watermark", "low_watermark"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0 < value <= 1:
-                raise ConfigError(f"ThunderConfig.{name} must be in (0, 1], got {value!r}")
-        if self.low_watermark > self.high_watermark:
-            raise ConfigError(
-                f"ThunderConfig.low_watermark ({self.low_watermark}) must not exceed "
-                f"high_watermark ({self.high_watermark})"
-            )
+        check_watermarks(self)
         half_life = self.acting_half_life_s
         if not isinstance(half_life, int | float) or not math.isfinite(half_life) or half_life <= 0:
             raise ConfigError(
