@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 
@@ -34,6 +33,7 @@ from thunder_testkit.proxy import (
     sse,
     usage_chunk,
 )
+from thunder_testkit.service import in_process_client
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -120,9 +120,7 @@ async def test_service_client_key_is_checked_on_the_fast_path() -> None:
     app = create_app(load_settings({"api_key": "client-secret", "admin_key": "admin-secret"}),
                      backends=[], clock=ManualClock(1000.0))
     body = {"model": "m", "messages": MESSAGES}
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
-    ) as http:
+    async with in_process_client(app) as http:
         missing = await http.post(CHAT, json=body)
         assert missing.status_code == 401
         assert "missing api key" in missing.json()["error"]["message"]

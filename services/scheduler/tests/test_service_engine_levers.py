@@ -26,6 +26,7 @@ from thunder_scheduler.settings import load_settings
 from thunder_scheduling.events import Event, RequestArrived, RequestOutcome
 from thunder_testkit import until_async
 from thunder_testkit.engines import FakeSGLang
+from thunder_testkit.service import in_process_client
 
 BODY: dict[str, Any] = {"model": "Qwen/Qwen3-8B", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -38,9 +39,7 @@ async def service(
     backend = SGLangBackend("gpu1", "http://gpu1:30000", http)
     app: FastAPI = create_app(load_settings(fields), backends=[backend], http=http)
     parts: ServiceParts = app.state.thunder
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
-    ) as client:
+    async with in_process_client(app) as client:
         await until_async(lambda: parts.monitor.healthy_names() == ["gpu1"])
         yield parts, client
     await http.aclose()

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from thunder_scheduler.app import create_app
 from thunder_scheduler.clock import ManualClock
 from thunder_scheduler.settings import load_settings
+from thunder_testkit.service import in_process_client
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
@@ -26,9 +27,7 @@ def _app(**fields: Any) -> FastAPI:
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     app = _app()
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
-    ) as http:
+    async with in_process_client(app) as http:
         yield http
 
 
@@ -136,9 +135,7 @@ async def test_malformed_json_is_400_and_wrong_types_422(
 
 async def test_body_over_the_limit_is_413() -> None:
     app = _app(max_body_bytes=100)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
-    ) as http:
+    async with in_process_client(app) as http:
         response = await http.post("/v1/programs", json={"tags": {"k": "v" * 200}})
         assert response.status_code == 413
         assert "100 bytes" in response.json()["error"]["message"]
@@ -148,9 +145,7 @@ async def test_body_over_the_limit_is_413() -> None:
 
 async def test_admin_key_guards_lifecycle_but_not_ops() -> None:
     app = _app(admin_key="admin-secret", api_key="client-secret")
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
-    ) as http:
+    async with in_process_client(app) as http:
         missing = await http.post("/v1/programs", json={})
         assert missing.status_code == 401
         assert "missing admin key" in missing.json()["error"]["message"]

@@ -12,6 +12,7 @@ import pytest
 from thunder_scheduler.app import create_app
 from thunder_scheduler.clock import ManualClock
 from thunder_scheduler.settings import load_settings
+from thunder_testkit.service import in_process_client
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -20,9 +21,7 @@ def _bearer(token: str) -> dict[str, str]:
 
 async def _client(**fields: Any) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(load_settings(fields), backends=[], clock=ManualClock(1000.0))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
-    ) as http:
+    async with in_process_client(app) as http:
         yield http
 
 

@@ -16,15 +16,14 @@ from thunder_scheduler import __version__
 from thunder_scheduler.app import create_app
 from thunder_scheduler.clock import ManualClock
 from thunder_scheduler.settings import load_settings
+from thunder_testkit.service import in_process_client
 
 
 @pytest.fixture
 async def app_and_client() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, ManualClock]]:
     clock = ManualClock(1000.0)
     app = create_app(load_settings({"lease_s": 60.0}), backends=[], clock=clock)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
-    ) as http:
+    async with in_process_client(app) as http:
         yield app, http, clock
 
 

@@ -14,6 +14,7 @@ from thunder_core.contract import ROLLOUT_GROUP_TAG, ROLLOUT_SAMPLE_TAG, ROLLOUT
 from thunder_scheduler.app import create_app
 from thunder_scheduler.clock import ManualClock
 from thunder_scheduler.settings import load_settings
+from thunder_testkit.service import in_process_client
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
@@ -25,9 +26,7 @@ def _app(**fields: Any) -> FastAPI:
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     app = _app()
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
-    ) as http:
+    async with in_process_client(app) as http:
         yield http
 
 
@@ -105,9 +104,7 @@ async def test_an_unknown_batch_is_404_with_a_reason(client: httpx.AsyncClient) 
 
 async def test_rollout_endpoints_need_the_admin_key() -> None:
     app = _app(admin_key="admin-secret")
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
-    ) as http:
+    async with in_process_client(app) as http:
         refused = await http.post(Paths.ROLLOUTS, json={"rollout": "k", "size": 2})
         assert refused.status_code == 401
         allowed = await http.post(Paths.ROLLOUTS, json={"rollout": "k", "size": 2},

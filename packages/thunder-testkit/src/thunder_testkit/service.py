@@ -5,24 +5,30 @@ free loopback port in a background thread (its own event loop), the way ``serve`
 gives a test the app's parts (``app.state.thunder``) for white-box checks, ``call(fn)`` runs
 ``fn`` on the service's loop, and ``stop()`` runs the lifespan shutdown (monitor, driver,
 clients).
+
+``in_process_client(app)``: the same app with no socket and no thread: its lifespan running
+and an ``httpx.AsyncClient`` on it over ASGI, on the test's own loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from thunder_scheduler.app import create_app
 from thunder_scheduler.serving import listen_socket, server_config
 from thunder_scheduler.settings import ServiceSettings
 from thunder_testkit.polling import until
 
-__all__ = ["RunningService", "start_service_thread"]
+__all__ = ["RunningService", "in_process_client", "start_service_thread"]
 
 T = TypeVar("T")
 
@@ -88,3 +94,12 @@ def start_service_thread(settings: ServiceSettings, **create_app_kwargs: Any) ->
     if not server.started:
         raise RuntimeError(f"scheduler service failed to start: {failure!r}")
     return RunningService(f"http://127.0.0.1:{port}", app, server, thread, loops[0])
+
+
+@asynccontextmanager
+async def in_process_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """``app`` with its lifespan running and an httpx client on it over ASGI (no sockets)."""
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://thunder.test"
+    ) as client:
+        yield client
