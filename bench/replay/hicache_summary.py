@@ -19,6 +19,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from thunder_sim.replay.report import pyplot
+
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 OUT = RESULTS / "hicache"
 BEFORE = RESULTS / "replay"
@@ -132,14 +134,8 @@ def main() -> int:
 
 
 def plot(points: list[tuple[str, dict[str, float], dict[str, float]]], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    if not points:
+    plt = pyplot(path)
+    if plt is None or not points:
         return
     cols = min(4, len(points))
     rows = math.ceil(len(points) / cols)

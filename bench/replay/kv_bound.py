@@ -19,7 +19,6 @@ Writes ``bench/results/replay/kv-bound-<workload>-<replicas>r.{md,json,png}``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -31,6 +30,7 @@ from workloads import WORKLOADS, workload
 from thunder_sim.costmodel.presets import get_preset
 from thunder_sim.replay.cli import describe_run
 from thunder_sim.replay.metrics import RunReport
+from thunder_sim.replay.report import pyplot
 from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
 
 
@@ -44,13 +44,9 @@ def row(r: RunReport, pool_multiple: float, bound: float) -> str:
 
 
 def plot(runs: list[tuple[float, RunReport]], path: Path, title: str) -> bool:
-    if importlib.util.find_spec("matplotlib") is None:
-        print(f"no plot {path}: matplotlib is not installed", file=sys.stderr)
+    plt = pyplot(path)
+    if plt is None:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for policy in dict.fromkeys(r.policy for _, r in runs):

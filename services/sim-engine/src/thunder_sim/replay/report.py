@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from thunder_sim.engine.ledger import MissCause
 from thunder_sim.replay.metrics import RunReport
@@ -107,6 +108,21 @@ def ledger_table(reports: Sequence[RunReport]) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def pyplot(path: Path) -> Any | None:
+    """``matplotlib.pyplot`` on the Agg backend, or None (with a warning naming ``path``, the
+    plot not drawn) when matplotlib is not installed."""
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("no plot %s: matplotlib is not installed (pip install 'thunder-sim[plots]')",
+                    path)
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def engine_time_table(reports: Sequence[RunReport]) -> str:
     """Where the engines' time went (``virtual.engine_time``); '' when no run has it."""
     rows_of = [r for r in reports if "decode_share" in r.extra]
@@ -129,14 +145,9 @@ def plot_ledger(reports: Sequence[RunReport], path: Path, title: str) -> bool:
     causes = ledger_causes(runs)
     if not runs or not causes:
         return False
-    if importlib.util.find_spec("matplotlib") is None:
-        log.warning("no plot %s: matplotlib is not installed (pip install 'thunder-sim[plots]')",
-                    path)
+    plt = pyplot(path)
+    if plt is None:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     panels = sorted({(r.replicas, r.concurrency) for r in runs})
     policies = list(dict.fromkeys(r.policy for r in runs))
@@ -186,14 +197,9 @@ def plot(reports: Sequence[RunReport], path: Path, title: str) -> bool:
     """Steps/min and hit rate vs concurrency; False (no file) if there is nothing to draw."""
     if len({r.concurrency for r in reports}) < 2:
         return False
-    if importlib.util.find_spec("matplotlib") is None:
-        log.warning("no plot %s: matplotlib is not installed (pip install 'thunder-sim[plots]')",
-                    path)
+    plt = pyplot(path)
+    if plt is None:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     series = sorted({(r.policy, r.replicas) for r in reports})
