@@ -7,20 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sim_engine_drive import PRESET, P, make_engine, run
 
 from thunder_sim.costmodel import get_preset
 from thunder_sim.costmodel.base import PrefillChunk
 from thunder_sim.engine import Engine, EngineConfig, EngineRequest, FinishedRequest
 from thunder_sim.engine.host_cache import HostCache, host_pool_tokens, overlapped_time_s
 from thunder_sim.engine.ledger import MissCause
-
-PRESET = "h100-qwen3-8b"
-P = 64
-
-
-def make_engine(pages: int = 20, **overrides: Any) -> Engine:
-    return Engine(EngineConfig.from_preset(PRESET, kv_pool_tokens=pages * P, **overrides),
-                  get_preset(PRESET).cost_model())
 
 
 def hicache(pages: int = 20, **overrides: Any) -> Engine:
@@ -30,16 +23,6 @@ def hicache(pages: int = 20, **overrides: Any) -> Engine:
 def prompt(program: str, rid: str, base: int, blocks: int, max_new: int = 2) -> EngineRequest:
     return EngineRequest(rid, tuple(range(base, base + blocks)), blocks * P, max_new,
                          owner=program)
-
-
-def run(engine: Engine, now: float = 0.0) -> tuple[float, dict[str, FinishedRequest]]:
-    done: dict[str, FinishedRequest] = {}
-    while engine.has_work():
-        r = engine.step(now)
-        engine.check_invariants()
-        now += r.duration_s
-        done.update((f.rid, f) for f in r.finished)
-    return now, done
 
 
 def a_evicted_by_b(engine: Engine, a_turns: int = 1) -> FinishedRequest:

@@ -3,20 +3,11 @@ arises from the situation it names."""
 
 from __future__ import annotations
 
-from typing import Any
+from sim_engine_drive import P, make_engine, run
 
-from thunder_sim.costmodel import get_preset
-from thunder_sim.engine import Engine, EngineConfig, EngineRequest, FinishedRequest
+from thunder_sim.engine import EngineRequest
 from thunder_sim.engine.ledger import MissCause, owner_of
 from thunder_sim.replay.phases import ProgramPhases
-
-PRESET = "h100-qwen3-8b"
-P = 64
-
-
-def make_engine(pages: int = 20, **overrides: Any) -> Engine:
-    return Engine(EngineConfig.from_preset(PRESET, kv_pool_tokens=pages * P, **overrides),
-                  get_preset(PRESET).cost_model())
 
 
 def prompt(program: str, rid: str, base: int, blocks: int, *, tail: int = 0,
@@ -25,16 +16,6 @@ def prompt(program: str, rid: str, base: int, blocks: int, *, tail: int = 0,
     its leading keys), plus ``tail`` tokens of a partial last block."""
     keys = tuple(base + i for i in range(blocks + (1 if tail else 0)))
     return EngineRequest(rid, keys, blocks * P + tail, max_new, owner=program)
-
-
-def run(engine: Engine, now: float = 0.0) -> tuple[float, dict[str, FinishedRequest]]:
-    done: dict[str, FinishedRequest] = {}
-    while engine.has_work():
-        r = engine.step(now)
-        engine.check_invariants()
-        now += r.duration_s
-        done.update((f.rid, f) for f in r.finished)
-    return now, done
 
 
 def evict_a_for_b(phase: str, *, forcing_b: bool = False) -> dict[str, int]:
