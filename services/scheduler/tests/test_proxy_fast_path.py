@@ -16,9 +16,6 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from thunder_scheduler.app import create_app
-from thunder_scheduler.clock import ManualClock
-from thunder_scheduler.settings import load_settings
 from thunder_scheduling.events import RequestOutcome
 from thunder_testkit.proxy import (
     AbortRecorder,
@@ -33,7 +30,7 @@ from thunder_testkit.proxy import (
     sse,
     usage_chunk,
 )
-from thunder_testkit.service import in_process_client
+from thunder_testkit.service import engineless_app, in_process_client
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -117,8 +114,7 @@ async def test_client_leaving_while_held_on_the_fast_path_is_finished_disconnect
 
 
 async def test_service_client_key_is_checked_on_the_fast_path() -> None:
-    app = create_app(load_settings({"api_key": "client-secret", "admin_key": "admin-secret"}),
-                     backends=[], clock=ManualClock(1000.0))
+    app = engineless_app(api_key="client-secret", admin_key="admin-secret")
     body = {"model": "m", "messages": MESSAGES}
     async with in_process_client(app) as http:
         missing = await http.post(CHAT, json=body)

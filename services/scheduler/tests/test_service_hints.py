@@ -14,15 +14,13 @@ import pytest
 from fastapi import FastAPI
 
 from thunder_core.contract import CacheHint, HintKind, Paths, shared_prefix_id
-from thunder_scheduler.app import create_app
-from thunder_scheduler.clock import ManualClock
-from thunder_scheduler.settings import load_settings
 from thunder_scheduling.checkpoint import export_program
+from thunder_testkit.service import engineless_app
 
 
 @pytest.fixture
 async def app() -> AsyncIterator[FastAPI]:
-    app = create_app(load_settings({}), backends=[], clock=ManualClock(1000.0))
+    app = engineless_app()
     async with app.router.lifespan_context(app):
         yield app
 

@@ -10,23 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from thunder_scheduler.app import create_app
-from thunder_scheduler.clock import ManualClock
-from thunder_scheduler.settings import load_settings
-from thunder_testkit.service import in_process_client
+from thunder_testkit.service import engineless_app, in_process_client
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
 
-def _app(**fields: Any) -> FastAPI:
-    return create_app(load_settings(fields), backends=[], clock=ManualClock(1000.0))
-
-
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = _app()
+    app = engineless_app()
     async with in_process_client(app) as http:
         yield http
 
@@ -134,7 +126,7 @@ async def test_malformed_json_is_400_and_wrong_types_422(
 
 
 async def test_body_over_the_limit_is_413() -> None:
-    app = _app(max_body_bytes=100)
+    app = engineless_app(max_body_bytes=100)
     async with in_process_client(app) as http:
         response = await http.post("/v1/programs", json={"tags": {"k": "v" * 200}})
         assert response.status_code == 413
@@ -144,7 +136,7 @@ async def test_body_over_the_limit_is_413() -> None:
 
 
 async def test_admin_key_guards_lifecycle_but_not_ops() -> None:
-    app = _app(admin_key="admin-secret", api_key="client-secret")
+    app = engineless_app(admin_key="admin-secret", api_key="client-secret")
     async with in_process_client(app) as http:
         missing = await http.post("/v1/programs", json={})
         assert missing.status_code == 401
@@ -184,5 +176,5 @@ async def test_health_ready_and_metrics_without_backends(client: httpx.AsyncClie
 
 
 async def test_each_app_has_its_own_registry() -> None:
-    first, second = _app(), _app()
+    first, second = engineless_app(), engineless_app()
     assert first.state.thunder.metrics.registry is not second.state.thunder.metrics.registry

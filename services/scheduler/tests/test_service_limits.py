@@ -9,10 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from thunder_scheduler.app import create_app
-from thunder_scheduler.clock import ManualClock
-from thunder_scheduler.settings import load_settings
-from thunder_testkit.service import in_process_client
+from thunder_testkit.service import engineless_app, in_process_client
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -20,7 +17,7 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 async def _client(**fields: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(load_settings(fields), backends=[], clock=ManualClock(1000.0))
+    app = engineless_app(**fields)
     async with in_process_client(app) as http:
         yield http
 

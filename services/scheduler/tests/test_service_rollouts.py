@@ -8,24 +8,16 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from thunder_core.contract import ROLLOUT_GROUP_TAG, ROLLOUT_SAMPLE_TAG, ROLLOUT_TAG, Paths
-from thunder_scheduler.app import create_app
-from thunder_scheduler.clock import ManualClock
-from thunder_scheduler.settings import load_settings
-from thunder_testkit.service import in_process_client
+from thunder_testkit.service import engineless_app, in_process_client
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
 
-def _app(**fields: Any) -> FastAPI:
-    return create_app(load_settings(fields), backends=[], clock=ManualClock(1000.0))
-
-
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    app = _app()
+    app = engineless_app()
     async with in_process_client(app) as http:
         yield http
 
@@ -103,7 +95,7 @@ async def test_an_unknown_batch_is_404_with_a_reason(client: httpx.AsyncClient) 
 
 
 async def test_rollout_endpoints_need_the_admin_key() -> None:
-    app = _app(admin_key="admin-secret")
+    app = engineless_app(admin_key="admin-secret")
     async with in_process_client(app) as http:
         refused = await http.post(Paths.ROLLOUTS, json={"rollout": "k", "size": 2})
         assert refused.status_code == 401

@@ -6,8 +6,10 @@ gives a test the app's parts (``app.state.thunder``) for white-box checks, ``cal
 ``fn`` on the service's loop, and ``stop()`` runs the lifespan shutdown (monitor, driver,
 clients).
 
-``in_process_client(app)``: the same app with no socket and no thread: its lifespan running
-and an ``httpx.AsyncClient`` on it over ASGI, on the test's own loop.
+``engineless_app(**settings)``: the real app with these settings, no engines and a manual clock
+at 1,000 s (lifecycle, ops and auth need no engine). ``in_process_client(app)``: an app with
+no socket and no thread: its lifespan running and an ``httpx.AsyncClient`` on it over ASGI, on
+the test's own loop.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import uvicorn
 from fastapi import FastAPI
 
 from thunder_scheduler.app import create_app
+from thunder_scheduler.clock import ManualClock
 from thunder_scheduler.serving import listen_socket, server_config
-from thunder_scheduler.settings import ServiceSettings
+from thunder_scheduler.settings import ServiceSettings, load_settings
 from thunder_testkit.polling import until
 
-__all__ = ["RunningService", "in_process_client", "start_service_thread"]
+__all__ = ["RunningService", "engineless_app", "in_process_client", "start_service_thread"]
 
 T = TypeVar("T")
 
@@ -94,6 +97,11 @@ def start_service_thread(settings: ServiceSettings, **create_app_kwargs: Any) ->
     if not server.started:
         raise RuntimeError(f"scheduler service failed to start: {failure!r}")
     return RunningService(f"http://127.0.0.1:{port}", app, server, thread, loops[0])
+
+
+def engineless_app(**settings: Any) -> FastAPI:
+    """The real scheduler app with ``settings``, no engines, a ``ManualClock`` at 1,000 s."""
+    return create_app(load_settings(settings), backends=[], clock=ManualClock(1000.0))
 
 
 @asynccontextmanager
