@@ -82,6 +82,16 @@ QWEN3_8B = ModelSpec(
     context_len=40960,
 )
 
+# Qwen/Qwen3-32B: model card "Number of Parameters: 32.8B"; config.json num_hidden_layers 64,
+# hidden_size 5120, num_attention_heads 64, num_key_value_heads 8, head_dim 128,
+# max_position_embeddings 40960, torch_dtype bfloat16. (The model of SGLang's published
+# HiCache multi-turn run, ``bench/sim_engine/bench_hicache_multiturn.py``.)
+QWEN3_32B = ModelSpec(
+    name="qwen3-32b", total_params=32.8e9, active_params=32.8e9, num_layers=64,
+    hidden_size=5120, num_attention_heads=64, num_kv_heads=8, head_dim=128,
+    weight_bytes_per_param=2, context_len=40960,
+)
+
 # meta-llama/Llama-3.1-70B-Instruct: model card "70B" (70.6e9 in the safetensors index);
 # config.json num_hidden_layers 80, hidden_size 8192, num_attention_heads 64,
 # num_key_value_heads 8, head_dim 8192/64 = 128, max_position_embeddings 131072, bf16.
@@ -126,5 +136,5 @@ GLM_46 = ModelSpec(
 )
 
 MODELS: dict[str, ModelSpec] = {
-    m.name: m for m in (QWEN3_8B, LLAMA_31_8B, LLAMA_31_70B, QWEN3_235B_A22B, GLM_46)
+    m.name: m for m in (QWEN3_8B, QWEN3_32B, LLAMA_31_8B, LLAMA_31_70B, QWEN3_235B_A22B, GLM_46)
 }

@@ -21,7 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from thunder_sim.costmodel.hardware import GPUS, MIB, GpuSpec
-from thunder_sim.costmodel.models import GLM_46, LLAMA_31_70B, QWEN3_8B, QWEN3_235B_A22B, ModelSpec
+from thunder_sim.costmodel.models import (
+    GLM_46,
+    LLAMA_31_70B,
+    QWEN3_8B,
+    QWEN3_32B,
+    QWEN3_235B_A22B,
+    ModelSpec,
+)
 from thunder_sim.costmodel.roofline import RooflineCostModel
 
 SGLANG_CHUNKED_PREFILL_SIZE_H100 = 8192   # memory_hook.py: 60 GiB <= gpu_mem < 160 GiB
@@ -83,6 +90,8 @@ PRESETS: dict[str, Preset] = {
     for p in (
         _preset("h100", QWEN3_8B, 1),
         _preset("h200", QWEN3_8B, 1),
+        _preset("h100", QWEN3_32B, 1),
+        _preset("h200", QWEN3_32B, 1),
         _preset("h100", LLAMA_31_70B, 4),
         _preset("h200", LLAMA_31_70B, 4),
         _preset("h100", QWEN3_235B_A22B, 8),
