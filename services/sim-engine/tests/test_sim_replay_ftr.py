@@ -63,6 +63,38 @@ def test_ftr_runs_from_the_last_human_message() -> None:
     assert replay.recorder.ftr_s == [pytest.approx(steps[3].first_token_s - steps[2].sent_s)]
 
 
+def test_ftr_anatomy_splits_the_ftr_into_engine_decode_and_tool_time() -> None:
+    """Alone on its engine nothing is held: the FTR is the first answer's time to first token
+    and decode, the 5 s tool, and the final answer's time to first token, to the second."""
+    replay, (first, final) = play(TWO_STEPS)
+    assert first.first_token_s is not None and final.first_token_s is not None
+    (parts,) = replay.recorder.ftr_parts
+    assert parts["held"] == 0.0
+    assert parts["engine"] == pytest.approx((first.first_token_s - first.sent_s)
+                                            + (final.first_token_s - final.sent_s))
+    assert parts["decode"] == pytest.approx(first.finished_s - first.first_token_s)
+    assert parts["tools"] == pytest.approx(5.0)
+    assert sum(parts.values()) == pytest.approx(replay.recorder.ftr_s[0])
+    shares = replay._report(final.finished_s).ftr_anatomy
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["tools"] == pytest.approx(5.0 / replay.recorder.ftr_s[0])
+
+
+def test_ftr_anatomy_counts_the_time_a_paused_program_is_held() -> None:
+    """Two programs that do not fit one engine together under a pausing policy: the one held
+    back while the other runs counts that wait as ``held``."""
+    a = session((40, 200, "text", 0), (44, 50, "tool_result", 30.0), sid="a")
+    b = session((40, 200, "text", 0), (44, 50, "tool_result", 30.0), sid="b")
+    cfg = VirtualConfig(policy="thunder", replicas=1, concurrency=2,
+                        engine_overrides={"kv_pool_tokens": 64 * 60}, check_invariants=True)
+    replay = VirtualReplay([a, b], cfg)
+    replay.run()
+    held = [p["held"] for p in replay.recorder.ftr_parts]
+    assert len(held) == 2 and max(held) > 0
+    for parts, ftr in zip(replay.recorder.ftr_parts, replay.recorder.ftr_s, strict=True):
+        assert sum(parts.values()) == pytest.approx(ftr)
+
+
 def test_an_unfinished_session_has_no_ftr() -> None:
     replay, _ = play(TWO_STEPS, duration_s=0.5)
     assert replay.recorder.ftr_s == [] and replay.recorder.session_s == []

@@ -24,6 +24,12 @@ Definitions (the ThunderAgent paper's metric is agent steps per minute):
   session's final answer is its last LLM step; FTR = from the user's message (the send time of
   the session's last step whose input is a human message, or of its first step) to the first
   token of that final answer; ``ftr_p50_s`` / ``ftr_p90_s`` over sessions (NaN in live mode);
+- ``ftr_anatomy``: where the FTR seconds of the completed sessions went, as shares of their
+  sum, over the root program's steps of the final turn: ``held`` (the scheduler held the
+  request: its program was paused or queued), ``engine`` (admitted to first token: the
+  engine's queue and the prefill), ``decode`` (first to last token of the turn's earlier
+  steps) and ``tools`` (the rest: tool calls, subagents, and the gaps between); empty when no
+  session completed (and in live mode);
 - ``session`` time: from a session's start to the end of its last step, subagents included;
   ``session_p50_s`` / ``session_p90_s`` over completed sessions.
 """
@@ -49,6 +55,27 @@ class StepRecord:
     cached_tokens: int
     completion_tokens: int
     miss_tokens: dict[str, int] = field(default_factory=dict)
+
+
+FTR_PARTS = ("held", "engine", "decode", "tools")
+
+
+def add_step_parts(parts: dict[str, float], sent_s: float, admitted_s: float | None,
+                   first_token_s: float, finished_s: float | None) -> None:
+    """Add one step of a turn to its FTR anatomy (``finished_s`` None: the final answer, whose
+    decode is after the FTR ends)."""
+    admitted = sent_s if admitted_s is None else admitted_s
+    parts["held"] = parts.get("held", 0.0) + max(0.0, admitted - sent_s)
+    parts["engine"] = parts.get("engine", 0.0) + max(0.0, first_token_s - admitted)
+    if finished_s is not None:
+        parts["decode"] = parts.get("decode", 0.0) + max(0.0, finished_s - first_token_s)
+
+
+def ftr_anatomy(parts: dict[str, float], ftr_s: float) -> dict[str, float]:
+    """A completed turn's FTR split into ``FTR_PARTS`` (seconds; ``tools`` is the rest)."""
+    out = {k: parts.get(k, 0.0) for k in FTR_PARTS[:3]}
+    out["tools"] = max(0.0, ftr_s - sum(out.values()))
+    return out
 
 
 def add_misses(total: dict[str, int], part: dict[str, int]) -> None:
@@ -90,6 +117,7 @@ class RunRecorder:
     paused_total_s: dict[str, float] = field(default_factory=dict)
     paused_shares: list[float] = field(default_factory=list)
     ftr_s: list[float] = field(default_factory=list)
+    ftr_parts: list[dict[str, float]] = field(default_factory=list)
     session_s: list[float] = field(default_factory=list)
 
     def started(self, program_id: str, at: float) -> None:
@@ -170,11 +198,20 @@ class RunReport:
     sessions_done: int = 0
     ftr_p50_s: float = math.nan
     ftr_p90_s: float = math.nan
+    ftr_anatomy: dict[str, float] = field(default_factory=dict)
     session_p50_s: float = math.nan
     session_p90_s: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def anatomy_shares(turns: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each part's share of all the turns' FTR seconds (empty without a completed turn)."""
+    total = sum(sum(t.values()) for t in turns)
+    if total <= 0:
+        return {}
+    return {k: sum(t.get(k, 0.0) for t in turns) / total for k in FTR_PARTS}
 
 
 def summarise(
@@ -211,6 +248,7 @@ def summarise(
         max_paused_share=max(rec.paused_shares, default=0.0),
         sessions_done=len(rec.session_s),
         ftr_p50_s=percentile(rec.ftr_s, 50), ftr_p90_s=percentile(rec.ftr_s, 90),
+        ftr_anatomy=anatomy_shares(rec.ftr_parts),
         session_p50_s=percentile(rec.session_s, 50),
         session_p90_s=percentile(rec.session_s, 90),
     )

@@ -72,6 +72,8 @@ from thunder_sim.replay.metrics import (
     RunReport,
     StepRecord,
     add_misses,
+    add_step_parts,
+    ftr_anatomy,
     ordered_misses,
     summarise,
 )
@@ -128,6 +130,7 @@ class _Run:
     last_tokens: int = 0
     last_output_tokens: int = 0
     turn_sent_s: float = 0.0            # when the current user turn's first step was sent
+    turn_parts: dict[str, float] = field(default_factory=dict)  # FTR anatomy of this turn
     call_starts: dict[int, float] = field(default_factory=dict)  # streaming: call -> start
     tool_step: int = 0                  # the step whose response called the next tool
     backend: str | None = None          # the engine of its last admission
@@ -139,6 +142,7 @@ class _Pending:
     step: TraceStep
     rid: str
     sent_s: float
+    admitted_s: float | None = None     # when the scheduler let it reach an engine
 
 
 class VirtualReplay:
@@ -265,9 +269,14 @@ class VirtualReplay:
                 ends_with_tool_call=run.idx < len(run.actions)
                 and isinstance(run.actions[run.idx], ToolBegin)))
             self._unwatch(fin.rid)
-            if ok and run.parent is None and pending.step.index == len(run.program.steps) - 1 \
-                    and fin.first_token_s is not None:
-                self.recorder.ftr_s.append(fin.first_token_s - run.turn_sent_s)
+            final = pending.step.index == len(run.program.steps) - 1
+            if ok and run.parent is None and fin.first_token_s is not None:
+                add_step_parts(run.turn_parts, pending.sent_s, pending.admitted_s,
+                               fin.first_token_s, None if final else self._now)
+            if ok and run.parent is None and final and fin.first_token_s is not None:
+                ftr = fin.first_token_s - run.turn_sent_s
+                self.recorder.ftr_s.append(ftr)
+                self.recorder.ftr_parts.append(ftr_anatomy(run.turn_parts, ftr))
                 self.recorder.session_s.append(
                     self._now - self.recorder.born_s.get(run.program.program_id, self._now))
             if ok:
@@ -346,6 +355,8 @@ class VirtualReplay:
         priority = cmd.priority if cmd.priority is not None else self._priority.get(
             cmd.program_id, 0)
         pending.run.backend = cmd.backend
+        if pending.admitted_s is None:
+            pending.admitted_s = self._now
         if cmd.request_id in self._watch:
             self._watch[cmd.request_id] = (cmd.backend, self._watch[cmd.request_id][1])
         self.engines[cmd.backend].submit(EngineRequest(
@@ -446,6 +457,7 @@ class VirtualReplay:
         run.last_output_tokens = step.output_tokens
         if step.gap_kind is not GapKind.TOOL:
             run.turn_sent_s = self._now
+            run.turn_parts = {}
         run.call_starts = {}
         run.tool_step = step.index
         self._pending[rid] = _Pending(run, step, rid, self._now)
