@@ -42,6 +42,7 @@ from compare import fitting_programs, load_avg
 from workloads import WORKLOADS, Workload, workload
 
 from thunder_sim.costmodel.presets import get_preset
+from thunder_sim.replay.metrics import FTR_PARTS, anatomy_shares
 from thunder_sim.replay.tool_levers import ToolLevers
 from thunder_sim.replay.virtual import VirtualConfig, VirtualReplay
 
@@ -67,6 +68,8 @@ class Pooled:
     session_s: list[float] = field(default_factory=list)
     hit_rates: list[float] = field(default_factory=list)
     splits: dict[str, int] = field(default_factory=dict)
+    parts: list[dict[str, float]] = field(default_factory=list)
+    """Each completed session's FTR split by ``metrics.FTR_PARTS`` (seconds)."""
 
     @property
     def p50(self) -> float:
@@ -81,7 +84,7 @@ class Pooled:
                 "ftr_p50_s": self.p50, "ftr_p90_s": self.p90, "sessions": len(self.ftr_s),
                 "session_p50_s": statistics.median(self.session_s) if self.session_s
                 else math.nan, "hit_rate": statistics.fmean(self.hit_rates),
-                "split_actions": self.splits}
+                "split_actions": self.splits, "ftr_anatomy": anatomy_shares(self.parts)}
 
 
 def quantile(xs: Sequence[float], q: float) -> float:
@@ -106,6 +109,7 @@ def run_point(wl: Workload, seeds: int, multiple: float, levers: str, replicas: 
         pooled.concurrency.append(concurrency)
         pooled.ftr_s += replay.recorder.ftr_s
         pooled.session_s += replay.recorder.session_s
+        pooled.parts += replay.recorder.ftr_parts
         pooled.hit_rates.append(report.hit_rate)
         for k, v in report.extra.get("split_actions", {}).items():
             pooled.splits[k] = pooled.splits.get(k, 0) + v
@@ -142,6 +146,18 @@ def ablation_table(points: Points, loads: dict[str, float]) -> str:
             cells.append(f"{_f(p.p50)} | {_rel(p.p50, b.p50)} | {_f(p.p90)} | "
                          f"{_rel(p.p90, b.p90)} | {statistics.fmean(p.hit_rates):.3f}")
         lines.append(f"| {lv} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def anatomy_table(points: Points, loads: dict[str, float]) -> str:
+    """Where the FTR seconds went (``metrics.ftr_anatomy``), with no levers and with all."""
+    lines = ["| load | levers | " + " | ".join(f"{k} %" for k in FTR_PARTS) + " |",
+             "|---|---|" + "---|" * len(FTR_PARTS)]
+    for load in loads:
+        for lv in ("none", "all"):
+            shares = anatomy_shares(points[(load, lv)].parts)
+            lines.append(f"| {load} | {lv} | " + " | ".join(
+                f"{100 * shares.get(k, math.nan):.1f}" for k in FTR_PARTS) + " |")
     return "\n".join(lines)
 
 
@@ -287,6 +303,14 @@ def main() -> int:
                   f"Programs in flight per seed: low {conc['low']}, 3x {conc['3x']}.", "",
                   "FTR at equal load (median and p90 pooled over seeds; hit rate: mean of "
                   "runs):", "", ablation_table(points, loads), "",
+                  "Where the FTR went (share of the sessions' FTR seconds; `held`: the "
+                  "scheduler held the request, its program paused or queued; `engine`: admitted "
+                  "to first token, the engine's queue and prefill; `decode`: the turn's earlier "
+                  "answers; `tools`: tool calls, subagents and the gaps between; "
+                  "`thunder_sim/replay/metrics.py`). The split and the cache hints act on "
+                  "`engine` (and, through pre-restores, `held`), streaming dispatch on the last "
+                  "tokens of `decode` after each call's arguments close:", "",
+                  anatomy_table(points, loads), "",
                   "Load at equal median FTR (none vs all):", "", table, ""]
         dump[name] = {"ablation": {f"{load} {lv}": p.as_dict() for (load, lv), p in
                                    points.items()}, "sweep": rows}
