@@ -41,6 +41,26 @@ def test_litellm_session_header_is_the_fallback() -> None:
     assert program_id_from({LITELLM_SESSION_HEADER: "conv-1"}, {"model": "m"}) == "conv-1"
 
 
+def test_thunderagents_session_ids_are_program_ids_in_its_order() -> None:
+    """What ThunderAgent's proxy also reads (``app.py`` ``get_program_id``): Dynamo's session
+    header, then ``X-Session-ID``, then ``nvext.agent_context.session_id``; all after the body's
+    ``program_id`` and before litellm's header."""
+    nvext = {"model": "m", "nvext": {"agent_context": {"session_id": "from-nvext"}}}
+    assert program_id_from({"x-dynamo-session-id": "dyn"}, {"model": "m"}) == "dyn"
+    assert program_id_from({"X-Session-ID": "skyrl-7"}, {"model": "m"}) == "skyrl-7"
+    assert program_id_from({"x-session-id": "lower"}, None) == "lower"
+    assert program_id_from({}, nvext) == "from-nvext"
+    assert program_id_from({"X-Session-ID": "s", "x-dynamo-session-id": "d"}, nvext) == "d"
+    assert program_id_from({"X-Session-ID": "s"}, nvext) == "s"
+    assert program_id_from({"X-Session-ID": "s"}, {"program_id": "body"}) == "body"
+    assert program_id_from({LITELLM_SESSION_HEADER: "conv"}, nvext) == "from-nvext"
+    assert program_id_from({}, {"nvext": {"agent_context": "not an object"}}) is None
+    with pytest.raises(InvalidProgramId, match=r"nvext\.agent_context\.session_id"):
+        program_id_from({}, {"nvext": {"agent_context": {"session_id": 7}}})
+    with pytest.raises(InvalidProgramId):
+        program_id_from({"X-Session-ID": "has space"}, None)
+
+
 def test_untagged_request_has_no_program() -> None:
     assert program_id_from({"content-type": "application/json"}, {"model": "m"}) is None
 

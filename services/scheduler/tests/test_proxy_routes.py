@@ -310,6 +310,25 @@ async def test_vllm_gets_request_id_in_body_and_header_and_untagged_requests_pas
     assert gate.finished[0].program_id is None
 
 
+@pytest.mark.parametrize(("headers", "extra", "program"), [
+    ({"X-Session-ID": "skyrl-1"}, {}, "skyrl-1"),
+    ({"x-dynamo-session-id": "dyn-1"}, {}, "dyn-1"),
+    ({}, {"nvext": {"agent_context": {"session_id": "nv-1"}}}, "nv-1"),
+])
+async def test_thunderagents_session_ids_attribute_the_request(
+    headers: dict[str, str], extra: dict[str, Any], program: str
+) -> None:
+    """A client that ThunderAgent's proxy would schedule by a session id is scheduled here too
+    (the id names the program); the body reaches the engine as it came."""
+    gate, upstream, _ = _setup(Script(chunks=[orjson.dumps(COMPLETION)]))
+    body = {"model": "smollm2", "messages": MESSAGES, **extra}
+    result = await call_asgi(make_app(gate, upstream), CHAT, body, headers=headers)
+    assert result.status == 200
+    assert gate.finished[0].program_id == program
+    assert result.headers["x-thunder-request-id"] == f"{program}:1"
+    assert upstream.requests[0].body == {**body, "rid": f"{program}:1"}
+
+
 async def test_models_lists_what_the_gate_serves() -> None:
     gate, upstream, _ = _setup(Script())
     result = await call_asgi(make_app(gate, upstream), "/v1/models", b"", method="GET")

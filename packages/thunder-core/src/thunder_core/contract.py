@@ -8,7 +8,10 @@ Program identity, in order of precedence:
 1. header ``X-Thunder-Program-Id`` (ours);
 2. body field ``program_id`` at the top level of the JSON body, or inside ``extra_body``
    (ThunderAgent's convention, so its users switch without code changes);
-3. header ``x-litellm-session-id`` (what OpenHands and litellm already send).
+3. the session ids ThunderAgent's proxy also reads (``app.py`` ``get_program_id``), in its
+   order: header ``x-dynamo-session-id`` (NVIDIA Dynamo's agent header), header
+   ``X-Session-ID`` (what SkyRL routes by), body ``nvext.agent_context.session_id``;
+4. header ``x-litellm-session-id`` (what OpenHands and litellm already send).
 
 A request that carries none of them is passed through untouched: it does not join a shared
 "default" program (ThunderAgent's behaviour, which merged unrelated agents into one).
@@ -37,6 +40,17 @@ PROGRAM_ID_HEADER: Final = "X-Thunder-Program-Id"
 
 LITELLM_SESSION_HEADER: Final = "x-litellm-session-id"
 """Sent by litellm / OpenHands with the conversation id; accepted as a program id."""
+
+DYNAMO_SESSION_HEADER: Final = "x-dynamo-session-id"
+"""NVIDIA Dynamo's agent session header; ThunderAgent reads it as a program id."""
+
+SESSION_ID_HEADER: Final = "X-Session-ID"
+"""A plain session header (SkyRL routes by it); ThunderAgent reads it as a program id."""
+
+NVEXT_FIELD: Final = "nvext"
+AGENT_CONTEXT_FIELD: Final = "agent_context"
+SESSION_ID_FIELD: Final = "session_id"
+"""``nvext.agent_context.session_id`` in the body (Dynamo's extension block)."""
 
 PROGRAM_ID_FIELD: Final = "program_id"
 """ThunderAgent's body field, at the top level or inside ``extra_body``."""
@@ -148,10 +162,27 @@ def program_id_from(headers: Mapping[str, str], body: Mapping[str, Any] | None) 
                 raise InvalidProgramId(f"body field {PROGRAM_ID_FIELD!r} must be a string")
             value = raw
     if value is None:
+        value = _header(headers, DYNAMO_SESSION_HEADER) or _header(headers, SESSION_ID_HEADER)
+    if value is None and body is not None:
+        value = _nvext_session(body)
+    if value is None:
         value = _header(headers, LITELLM_SESSION_HEADER)
     if value is None:
         return None
     return validate_program_id(value)
+
+
+def _nvext_session(body: Mapping[str, Any]) -> str | None:
+    """``nvext.agent_context.session_id`` when every level is an object and the id a string."""
+    nvext = body.get(NVEXT_FIELD)
+    context = nvext.get(AGENT_CONTEXT_FIELD) if isinstance(nvext, Mapping) else None
+    session = context.get(SESSION_ID_FIELD) if isinstance(context, Mapping) else None
+    if session is None:
+        return None
+    if not isinstance(session, str):
+        raise InvalidProgramId(
+            f"body field {NVEXT_FIELD}.{AGENT_CONTEXT_FIELD}.{SESSION_ID_FIELD} must be a string")
+    return session
 
 
 def strip_identity(body: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -512,14 +543,17 @@ def error_body(
 
 
 __all__ = [
+    "AGENT_CONTEXT_FIELD",
     "API_KEY_HEADER",
     "CLIENT_RID_FIELD",
     "CLIENT_RID_MAX_LEN",
     "CONTRACT_VERSION",
     "CONTRACT_VERSION_HEADER",
+    "DYNAMO_SESSION_HEADER",
     "EXTRA_BODY_FIELD",
     "HINT_MAX_SECONDS",
     "LITELLM_SESSION_HEADER",
+    "NVEXT_FIELD",
     "PROGRAM_ID_FIELD",
     "PROGRAM_ID_HEADER",
     "PROGRAM_ID_MAX_LEN",
@@ -528,6 +562,8 @@ __all__ = [
     "ROLLOUT_SAMPLE_TAG",
     "ROLLOUT_TAG",
     "RUNTIME_SPEC_TAG",
+    "SESSION_ID_FIELD",
+    "SESSION_ID_HEADER",
     "THUNDER_HEADER_PREFIX",
     "TRACE_FIELD",
     "CacheHint",
