@@ -136,6 +136,9 @@ def main() -> int:
     ap.add_argument("--hicache", default="off",
                     help="comma list of off / on: engines without / with SGLang's HiCache host "
                          "tier (--enable-hierarchical-cache, host pool = 2x the device pool)")
+    ap.add_argument("--no-tool-events", dest="tool_events", action="store_false",
+                    help="do not report tool calls to the core: a plain client that only sends "
+                         "requests (and ends its programs), as one written for ThunderAgent does")
     ap.add_argument("--out", default=str(OUT), help="directory of the results files")
     args = ap.parse_args()
     knobs: dict[str, dict[str, Any]] = json.loads(args.knobs)
@@ -162,7 +165,8 @@ def main() -> int:
                     cfg = VirtualConfig(policy=policy, policy_knobs=knobs.get(policy, {}),
                                         replicas=replicas, concurrency=fits * mult,
                                         gaps=wl.gaps, duration_s=duration_s,
-                                        engine_overrides=overrides)
+                                        engine_overrides=overrides,
+                                        tool_events=args.tool_events)
                     t0 = time.perf_counter()
                     r = VirtualReplay(fit.programs, cfg, fit=fit.describe()).run()
                     reports.append(r)
@@ -175,6 +179,10 @@ def main() -> int:
                    f"{wl.name}, {replicas} replicas, HiCache {hc}; "
                    f"{time.perf_counter() - started:.0f} s wall; load average {load_before} "
                    f"before, {load_avg()} after)\n\n{hicache_line(hc)}"
+                   + ("" if args.tool_events else
+                      "Tool events off: the core hears requests and program ends only, as "
+                      "from a client written for ThunderAgent's API (no `ToolStarted` / "
+                      "`ToolFinished`, so no predicted tool end).\n\n") +
                    f"Workload `{wl.name}`: {wl.rule} (`bench/replay/workloads.py`).\n\n"
                    f"{describe_run(fit, wl.gaps, None)}\n\n"
                    f"KV pool {pool:,} tokens per H100 engine (h100-qwen3-8b preset, page 64); "

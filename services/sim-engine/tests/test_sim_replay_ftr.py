@@ -197,3 +197,30 @@ def test_the_replays_split_follows_the_cores_rule_for_long_tools() -> None:
                          (18, 50, "tool_result", 1.0))
     on, _ = play(short_tool, ToolLevers(prompt_split=True), policy="thunder")
     assert on._report(0.0).extra["split_actions"] == {"sent": 2}
+
+
+class _Recording(VirtualReplay):
+    """Records the type of every event the replay feeds the core (test support)."""
+
+    fed: list[str]
+
+    def _feed(self, event: Any) -> None:
+        self.fed = [*getattr(self, "fed", []), type(event).__name__]
+        super()._feed(event)
+
+
+@pytest.mark.parametrize("tool_events", [True, False])
+def test_tool_events_can_be_left_out_as_a_plain_client_would(tool_events: bool) -> None:
+    """Without tool events the core hears the requests and the program's start and end only
+    (a client written for ThunderAgent's API); the steps and the tool time are the same."""
+    cfg = VirtualConfig(policy="thunder", replicas=1, concurrency=1, engine_overrides=POOL,
+                        tool_events=tool_events)
+    replay = _Recording([TWO_STEPS], cfg)
+    report = replay.run()
+    assert report.steps == 2 and report.failed_steps == 0
+    tools = {"ToolStarted", "ToolFinished"} & set(replay.fed)
+    assert tools == ({"ToolStarted", "ToolFinished"} if tool_events else set())
+    assert {"ProgramStarted", "RequestArrived", "RequestFinished", "ProgramEnded"} <= set(
+        replay.fed)
+    first, final = sorted(replay.recorder.steps, key=lambda s: s.step_index)
+    assert final.sent_s == pytest.approx(first.finished_s + 5.0)

@@ -99,6 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--tool-call-trailing-tokens", type=int, default=TOOL_CALL_TRAILING_TOKENS,
                    help="output tokens after a tool call's last argument token "
                         f"(default {TOOL_CALL_TRAILING_TOKENS})")
+    v.add_argument("--no-tool-events", dest="tool_events", action="store_false",
+                   help="do not report tool calls to the scheduler (a plain client that only "
+                        "sends requests, as one written for ThunderAgent's API)")
     live = p.add_argument_group("live mode (with --target)")
     live.add_argument("--target", default=None,
                       help="base URL of an OpenAI/SGLang-compatible server (our scheduler, a "
@@ -151,7 +154,8 @@ def run_virtual(fit: FitResult, gaps: GapPolicy, args: argparse.Namespace,
                                   prompt_split=args.prompt_split,
                                   cache_hints=args.cache_hints,
                                   trailing_tokens=args.tool_call_trailing_tokens,
-                                  parallel_calls=args.parallel_calls))
+                                  parallel_calls=args.parallel_calls),
+                tool_events=args.tool_events)
             total = None if args.duration_s else sum(p.total_steps for p in fit.programs)
             with tqdm(total=total, desc=f"{policy} x{concurrency}", unit="step",
                       disable=args.no_progress, file=sys.stderr) as bar:

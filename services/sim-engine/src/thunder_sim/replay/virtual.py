@@ -109,6 +109,10 @@ class VirtualConfig:
     check_invariants: bool = False      # validate every engine's KV accounting after each step
     levers: ToolLevers = field(default_factory=ToolLevers)
     label: str = ""
+    tool_events: bool = True
+    """Report tool calls to the core (``ToolStarted`` / ``ToolFinished``), as an instrumented
+    client does through the lifecycle API. False: a plain client that only sends requests (and
+    ends its programs), as one written for ThunderAgent's API does."""
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -427,12 +431,14 @@ class VirtualReplay:
                     return
             elif isinstance(action, ToolBegin):
                 self.phases.tool_started(pid)
-                self._feed(ToolStarted(self._now, pid, action.call_id, action.tool_name))
-                if self.config.levers.cache_hints:
-                    self._hint_back_in(run)
+                if self.config.tool_events:
+                    self._feed(ToolStarted(self._now, pid, action.call_id, action.tool_name))
+                    if self.config.levers.cache_hints:
+                        self._hint_back_in(run)
             elif isinstance(action, ToolEnd):
                 self.phases.tool_finished(pid)
-                self._feed(ToolFinished(self._now, pid, action.call_id))
+                if self.config.tool_events:
+                    self._feed(ToolFinished(self._now, pid, action.call_id))
             elif isinstance(action, Spawn):
                 run.children_left = len(action.children)
                 for child in action.children:
