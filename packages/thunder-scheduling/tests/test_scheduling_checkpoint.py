@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 from core_harness import Harness
 
 from thunder_core.contract import ProgramStatus
 from thunder_scheduling import make_scheduler
-from thunder_scheduling.checkpoint import export_all, restore
+from thunder_scheduling.checkpoint import ProgramCheckpoint, export_all, restore
 from thunder_scheduling.commands import Admit, Command, Pause
 from thunder_scheduling.events import ProgramEnded
 from thunder_scheduling.scheduler import ProgramScheduler
@@ -107,3 +107,19 @@ def test_programs_on_a_backend_that_is_gone_come_back_paused_and_unplaced() -> N
         assert row.backend in ("a", None)
         if row.backend is None:
             assert row.status is ProgramStatus.PAUSED
+
+
+def test_the_longest_pause_survives_a_restore_and_old_checkpoints_still_load() -> None:
+    h = Harness("thunder", {"a": 1000}, max_paused_s=300.0)
+    h.request("big", 900)
+    h.request("late", 500)                # held: "big" holds the pool
+    h.tick(301.0)                         # forced back by aging after a 301 s pause
+    assert h.program("late").longest_pause_s == 301.0
+    globals_, programs = export_all(h.scheduler)
+    fresh = make_scheduler("thunder")
+    restore(fresh, globals_, programs, globals_.at)
+    row = fresh.program_snapshot("late")
+    assert row is not None and row.longest_pause_s == 301.0
+    older = {k: v for k, v in asdict(next(p for p in programs if p.program_id == "late")).items()
+             if k != "longest_pause_s"}     # a checkpoint written before the field existed
+    assert ProgramCheckpoint(**older).longest_pause_s == 0.0

@@ -446,6 +446,10 @@ class ProgramView(BaseModel):
     current_tool: str | None = None
     pause_count: int = 0
     paused_s: float = 0.0
+    longest_pause_s: float = 0.0
+    """The longest single pause so far, the current one included (the aging bound's measure)."""
+    paused_share: float = 0.0
+    """The share of its life (start to end, or to now) spent paused (the fairness measure)."""
     started_at: float = 0.0
     last_event_at: float = 0.0
     end_status: ProgramEndStatus | None = None

@@ -89,6 +89,8 @@ class ProgramCheckpoint:
     cached_tokens: int
     tool_calls: int
     service_tokens: int
+    longest_pause_s: float = 0.0
+    """Absent from checkpoints written before it existed: 0 then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,7 @@ def export_program(core: ProgramScheduler, program_id: str) -> ProgramCheckpoint
         pause_count=p.pause_count, paused_total_s=p.paused_total_s, requests=p.requests,
         prompt_tokens=p.prompt_tokens, completion_tokens=p.completion_tokens,
         cached_tokens=p.cached_tokens, tool_calls=p.tool_calls,
-        service_tokens=p.service_tokens,
+        service_tokens=p.service_tokens, longest_pause_s=p.longest_pause_s,
     )
 
 
@@ -251,6 +253,7 @@ def _fill(program: Program, c: ProgramCheckpoint, by: float) -> None:
     program.cached_tokens = c.cached_tokens
     program.tool_calls = c.tool_calls
     program.service_tokens = c.service_tokens
+    program.longest_pause_s = c.longest_pause_s
 
 
 __all__ = [

@@ -75,6 +75,8 @@ class Program:
     paused_since: float | None = None
     pause_count: int = 0
     paused_total_s: float = 0.0
+    longest_pause_s: float = 0.0
+    """The longest completed pause (seconds): what the aging bound limits."""
     engine_priority: int | None = None
 
     requests: int = 0
@@ -107,6 +109,17 @@ class Program:
         if self.paused_since is None:
             return self.paused_total_s
         return self.paused_total_s + max(0.0, now - self.paused_since)
+
+    def longest_pause(self, now: float) -> float:
+        """The longest pause so far, the current one included."""
+        if self.paused_since is None:
+            return self.longest_pause_s
+        return max(self.longest_pause_s, now - self.paused_since)
+
+    def paused_share(self, now: float) -> float:
+        """The share of its life (start to end, or to ``now``) the program spent paused."""
+        life = (self.ended_at if self.ended_at is not None else now) - self.started_at
+        return min(1.0, self.paused_s(now) / life) if life > 0 else 0.0
 
 
 class ProgramTable:

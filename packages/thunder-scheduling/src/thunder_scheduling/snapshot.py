@@ -51,6 +51,10 @@ class ProgramSnapshot:
     end_reason: str | None = None
     paused_since: float | None = None
     """Start of the current pause (None unless paused)."""
+    longest_pause_s: float = 0.0
+    """The longest pause so far, the current one included (the aging bound limits it)."""
+    paused_share: float = 0.0
+    """Share of its life (start to end, or to the snapshot) spent paused (fairness)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,8 @@ def program_row(program: Program, now: float, weighted_tokens: float) -> Program
         weighted_tokens=weighted_tokens,
         end_reason=program.end_reason,
         paused_since=program.paused_since,
+        longest_pause_s=program.longest_pause(now),
+        paused_share=program.paused_share(now),
     )
 
 

@@ -206,6 +206,7 @@ class SchedulerState:
         if program.paused_since is not None:
             waited = max(0.0, now - program.paused_since)
             program.paused_total_s += waited
+            program.longest_pause_s = max(program.longest_pause_s, waited)
             if was_paused:
                 self._count("max_paused_s", waited, maximum=True)
         program.paused_since = None
@@ -237,7 +238,9 @@ class SchedulerState:
             if program.program_id in ledger.charges:
                 ledger.remove(program.program_id)
         elif program.status is ProgramStatus.PAUSED and program.paused_since is not None:
-            program.paused_total_s += max(0.0, now - program.paused_since)
+            spell = max(0.0, now - program.paused_since)
+            program.paused_total_s += spell
+            program.longest_pause_s = max(program.longest_pause_s, spell)
             program.paused_since = None
             if program.backend is not None and program.pause_count > 0:
                 self._ledgers[program.backend].paused_here -= 1

@@ -228,10 +228,10 @@ class LiveReplay:
                 follower.cancel()
                 await asyncio.gather(monitor, follower, return_exceptions=True)
             after = await self._scrape_engines()
-            max_paused_s = await self._max_paused_s() if self._lifecycle else None
+            measures = await self._pause_measures() if self._lifecycle else None
         self.recorder.close(finish)
-        if max_paused_s is not None:
-            self._service_max_paused_s = max_paused_s
+        if measures is not None:
+            self._service_pauses = measures
         return self._report(finish, before, after)
 
     async def _worker(self) -> None:
@@ -398,11 +398,14 @@ class LiveReplay:
     _first_error: str | None = None
     _last_error: str | None = None
 
-    _service_max_paused_s: float | None = None
+    _service_pauses: tuple[float, float] | None = None
+    """The scheduler's longest pause and largest paused share (``_pause_measures``)."""
 
-    async def _max_paused_s(self) -> float | None:
-        """The longest time any program spent paused, from the scheduler's program table
-        (``paused_s`` in modelled seconds): the replay does not see pauses itself in live mode."""
+    async def _pause_measures(self) -> tuple[float, float] | None:
+        """The longest single pause and the largest share of a life spent paused, over every
+        program in the scheduler's table (modelled seconds; the replay does not see pauses
+        itself in live mode), as virtual mode reports them: ``max_paused_s`` /
+        ``max_paused_share``."""
         assert self._http is not None
         try:
             async with self._http.get(f"{self._base}/v1/programs") as resp:
@@ -411,7 +414,8 @@ class LiveReplay:
                 rows = (await resp.json()).get("programs", [])
         except (aiohttp.ClientError, ValueError):
             return None
-        return max((float(row.get("paused_s", 0.0)) for row in rows), default=0.0)
+        return (max((float(row.get("longest_pause_s", 0.0)) for row in rows), default=0.0),
+                max((float(row.get("paused_share", 0.0)) for row in rows), default=0.0))
 
     async def _scrape(self, url: str) -> dict[str, float]:
         assert self._http is not None
@@ -489,8 +493,8 @@ class LiveReplay:
         changes: dict[str, Any] = {"max_paused_share": math.nan}    # pauses are not seen here
         if pauses or migrations:
             changes.update(pauses=int(pauses), migrations=int(migrations))
-        if self._service_max_paused_s is not None:
-            changes["max_paused_s"] = self._service_max_paused_s
+        if self._service_pauses is not None:
+            changes["max_paused_s"], changes["max_paused_share"] = self._service_pauses
         return _with(report, **changes)
 
 

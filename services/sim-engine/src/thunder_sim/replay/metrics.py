@@ -16,10 +16,12 @@ Definitions (the ThunderAgent paper's metric is agent steps per minute):
   completed steps split by cause (``thunder_sim.engine.ledger.MissCause``); the causes sum to
   exactly that difference, so ``sum / prompt_tokens == 1 - hit_rate`` (empty when the runner
   cannot attribute: live mode reports the engines' own ledger in ``extra``);
-- ``pauses``, ``migrations``, ``max_paused_s``: from the scheduler's Pause / Resume decisions;
-  ``max_paused_share``: the largest share of a program's life (start to end, or to the end of
-  the run) spent paused, over every program (fairness; NaN in live mode, which does not see
-  pauses);
+- ``pauses``, ``migrations``, ``max_paused_s`` (the longest single pause): from the
+  scheduler's Pause / Resume decisions; ``max_paused_share``: the largest share of a program's
+  life (start to end, or to the end of the run) spent paused, over every program (fairness).
+  Live mode reads both from the scheduler's program table (``longest_pause_s``,
+  ``paused_share`` of ``GET /v1/programs``); against a target without the lifecycle API they
+  are unknown (NaN share);
 - ``ftr`` (Sutradhara's time to the final answer), per completed session (root program): a
   session's final answer is its last LLM step; FTR = from the user's message (the send time of
   the session's last step whose input is a human message, or of its first step) to the first
