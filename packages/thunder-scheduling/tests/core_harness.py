@@ -23,6 +23,7 @@ from thunder_scheduling.events import (
     RequestArrived,
     RequestFinished,
     RequestOutcome,
+    RolloutCut,
     ToolFinished,
     ToolStarted,
 )
@@ -202,3 +203,67 @@ op = st.one_of(  # one step of a random event sequence (see the suites' run())
     st.tuples(st.just("host"), st.sampled_from(["a", "b", "c"]),
               st.sampled_from([0, 500, 2500, 6000])),
 )
+
+
+class OpPlayer:
+    """Plays the suites' ``op`` steps on a ``Harness`` (test support) and tracks what the
+    invariants need: the live programs (started, not ended or released), each program's open
+    tool calls, and when each held request was held. ``rollout`` names the batch a ``cut`` op
+    cuts (without it ``cut`` does nothing)."""
+
+    def __init__(self, h: Harness, page: int, rollout: str | None = None) -> None:
+        self.h = h
+        self.page = page
+        self.rollout = rollout
+        self.live: set[str] = set()
+        self.tools: dict[str, list[str]] = {}
+        self.held_since: dict[str, float] = {}
+        self._calls = 0
+
+    def play(self, item: tuple[Any, ...]) -> list[Command]:
+        h, kind = self.h, item[0]
+        commands: list[Command] = []
+        if kind == "request":
+            commands = h.request(item[1], item[2])
+            self.live.add(item[1])
+            for hold in h.of(Hold, commands):
+                self.held_since[hold.request_id] = h.scheduler.snapshot().at
+        elif kind == "finish":
+            open_rids = [r for r, (p, _b) in h.in_flight.items() if p == item[1]]
+            if open_rids:
+                prompt, completion, cached, usage = item[2], item[3], item[4], item[5]
+                if usage:
+                    commands = h.finish(item[1], prompt, completion, min(cached, prompt),
+                                        rid=open_rids[0])
+                else:
+                    commands = h.finish(item[1], None, None, None, rid=open_rids[0])
+        elif kind == "tool" and item[1] in self.live:
+            self._calls += 1
+            call = f"c{self._calls}"
+            self.tools.setdefault(item[1], []).append(call)
+            commands = h.tool_start(item[1], call, item[2], expected_duration_s=item[3])
+        elif kind == "tool_end" and self.tools.get(item[1]) and item[1] in self.live:
+            commands = h.tool_end(item[1], self.tools[item[1]].pop(0))
+        elif kind == "end" and item[1] in self.live:
+            commands = h.end(item[1])
+            self._gone(item[1])
+        elif kind == "tick":
+            commands = h.tick(item[1])
+        elif kind == "advance":
+            h.advance(item[1])
+        elif kind == "health":
+            commands = h.backend_update(item[1], 1500 if item[1] == "b" else 1000,
+                                        healthy=item[2], page_size_tokens=self.page)
+        elif kind == "capacity":
+            commands = h.backend_update(item[1], item[2], page_size_tokens=self.page)
+        elif kind == "host":
+            commands = h.host_update(item[1], item[2])
+        elif kind == "cut" and self.rollout is not None:
+            commands = h.feed(RolloutCut(h.now, self.rollout))
+        for release in h.of(Release, commands):
+            self._gone(release.program_id)
+        return commands
+
+    def _gone(self, program_id: str) -> None:
+        self.live.discard(program_id)
+        self.tools.pop(program_id, None)

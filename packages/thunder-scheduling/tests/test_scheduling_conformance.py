@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from core_harness import PIDS, Harness, op
+from core_harness import PIDS, Harness, OpPlayer, op
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,8 +39,8 @@ from thunder_core.contract import (
     ProgramStatus,
 )
 from thunder_scheduling import policy_names
-from thunder_scheduling.commands import Command, Hold, Release
-from thunder_scheduling.events import RolloutCut, RolloutStarted
+from thunder_scheduling.commands import Command
+from thunder_scheduling.events import RolloutStarted
 from thunder_scheduling.policy import BasePolicy
 
 MAX_PAUSED_S = 60.0
@@ -115,64 +115,18 @@ def run(
         **KNOBS.get(policy, {}),
     )
     own_check, max_wait_s = BOUNDS.get(policy, (check_standard, MAX_PAUSED_S))
-    live: set[str] = set()
-    tools: dict[str, list[str]] = {}
-    held_since: dict[str, float] = {}
-    calls = 0
+    player = OpPlayer(h, page, rollout="batch" if rollout is not None else None)
     ticks_before = 0.0
     if rollout is not None:
         h.feed(RolloutStarted(h.now, "batch", size=len(PIDS), cut_fraction=rollout[0]))
         for index, pid in enumerate(PIDS):
             h.start(pid, tags={ROLLOUT_TAG: "batch", ROLLOUT_GROUP_TAG: str(index // 2),
                                ROLLOUT_SAMPLE_TAG: str(index % 2)})
-            live.add(pid)
+            player.live.add(pid)
     for item in ops:
-        kind = item[0]
-        commands: list[Command] = []
-        if kind == "request":
-            commands = h.request(item[1], item[2])
-            live.add(item[1])
-            for hold in h.of(Hold, commands):
-                held_since[hold.request_id] = h.scheduler.snapshot().at
-        elif kind == "finish":
-            open_rids = [r for r, (p, _b) in h.in_flight.items() if p == item[1]]
-            if not open_rids:
-                continue
-            prompt, completion, cached, usage = item[2], item[3], item[4], item[5]
-            if usage:
-                commands = h.finish(item[1], prompt, completion, min(cached, prompt),
-                                    rid=open_rids[0])
-            else:
-                commands = h.finish(item[1], None, None, None, rid=open_rids[0])
-        elif kind == "tool" and item[1] in live:
-            calls += 1
-            call = f"c{calls}"
-            tools.setdefault(item[1], []).append(call)
-            commands = h.tool_start(item[1], call, item[2], expected_duration_s=item[3])
-        elif kind == "tool_end" and tools.get(item[1]) and item[1] in live:
-            commands = h.tool_end(item[1], tools[item[1]].pop(0))
-        elif kind == "end" and item[1] in live:
-            commands = h.end(item[1])
-            live.discard(item[1])
-            tools.pop(item[1], None)
-        elif kind == "tick":
-            commands = h.tick(item[1])
-        elif kind == "advance":
-            h.advance(item[1])
-        elif kind == "health":
-            commands = h.backend_update(item[1], 1500 if item[1] == "b" else 1000,
-                                        healthy=item[2], page_size_tokens=page)
-        elif kind == "capacity":
-            commands = h.backend_update(item[1], item[2], page_size_tokens=page)
-        elif kind == "host":
-            commands = h.host_update(item[1], item[2])
-        elif kind == "cut" and rollout is not None:
-            commands = h.feed(RolloutCut(h.now, "batch"))
-        for release in h.of(Release, commands):
-            live.discard(release.program_id)
-            tools.pop(release.program_id, None)
+        player.play(item)
         if check:
-            check_common(h, live, held_since, max_wait_s)
+            check_common(h, player.live, player.held_since, max_wait_s)
             ticks = h.scheduler.counters.get("policy_ticks", 0.0)
             own_check(h, ticks > ticks_before)
             ticks_before = ticks

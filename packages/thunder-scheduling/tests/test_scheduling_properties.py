@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from core_harness import Harness, op
+from core_harness import Harness, OpPlayer, op
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thunder_core.contract import ProgramStatus
-from thunder_scheduling.commands import Command, Release
+from thunder_scheduling.commands import Command
 
 HIGH, LOW, MAX_PAUSED_S = 0.9, 0.7, 60.0
 
@@ -41,49 +41,11 @@ def run(
         max_paused_s=MAX_PAUSED_S,
         lease_s=600.0,
     )
-    live: set[str] = set()
-    tools: dict[str, list[str]] = {}
-    calls = 0
+    player = OpPlayer(h, page)
     for item in ops:
-        kind = item[0]
-        if kind == "request":
-            h.request(item[1], item[2])
-            live.add(item[1])
-        elif kind == "finish":
-            open_rids = [r for r, (p, _b) in h.in_flight.items() if p == item[1]]
-            if not open_rids:
-                continue
-            prompt, completion, cached, usage = item[2], item[3], item[4], item[5]
-            if usage:
-                h.finish(item[1], prompt, completion, min(cached, prompt), rid=open_rids[0])
-            else:
-                h.finish(item[1], None, None, None, rid=open_rids[0])
-        elif kind == "tool" and item[1] in live:
-            calls += 1
-            call = f"c{calls}"
-            tools.setdefault(item[1], []).append(call)
-            h.tool_start(item[1], call, item[2], expected_duration_s=item[3])
-        elif kind == "tool_end" and tools.get(item[1]) and item[1] in live:
-            h.tool_end(item[1], tools[item[1]].pop(0))
-        elif kind == "end" and item[1] in live:
-            h.end(item[1])
-            live.discard(item[1])
-            tools.pop(item[1], None)
-        elif kind == "tick":
-            for release in h.of(Release, h.tick(item[1])):
-                live.discard(release.program_id)
-                tools.pop(release.program_id, None)
-        elif kind == "advance":
-            h.advance(item[1])
-        elif kind == "health":
-            h.backend_update(item[1], 1500 if item[1] == "b" else 1000, healthy=item[2],
-                             page_size_tokens=page)
-        elif kind == "capacity":
-            h.backend_update(item[1], item[2], page_size_tokens=page)
-        elif kind == "host":
-            h.host_update(item[1], item[2])
+        player.play(item)
         if check:
-            check_invariants(h, live, watermark=policy == "thunder")
+            check_invariants(h, player.live, watermark=policy == "thunder")
     return h.log
 
 
