@@ -21,6 +21,32 @@ from thunder_testkit.cores import ScriptedCore
 from thunder_testkit.polling import until_async
 
 
+def _recording_sglang(status: int = 200) -> tuple[list[httpx.Request], httpx.AsyncClient,
+                                                   SGLangBackend]:
+    """An SGLang backend ``gpu1`` whose engine (an ``httpx.MockTransport``: test support)
+    records every request it gets and answers ``status``."""
+    sent: list[httpx.Request] = []
+
+    def engine(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(status, json={})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(engine))
+    return sent, http, SGLangBackend("gpu1", "http://gpu1:30000", http)
+
+
+def _bodies(sent: list[httpx.Request]) -> list[dict[str, Any]]:
+    return [json.loads(request.content) for request in sent]
+
+
+def _tool_call_prefix(call_id: str, tool: str = "f") -> dict[str, Any]:
+    """A chat body ending in the assistant's call ``call_id`` of ``tool``: a split's prefix."""
+    call = {"id": call_id, "type": "function", "function": {"name": tool, "arguments": "{}"}}
+    return {"model": "m", "messages": [{"role": "user", "content": "go"},
+                                       {"role": "assistant", "content": None,
+                                        "tool_calls": [call]}]}
+
+
 def test_chat_and_completions_bodies_ask_for_one_token_unstreamed() -> None:
     body = {"model": "m", "messages": [], "stream": True, "stream_options": {}, "n": 2,
             "max_completion_tokens": 500}
@@ -37,14 +63,7 @@ def test_generate_bodies_set_max_new_tokens() -> None:
 
 
 async def _prewarm(status: int) -> tuple[list[httpx.Request], ServiceMetrics]:
-    sent: list[httpx.Request] = []
-
-    def engine(request: httpx.Request) -> httpx.Response:
-        sent.append(request)
-        return httpx.Response(status, json={})
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(engine))
-    backend = SGLangBackend("gpu1", "http://gpu1:30000", http)
+    sent, http, backend = _recording_sglang(status)
     metrics = ServiceMetrics()
     core = ScriptedCore([[SetPriority("p", 4)], [Prewarm("p", "gpu1")]])
     driver = Driver(core, {"gpu1": backend}, ManualClock(0.0), metrics, prewarm_http=http)
@@ -88,27 +107,14 @@ async def test_prompt_split_prefills_once_skips_a_paused_program_and_feeds_the_p
     from thunder_scheduling.commands import Admit, Pause, Resume
     from thunder_scheduling.events import RequestArrived
 
-    sent: list[dict[str, Any]] = []
-
-    def engine(request: httpx.Request) -> httpx.Response:
-        sent.append(json.loads(request.content))
-        return httpx.Response(200, json={})
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(engine))
-    backend = SGLangBackend("gpu1", "http://gpu1:30000", http)
+    requests, http, backend = _recording_sglang()
     metrics = ServiceMetrics()
     core = ScriptedCore([[Admit("p", "p:1", "gpu1")], [Pause("p", "gpu1", 10)],
                          [Resume("p", "gpu1", "gpu1", migrated=False)], [Prewarm("p", "gpu1")]])
     driver = Driver(core, {"gpu1": backend}, ManualClock(0.0), metrics, prewarm_http=http)
     driver.arrive("p", "p:1", RequestArrived(at=0.0, program_id="p", request_id="p:1",
                                              prompt_tokens_estimate=10))
-    user = {"role": "user", "content": "go"}
-
-    def prefix(call_id: str) -> dict[str, Any]:
-        call = {"id": call_id, "type": "function",
-                "function": {"name": "f", "arguments": "{}"}}
-        return {"model": "m", "messages": [user, {"role": "assistant", "content": None,
-                                                  "tool_calls": [call]}]}
+    prefix = _tool_call_prefix
 
     async def settle() -> None:
         await until_async(lambda: driver.tracked()["background_tasks"] == 0)
@@ -119,20 +125,20 @@ async def test_prompt_split_prefills_once_skips_a_paused_program_and_feeds_the_p
     driver.feed(ProgramEnded(at=1.0, program_id="x"))  # -> Pause
     driver.prompt_split("p", prefix("c2"))        # paused: nothing now
     await settle()
+    sent = _bodies(requests)
     assert [body["messages"] for body in sent] == [prefix("c1")["messages"]]
     assert sent[0]["max_tokens"] == 1 and sent[0]["rid"] == "p:split-1"
     driver.feed(ProgramEnded(at=2.0, program_id="x"))  # -> Resume
     driver.feed(ProgramEnded(at=3.0, program_id="x"))  # -> Prewarm
     await settle()
     await http.aclose()
-    assert [body["messages"] for body in sent] == [prefix("c1")["messages"],
-                                                   prefix("c2")["messages"]]
+    assert [body["messages"] for body in _bodies(requests)] == [prefix("c1")["messages"],
+                                                                prefix("c2")["messages"]]
     assert [_split_count(metrics, r) for r in ("sent", "cached", "paused")] == [1, 1, 1]
 
 
 async def test_prompt_split_off_sends_nothing() -> None:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
-    backend = SGLangBackend("gpu1", "http://gpu1:30000", http)
+    _sent, http, backend = _recording_sglang()
     driver = Driver(ScriptedCore([]), {"gpu1": backend}, ManualClock(0.0), ServiceMetrics(),
                     prewarm_http=http, prompt_split=False)
     driver.programs.ensure("p").backend = "gpu1"
@@ -155,14 +161,7 @@ async def test_prompt_split_follows_the_cores_room_rule() -> None:
         ToolStarted,
     )
 
-    sent: list[dict[str, Any]] = []
-
-    def engine(request: httpx.Request) -> httpx.Response:
-        sent.append(json.loads(request.content))
-        return httpx.Response(200, json={})
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(engine))
-    backend = SGLangBackend("gpu1", "http://gpu1:30000", http)
+    requests, http, backend = _recording_sglang()
     metrics = ServiceMetrics()
     clock = ManualClock(0.0)
     driver = Driver(make_scheduler("thunder"), {"gpu1": backend}, clock, metrics,
@@ -179,11 +178,7 @@ async def test_prompt_split_follows_the_cores_room_rule() -> None:
                                     completion_tokens=100, ends_with_tool_call=True))
 
     def prefix(call_id: str) -> dict[str, Any]:
-        call = {"id": call_id, "type": "function",
-                "function": {"name": "grep", "arguments": "{}"}}
-        return {"model": "m", "messages": [{"role": "user", "content": "go"},
-                                           {"role": "assistant", "content": None,
-                                            "tool_calls": [call]}]}
+        return _tool_call_prefix(call_id, tool="grep")
 
     respond(1, 0.0)
     driver.feed(ToolStarted(at=0.0, program_id="p", call_id="c0", tool_name="fetch",
@@ -200,4 +195,4 @@ async def test_prompt_split_follows_the_cores_room_rule() -> None:
     await until_async(lambda: driver.tracked()["background_tasks"] == 0)
     await http.aclose()
     assert [_split_count(metrics, r) for r in ("sent", "no_room")] == [1, 1]
-    assert [body["rid"] for body in sent] == ["p:split-1"]
+    assert [body["rid"] for body in _bodies(requests)] == ["p:split-1"]
