@@ -202,10 +202,9 @@ def test_the_replays_split_follows_the_cores_rule_for_long_tools() -> None:
 class _Recording(VirtualReplay):
     """Records the type of every event the replay feeds the core (test support)."""
 
-    fed: list[str]
-
     def _feed(self, event: Any) -> None:
-        self.fed = [*getattr(self, "fed", []), type(event).__name__]
+        # the base __init__ may feed before a subclass __init__ could set the list
+        self.__dict__.setdefault("fed", []).append(type(event).__name__)
         super()._feed(event)
 
 

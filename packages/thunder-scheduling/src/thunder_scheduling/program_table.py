@@ -110,6 +110,17 @@ class Program:
             return self.paused_total_s
         return self.paused_total_s + max(0.0, now - self.paused_since)
 
+    def end_pause(self, now: float) -> float | None:
+        """Close the current pause at ``now`` (its length joins ``paused_total_s`` and
+        ``longest_pause_s``) and return its length; None when the program is not paused."""
+        if self.paused_since is None:
+            return None
+        spell = max(0.0, now - self.paused_since)
+        self.paused_total_s += spell
+        self.longest_pause_s = max(self.longest_pause_s, spell)
+        self.paused_since = None
+        return spell
+
     def longest_pause(self, now: float) -> float:
         """The longest pause so far, the current one included."""
         if self.paused_since is None:

@@ -203,13 +203,9 @@ class SchedulerState:
         self._waiting.remove(program.program_id)
         self._aging.discard(program.program_id)
         self._wait_order.pop(program.program_id, None)
-        if program.paused_since is not None:
-            waited = max(0.0, now - program.paused_since)
-            program.paused_total_s += waited
-            program.longest_pause_s = max(program.longest_pause_s, waited)
-            if was_paused:
-                self._count("max_paused_s", waited, maximum=True)
-        program.paused_since = None
+        waited = program.end_pause(now)
+        if waited is not None and was_paused:
+            self._count("max_paused_s", waited, maximum=True)
         program.status = ProgramStatus.ACTIVE
         program.backend = backend
         if program.kv_tier is not KvTier.GONE:
@@ -238,10 +234,7 @@ class SchedulerState:
             if program.program_id in ledger.charges:
                 ledger.remove(program.program_id)
         elif program.status is ProgramStatus.PAUSED and program.paused_since is not None:
-            spell = max(0.0, now - program.paused_since)
-            program.paused_total_s += spell
-            program.longest_pause_s = max(program.longest_pause_s, spell)
-            program.paused_since = None
+            program.end_pause(now)
             if program.backend is not None and program.pause_count > 0:
                 self._ledgers[program.backend].paused_here -= 1
         self._waiting.remove(program.program_id)
