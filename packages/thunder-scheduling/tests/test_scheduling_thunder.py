@@ -120,6 +120,46 @@ def test_defect_new_program_is_admitted_on_arrival_without_waiting_for_a_tick() 
     assert admit.program_id == "small"  # same call, no tick in between
 
 
+def _promoted_waiter(**knobs: Any) -> Harness:
+    """``large`` (600) has waited past ``promote_after_s`` for room on a full backend (low
+    watermark 800); ``s0`` then ends, leaving 500 of room: not enough for it."""
+    h = _thunder({"a": 1000}, acting_half_life_s=1e9, promote_after_s=60.0, **knobs)
+    h.request("s0", 300)
+    h.request("s1", 300)
+    h.request("large", 600)
+    assert h.program("large").status is ProgramStatus.PAUSED
+    h.advance(90.0)
+    h.finish("s0", 300, 0)
+    h.end("s0")
+    return h
+
+
+def test_a_new_program_does_not_take_room_a_promoted_waiter_is_owed() -> None:
+    h = _promoted_waiter()
+    (hold,) = h.of(Hold, h.request("newcomer", 200))  # 200 fits, but "large" is owed it
+    assert hold.program_id == "newcomer"
+    assert h.program("newcomer").status is ProgramStatus.PAUSED
+    commands = h.finish("s1", 300, 0) + h.end("s1")  # room for "large", then for the newcomer
+    assert [a.program_id for a in h.of(Admit, commands)] == ["large", "newcomer"]
+
+
+def test_a_new_program_joins_the_queue_and_is_placed_in_the_same_call_when_nobody_is_owed() -> None:
+    h = _thunder({"a": 1000}, acting_half_life_s=1e9)
+    h.request("p0", 600)
+    h.request("big", 500)  # does not fit: waits, not yet promoted
+    commands = h.request("small", 200)  # joins the queue; the restore pass places it at once
+    assert [c.program_id for c in h.of(Admit, commands)] == ["small"]
+    assert not h.of(Hold, commands)  # one answer per arrival: the Admit
+    assert h.counters().held_requests == 1  # "big" only
+
+
+def test_arrivals_join_queue_off_places_a_newcomer_ahead_of_a_promoted_waiter() -> None:
+    h = _promoted_waiter(arrivals_join_queue=False)
+    (admit,) = h.of(Admit, h.request("newcomer", 200))
+    assert admit.program_id == "newcomer"
+    assert h.program("large").status is ProgramStatus.PAUSED
+
+
 def test_defect_large_program_is_not_starved_by_a_stream_of_small_ones() -> None:
     h = _thunder({"a": 1000}, max_paused_s=300.0)
     h.request("s0", 300)

@@ -63,7 +63,11 @@ FCFS), ``promote_after_s`` (programs waiting longer are offered first, oldest fi
 anti-starvation), ``restore_needs_fit`` (a promise: on a restore that is not forced, ``place``
 returns a backend only if the program ``fits`` it under ``low_watermark``; the scheduler
 then counts a queue entry that fits no healthy backend as a failure without calling
-``place``, which keeps a restore pass cheap with thousands waiting).
+``place``, which keeps a restore pass cheap with thousands waiting),
+``arrivals_join_queue`` (while any program waits, a new program's first request joins the
+waiting queue and the restore pass of the same decision places it in ``restore_key`` order,
+promoted waiters first, instead of the arrival taking room ahead of them; ThunderAgent assigns
+a new program directly only when its queue is empty).
 
 ``PolicyView`` carries every input (time, backends, queue, tool estimates) so a policy can
 gain an input without any signature changing.
@@ -188,6 +192,7 @@ class Policy(Protocol):
     restore_scan_limit: int
     promote_after_s: float | None
     restore_needs_fit: bool
+    arrivals_join_queue: bool
     routes_requests: bool
     reads_prompt_blocks: bool
     rollout_aware: bool
@@ -292,6 +297,9 @@ class BasePolicy:
     promote_after_s: float | None = None
     restore_needs_fit = False
     """Sticky ``place`` returns the previous backend whether or not the program fits."""
+    arrivals_join_queue = False
+    """False: a new program is placed on arrival when ``place`` finds room, ahead of any
+    waiter (promoted ones included)."""
     routes_requests = False
     rollout_aware = False
     """True: the scheduler applies the rollout-batch rules (``rollouts.py``: group-aware

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from thunder_core.contract import ProgramPhase, ProgramStatus
 from thunder_scheduling.accounting import BackendLedger, WeightMode
-from thunder_scheduling.commands import Command, Hold
+from thunder_scheduling.commands import Admit, Command, Hold
 from thunder_scheduling.events import (
     BackendFlushed,
     BackendUpdated,
@@ -85,7 +85,22 @@ class ProgramScheduler(SchedulerState):
             case RolloutCut():
                 self._rollouts.request_cut(event.rollout)
         self._decide(now)
-        return self._flush()
+        out = self._flush()
+        if isinstance(event, RequestArrived):
+            out = self._one_answer(out, event.request_id)
+        return out
+
+    def _one_answer(self, out: list[Command], request_id: str) -> list[Command]:
+        """A request held on arrival and admitted by the same decision (a new program that
+        joined the queue and was placed in restore order) is answered by its Admit alone:
+        every arrival gets exactly one answer in its own call."""
+        admitted = any(isinstance(c, Admit) and c.request_id == request_id for c in out)
+        if not admitted:
+            return out
+        kept = [c for c in out if not (isinstance(c, Hold) and c.request_id == request_id)]
+        if len(kept) != len(out):
+            self._count("held_requests", -1)
+        return kept
 
     def tick(self, now: float) -> list[Command]:
         now = self._advance(now)
@@ -291,7 +306,10 @@ class ProgramScheduler(SchedulerState):
         ):
             self._route(program, ev, now)
         if program.status is ProgramStatus.ACTIVE and program.backend is None:
-            backend = self._place(program, now, restoring=False)
+            joins = self.policy.arrivals_join_queue and len(self._waiting) > 0
+            backend = None if joins else self._place(program, now, restoring=False)
+            if joins:
+                self._room_changed = True  # a restore pass now places it in restore order
             if backend is None:
                 self._enqueue(program, now)
             else:

@@ -12,6 +12,7 @@ chose them are in docs/scheduling.md ("The thunder policy"). What it ports and h
   with old waiters promoted first (ThunderAgent restored largest first);
 * ``place``: the previous backend when the program fits there, else best fit (ThunderAgent:
   the emptiest replica, ignoring locality); a program larger than the low watermark runs alone;
+  while anyone waits a new program joins the queue instead of jumping it (as ThunderAgent's);
 * engine priority lowered by ``paused_priority_offset`` while marked or paused;
 * ``rollout_aware``: RL rollout batches get group-aware placement and stragglers first
   (``rollouts.py``; ThunderAgent has no notion of a batch).
@@ -60,6 +61,10 @@ class ThunderConfig:
     paused reaches this share of its life so far (never before ``share_grace_s`` into the
     wait). ``None``: the scheduler's single-pause bound (``max_paused_s``)."""
     share_grace_s: float = 30.0
+    arrivals_join_queue: bool = True
+    """While any program waits, a new program joins the queue and is placed in restore order
+    (promoted waiters first) rather than taking room on arrival (False: placed at once where
+    it fits, the rule before)."""
 
     def __post_init__(self) -> None:
         if self.pause_order not in ("smallest", "away_longest"):
@@ -87,6 +92,11 @@ class ThunderConfig:
             raise ConfigError(
                 f"ThunderConfig.promote_after_s must be positive or None, got {promote!r}"
             )
+        if not isinstance(self.arrivals_join_queue, bool):
+            raise ConfigError(
+                f"ThunderConfig.arrivals_join_queue must be true or false, "
+                f"got {self.arrivals_join_queue!r}"
+            )
         if not isinstance(self.restore_scan_limit, int) or self.restore_scan_limit < 1:
             raise ConfigError(
                 f"ThunderConfig.restore_scan_limit must be an int >= 1, "
@@ -112,6 +122,7 @@ class ThunderPolicy(BasePolicy):
         self.acting_half_life_s = self.config.acting_half_life_s
         self.promote_after_s = self.config.promote_after_s
         self.restore_scan_limit = self.config.restore_scan_limit
+        self.arrivals_join_queue = self.config.arrivals_join_queue
 
     def place(self, program: Program, view: PolicyView) -> str | None:
         low = self.low_watermark
