@@ -114,6 +114,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="use the lifecycle API (auto: when GET /v1/programs answers 200)")
     live.add_argument("--thunderagent-release", action="store_true",
                       help="also POST /programs/release at each program's end")
+    live.add_argument("--message-chars-per-token", type=float, default=0.0,
+                      help="pad each request's message to this many characters per prompt "
+                           "token (about 4 for real text), for a proxy that estimates tokens "
+                           "from the body's size (ThunderAgent); 0: a short placeholder")
     live.add_argument("--engine-url", action="append", default=[],
                       help="a simulated engine behind the target, for its /metrics (repeat)")
     live.add_argument("--model", default=None,
@@ -171,6 +175,7 @@ def run_live(fit: FitResult, gaps: GapPolicy, args: argparse.Namespace) -> list[
         cfg = LiveConfig(
             target=args.target, time_scale=args.time_scale, concurrency=concurrency, gaps=gaps,
             lifecycle=args.lifecycle, thunderagent_release=args.thunderagent_release,
+            message_chars_per_token=args.message_chars_per_token,
             model=args.model, duration_s=args.duration_s, engine_urls=tuple(args.engine_url),
             policy=args.policy if args.policy != "thunder" else "target",
             replicas=max(1, len(args.engine_url)))

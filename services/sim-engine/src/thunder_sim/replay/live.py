@@ -88,6 +88,7 @@ class LiveConfig:
     request_timeout_s: float = 3600.0     # wall
     engine_urls: tuple[str, ...] = ()     # simulated engines behind the target, for /metrics
     policy: str = "target"                # what the target runs (for the report)
+    message_chars_per_token: float = 0.0  # 0: a fixed placeholder message (see _message)
     replicas: int = 1
     label: str = ""
 
@@ -100,6 +101,9 @@ class LiveConfig:
             raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
         if self.lifecycle not in ("auto", "on", "off"):
             raise ValueError(f"--lifecycle must be auto, on or off, got {self.lifecycle!r}")
+        if not math.isfinite(self.message_chars_per_token) or self.message_chars_per_token < 0:
+            raise ValueError(f"--message-chars-per-token must be >= 0, got "
+                             f"{self.message_chars_per_token}")
 
 
 _METRIC_RE = re.compile(
@@ -292,11 +296,20 @@ class LiveReplay:
             await self._post(Paths.THUNDERAGENT_RELEASE, {PROGRAM_ID_FIELD: pid})
         self.recorder.programs_done += 1
 
+    def _message(self, prompt_tokens: int) -> str:
+        """The user message: a placeholder, since the engine reads the prompt from the trace
+        extension; with ``message_chars_per_token`` it is padded to that many characters per
+        prompt token, so a proxy that estimates tokens from the size of the body
+        (ThunderAgent: ``len(json.dumps(payload)) / chars_per_token``) sees the size real text
+        of that length would have (about 4 characters per token for English and code)."""
+        n = round(self.config.message_chars_per_token * prompt_tokens)
+        return "(trace replay)" if n <= 0 else ("trace replay " * (n // 13 + 1))[:n]
+
     async def _call(self, pid: str, step: TraceStep) -> None:
         assert self._http is not None
         body: dict[str, Any] = {
             "model": self._model,
-            "messages": [{"role": "user", "content": "(trace replay)"}],
+            "messages": [{"role": "user", "content": self._message(step.prompt_tokens)}],
             "max_tokens": step.output_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
