@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from compare import OUT, fitting_programs, load_avg
@@ -101,6 +102,36 @@ def ledger_side_by_side(live: RunReport, virtual: RunReport) -> str:
             "away):\n\n" + "\n".join(rows))
 
 
+def start_engines(n: int, time_scale: float, log_dir: Path, procs: list[ChildProcess],
+                  extra_args: Sequence[str] = ()) -> list[str]:
+    """``n`` simulated H100 / Qwen3-8B engines on loopback; each joins ``procs`` as it starts
+    (so the caller stops every one that did); returns their URLs."""
+    urls = []
+    for i in range(n):
+        proc = ChildProcess(
+            [sys.executable, "-m", "thunder_sim", "serve", "--preset", "h100-qwen3-8b",
+             "--host", "127.0.0.1", "--port", "0", "--time-scale", str(time_scale),
+             "--context-length", "131072", *extra_args],
+            name=f"sim-{i}", ready=SIM_READY, log=log_dir / f"sim-{i}.log")
+        procs.append(proc)
+        urls.append(proc.wait_ready(START_TIMEOUT_S))
+    return urls
+
+
+def start_scheduler(policy: str, urls: Sequence[str], time_scale: float, log_dir: Path,
+                    procs: list[ChildProcess], log_level: str = "warning") -> str:
+    """``thunder-scheduler serve --policy`` before ``urls`` (SGLang backends); its URL once it
+    lists a model."""
+    backends = [a for i, u in enumerate(urls) for a in ("--backend", f"engine-{i}@sglang={u}")]
+    proc = ChildProcess(
+        [sys.executable, "-m", "thunder_scheduler", "serve", "--host", "127.0.0.1",
+         "--port", "0", "--policy", policy, "--time-scale", str(time_scale),
+         "--log-level", log_level, *backends],
+        name="scheduler", ready=SCHED_READY, log=log_dir / f"scheduler-{policy}.log")
+    procs.append(proc)
+    return proc.wait_ready(START_TIMEOUT_S, health="/v1/models", accept=_has_model)
+
+
 def host_tier_counts(target: str, engine_urls: list[str]) -> str:
     """The live run's host tier, from the scheduler's and the engines' ``/metrics``."""
 
@@ -159,23 +190,9 @@ def main() -> int:
     log_dir = Path(tmp.name) if tmp is not None else args.logs
     log_dir.mkdir(parents=True, exist_ok=True)
     try:
-        urls = []
-        for i in range(args.replicas):
-            proc = ChildProcess(
-                [sys.executable, "-m", "thunder_sim", "serve", "--preset", "h100-qwen3-8b",
-                 "--host", "127.0.0.1", "--port", "0", "--time-scale", str(args.time_scale),
-                 "--context-length", "131072", *hicache_args],
-                name=f"sim-{i}", ready=SIM_READY, log=log_dir / f"sim-{i}.log")
-            procs.append(proc)
-            urls.append(proc.wait_ready(START_TIMEOUT_S))
-        backends = [a for i, u in enumerate(urls) for a in ("--backend", f"engine-{i}@sglang={u}")]
-        proc = ChildProcess(
-            [sys.executable, "-m", "thunder_scheduler", "serve", "--host", "127.0.0.1",
-             "--port", "0", "--policy", args.policy, "--time-scale", str(args.time_scale),
-             "--log-level", args.scheduler_log_level, *backends],
-            name="scheduler", ready=SCHED_READY, log=log_dir / "scheduler.log")
-        procs.append(proc)
-        target = proc.wait_ready(START_TIMEOUT_S, health="/v1/models", accept=_has_model)
+        urls = start_engines(args.replicas, args.time_scale, log_dir, procs, hicache_args)
+        target = start_scheduler(args.policy, urls, args.time_scale, log_dir, procs,
+                                 args.scheduler_log_level)
         t0 = time.perf_counter()
         live = asyncio.run(LiveReplay(fit.programs, LiveConfig(
             target=target, time_scale=args.time_scale, concurrency=concurrency, gaps=gaps,

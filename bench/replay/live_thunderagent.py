@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 
 from compare import OUT, fitting_programs, load_avg
-from live_point import SCHED_READY, SIM_READY, START_TIMEOUT_S, _has_model
+from live_point import START_TIMEOUT_S, _has_model, start_engines, start_scheduler
 from workloads import WORKLOADS, Workload, workload
 
 from thunder_core.launcher import ChildProcess, stop_all
@@ -83,20 +83,6 @@ def ta_revision(src: Path) -> str:
         return "unknown revision"
 
 
-def start_engines(n: int, time_scale: float, log_dir: Path,
-                  procs: list[ChildProcess]) -> list[str]:
-    urls = []
-    for i in range(n):
-        proc = ChildProcess(
-            [sys.executable, "-m", "thunder_sim", "serve", "--preset", "h100-qwen3-8b",
-             "--host", "127.0.0.1", "--port", "0", "--time-scale", str(time_scale),
-             "--context-length", "131072"],
-            name=f"sim-{i}", ready=SIM_READY, log=log_dir / f"sim-{i}.log")
-        procs.append(proc)
-        urls.append(proc.wait_ready(START_TIMEOUT_S))
-    return urls
-
-
 def start_target(target: str, urls: list[str], args: argparse.Namespace, log_dir: Path,
                  procs: list[ChildProcess]) -> str:
     if target == "real":
@@ -111,14 +97,8 @@ def start_target(target: str, urls: list[str], args: argparse.Namespace, log_dir
             env={**os.environ, "PYTHONPATH": str(args.thunderagent_src)})
         procs.append(proc)
         return proc.wait_ready(START_TIMEOUT_S, health="/v1/models", accept=_has_model)
-    backends = [a for i, u in enumerate(urls) for a in ("--backend", f"engine-{i}@sglang={u}")]
-    proc = ChildProcess(
-        [sys.executable, "-m", "thunder_scheduler", "serve", "--host", "127.0.0.1",
-         "--port", "0", "--policy", target, "--time-scale", str(args.time_scale),
-         "--log-level", "warning", *backends],
-        name="scheduler", ready=SCHED_READY, log=log_dir / f"scheduler-{target}.log")
-    procs.append(proc)
-    return proc.wait_ready(START_TIMEOUT_S, health="/v1/models", accept=_has_model)
+    url: str = start_scheduler(target, urls, args.time_scale, log_dir, procs)
+    return url
 
 
 def run_target(target: str, wl: Workload, fit: FitResult, args: argparse.Namespace,
