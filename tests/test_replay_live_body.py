@@ -1,8 +1,6 @@
 """What the live replay puts on the wire: the message padding a size-based token estimator
-(ThunderAgent's proxy) needs, against a real aiohttp server on loopback that records bodies.
-
-The server is test support (it answers like an OpenAI endpoint with one streamed chunk and its
-usage); the replay client under test is the real one.
+(ThunderAgent's proxy) needs, against the test kit's recording OpenAI server on loopback
+(a fake engine, test support; the replay client under test is the real one).
 """
 
 from __future__ import annotations
@@ -12,61 +10,28 @@ import json
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from thunder_sim.replay.fit import ContextFit
 from thunder_sim.replay.live import LiveConfig, LiveReplay
 from thunder_sim.replay.player import GapPolicy
 from thunder_sim.replay.trace import default_trace_dir
-
-
-async def _recording_server(bodies: list[dict[str, Any]]) -> tuple[web.AppRunner, str]:
-    async def models(_: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
-
-    async def chat(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        bodies.append(body)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        chunk = {"choices": [{"index": 0, "delta": {"content": "x"}}]}
-        usage = {"choices": [], "usage": {
-            "prompt_tokens": body["thunder_trace"]["prompt_tokens"], "completion_tokens": 1,
-            "total_tokens": body["thunder_trace"]["prompt_tokens"] + 1}}
-        for data in (chunk, usage):
-            await resp.write(f"data: {json.dumps(data)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    app = web.Application()
-    app.router.add_get("/v1/models", models)
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
+from thunder_testkit.openai_server import ScriptedOpenAI
 
 
 def _replay_bodies(chars_per_token: float) -> list[dict[str, Any]]:
     fit = ContextFit(context_tokens=32_768, sessions=1, max_steps=3, seed=3).load(
         default_trace_dir())
-
-    async def main() -> list[dict[str, Any]]:
-        bodies: list[dict[str, Any]] = []
-        runner, url = await _recording_server(bodies)
-        try:
-            report = await LiveReplay(fit.programs, LiveConfig(
-                target=url, time_scale=1000.0, concurrency=1, lifecycle="off",
-                gaps=GapPolicy(tool_gap_cap_s=0.0, human_gap_cap_s=0.0),
-                message_chars_per_token=chars_per_token)).run()
-        finally:
-            await runner.cleanup()
-        assert report.failed_steps == 0, report.extra.get("last_error")
-        return bodies
-
-    return asyncio.run(main())
+    server = ScriptedOpenAI()
+    url = server.start()
+    try:
+        report = asyncio.run(LiveReplay(fit.programs, LiveConfig(
+            target=url, time_scale=1000.0, concurrency=1, lifecycle="off",
+            gaps=GapPolicy(tool_gap_cap_s=0.0, human_gap_cap_s=0.0),
+            message_chars_per_token=chars_per_token)).run())
+    finally:
+        server.stop()
+    assert report.failed_steps == 0, report.extra.get("last_error")
+    return [r["body"] for r in server.requests]
 
 
 def test_messages_are_padded_to_the_stated_characters_per_prompt_token() -> None:
