@@ -137,6 +137,29 @@ def test_cli_refuses_a_knob_the_policy_does_not_have(capsys: pytest.CaptureFixtu
     assert "THUNDER_HIGH_WATERMARK / --high-watermark: the sticky policy has no such knob" in err
 
 
+def test_promote_after_s_reaches_the_policy_and_zero_turns_promotion_off() -> None:
+    from thunder_scheduler.app import make_core
+
+    def promoted(flags: list[str]) -> float | None:
+        args = build_parser().parse_args(["serve", "--policy", "thunder", *flags])
+        return make_core(load_settings(_flags(args))).policy.promote_after_s
+
+    assert promoted([]) == 150.0  # the policy's own default
+    assert promoted(["--promote-after-s", "600"]) == 600.0
+    assert promoted(["--promote-after-s", "0"]) is None
+
+
+def test_cli_refuses_a_negative_promotion_age_and_a_policy_without_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["check-config", "--promote-after-s", "-1"]) == 2
+    assert "--promote-after-s" in capsys.readouterr().err
+    assert main(["check-config", "--policy", "round_robin", "--promote-after-s", "60"]) == 2
+    err = capsys.readouterr().err
+    assert ("THUNDER_PROMOTE_AFTER_S / --promote-after-s: "
+            "the round_robin policy has no such knob") in err
+
+
 def test_cli_unknown_policy_lists_the_available_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--policy", "fifo"]) == 2
     err = capsys.readouterr().err

@@ -145,8 +145,9 @@ def make_core(settings: ServiceSettings) -> ProgramScheduler:
     Raises :class:`SettingsError` naming the setting (flag and variable) for an unknown policy,
     a knob the policy does not have or a value it refuses.
     """
-    setting_of = {POLICY_KNOB_NAMES.get(name, name): name for name in settings.policy_knobs()}
-    knobs = {core_name: getattr(settings, name) for core_name, name in setting_of.items()}
+    chosen = settings.policy_knobs()
+    setting_of = {POLICY_KNOB_NAMES.get(name, name): name for name in chosen}
+    knobs = {core_name: chosen[name] for core_name, name in setting_of.items()}
     try:
         return make_scheduler(settings.policy, config=_scheduler_config(settings), **knobs)
     except UnknownKnob as exc:

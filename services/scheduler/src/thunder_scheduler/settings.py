@@ -16,8 +16,9 @@ Defaults and their sources:
 * ``port`` 8300: our choice, away from SGLang's 30000, vLLM's 8000 and llama-server's 8080 so
   the service can run beside them on one host.
 * ``policy``: the scheduling policy, by the core registry's name.
-* policy knobs (``high_watermark``, ``low_watermark``, ``decay_half_life_s``): None means the
-  policy's own default, documented beside each policy's config dataclass in
+* policy knobs (``high_watermark``, ``low_watermark``, ``decay_half_life_s``,
+  ``promote_after_s``; for the last, 0 turns promotion off): None means the policy's own
+  default, documented beside each policy's config dataclass in
   ``thunder_scheduling.policies``; set here only to override it.
 * ``lease_s`` / ``max_paused_s``: None means the core's defaults (30 min / 5 min,
   ``thunder_scheduling.config``).
@@ -194,6 +195,11 @@ class ServiceSettings(BaseSettings):
         default=None, gt=0,
         description="half-life of an acting program's KV weight, modelled seconds "
         "(default: the policy's own)",
+    )
+    promote_after_s: float | None = Field(
+        default=None, ge=0,
+        description="waiters paused longer than this are restored first, oldest first, "
+        "modelled seconds; 0 turns this off (default: the policy's own)",
     )
     max_paused_s: float | None = Field(
         default=None, gt=0,
@@ -396,14 +402,21 @@ class ServiceSettings(BaseSettings):
             abort_timeout_s=self.abort_timeout_s,
         )
 
-    def policy_knobs(self) -> dict[str, float]:
-        """The policy knobs the operator set (None ones are left to the policy's default)."""
+    def policy_knobs(self) -> dict[str, float | None]:
+        """The policy knobs the operator set, by setting name, as the policy takes them
+        (unset ones are left to the policy's default; ``promote_after_s`` 0 is None: off)."""
         knobs = {
             "high_watermark": self.high_watermark,
             "low_watermark": self.low_watermark,
             "decay_half_life_s": self.decay_half_life_s,
-                    }
-        return {name: value for name, value in knobs.items() if value is not None}
+            "promote_after_s": self.promote_after_s,
+        }
+        chosen: dict[str, float | None] = {
+            name: value for name, value in knobs.items() if value is not None
+        }
+        if chosen.get("promote_after_s") == 0:
+            chosen["promote_after_s"] = None
+        return chosen
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, keys shown as ``**********`` when set."""
