@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -175,7 +176,7 @@ def main() -> int:
                           f"{r.ideal_hit_rate:.3f} pauses {r.pauses} "
                           f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
             pre = (f"Command: `.venv/bin/python bench/replay/compare.py "
-                   f"{' '.join(sys.argv[1:])}` (virtual mode, this file: workload "
+                   f"{shlex.join(sys.argv[1:])}` (virtual mode, this file: workload "
                    f"{wl.name}, {replicas} replicas, HiCache {hc}; "
                    f"{time.perf_counter() - started:.0f} s wall; load average {load_before} "
                    f"before, {load_avg()} after)\n\n{hicache_line(hc)}"

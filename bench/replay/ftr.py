@@ -31,6 +31,7 @@ import argparse
 import itertools
 import json
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -284,7 +285,7 @@ def main() -> int:
     plot(png, results, loads)
     parts = [
         "# FTR with Sutradhara's three levers: ablation and load at equal FTR", "",
-        f"Command: `nice .venv/bin/python bench/replay/ftr.py {' '.join(sys.argv[1:])}` "
+        f"Command: `nice .venv/bin/python bench/replay/ftr.py {shlex.join(sys.argv[1:])}` "
         f"(virtual mode, policy `{args.policy}`, {args.replicas} replicas of `{PRESET}`, "
         f"{args.seeds} seeds pooled per point; {wall:.0f} s wall; load average {load_before} "
         f"before, {load_avg()} after)", "",

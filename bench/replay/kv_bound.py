@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -110,7 +111,7 @@ def main() -> int:
     name = f"kv-bound-{wl.name}-{args.replicas}r"
     lines = [
         f"# Replay: {name}", "",
-        f"Command: `.venv/bin/python bench/replay/kv_bound.py {' '.join(sys.argv[1:])}` "
+        f"Command: `.venv/bin/python bench/replay/kv_bound.py {shlex.join(sys.argv[1:])}` "
         f"(virtual mode; {time.perf_counter() - started:.0f} s wall; load average "
         f"{load_before} before, {load_avg()} after)", "",
         f"Workload `{wl.name}`: {wl.rule}. {describe_run(fit, wl.gaps, None)}", "",

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -119,14 +120,15 @@ def start_engines(n: int, time_scale: float, log_dir: Path, procs: list[ChildPro
 
 
 def start_scheduler(policy: str, urls: Sequence[str], time_scale: float, log_dir: Path,
-                    procs: list[ChildProcess], log_level: str = "warning") -> str:
-    """``thunder-scheduler serve --policy`` before ``urls`` (SGLang backends); its URL once it
-    lists a model."""
+                    procs: list[ChildProcess], log_level: str = "warning",
+                    extra_args: Sequence[str] = ()) -> str:
+    """``thunder-scheduler serve --policy`` before ``urls`` (SGLang backends), with
+    ``extra_args`` (more ``serve`` flags); its URL once it lists a model."""
     backends = [a for i, u in enumerate(urls) for a in ("--backend", f"engine-{i}@sglang={u}")]
     proc = ChildProcess(
         [sys.executable, "-m", "thunder_scheduler", "serve", "--host", "127.0.0.1",
          "--port", "0", "--policy", policy, "--time-scale", str(time_scale),
-         "--log-level", log_level, *backends],
+         "--log-level", log_level, *backends, *extra_args],
         name="scheduler", ready=SCHED_READY, log=log_dir / f"scheduler-{policy}.log")
     procs.append(proc)
     return proc.wait_ready(START_TIMEOUT_S, health="/v1/models", accept=_has_model)
@@ -212,7 +214,7 @@ def main() -> int:
         duration_s=duration_s,
         engine_overrides={"enable_hierarchical_cache": True} if args.hicache else {},
     ), fit=fit.describe()).run()
-    pre = (f"Command: `.venv/bin/python bench/replay/live_point.py {' '.join(sys.argv[1:])}`; "
+    pre = (f"Command: `.venv/bin/python bench/replay/live_point.py {shlex.join(sys.argv[1:])}`; "
            f"live run {live_wall:.0f} s wall at time scale {args.time_scale:g}; load average "
            f"{load_before} before, {load_avg()} after\n\n"
            f"Workload `{wl.name}`: {wl.rule} (`bench/replay/workloads.py`).\n\n"

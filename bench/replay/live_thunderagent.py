@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -97,7 +98,8 @@ def start_target(target: str, urls: list[str], args: argparse.Namespace, log_dir
             env={**os.environ, "PYTHONPATH": str(args.thunderagent_src)})
         procs.append(proc)
         return proc.wait_ready(START_TIMEOUT_S, health="/v1/models", accept=_has_model)
-    url: str = start_scheduler(target, urls, args.time_scale, log_dir, procs)
+    extra = shlex.split(args.thunder_args) if target == "thunder" else []
+    url: str = start_scheduler(target, urls, args.time_scale, log_dir, procs, extra_args=extra)
     return url
 
 
@@ -109,6 +111,8 @@ def run_target(target: str, wl: Workload, fit: FitResult, args: argparse.Namespa
         url = start_target(target, urls, args, log_dir, procs)
         plain = target == "real" or args.client == "plain"
         label = "ThunderAgent (real proxy)" if target == "real" else f"{target} (service)"
+        if target == "thunder" and args.thunder_args:
+            label = f"thunder (service, {args.thunder_args})"
         return asyncio.run(LiveReplay(fit.programs, LiveConfig(
             target=url, time_scale=args.time_scale, concurrency=concurrency,
             gaps=wl.gaps, duration_s=args.duration_s, engine_urls=tuple(urls),
@@ -139,6 +143,11 @@ def main() -> int:
                          "placeholder, whose size says nothing of the prompt's)")
     ap.add_argument("--targets", default="real,thunder,thunderagent",
                     help=f"comma list of {', '.join(TARGETS)}")
+    ap.add_argument("--thunder-args", default="",
+                    help="more `thunder-scheduler serve` flags for the thunder target, one "
+                         "string (e.g. '--max-paused-s 1800 --promote-after-s 0')")
+    ap.add_argument("--name", default=None,
+                    help="results file name (default: live-real-thunderagent-WORKLOAD-Mx-Ds)")
     ap.add_argument("--logs", type=Path, default=None,
                     help="keep every process's log in this folder (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -151,6 +160,12 @@ def main() -> int:
         ap.error(f"--targets: unknown {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
     if args.time_scale <= 0 or args.duration_s <= 0:
         ap.error("--time-scale and --duration-s must be positive")
+    if args.thunder_args:
+        checked = subprocess.run(
+            [sys.executable, "-m", "thunder_scheduler", "check-config", "--policy", "thunder",
+             *shlex.split(args.thunder_args)], capture_output=True, text=True)
+        if checked.returncode != 0:
+            ap.error(f"--thunder-args: {checked.stderr.strip() or checked.stdout.strip()}")
     wl = workload(args.workload, args.seed, args.sessions)
     fit = wl.load()
     pool = get_preset("h100-qwen3-8b").kv_pool_tokens
@@ -177,7 +192,7 @@ def main() -> int:
             tmp.cleanup()
     src = args.thunderagent_src.resolve()
     pre = (f"Command: `.venv/bin/python bench/replay/live_thunderagent.py "
-           f"{' '.join(sys.argv[1:])}` ({time.perf_counter() - started:.0f} s wall; load "
+           f"{shlex.join(sys.argv[1:])}` ({time.perf_counter() - started:.0f} s wall; load "
            f"average {load_before} before, {load_avg()} after)\n\n"
            f"ThunderAgent: `python -m ThunderAgent --router tr --backend-type sglang "
            f"--scheduler-interval {TA_TICK_S / args.time_scale:g}` (its 5 s tick / time scale "
@@ -210,9 +225,9 @@ def main() -> int:
                              f"{r.hit_rate:.3f} vs {real.hit_rate:.3f}, step p99 "
                              f"{r.step_latency_p99_s:.0f} s vs {real.step_latency_p99_s:.0f} s")
     suffix = "" if args.client == "plain" else "-lifecycle"
-    paths = write(reports, args.out,
-                  f"live-real-thunderagent-{wl.name}-{args.multiple}x-{args.duration_s:g}s"
-                  f"{suffix}", pre)
+    name = args.name or (f"live-real-thunderagent-{wl.name}-{args.multiple}x-"
+                         f"{args.duration_s:g}s{suffix}")
+    paths = write(reports, args.out, name, pre)
     md = paths[0]
     md.write_text(md.read_text() + "\n" + "\n".join(lines) + "\n")
     for path in paths:

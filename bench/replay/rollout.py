@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -243,7 +244,7 @@ def main() -> int:
                   f"{mb.trajectories_per_hour:,.0f} trajectories/h", file=sys.stderr, flush=True)
         name = f"{args.name}-{replicas}r"
         pre = (f"# Rollout: {name}\n\nCommand: `.venv/bin/python bench/replay/rollout.py "
-               f"{' '.join(sys.argv[1:])}` (virtual mode, this file: {replicas} replicas; "
+               f"{shlex.join(sys.argv[1:])}` (virtual mode, this file: {replicas} replicas; "
                f"{time.perf_counter() - started:.0f} s wall; load average {load_before} "
                f"before, {load_avg()} after)\n\n"
                f"{describe_run(fit, wl.gaps, None)}\n\n"

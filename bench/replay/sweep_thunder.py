@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 
@@ -70,7 +71,7 @@ def main() -> int:
             "| forced restores | step p50 s | max paused s |")
     lines = [f"# Sweep: thunder half-life and watermarks ({args.replicas} replicas)", "",
              f"Command: `.venv/bin/python bench/replay/sweep_thunder.py "
-             f"{' '.join(sys.argv[1:])}` (virtual mode, "
+             f"{shlex.join(sys.argv[1:])}` (virtual mode, "
              f"{time.perf_counter() - started:.0f} s wall)", "",
              describe_run(fit, gaps, None), "",
              f"{fits} programs fit the pools (floor({args.replicas} x {pool:,} / "
