@@ -189,8 +189,11 @@ def _langgraph_cache_read(split: bool) -> int:
         @tool
         def write(path: str, text: str) -> str:
             """Write text to a file."""
-            if split:  # the tool runs while the engine prefills the next prefix
-                until(lambda: sum(len(e.prefills) for e in f.engines) or None,
+            if split:  # the tool runs while the engine prefills the next prefix: wait for
+                # that prefill (it ends in the tool-call message), not for any one-token
+                # request (the wrapper's hints send others, e.g. the shared-prefix warm-up)
+                until(lambda: any(p["messages"][-1].get("tool_calls")
+                                  for e in f.engines for p in f.prefills(e)) or None,
                       timeout_s=10, what="the prompt split's prefill")
             return "ok"
 
