@@ -160,6 +160,8 @@ def main() -> int:
         ap.error(f"--targets: unknown {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
     if args.time_scale <= 0 or args.duration_s <= 0:
         ap.error("--time-scale and --duration-s must be positive")
+    if args.thunder_args and "thunder" not in targets:
+        ap.error("--thunder-args: applies to the thunder target, which --targets leaves out")
     if args.thunder_args:
         checked = subprocess.run(
             [sys.executable, "-m", "thunder_scheduler", "check-config", "--policy", "thunder",
