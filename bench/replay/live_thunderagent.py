@@ -45,7 +45,6 @@ import argparse
 import asyncio
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ from compare import OUT, fitting_programs, load_avg
 from live_point import START_TIMEOUT_S, _has_model, start_engines, start_scheduler
 from workloads import WORKLOADS, Workload, workload
 
-from thunder_core.launcher import ChildProcess, stop_all
+from thunder_core.launcher import ChildProcess, free_port, stop_all
 from thunder_sim.costmodel.presets import get_preset
 from thunder_sim.replay.cli import describe_run
 from thunder_sim.replay.fit import FitResult
@@ -68,12 +67,6 @@ TARGETS = ("real", "thunder", "thunderagent", "round_robin")
 """``real``: ThunderAgent's proxy; the others: ``thunder-scheduler serve --policy NAME``."""
 TA_TICK_S = 5.0
 """ThunderAgent's ``--scheduler-interval`` default (its ``__main__.py``), in wall seconds."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ta_revision(src: Path) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -28,7 +29,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ChildProcess", "LaunchError", "environ_without", "launch", "stop_all", "wait_http"]
+__all__ = [
+    "ChildProcess",
+    "LaunchError",
+    "environ_without",
+    "free_port",
+    "launch",
+    "stop_all",
+    "wait_http",
+]
 
 STOP_TIMEOUT_S = 10.0
 _POLL_S = 0.05
@@ -44,6 +53,14 @@ def environ_without(prefix: str, extra: Mapping[str, str] | None = None) -> dict
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefix)}
     env.update(extra or {})
     return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now, for a child that must be told its port (one that
+    cannot bind port 0 and report it); another process may take it before the child binds."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, *, timeout_s: float, accept: Callable[[bytes], bool] | None = None,

@@ -28,11 +28,11 @@ import json
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from pathlib import Path
 
+from thunder_core.launcher import free_port
 from thunder_core.runtimes import RuntimeSpec
 from thunder_scheduler.tools.base import (
     BackendRuntime,
@@ -47,13 +47,6 @@ from thunder_scheduler.tools.base import (
 
 MARK_ENV = "THUNDER_RUNTIME_MARK"
 META_FILE = "meta.json"
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _marked_pids(mark: str) -> list[int]:
@@ -134,7 +127,7 @@ class LocalProcessBackend:
         self, spec: RuntimeSpec, image: ImageInfo, labels: RuntimeLabels, owner_key: str
     ) -> BackendRuntime:
         path = self._dir(labels.prefix, labels.runtime_id)
-        ports = {port: _free_port(self.publish_host) for port in spec.ports}
+        ports = {port: free_port(self.publish_host) for port in spec.ports}
         volumes = tuple(str(path / "root" / v.lstrip("/")) for v in spec.volumes)
         meta = {"labels": labels.as_dict(), "spec": spec.name, "owner": owner_key,
                 "workdir": spec.workdir, "env": spec.env,
