@@ -306,10 +306,11 @@ class ProgramScheduler(SchedulerState):
         ):
             self._route(program, ev, now)
         if program.status is ProgramStatus.ACTIVE and program.backend is None:
-            joins = self.policy.arrivals_join_queue and len(self._waiting) > 0
-            backend = None if joins else self._place(program, now, restoring=False)
-            if joins:
+            if self.policy.arrivals_join_queue and len(self._waiting) > 0:
+                backend = None
                 self._room_changed = True  # a restore pass now places it in restore order
+            else:
+                backend = self._place(program, now, restoring=False)
             if backend is None:
                 self._enqueue(program, now)
             else:
