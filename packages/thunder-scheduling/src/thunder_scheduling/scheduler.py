@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from thunder_core.contract import ProgramPhase, ProgramStatus
 from thunder_scheduling.accounting import BackendLedger, WeightMode
-from thunder_scheduling.commands import Admit, Command, Hold
+from thunder_scheduling.commands import Command, Hold
 from thunder_scheduling.events import (
     BackendFlushed,
     BackendUpdated,
@@ -85,22 +85,21 @@ class ProgramScheduler(SchedulerState):
             case RolloutCut():
                 self._rollouts.request_cut(event.rollout)
         self._decide(now)
-        out = self._flush()
-        if isinstance(event, RequestArrived):
-            out = self._one_answer(out, event.request_id)
-        return out
+        self._hold_if_still_held()
+        return self._flush()
 
-    def _one_answer(self, out: list[Command], request_id: str) -> list[Command]:
-        """A request held on arrival and admitted by the same decision (a new program that
-        joined the queue and was placed in restore order) is answered by its Admit alone:
-        every arrival gets exactly one answer in its own call."""
-        admitted = any(isinstance(c, Admit) and c.request_id == request_id for c in out)
-        if not admitted:
-            return out
-        kept = [c for c in out if not (isinstance(c, Hold) and c.request_id == request_id)]
-        if len(kept) != len(out):
-            self._count("held_requests", -1)
-        return kept
+    def _hold_if_still_held(self) -> None:
+        """The Hold of a request held on arrival, sent only if the same decision did not admit
+        it (a new program that joined the queue can be placed by the restore pass that
+        follows): every arrival gets exactly one answer in its own call, in the place of the
+        command list where it was held."""
+        pending, self._arrival_hold = self._arrival_hold, None
+        if pending is None:
+            return
+        at, program, hold = pending
+        if hold.request_id in program.held:
+            self._count("held_requests")
+            self._out.insert(at, hold)
 
     def tick(self, now: float) -> list[Command]:
         now = self._advance(now)
@@ -320,9 +319,9 @@ class ProgramScheduler(SchedulerState):
             self._admit(program, ev.request_id)
         else:
             program.held[ev.request_id] = now
-            self._count("held_requests")
             reason = "pausing" if program.marked else "paused"
-            self._out.append(Hold(program.program_id, ev.request_id, reason))
+            self._arrival_hold = (
+                len(self._out), program, Hold(program.program_id, ev.request_id, reason))
             self._sync(program, now)
         self._touch(program, now)
         if program.backend is not None:

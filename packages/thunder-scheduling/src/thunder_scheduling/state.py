@@ -21,6 +21,7 @@ from thunder_scheduling.accounting import (
 from thunder_scheduling.commands import (
     Admit,
     Command,
+    Hold,
     Offload,
     Pause,
     Release,
@@ -72,6 +73,9 @@ class SchedulerState:
         self._tiers = KvTiers()
         self._now = float("-inf")
         self._out: list[Command] = []
+        self._arrival_hold: tuple[int, Program, Hold] | None = None
+        """The Hold of the request the current event held on arrival and where it goes in
+        ``_out``, sent after the decision only if that did not admit it (``scheduler.py``)."""
         self._dirty: dict[str, None] = {}
         self._room_changed = False
         self._next_scan_at = float("-inf")
