@@ -92,8 +92,7 @@ def start_target(target: str, urls: list[str], args: argparse.Namespace, log_dir
         procs.append(proc)
         return proc.wait_ready(START_TIMEOUT_S, health="/v1/models", accept=_has_model)
     extra = shlex.split(args.thunder_args) if target == "thunder" else []
-    url: str = start_scheduler(target, urls, args.time_scale, log_dir, procs, extra_args=extra)
-    return url
+    return start_scheduler(target, urls, args.time_scale, log_dir, procs, extra_args=extra)
 
 
 def run_target(target: str, wl: Workload, fit: FitResult, args: argparse.Namespace,
